@@ -1,0 +1,52 @@
+"""llmrec: declarative recommender systems with large language models.
+
+    import llmrec
+    graph = llmrec.validate("specs/quickstart.yaml")      # every spec error at once, or a Graph
+    result = llmrec.Runtime(graph).run_sync({"user_id": "u1"})
+    result.outputs, result.trace
+"""
+
+from .api import arun, build, check, run, runtime, validate
+from .errors import (
+    InputError,
+    LlmrecError,
+    PluginError,
+    RunError,
+    SpecError,
+    SpecErrors,
+)
+from .graph.build import Graph
+from .hookspecs import hookimpl
+from .node import CheckContext, NodeType, OutputSchemaProblem, ResourceType, RunContext, SpecPath
+from .runtime.executor import Runtime
+from .runtime.trace import NodeRecord, RunResult, Trace
+from .spec.loader import SpecDocument, load_spec
+
+__all__ = [
+    "CheckContext",
+    "Graph",
+    "InputError",
+    "LlmrecError",
+    "NodeRecord",
+    "NodeType",
+    "OutputSchemaProblem",
+    "PluginError",
+    "ResourceType",
+    "RunContext",
+    "RunError",
+    "RunResult",
+    "Runtime",
+    "SpecDocument",
+    "SpecError",
+    "SpecErrors",
+    "SpecPath",
+    "Trace",
+    "arun",
+    "build",
+    "check",
+    "hookimpl",
+    "load_spec",
+    "run",
+    "runtime",
+    "validate",
+]

@@ -1,0 +1,80 @@
+"""Every hook llmrec calls, namespace ``llmrec``. Implement them with ``@llmrec.hookimpl``.
+
+Registration hooks take a ``register`` callback (as in simonw/llm and datasette) and are called once per
+registry build, for every plugin; what each plugin registers is recorded under its name, so duplicates and
+invalid registrations fail with a PluginError that names the plugin.
+
+Lifecycle hooks are called by the executor around every node run; none is ``firstresult`` and their return
+values are ignored. They run on the event loop, so keep them quick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("llmrec")
+hookimpl = pluggy.HookimplMarker("llmrec")
+
+
+@hookspec
+def llmrec_register_node_types(register: Callable[[type], None]) -> None:
+    """Register node types: ``register(MyNodeType)`` for each subclass of :class:`llmrec.NodeType`."""
+
+
+@hookspec
+def llmrec_register_resource_types(register: Callable[[type], None]) -> None:
+    """Register resource types: ``register(MyResourceType)`` for each subclass of :class:`llmrec.ResourceType`."""
+
+
+@hookspec
+def llmrec_register_providers(register: Callable[[str, Any], None]) -> None:
+    """Register LLM providers: ``register(name, factory)``; the factory builds a provider from its config."""
+
+
+@hookspec
+def llmrec_register_metrics(register: Callable[[str, Callable[..., float]], None]) -> None:
+    """Register evaluation metrics: ``register(name, fn)``."""
+
+
+@hookspec
+def llmrec_register_cache_backends(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register cache backends: ``register(name, factory)``; ``factory(max_entries=...)`` returns an object with
+    async ``get(key) -> (hit, value)`` and ``set(key, value, ttl)``."""
+
+
+@hookspec
+def llmrec_register_template_filters(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register Jinja filters available to every template: ``register(name, fn)``."""
+
+
+@hookspec
+def llmrec_register_commands(cli: Any) -> None:
+    """Add commands to the ``llmrec`` typer app."""
+
+
+@hookspec
+def llmrec_validate_graph(graph: Any, document: Any) -> list[Any] | None:
+    """Extra validation of a built graph. Return SpecErrors; every implementation runs and errors are combined."""
+
+
+@hookspec
+def llmrec_before_node_run(node_id: str, inputs: dict[str, Any], context: Any) -> None:
+    """Called before a node runs (after its cache missed), with its resolved inputs."""
+
+
+@hookspec
+def llmrec_after_node_run(node_id: str, output: Any, record: Any) -> None:
+    """Called after a node produced its output (also for cache hits and fallbacks); ``record`` is its trace."""
+
+
+@hookspec
+def llmrec_on_node_error(node_id: str, error: BaseException, record: Any) -> None:
+    """Called when a node attempt fails, before any retry or fallback."""
+
+
+@hookspec
+def llmrec_after_run(result: Any) -> None:
+    """Called when a whole run has finished, with its :class:`llmrec.RunResult` (or the failed trace)."""

@@ -1,0 +1,181 @@
+"""What a plugin author subclasses: :class:`NodeType` and :class:`ResourceType`.
+
+A node type is a class with a pydantic ``Config`` (extra="forbid") and a ``run`` method whose signature *is*
+its declaration: each keyword parameter is an input (its annotation is the type a producer must match, its
+default makes it optional) and the return annotation is the output (a pydantic model's fields can be
+referenced as ``${node.field}``). A parameter named ``context`` receives the :class:`RunContext`.
+
+    class Popular(NodeType):
+        name = "retrieve.popular"
+
+        class Config(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            k: int = 50
+
+        async def run(self, interactions: Interactions, exclude: list[str] | None = None) -> Candidates:
+            ...
+
+``run`` may be ``async def`` (preferred) or plain ``def``: a plain one runs inline, or in a worker thread when
+the class sets ``offload = True`` (CPU- or IO-heavy work that must not block the event loop).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+
+class OutputSchemaProblem(ValueError):
+    """Raised by node types whose output schema reference does not resolve; ``field`` names the config key."""
+
+    def __init__(self, message: str, field: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.hint = hint
+
+
+class NoConfig(BaseModel):
+    """The config of a node type that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared input of a node type."""
+
+    name: str
+    type: Any
+    required: bool
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A node type's declared inputs and output, read from ``run``'s signature (or given by ``signature()``)."""
+
+    params: dict[str, Param]
+    output: Any
+    variadic: bool = False  # accepts any extra named inputs (``**kwargs``)
+    wants_context: bool = False
+
+
+@dataclass
+class RunContext:
+    """Per-request facts a node may ask for by declaring a ``context`` parameter."""
+
+    run_id: str
+    node_id: str
+    inputs: dict[str, Any]
+    deadline: float | None = None  # loop.time() by which the whole request must finish
+    attempt: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckContext:
+    """What ``NodeType.check`` may consult at validation time."""
+
+    node_id: str
+    base_dir: Any  # pathlib.Path the spec's relative paths resolve from
+    declared_inputs: set[str]  # input names this node is given
+    request_inputs: set[str]  # names declared in the spec's `inputs`
+    template_env: Any = None
+
+
+def read_signature(fn: Any) -> Signature:
+    """Declared inputs and output of a ``run`` method, from its annotations."""
+    sig = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolved forward references: fall back to Any rather than refuse
+        hints = {}
+    params: dict[str, Param] = {}
+    variadic = False
+    wants_context = False
+    for p in sig.parameters.values():
+        if p.name == "self":
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            variadic = True
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
+            continue
+        if p.name == "context":
+            wants_context = True
+            continue
+        required = p.default is inspect.Parameter.empty
+        params[p.name] = Param(p.name, hints.get(p.name, Any), required, None if required else p.default)
+    return Signature(params, hints.get("return", Any), variadic, wants_context)
+
+
+class NodeType:
+    """Base class of every node type; see the module docstring."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[BaseModel]] = NoConfig
+    offload: ClassVar[bool] = False
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    async def start(self) -> None:
+        """Called once before the first run (load an index, warm a model). Default: nothing."""
+
+    async def close(self) -> None:
+        """Called when the runtime shuts down. Default: nothing."""
+
+    @classmethod
+    def signature(cls, config: BaseModel) -> Signature:
+        """Declared inputs and output. Override when they depend on the config (templates, schemas)."""
+        return read_signature(cls.run)
+
+    @classmethod
+    def check(cls, config: BaseModel, ctx: CheckContext) -> list[str | tuple[str, str]]:
+        """Extra validation beyond the Config model.
+
+        Return messages, or ``(config_key, message)`` pairs so the error points at that key's value; the
+        core adds file, line and column.
+        """
+        return []
+
+    def run(self, **inputs: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class ResourceType:
+    """Something loaded once per runtime and shared by nodes through ``${resources.NAME}``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[BaseModel]] = NoConfig
+    #: the Python type ``load`` returns; consumers' input annotations are checked against it
+    provides: ClassVar[Any] = Any
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    @classmethod
+    def check(cls, config: BaseModel, ctx: CheckContext) -> list[str]:
+        return []
+
+    async def load(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _resolve_spec_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir") if info.context else None
+    value = Path(value).expanduser()
+    if base is None or value.is_absolute():
+        return value
+    return Path(base) / value
+
+
+#: A config field holding a file path: relative paths resolve against the folder of the spec that wrote them.
+SpecPath = Annotated[Path, AfterValidator(_resolve_spec_path)]

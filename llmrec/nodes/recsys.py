@@ -1,0 +1,1 @@
+"""Recommender node types for the quickstart (placeholder until written)."""

@@ -1,0 +1,178 @@
+"""Plugin discovery: built-in defaults, the ``llmrec`` entry-point group, and ``plugins/*.py`` beside a spec.
+
+Built-in node types are plugins like any other: the core imports them only through DEFAULT_PLUGINS.
+
+``LLMREC_LOAD_PLUGINS`` controls entry-point plugins (as DATASETTE_LOAD_PLUGINS does): unset loads every
+installed one; a comma-separated list loads only those entry-point names (or distribution names); an empty
+string loads none, which is what the test suite does to stay hermetic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .registry import PluginInfo, Registry
+
+ENTRY_POINT_GROUP = "llmrec"
+DEFAULT_PLUGINS = (
+    "llmrec.nodes.basic",
+    "llmrec.nodes.recsys",
+    "llmrec.runtime.caches",
+)
+LOCAL_PLUGIN_DIR = "plugins"
+
+_lock = threading.Lock()
+_cache: dict[Any, Registry] = {}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("llmrec")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    allow = os.environ.get("LLMREC_LOAD_PLUGINS")
+    if allow is None:
+        return eps
+    wanted = {w.strip() for w in allow.split(",") if w.strip()}
+    return [ep for ep in eps if ep.name in wanted or (ep.dist is not None and ep.dist.name in wanted)]
+
+
+def local_plugin_files(spec_dir: Path | None) -> list[Path]:
+    if spec_dir is None:
+        return []
+    folder = spec_dir / LOCAL_PLUGIN_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
+
+
+def _import_local(path: Path) -> ModuleType:
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    modname = f"llmrec_local_plugins.{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(modname, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has a loader
+        raise PluginError(f"cannot import {path}", path.name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(modname, None)
+        raise PluginError(f"failed to import {path}: {type(exc).__name__}: {exc}", path.name) from None
+    return module
+
+
+def plugin_manager(spec_dir: Path | None = None) -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
+    """A PluginManager with the defaults, entry points and local plugin files registered."""
+    pm = pluggy.PluginManager("llmrec")
+    pm.add_hookspecs(hookspecs)
+    infos: dict[str, PluginInfo] = {}
+    version = _version()
+    for modname in DEFAULT_PLUGINS:
+        module = importlib.import_module(modname)
+        pm.register(module, name=modname)
+        infos[modname] = PluginInfo(modname, "llmrec", version, "built-in")
+    for ep in _entry_points():
+        dist = ep.dist.name if ep.dist else None
+        dist_version = ep.dist.version if ep.dist else None
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise PluginError(f"failed to load entry point '{ep.value}': {type(exc).__name__}: {exc}", ep.name, dist) from None
+        try:
+            pm.register(plugin, name=ep.name)
+        except ValueError as exc:
+            raise PluginError(str(exc), ep.name, dist) from None
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"invalid hook implementation: {exc}", ep.name, dist) from None
+        infos[ep.name] = PluginInfo(ep.name, dist, dist_version, "entry point")
+    for path in local_plugin_files(spec_dir):
+        module = _import_local(path)
+        name = f"{LOCAL_PLUGIN_DIR}/{path.name}"
+        try:
+            pm.register(module, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"invalid hook implementation: {exc}", name) from None
+        infos[name] = PluginInfo(name, None, None, "local file")
+    return pm, infos
+
+
+def _call_register_hook(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], hook_name: str, adder: Any) -> None:
+    hook = getattr(pm.hook, hook_name)
+    for impl in reversed(hook.get_hookimpls()):  # registration order: built-ins first
+        info = infos.get(impl.plugin_name) or PluginInfo(impl.plugin_name)
+
+        def register(*args: Any, _info: PluginInfo = info) -> None:
+            adder(_info, *args)
+
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"{hook_name} failed: {type(exc).__name__}: {exc}",
+                info.name,
+                info.label() if info.distribution else None,
+            ) from None
+
+
+def _build(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registry:
+    reg = Registry()
+    reg.plugins = list(infos.values())
+    reg.hook = pm.hook
+    _call_register_hook(pm, infos, "llmrec_register_node_types", lambda info, cls: reg.add_node_type(cls, info))
+    _call_register_hook(
+        pm, infos, "llmrec_register_resource_types", lambda info, cls: reg.add_resource_type(cls, info)
+    )
+    _call_register_hook(pm, infos, "llmrec_register_providers", lambda info, n, v: reg.providers.add(n, v, info))
+    _call_register_hook(pm, infos, "llmrec_register_metrics", lambda info, n, v: reg.metrics.add(n, v, info))
+    _call_register_hook(
+        pm, infos, "llmrec_register_cache_backends", lambda info, n, v: reg.cache_backends.add(n, v, info)
+    )
+
+    def add_filter(info: PluginInfo, name: str, fn: Any) -> None:
+        if name in reg.template_filters:
+            raise PluginError(f"registers template filter '{name}' twice", info.name)
+        reg.template_filters[name] = fn
+
+    _call_register_hook(pm, infos, "llmrec_register_template_filters", add_filter)
+    from .templates import make_environment
+
+    reg.template_env = make_environment(reg.template_filters)
+    reg.pm = pm  # type: ignore[attr-defined]
+    return reg
+
+
+def get_registry(spec_dir: Path | None = None, refresh: bool = False) -> Registry:
+    """The registry for specs in ``spec_dir`` (local plugins differ per folder). Cached until files change."""
+    files = local_plugin_files(spec_dir)
+    key = (
+        str(spec_dir) if files else None,
+        tuple((str(p), p.stat().st_mtime_ns) for p in files),
+        os.environ.get("LLMREC_LOAD_PLUGINS"),
+    )
+    with _lock:
+        if not refresh and key in _cache:
+            return _cache[key]
+        pm, infos = plugin_manager(spec_dir)
+        reg = _build(pm, infos)
+        _cache[key] = reg
+        return reg

@@ -1,0 +1,154 @@
+"""Typed registries filled by the ``llmrec_register_*`` hooks, remembering which plugin registered what."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from .errors import PluginError
+from .node import NodeType, ResourceType, read_signature
+
+T = TypeVar("T")
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A loaded plugin: its name, where it came from, and its version."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    source: str = "entry point"  # "built-in", "entry point" or "local file"
+
+    def label(self) -> str:
+        if self.distribution:
+            return f"{self.distribution} {self.version}" if self.version else self.distribution
+        return self.name
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    value: T
+    plugin: PluginInfo
+
+
+@dataclass
+class Table(Generic[T]):
+    """Name -> registered value, for one kind of thing (node types, providers, ...)."""
+
+    kind: str
+    entries: dict[str, Entry[T]] = field(default_factory=dict)
+
+    def add(self, name: str, value: T, plugin: PluginInfo) -> None:
+        if not isinstance(name, str) or not TYPE_NAME.match(name):
+            raise PluginError(
+                f"{self.kind} name {name!r} is invalid: use lower-case dotted names such as 'retrieve.bm25'",
+                plugin.name,
+                plugin.label() if plugin.distribution else None,
+            )
+        if name in self.entries:
+            other = self.entries[name].plugin
+            raise PluginError(
+                f"registers {self.kind} '{name}', already registered by plugin '{other.name}' ({other.label()})",
+                plugin.name,
+                plugin.label() if plugin.distribution else None,
+            )
+        self.entries[name] = Entry(name, value, plugin)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries
+
+    def __getitem__(self, name: str) -> T:
+        return self.entries[name].value
+
+    def get(self, name: str) -> T | None:
+        e = self.entries.get(name)
+        return e.value if e else None
+
+    def entry(self, name: str) -> Entry[T] | None:
+        return self.entries.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.entries))
+
+    def suggest(self, name: str, n: int = 3) -> list[Entry[T]]:
+        """Registered names close to ``name``: difflib matches, plus same-suffix names (``bm25`` -> ``retrieve.bm25``)."""
+        names = list(self.entries)
+        close = difflib.get_close_matches(name, names, n=n, cutoff=0.6)
+        tail = name.rsplit(".", 1)[-1]
+        for other in names:
+            if other not in close and other.rsplit(".", 1)[-1] == tail:
+                close.append(other)
+        return [self.entries[c] for c in close[:n]]
+
+
+def _check_config_model(cls: type, plugin: PluginInfo, kind: str) -> None:
+    config = getattr(cls, "Config", None)
+    if not (isinstance(config, type) and issubclass(config, BaseModel)):
+        raise PluginError(f"{kind} '{cls.name}': Config must be a pydantic BaseModel", plugin.name)
+    if config.model_config.get("extra") != "forbid":
+        raise PluginError(
+            f"{kind} '{cls.name}': Config must set model_config = ConfigDict(extra='forbid') "
+            "so that misspelt keys are errors",
+            plugin.name,
+        )
+    try:
+        config.model_json_schema()
+    except Exception as exc:
+        raise PluginError(f"{kind} '{cls.name}': Config has no JSON Schema: {exc}", plugin.name) from None
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered."""
+
+    node_types: Table[type[NodeType]] = field(default_factory=lambda: Table("node type"))
+    resource_types: Table[type[ResourceType]] = field(default_factory=lambda: Table("resource type"))
+    providers: Table[Any] = field(default_factory=lambda: Table("provider"))
+    metrics: Table[Callable[..., float]] = field(default_factory=lambda: Table("metric"))
+    cache_backends: Table[Callable[..., Any]] = field(default_factory=lambda: Table("cache backend"))
+    template_filters: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    plugins: list[PluginInfo] = field(default_factory=list)
+    hook: Any = None  # pluggy hook relay, for lifecycle hooks
+    template_env: Any = None
+
+    def add_node_type(self, cls: Any, plugin: PluginInfo) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, NodeType)):
+            raise PluginError(f"register() for node types expects a NodeType subclass, got {cls!r}", plugin.name)
+        if not isinstance(getattr(cls, "name", None), str):
+            raise PluginError(f"node type {cls.__qualname__} has no 'name'", plugin.name)
+        _check_config_model(cls, plugin, "node type")
+        if cls.signature is NodeType.signature.__func__ and cls.run is NodeType.run:  # type: ignore[attr-defined]
+            raise PluginError(f"node type '{cls.name}' does not define run()", plugin.name)
+        if cls.signature.__func__ is NodeType.signature.__func__:  # type: ignore[attr-defined]
+            try:
+                read_signature(cls.run)
+            except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
+                raise PluginError(f"node type '{cls.name}': run() signature unreadable: {exc}", plugin.name) from None
+        self.node_types.add(cls.name, cls, plugin)
+
+    def add_resource_type(self, cls: Any, plugin: PluginInfo) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, ResourceType)):
+            raise PluginError(
+                f"register() for resource types expects a ResourceType subclass, got {cls!r}", plugin.name
+            )
+        if not isinstance(getattr(cls, "name", None), str):
+            raise PluginError(f"resource type {cls.__qualname__} has no 'name'", plugin.name)
+        _check_config_model(cls, plugin, "resource type")
+        self.resource_types.add(cls.name, cls, plugin)
+
+    def provided_by(self, plugin_name: str) -> dict[str, list[str]]:
+        """What one plugin registered, by kind."""
+        out: dict[str, list[str]] = {}
+        for table in (self.node_types, self.resource_types, self.providers, self.metrics, self.cache_backends):
+            names = [e.name for e in table.entries.values() if e.plugin.name == plugin_name]
+            if names:
+                out[table.kind] = sorted(names)
+        return out

@@ -1,0 +1,409 @@
+"""run: the async executor over a validated :class:`~llmrec.graph.build.Graph`.
+
+Every node becomes one asyncio task that awaits the tasks of the nodes it reads, so independent branches run
+concurrently and a node starts as soon as its inputs exist. The runtime, not the node types, applies the
+per-node policies, in this order: ``when`` -> cache lookup -> (timeout + retries around ``run``) -> fallback
+-> cache store. Everything that can be decided once (bindings, which hooks exist, cache key prefixes) is
+decided when the Runtime is created, so the per-request path stays short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import FallbackExhaustedError, InputError, NodeTimeoutError, RunError
+from ..graph.build import BuiltNode, Graph
+from ..node import NodeType, RunContext
+from .trace import NodeRecord, RunResult, Trace
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One node, ready to run."""
+
+    id: str
+    type: str
+    built: BuiltNode
+    instance: NodeType
+    call: Any
+    is_async: bool
+    offload: bool
+    bindings: tuple[tuple[str, Any], ...]
+    deps: tuple[str, ...]
+    when: Any
+    when_deps: tuple[str, ...]
+    timeout: float | None
+    attempts: int
+    backoff: float
+    max_backoff: float
+    cache: Any
+    cache_ttl: float | None
+    cache_prefix: str
+    fallback: Any
+    wants_context: bool
+
+
+class _RunState:
+    __slots__ = ("env", "records", "tasks", "runtime", "run_id", "t0", "deadline", "request")
+
+    def __init__(self, runtime: Runtime, request: dict[str, Any], run_id: str, deadline: float | None) -> None:
+        self.runtime = runtime
+        self.request = request
+        self.env: dict[str, Any] = {"inputs": request, "resources": runtime.resources}
+        self.records: dict[str, NodeRecord] = {}
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.run_id = run_id
+        self.t0 = time.perf_counter()
+        self.deadline = deadline
+
+    def task(self, node_id: str) -> asyncio.Task[Any]:
+        t = self.tasks.get(node_id)
+        if t is None:
+            t = asyncio.get_running_loop().create_task(self.runtime._run_node(self.runtime._plans[node_id], self))
+            self.tasks[node_id] = t
+        return t
+
+
+def _fingerprint(value: Any, tokens: dict[int, str]) -> str:
+    def default(o: Any) -> Any:
+        token = tokens.get(id(o))
+        if token is not None:
+            return token
+        if isinstance(o, BaseModel):
+            return o.model_dump(mode="json")
+        if isinstance(o, (set, frozenset)):
+            return sorted(map(str, o))
+        return f"<{type(o).__qualname__}:{id(o)}>"
+
+    data = json.dumps(value, sort_keys=True, default=default, ensure_ascii=False)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+class Runtime:
+    """Runs a validated graph. Create once (resources and node types load once), run many times.
+
+    >>> rt = Runtime(graph)
+    >>> result = rt.run_sync({"user_id": "u1"})
+    """
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        hook = graph.registry.hook
+        self._hooks = {
+            name: getattr(hook, name)
+            for name in ("llmrec_before_node_run", "llmrec_after_node_run", "llmrec_on_node_error", "llmrec_after_run")
+            if getattr(hook, name).get_hookimpls()
+        }
+        self.resources: dict[str, Any] = {}
+        self._resource_types = {name: r.cls(r.config) for name, r in graph.resources.items()}
+        self._tokens: dict[int, str] = {}
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._thread_lock = threading.Lock()
+        self._plans = {node_id: self._plan(node) for node_id, node in graph.nodes.items()}
+        self._roots = tuple(n for n in graph.order if n in graph.nodes and not graph.nodes[n].fallback_only)
+        self._outputs = tuple(graph.outputs.items())
+
+    def _plan(self, node: BuiltNode) -> _Plan:
+        instance = node.cls(node.config)
+        call = instance.run
+        spec = node.spec
+        cache = None
+        if spec.cache is not None and spec.cache.enabled:
+            factory = self.graph.registry.cache_backends[spec.cache.backend]
+            cache = factory(max_entries=spec.cache.max_entries)
+        version = json.dumps([node.cls.name, node.config.model_dump(mode="json"), node.spec.model_dump(mode="json")],
+                             sort_keys=True, default=str)
+        prefix = f"{node.id}:{hashlib.sha256(version.encode()).hexdigest()[:16]}:"
+        when_deps = tuple(d for d in node.deps if node.when is not None)
+        return _Plan(
+            id=node.id,
+            type=node.cls.name,
+            built=node,
+            instance=instance,
+            call=call,
+            is_async=inspect.iscoroutinefunction(call),
+            offload=node.cls.offload,
+            bindings=tuple(node.bindings.items()),
+            deps=tuple(sorted(node.deps)),
+            when=node.when,
+            when_deps=when_deps,
+            timeout=spec.timeout,
+            attempts=1 + spec.retries.attempts,
+            backoff=spec.retries.backoff,
+            max_backoff=spec.retries.max_backoff,
+            cache=cache,
+            cache_ttl=spec.cache.ttl if spec.cache is not None else None,
+            cache_prefix=prefix,
+            fallback=spec.fallback,
+            wants_context=node.signature.wants_context,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load every resource and start every node type, once. Safe to call many times."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            names = list(self._resource_types)
+            loaded = await asyncio.gather(*(self._resource_types[n].load() for n in names))
+            self.resources.update(zip(names, loaded))
+            self._tokens = {id(v): f"resource:{n}" for n, v in self.resources.items()}
+            await asyncio.gather(*(p.instance.start() for p in self._plans.values()))
+            self._started = True
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.instance.close() for p in self._plans.values()), return_exceptions=True)
+
+    @property
+    def ready(self) -> bool:
+        return self._started
+
+    # -- requests ----------------------------------------------------------------------------------------
+    def validate_inputs(self, inputs: dict[str, Any] | BaseModel | None) -> dict[str, Any]:
+        """Check a request against the spec's inputs; raises InputError naming the first bad field."""
+        if isinstance(inputs, self.graph.request_model):
+            return inputs.model_dump()
+        if inputs is None:
+            inputs = {}
+        if isinstance(inputs, BaseModel):
+            inputs = inputs.model_dump()
+        if not isinstance(inputs, dict):
+            raise InputError("the request must be a JSON object", field=None)
+        try:
+            return self.graph.request_model.model_validate(inputs).model_dump()
+        except ValidationError as exc:
+            errors = []
+            for e in exc.errors(include_url=False):
+                field = ".".join(str(p) for p in e["loc"]) or None
+                msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+                if e["type"] == "extra_forbidden":
+                    allowed = ", ".join(self.graph.spec.inputs) or "none"
+                    msg = f"unknown field (this spec's inputs are: {allowed})"
+                errors.append({"field": field, "message": msg})
+            first = errors[0]
+            raise InputError(f"input '{first['field']}': {first['message']}", first["field"], errors) from None
+
+    async def run(
+        self,
+        inputs: dict[str, Any] | BaseModel | None = None,
+        *,
+        run_id: str | None = None,
+        deadline: float | None = None,
+    ) -> RunResult:
+        """Run the graph for one request. ``deadline`` is seconds for the whole request.
+
+        Raises InputError for a bad request and RunError (with ``.trace``) when a node fails without fallback.
+        """
+        request = self.validate_inputs(inputs)
+        if not self._started:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        state = _RunState(self, request, run_id or uuid.uuid4().hex[:16], None)
+        if deadline is not None:
+            state.deadline = loop.time() + deadline
+        trace = Trace(state.run_id, self.graph.name, time.time())
+        try:
+            if deadline is not None:
+                async with asyncio.timeout(deadline):
+                    outputs = await self._collect(state)
+            else:
+                outputs = await self._collect(state)
+        except TimeoutError:
+            self._cancel(state)
+            err = RunError(f"request deadline of {deadline:g}s exceeded", None, state.run_id)
+            err.trace = self._finish(state, trace)
+            raise err from None
+        except RunError as err:
+            self._cancel(state)
+            err.run_id = state.run_id
+            err.trace = self._finish(state, trace)
+            if "llmrec_after_run" in self._hooks:
+                self._hooks["llmrec_after_run"](result=err.trace)
+            raise
+        result = RunResult(outputs, self._finish(state, trace))
+        if "llmrec_after_run" in self._hooks:
+            self._hooks["llmrec_after_run"](result=result)
+        return result
+
+    def run_sync(self, inputs: dict[str, Any] | BaseModel | None = None, **kwargs: Any) -> RunResult:
+        """:meth:`run` from synchronous code (not from inside a running event loop)."""
+        return asyncio.run(self.run(inputs, **kwargs))
+
+    async def _collect(self, state: _RunState) -> dict[str, Any]:
+        for node_id in self._roots:
+            state.task(node_id)
+        if state.tasks:
+            done = await asyncio.gather(*state.tasks.values(), return_exceptions=True)
+            for value in done:
+                if isinstance(value, BaseException):
+                    raise value
+        env = state.env
+        return {name: expr.evaluate(env) for name, expr in self._outputs}
+
+    def _cancel(self, state: _RunState) -> None:
+        for t in state.tasks.values():
+            if not t.done():
+                t.cancel()
+        for r in state.records.values():
+            if r.status == "pending":
+                r.status = "cancelled"
+
+    def _finish(self, state: _RunState, trace: Trace) -> Trace:
+        trace.wall_ms = (time.perf_counter() - state.t0) * 1000
+        trace.nodes = list(state.records.values())
+        return trace
+
+    # -- one node ----------------------------------------------------------------------------------------
+    async def _run_node(self, p: _Plan, state: _RunState) -> Any:
+        for d in p.deps:
+            t = state.tasks.get(d) or state.task(d)
+            if not t.done():
+                await t
+            elif t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        rec = NodeRecord(p.id, p.type)
+        state.records[p.id] = rec
+        start = time.perf_counter()
+        rec.start_ms = (start - state.t0) * 1000
+        env = state.env
+        try:
+            value = await self._apply_policies(p, state, rec, env)
+        except (RunError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # evaluating a condition or an input failed: the node's fault, not a crash
+            rec.status, rec.error = "error", _describe(exc)
+            raise RunError(f"could not prepare the node: {_describe(exc)}", p.id, state.run_id) from exc
+        finally:
+            rec.wall_ms = (time.perf_counter() - start) * 1000
+        env[p.id] = value
+        return value
+
+    async def _apply_policies(self, p: _Plan, state: _RunState, rec: NodeRecord, env: dict[str, Any]) -> Any:
+        if p.when is not None:
+            scope = {"inputs": state.request}
+            for d in p.when_deps:
+                scope[d] = env[d]
+            if not p.when(**scope):
+                rec.status = "skipped"
+                return None
+        kwargs = {name: expr.evaluate(env) for name, expr in p.bindings}
+        key = None
+        if p.cache is not None:
+            if p.built.cache_key is not None:
+                key = p.cache_prefix + p.built.cache_key.evaluate(env)
+            else:
+                key = p.cache_prefix + _fingerprint(kwargs, self._tokens)
+            hit, value = await p.cache.get(key)
+            if hit:
+                rec.status, rec.cache_hit = "cached", True
+                if "llmrec_after_node_run" in self._hooks:
+                    self._hooks["llmrec_after_node_run"](node_id=p.id, output=value, record=rec)
+                return value
+        if p.wants_context:
+            kwargs["context"] = RunContext(state.run_id, p.id, state.request, state.deadline)
+        if "llmrec_before_node_run" in self._hooks:
+            self._hooks["llmrec_before_node_run"](node_id=p.id, inputs=kwargs, context=state)
+        error: BaseException | None = None
+        for attempt in range(p.attempts):
+            if state.deadline is not None and p.fallback is not None:
+                if asyncio.get_running_loop().time() >= state.deadline:
+                    error = RunError("request budget spent before the node started", p.id)
+                    break
+            try:
+                value = await self._call(p, kwargs)
+                error = None
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a node failing is data for the retry/fallback policy, not a crash
+                error = exc
+                if "llmrec_on_node_error" in self._hooks:
+                    self._hooks["llmrec_on_node_error"](node_id=p.id, error=exc, record=rec)
+                if attempt + 1 < p.attempts:
+                    rec.retries += 1
+                    await asyncio.sleep(min(p.backoff * (2**attempt), p.max_backoff))
+        if error is not None:
+            reason = _describe(error)
+            if p.fallback is None:
+                rec.status, rec.error = "error", reason
+                if isinstance(error, RunError):
+                    raise error
+                raise RunError(reason, p.id, state.run_id) from error
+            rec.fallback_reason = reason
+            value = await self._fallback(p, state, rec, kwargs, error)
+            rec.status = "fallback"
+        else:
+            rec.status = "ok"
+        if key is not None and rec.status == "ok":
+            await p.cache.set(key, value, p.cache_ttl)
+        if "llmrec_after_node_run" in self._hooks:
+            self._hooks["llmrec_after_node_run"](node_id=p.id, output=value, record=rec)
+        return value
+
+    async def _call(self, p: _Plan, kwargs: dict[str, Any]) -> Any:
+        if p.is_async:
+            if p.timeout is None:
+                return await p.call(**kwargs)
+            try:
+                async with asyncio.timeout(p.timeout):
+                    return await p.call(**kwargs)
+            except TimeoutError:
+                raise NodeTimeoutError(f"timed out after {p.timeout:g}s", p.id) from None
+        if p.offload or p.timeout is not None:
+            coro = asyncio.to_thread(p.call, **kwargs)
+            if p.timeout is None:
+                return await coro
+            try:
+                async with asyncio.timeout(p.timeout):
+                    return await coro
+            except TimeoutError:
+                raise NodeTimeoutError(f"timed out after {p.timeout:g}s", p.id) from None
+        return p.call(**kwargs)
+
+    async def _fallback(
+        self, p: _Plan, state: _RunState, rec: NodeRecord, kwargs: dict[str, Any], error: BaseException
+    ) -> Any:
+        fb = p.fallback
+        fields = fb.model_fields_set
+        if "node" in fields:
+            rec.fallback = f"node:{fb.node}"
+            t = state.task(fb.node)
+            try:
+                return await asyncio.shield(t) if not t.done() else t.result()
+            except RunError as exc:
+                raise FallbackExhaustedError(
+                    f"failed ({rec.fallback_reason}) and its fallback node '{fb.node}' failed too: {exc}", p.id
+                ) from exc
+        if "template" in fields:
+            rec.fallback = "template"
+            scope = {**kwargs, "inputs": state.request, "error": _describe(error)}
+            scope.pop("context", None)
+            try:
+                return p.built.fallback_template.render(scope)
+            except Exception as exc:
+                raise FallbackExhaustedError(f"fallback template failed: {exc}", p.id) from exc
+        rec.fallback = "value"
+        return fb.value
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, RunError):
+        text = str(error)
+        prefix = f"node '{error.node_id}': "
+        return text[len(prefix):] if error.node_id and text.startswith(prefix) else text
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -1,0 +1,81 @@
+"""What a run returns besides its outputs: a trace of every node."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    """One node's part of a run."""
+
+    node_id: str
+    type: str
+    status: str = "pending"  # ok | cached | skipped | fallback | error | cancelled
+    start_ms: float = 0.0  # since the run started
+    wall_ms: float = 0.0
+    cache_hit: bool = False
+    retries: int = 0
+    fallback: str | None = None  # what the node fell back to: "node:<id>", "value" or "template"
+    fallback_reason: str | None = None
+    error: str | None = None
+    tokens: dict[str, int] | None = None  # filled by LLM nodes
+    cost: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(slots=True)
+class Trace:
+    run_id: str
+    spec: str
+    started_at: float  # unix seconds
+    wall_ms: float = 0.0
+    nodes: list[NodeRecord] = field(default_factory=list)
+
+    @property
+    def degraded(self) -> bool:
+        """True when any node fell back."""
+        return any(r.fallback is not None for r in self.nodes)
+
+    def node(self, node_id: str) -> NodeRecord | None:
+        for r in self.nodes:
+            if r.node_id == node_id:
+                return r
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "spec": self.spec,
+            "started_at": self.started_at,
+            "wall_ms": round(self.wall_ms, 3),
+            "degraded": self.degraded,
+            "nodes": [r.to_dict() for r in sorted(self.nodes, key=lambda r: r.start_ms)],
+        }
+
+
+@dataclass(slots=True)
+class RunResult:
+    """The outputs of one run and its trace."""
+
+    outputs: dict[str, Any]
+    trace: Trace
+
+    @property
+    def degraded(self) -> bool:
+        return self.trace.degraded
+
+    def outputs_json(self) -> dict[str, Any]:
+        """The outputs as JSON-compatible data (pydantic models dumped)."""
+        return to_jsonable_python(self.outputs)  # type: ignore[no-any-return]
+
+    def to_dict(self, trace: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {"outputs": self.outputs_json(), "degraded": self.degraded}
+        if trace:
+            data["trace"] = self.trace.to_dict()
+        return data

@@ -1,0 +1,120 @@
+"""Resolve output-schema references written in specs.
+
+Forms accepted (relative paths resolve against the spec's folder, then its ``schemas/`` folder):
+
+- ``schemas/recs.py:Recommendation`` -- a Python file beside the spec exporting a pydantic model;
+- ``mypackage.schemas:Recommendation`` -- an importable module (installed by the user);
+- ``schemas/recs.json`` -- a JSON Schema file.
+
+Importing a schema module executes it: that is the trust model (docs/security.md): only code the user
+installed or placed beside the spec runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ValidationInfo, WithJsonSchema
+
+from .node import OutputSchemaProblem
+
+
+def _candidates(path: str, base_dir: Path) -> list[Path]:
+    p = Path(path)
+    if p.is_absolute():
+        return [p]
+    return [base_dir / p, base_dir / "schemas" / p]
+
+
+def _import_file(file: Path) -> Any:
+    digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]
+    modname = f"llmrec_local_schemas.{file.stem}_{digest}"
+    mtime = file.stat().st_mtime_ns
+    cached = sys.modules.get(modname)
+    if cached is not None and getattr(cached, "__llmrec_mtime__", None) == mtime:
+        return cached
+    spec = importlib.util.spec_from_file_location(modname, file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    module.__llmrec_mtime__ = mtime  # type: ignore[attr-defined]
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(modname, None)
+        raise OutputSchemaProblem(f"schema module '{file.name}' failed to import: {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def resolve_schema(ref: str, base_dir: Path, field: str = "schema") -> type[BaseModel] | dict[str, Any]:
+    """A pydantic model class, or a JSON Schema dict; raises OutputSchemaProblem naming what is wrong."""
+    ref = ref.strip()
+    if ref.endswith(".json"):
+        for file in _candidates(ref, base_dir):
+            if file.is_file():
+                try:
+                    data = json.loads(file.read_text(encoding="utf-8"))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise OutputSchemaProblem(f"schema file '{ref}' is not valid JSON: {exc}", field) from None
+                if not isinstance(data, dict):
+                    raise OutputSchemaProblem(f"schema file '{ref}' must hold a JSON object", field)
+                return data
+        raise OutputSchemaProblem(f"schema file '{ref}' not found", field, f"Looked in {base_dir} and {base_dir / 'schemas'}.")
+    if ":" not in ref:
+        raise OutputSchemaProblem(
+            f"schema '{ref}' must be 'file.py:Model', 'package.module:Model' or 'file.json'", field
+        )
+    module_part, _, attr = ref.rpartition(":")
+    if module_part.endswith(".py"):
+        for file in _candidates(module_part, base_dir):
+            if file.is_file():
+                module = _import_file(file)
+                break
+        else:
+            raise OutputSchemaProblem(
+                f"schema module '{module_part}' not found", field, f"Looked in {base_dir} and {base_dir / 'schemas'}."
+            )
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except ImportError as exc:
+            raise OutputSchemaProblem(f"schema module '{module_part}' cannot be imported: {exc}", field) from None
+    model = getattr(module, attr, None)
+    if model is None:
+        names = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, BaseModel) and v is not BaseModel)
+        hint = f"It defines: {', '.join(names)}." if names else "It defines no pydantic models."
+        raise OutputSchemaProblem(f"schema '{attr}' not found in '{module_part}'", field, hint)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise OutputSchemaProblem(f"'{ref}' is not a pydantic model", field)
+    return model
+
+
+def _absolute_ref(value: str, info: ValidationInfo) -> str:
+    base = Path((info.context or {}).get("base_dir") or Path.cwd())
+    ref = value.strip()
+    resolved: Any
+    try:
+        resolved = resolve_schema(ref, base)
+    except OutputSchemaProblem as exc:
+        raise ValueError(str(exc) + (f". {exc.hint}" if exc.hint else "")) from None
+    del resolved
+    module_part, sep, attr = ref.rpartition(":") if not ref.endswith(".json") else (ref, "", "")
+    if module_part.endswith((".py", ".json")):
+        for file in _candidates(module_part, base):
+            if file.is_file():
+                return f"{file.resolve()}{sep}{attr}"
+    return ref
+
+
+#: A config field naming an output schema; validated (and made absolute) when the spec is checked.
+SchemaRef = Annotated[
+    str,
+    AfterValidator(_absolute_ref),
+    WithJsonSchema({"type": "string", "description": "'file.py:Model', 'package.module:Model' or 'file.json'"}),
+]

@@ -1,0 +1,418 @@
+"""load: a spec file (plus its includes) -> a validated :class:`Spec` with positions, or every error found."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import Location, SpecError, SpecSyntaxError, SpecValidationError
+from .models import NODE_ID, RESERVED_IDS, InputSpec, NodeSpec, ResourceSpec, Spec
+from .yamlpos import Path_, Positions, load_yaml_file
+
+SECTIONS = ("inputs", "resources", "nodes", "outputs")
+_ENV = re.compile(r"\$\{env:([^}:]*)(?::-([^}]*))?\}")
+MAX_INCLUDE_DEPTH = 8
+
+
+@dataclass
+class SpecDocument:
+    """A loaded spec: the merged data, where each value came from, and the model (None when invalid)."""
+
+    path: Path
+    display: str
+    data: dict[str, Any]
+    positions: Positions
+    spec: Spec | None = None
+    errors: list[SpecError] = field(default_factory=list)
+    #: display name of every file read (the spec and its includes) -> the folder relative paths resolve from
+    base_dirs: dict[str, Path] = field(default_factory=dict)
+    #: every name written in each section, valid or not
+    declared: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def at(self, path: Path_, key: bool = False) -> Location:
+        """The location of a value (or of the key holding it) in the merged document."""
+        loc = self.positions.key(path) if key else self.positions.value(path)
+        return loc or Location(self.display)
+
+    def dir_for(self, path: Path_) -> Path:
+        """Folder that relative paths written at ``path`` resolve against (the file that wrote them)."""
+        loc = self.positions.value(path)
+        if loc is not None and loc.file in self.base_dirs:
+            return self.base_dirs[loc.file]
+        return self.base_dir
+
+
+def _display(path: Path, relative_to: Path | None = None) -> str:
+    if relative_to is not None:
+        try:
+            return os.path.relpath(path, relative_to)
+        except ValueError:  # pragma: no cover - another drive on Windows
+            return str(path)
+    return str(path)
+
+
+def load_spec(path: str | os.PathLike[str], display: str | None = None) -> SpecDocument:
+    """Load a spec file: YAML with positions, includes merged, ``${env:VAR}`` expanded, models validated.
+
+    Never raises for a mistake in the spec: problems are returned in ``SpecDocument.errors``.
+    """
+    p = Path(path)
+    display = display or str(path)
+    doc = SpecDocument(path=p.resolve(), display=display, data={}, positions=Positions())
+    doc.base_dirs[display] = doc.path.parent
+    try:
+        data, positions = load_yaml_file(p, display)
+    except SpecError as exc:
+        doc.errors.append(exc)
+        return doc
+    if not isinstance(data, dict):
+        doc.errors.append(
+            SpecValidationError(
+                "a spec must be a mapping with 'name', 'inputs', 'nodes' and 'outputs'",
+                positions.value(()) or Location(display),
+            )
+        )
+        return doc
+    doc.data, doc.positions = data, positions
+    _merge_includes(doc, data, positions, doc.path, depth=0, seen={doc.path})
+    doc.data.setdefault("name", p.stem)
+    _expand_env(doc, doc.data, ())
+    doc.errors.extend(_check_ids(doc))
+    doc.spec = _validate_sections(doc)
+    return doc
+
+
+def _validate_sections(doc: SpecDocument) -> Spec | None:
+    """Validate entry by entry, so one bad node does not hide the problems of the others.
+
+    Entries that fail are reported and left out; the names stay in ``doc.declared`` so that references to
+    them are not reported as dangling too.
+    """
+    raw = dict(doc.data)
+    for section, model in (("inputs", InputSpec), ("resources", ResourceSpec), ("nodes", NodeSpec)):
+        block = raw.get(section)
+        if not isinstance(block, dict):
+            continue
+        doc.declared[section] = set(block)
+        good: dict[str, Any] = {}
+        for name, value in block.items():
+            if value is None:
+                doc.errors.append(SpecValidationError(
+                    f"'{section}.{name}' is empty", doc.at((section, name), key=True),
+                    name if section == "nodes" else None,
+                    "Give it a mapping, e.g. 'type: ...'." if section != "inputs" else "Give it a type, e.g. 'string'.",
+                ))
+                continue
+            try:
+                good[name] = model.model_validate(value)
+            except ValidationError as exc:
+                doc.errors.extend(pydantic_errors(exc, doc, (section, name), model))
+                # keep checking the rest of the entry (its type, its references) without the bad keys
+                bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+                if isinstance(value, dict) and bad and not bad & {"type"}:
+                    try:
+                        good[name] = model.model_validate({k: v for k, v in value.items() if k not in bad})
+                    except ValidationError:
+                        pass
+        raw[section] = good
+    for _ in range(2):
+        try:
+            return Spec.model_validate(raw)
+        except ValidationError as exc:
+            doc.errors.extend(pydantic_errors(exc, doc, (), Spec))
+            bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+            if not bad or "name" in bad:
+                return None
+            for key in bad:
+                raw.pop(key, None)
+    return None
+
+
+def _merge_includes(
+    doc: SpecDocument, data: dict[str, Any], positions: Positions, file: Path, depth: int, seen: set[Path]
+) -> None:
+    includes = data.pop("include", None)
+    if includes is None:
+        return
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        doc.errors.append(
+            SpecValidationError("'include' must be a file path or a list of file paths", positions.value(("include",)))
+        )
+        return
+    for i, rel in enumerate(includes):
+        where = positions.value(("include", i)) or positions.value(("include",))
+        target = (file.parent / rel).resolve()
+        if target in seen:
+            doc.errors.append(SpecValidationError(f"'{rel}' is included in a loop", where))
+            continue
+        if depth >= MAX_INCLUDE_DEPTH:
+            doc.errors.append(SpecValidationError(f"includes nest deeper than {MAX_INCLUDE_DEPTH}", where))
+            continue
+        shown = _display(target, Path.cwd()) if not Path(rel).is_absolute() else rel
+        try:
+            frag, frag_pos = load_yaml_file(target, shown)
+        except SpecSyntaxError as exc:
+            if exc.message == "file not found":
+                doc.errors.append(
+                    SpecValidationError(
+                        f"included file '{rel}' not found",
+                        where,
+                        hint=f"Paths in 'include' resolve relative to {file.parent}.",
+                    )
+                )
+            else:
+                doc.errors.append(exc)
+            continue
+        if frag is None:
+            continue
+        if not isinstance(frag, dict):
+            doc.errors.append(SpecValidationError(f"included file '{rel}' must be a mapping", where))
+            continue
+        doc.base_dirs[shown] = target.parent
+        _merge_includes(doc, frag, frag_pos, target, depth + 1, seen | {target})
+        for key, value in frag.items():
+            kloc = frag_pos.key((key,))
+            if key not in SECTIONS:
+                doc.errors.append(
+                    SpecValidationError(
+                        f"an included file may only hold {', '.join(SECTIONS)}; found '{key}'",
+                        kloc,
+                    )
+                )
+                continue
+            if not isinstance(value, dict):
+                continue  # reported when the merged spec is validated
+            target_section = data.setdefault(key, {})
+            if not isinstance(target_section, dict):
+                continue
+            if key not in positions.values:
+                positions.values[(key,)] = frag_pos.value((key,)) or Location(shown)
+                positions.keys[(key,)] = kloc or Location(shown)
+            for name, item in value.items():
+                if name in target_section:
+                    first = positions.key((key, name))
+                    doc.errors.append(
+                        SpecValidationError(
+                            f"'{key}.{name}' is defined twice (also at {first})",
+                            frag_pos.key((key, name)),
+                            hint="Rename one of them.",
+                        )
+                    )
+                    continue
+                target_section[name] = item
+                sub = Positions()
+                sub.values = {k[2:]: v for k, v in frag_pos.values.items() if k[:2] == (key, name)}
+                sub.keys = {k[2:]: v for k, v in frag_pos.keys.items() if k[:2] == (key, name) and len(k) > 2}
+                sub.plain = {k[2:] for k in frag_pos.plain if k[:2] == (key, name)}
+                positions.update(sub, (key, name))
+                positions.keys[(key, name)] = frag_pos.key((key, name)) or Location(shown)
+
+
+def _expand_env(doc: SpecDocument, value: Any, path: Path_) -> Any:
+    """Replace ``${env:VAR}`` / ``${env:VAR:-default}`` in every string, in place."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            value[k] = _expand_env(doc, v, path + (k,))
+        return value
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            value[i] = _expand_env(doc, v, path + (i,))
+        return value
+    if not isinstance(value, str) or "${env:" not in value:
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            doc.errors.append(
+                SpecValidationError(f"invalid environment variable name '{name}'", offset_location(doc, path, m.start()))
+            )
+            return ""
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        doc.errors.append(
+            SpecValidationError(
+                f"environment variable '{name}' is not set",
+                offset_location(doc, path, m.start()),
+                node_id=path[1] if len(path) > 1 and path[0] == "nodes" else None,
+                hint=f"Export it, or give a default: '${{env:{name}:-value}}'.",
+            )
+        )
+        return ""
+
+    return _ENV.sub(sub, value)
+
+
+def offset_location(doc: SpecDocument, path: Path_, offset: int) -> Location:
+    """Point at character ``offset`` of the string at ``path`` when it sits on one line in plain style."""
+    loc = doc.at(path)
+    if tuple(path) in doc.positions.plain and loc.line:
+        return Location(loc.file, loc.line, loc.col + offset)
+    return loc
+
+
+def _check_ids(doc: SpecDocument) -> list[SpecError]:
+    errors: list[SpecError] = []
+    for section in ("nodes", "resources", "inputs"):
+        block = doc.data.get(section)
+        if not isinstance(block, dict):
+            continue
+        for name in block:
+            where = doc.at((section, name), key=True)
+            what = {"nodes": "node id", "resources": "resource name", "inputs": "input name"}[section]
+            if not NODE_ID.match(name):
+                errors.append(
+                    SpecValidationError(
+                        f"invalid {what} '{name}'",
+                        where,
+                        hint="Use letters, digits and underscores, starting with a letter or underscore.",
+                    )
+                )
+            elif section == "nodes" and name in RESERVED_IDS:
+                errors.append(
+                    SpecValidationError(
+                        f"'{name}' is reserved and cannot be a node id",
+                        where,
+                        hint=f"Reserved names: {', '.join(sorted(RESERVED_IDS))}.",
+                    )
+                )
+    return errors
+
+
+def suggest(word: str, choices: Any, n: int = 1) -> list[str]:
+    """Close matches for a misspelt name (difflib ratio >= 0.6)."""
+    return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+
+
+def _model_at(model: Any, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that validates the value at ``loc`` under ``model``, if one does."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            f = current.model_fields.get(str(part))
+            if f is None:
+                return None
+            current = f.annotation
+            continue
+        origin = get_origin(current)
+        if origin is dict:
+            current = get_args(current)[1]
+        elif origin is list:
+            current = get_args(current)[0]
+        else:
+            args = [a for a in get_args(current) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if not args:
+                return None
+            current = args[0]
+            if isinstance(part, str) and part == current.__name__:
+                continue
+            f = current.model_fields.get(str(part))
+            if f is None:
+                return None
+            current = f.annotation
+    while get_origin(current) is not None and not (isinstance(current, type)):
+        args = [a for a in get_args(current) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not args:
+            return None
+        current = args[0]
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return current
+    return None
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def pydantic_errors(
+    exc: ValidationError,
+    doc: SpecDocument,
+    prefix: Path_,
+    model: type[BaseModel],
+    node_id: str | None = None,
+    what: str | None = None,
+) -> list[SpecError]:
+    """Turn a pydantic ValidationError into SpecErrors that point at the offending key or value.
+
+    ``prefix`` is where the validated mapping sits in the document; ``what`` names it in messages
+    (e.g. "config of node type 'retrieve.popular'").
+    """
+    errors: list[SpecError] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper() and p not in _keys(doc, prefix)))
+        loc = tuple(p for p in loc if p not in ("function-before", "function-after"))
+        full = prefix + loc
+        nid = node_id
+        if nid is None and len(full) >= 2 and full[0] == "nodes" and isinstance(full[1], str):
+            nid = full[1]
+            rel = full[2:]
+        else:
+            rel = loc if node_id is not None else full
+        dotted = ".".join(str(p) for p in rel)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = str(loc[-1]) if loc else "?"
+            parent = _model_at(model, loc[:-1])
+            allowed = sorted(parent.model_fields) if parent else []
+            close = suggest(key, allowed)
+            if close:
+                hint = f"Did you mean '{close[0]}'?"
+            elif allowed:
+                hint = f"Allowed keys: {', '.join(allowed)}."
+            else:
+                hint = None
+            where = f" in {what}" if what else ""
+            errors.append(SpecValidationError(f"unknown key '{key}'{where}", doc.at(full, key=True), nid, hint))
+        elif kind == "missing":
+            key = str(loc[-1]) if loc else "?"
+            where = f" in {what}" if what else ""
+            errors.append(SpecValidationError(f"missing required key '{key}'{where}", doc.at(full[:-1], key=True), nid))
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            msg = re.sub(r" or instance of \w+$", "", msg)
+            if kind not in ("value_error",) and "input" in err and not isinstance(err["input"], (dict, list)):
+                msg += f" (got {_short(err['input'])})"
+            label = f"'{dotted}'" if dotted else (what or "value")
+            if what and dotted:
+                label = f"'{dotted}' in {what}"
+            errors.append(SpecValidationError(f"invalid {label}: {msg}", doc.at(full), nid))
+    return errors
+
+
+def _keys(doc: SpecDocument, prefix: Path_) -> set[Any]:
+    """Keys actually written at ``prefix``, so a capitalised user key is not mistaken for a model tag."""
+    value: Any = doc.data
+    for p in prefix:
+        if isinstance(value, dict) and p in value:
+            value = value[p]
+        elif isinstance(value, list) and isinstance(p, int) and p < len(value):
+            value = value[p]
+        else:
+            return set()
+    keys: set[Any] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            keys.update(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return keys

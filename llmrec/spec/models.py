@@ -1,0 +1,168 @@
+"""The spec language as pydantic models (extra="forbid" everywhere, so unknown keys are errors).
+
+Shorthands are normalised in ``mode="before"`` validators rather than with unions, so that a mistake produces
+one precise error instead of one per union member.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_IDS = frozenset({"inputs", "resources", "env", "state", "session", "error"})
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as ``250ms``, ``2s``, ``1.5m``, ``1h``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 2, 2.5, '250ms', '2s' or '1m'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 2, 2.5, '250ms', '2s' or '1m', got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+InputTypeName = Literal["string", "integer", "number", "boolean", "array", "object"]
+
+
+class InputSpec(_Strict):
+    """One typed field of a request. ``user_id: string`` is shorthand for ``{type: string}``."""
+
+    type: InputTypeName = "string"
+    description: str = ""
+    default: Any = None
+    required: bool | None = Field(None, description="Defaults to true when no default is given.")
+    enum: list[Any] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    min_length: int | None = Field(None, ge=0)
+    max_length: int | None = Field(None, ge=0)
+    items: InputTypeName | None = Field(None, description="Element type of an array input.")
+    examples: list[Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"type": data}
+        return data
+
+    @property
+    def is_required(self) -> bool:
+        if self.required is not None:
+            return self.required
+        return "default" not in self.model_fields_set
+
+
+class RetrySpec(_Strict):
+    """Retry a failing node. ``retries: 2`` is shorthand for ``{attempts: 2}`` (two more tries)."""
+
+    attempts: int = Field(0, ge=0, le=100, description="Extra attempts after the first one fails.")
+    backoff: float = Field(0.1, description="Seconds before the first retry; doubles each time.")
+    max_backoff: float = Field(10.0, description="Upper bound on the wait between retries.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"attempts": data}
+        if not isinstance(data, dict):
+            raise ValueError("expected a number of extra attempts, or a mapping {attempts, backoff, max_backoff}")
+        return data
+
+    @field_validator("backoff", "max_backoff", mode="before")
+    @classmethod
+    def _durations(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class CacheSpec(_Strict):
+    """Cache a node's result. ``cache: true`` keys on the node's resolved inputs with no expiry."""
+
+    enabled: bool = True
+    key: str | None = Field(None, description="A template such as '${inputs.user_id}'; default: the inputs.")
+    ttl: float | None = Field(None, description="Seconds (or '10m') before an entry expires.")
+    backend: str = "memory"
+    max_entries: int = Field(10_000, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, bool):
+            return {"enabled": data}
+        if not isinstance(data, dict):
+            raise ValueError("expected true/false, or a mapping {key, ttl, backend, max_entries}")
+        return data
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: Any) -> Any:
+        return None if v is None else parse_duration(v)
+
+
+class FallbackSpec(_Strict):
+    """What a node yields when it fails after its retries: another node, a literal value, or a template."""
+
+    node: str | None = None
+    value: Any = None
+    template: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FallbackSpec:
+        given = [k for k in ("node", "value", "template") if k in self.model_fields_set]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'node', 'value' or 'template'")
+        return self
+
+
+class NodeSpec(_Strict):
+    """One node of the graph."""
+
+    type: str = Field(description="A registered node type, e.g. 'retrieve.popular'. See `llmrec plugins`.")
+    description: str = ""
+    config: dict[str, Any] = Field(default_factory=dict, description="Settings of the node type.")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Values or ${...} references.")
+    timeout: float | None = Field(None, description="Seconds (or '500ms', '2s') before the node is abandoned.")
+    retries: RetrySpec = Field(default_factory=RetrySpec)
+    cache: CacheSpec | None = None
+    fallback: FallbackSpec | None = None
+    when: str | None = Field(None, description="A condition such as 'inputs.query' or 'inputs.k > 5'.")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: Any) -> Any:
+        return None if v is None else parse_duration(v)
+
+
+class ResourceSpec(_Strict):
+    """Something loaded once and shared by nodes: a catalog, an index, a model, a provider."""
+
+    type: str
+    description: str = ""
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class Spec(_Strict):
+    """A whole spec after includes are merged."""
+
+    version: Literal[1] = 1
+    name: str = Field(min_length=1)
+    description: str = ""
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    resources: dict[str, ResourceSpec] = Field(default_factory=dict)
+    nodes: dict[str, NodeSpec] = Field(default_factory=dict)
+    outputs: dict[str, Any] = Field(default_factory=dict)
