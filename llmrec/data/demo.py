@@ -16,7 +16,7 @@ import math
 import os
 import random
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Generic, TypeVar
@@ -264,18 +264,15 @@ def _make_catalog(rng: random.Random, n_items: int) -> tuple[list[Item], dict[st
     return items, popularity
 
 
-def _weighted_sample(rng: random.Random, population: Sequence[str], weights: Mapping[str, float], k: int) -> list[str]:
-    """``k`` distinct members, heavier ones more likely (Efraimidis-Spirakis)."""
+def _weighted_order(rng: random.Random, population: Sequence[T], weight: Callable[[T], float]) -> list[T]:
+    """A weighted random permutation (Efraimidis-Spirakis): heavier members tend to come first.
+
+    Any prefix of it is a weighted sample without replacement.
+    """
     # log(u) / w orders the same way as u ** (1 / w) without underflowing for small weights.
-    keyed = sorted(population, key=lambda key: math.log(1.0 - rng.random()) / weights[key], reverse=True)
-    return keyed[:k]
-
-
-def _weighted_order(rng: random.Random, items: Sequence[Item], weights: Mapping[str, float]) -> list[Item]:
-    """A weighted random permutation of ``items``: heavier items tend to come first."""
-    keyed = [(math.log(1.0 - rng.random()) / weights[item.id], item) for item in items]
+    keyed = [(math.log(1.0 - rng.random()) / weight(member), member) for member in population]
     keyed.sort(key=lambda pair: pair[0], reverse=True)
-    return [item for _, item in keyed]
+    return [member for _, member in keyed]
 
 
 class _Queue:
@@ -307,8 +304,9 @@ class _Draw(Generic[T]):
         return self._values[min(index, len(self._values) - 1)]
 
 
-def _draw_unseen(rng: random.Random, draw: _Draw[Item], items: Sequence[Item], weights: Mapping[str, float],
-                 seen: set[str]) -> Item:
+def _draw_unseen(
+    rng: random.Random, draw: _Draw[Item], items: Sequence[Item], weight: Callable[[Item], float], seen: set[str]
+) -> Item:
     """One popularity-weighted item the user has not seen; callers guarantee one exists."""
     # Users see a small fraction of the catalog, so rejection almost always succeeds within a few tries and
     # avoids re-sorting the whole catalog per user; the fallback only matters for tiny catalogs.
@@ -316,7 +314,7 @@ def _draw_unseen(rng: random.Random, draw: _Draw[Item], items: Sequence[Item], w
         item = draw(rng)
         if item.id not in seen:
             return item
-    return _weighted_order(rng, [it for it in items if it.id not in seen], weights)[0]
+    return _weighted_order(rng, [it for it in items if it.id not in seen], weight)[0]
 
 
 def _price_band(rng: random.Random, preferred: Sequence[str]) -> tuple[float, float]:
@@ -347,7 +345,11 @@ def generate_demo(seed: int = 7, n_items: int = 300, n_users: int = 120) -> Demo
     ranked = rng.sample(present, len(present))
     category_weight = {cat: 1.0 / rank**CATEGORY_ZIPF_EXPONENT for rank, cat in enumerate(ranked, start=1)}
 
-    anywhere = _Draw(items, [latent[item.id] for item in items])
+
+    def popularity(item: Item) -> float:
+        return latent[item.id]
+
+    anywhere = _Draw(items, [popularity(item) for item in items])
     preferred_event = _Draw(_EVENTS, _EVENT_WEIGHTS_PREFERRED)
     other_event = _Draw(_EVENTS, _EVENT_WEIGHTS_OTHER)
     preferred_stars = _Draw(_STARS, _RATING_WEIGHTS_PREFERRED)
@@ -358,7 +360,7 @@ def generate_demo(seed: int = 7, n_items: int = 300, n_users: int = 120) -> Demo
     for number in range(1, n_users + 1):
         user_id = f"u{number}"
         n_preferred = rng.randint(1, min(3, len(present)))
-        preferred = tuple(sorted(_weighted_sample(rng, present, category_weight, n_preferred)))
+        preferred = tuple(sorted(_weighted_order(rng, present, category_weight.__getitem__)[:n_preferred]))
         low, high = _price_band(rng, preferred)
         users.append(DemoUser(id=user_id, preferred_categories=preferred, price_band=(low, high)))
 
@@ -368,14 +370,14 @@ def generate_demo(seed: int = 7, n_items: int = 300, n_users: int = 120) -> Demo
             for it in catalog.by_category(category):
                 (in_band if it.price is not None and low <= it.price <= high else out_of_band).append(it)
         # Falling back to out-of-band preferred items keeps the category signal when the band runs dry.
-        taste = _Queue(_weighted_order(rng, in_band, latent) + _weighted_order(rng, out_of_band, latent))
+        taste = _Queue(_weighted_order(rng, in_band, popularity) + _weighted_order(rng, out_of_band, popularity))
         seen: set[str] = set()
 
         count = min(rng.randint(10, 60), n_items)
         for offset in sorted(rng.sample(range(SPAN_SECONDS), count)):
             item = taste.next_unseen(seen) if rng.random() < PREFERRED_SHARE else None
             if item is None:
-                item = _draw_unseen(rng, anywhere, items, latent, seen)
+                item = _draw_unseen(rng, anywhere, items, popularity, seen)
             seen.add(item.id)
             liked = item.category in preferred
             event = (preferred_event if liked else other_event)(rng)

@@ -1,0 +1,298 @@
+"""The ``llmrec`` command. The only place where errors become text and exit codes.
+
+Exit codes: 0 success; 1 the spec, the request or a run failed (a message says why); 2 bad command-line
+usage; 70 an internal error (a bug in llmrec or a plugin: set LLMREC_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .errors import InputError, LlmrecError, PluginError, RunError, SpecError, SpecErrors
+
+app = typer.Typer(
+    name="llmrec",
+    help="Declarative recommender systems with LLMs: validate, run, draw and inspect YAML specs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def _display(path: Path) -> str:
+    return str(path)
+
+
+def _check(path: Path) -> tuple[Any, list[SpecError], list[SpecError]]:
+    from .api import check
+
+    return check(path, _display(path))
+
+
+def _load_graph(spec: Path) -> Any:
+    """Validate or exit 1 printing every error, like `llmrec validate`."""
+    graph, errors, warnings = _check(spec)
+    for w in warnings:
+        _err(w.format())
+    if errors or graph is None:
+        for e in errors:
+            _err(e.format())
+        n = len(errors)
+        _err(f"{spec}: {n} error{'s' if n != 1 else ''}; nothing was run. Fix them and try again.")
+        raise Exit(1)
+    return graph
+
+
+@app.command()
+def validate(
+    specs: Annotated[list[Path], typer.Argument(help="Spec files to check.", show_default=False)],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print problems only.")] = False,
+    output_format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+) -> None:
+    """Check specs without running anything; print every problem as file:line:col: node 'id': message."""
+    total = 0
+    report = []
+    for spec in specs:
+        graph, errors, warnings = _check(spec)
+        total += len(errors)
+        if output_format == "json":
+            report.append({
+                "spec": str(spec),
+                "valid": not errors,
+                "errors": [_diag(e) for e in errors],
+                "warnings": [_diag(w) for w in warnings],
+            })
+            continue
+        for e in sorted(errors + warnings, key=SpecError.sort_key):
+            _out(e.format())
+        if errors:
+            n = len(errors)
+            _out(f"{spec}: {n} error{'s' if n != 1 else ''}")
+        elif not quiet:
+            _out(f"{spec}: ok ({len(graph.nodes)} nodes, {len(graph.resources)} resources, "
+                 f"{len(graph.outputs)} outputs)")
+    if output_format == "json":
+        _out(json.dumps(report, indent=2))
+    if total:
+        raise Exit(1)
+
+
+def _diag(e: SpecError) -> dict[str, Any]:
+    loc = e.location
+    return {
+        "file": loc.file if loc else None,
+        "line": loc.line if loc else None,
+        "col": loc.col if loc else None,
+        "node": e.node_id,
+        "message": e.message,
+        "hint": e.hint,
+        "kind": type(e).__name__,
+        "text": e.format(),
+    }
+
+
+def _read_input(value: str | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    text = value
+    if value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            _err(f"error: cannot read input file '{path}': {exc.strerror}")
+            raise Exit(1) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _err(f"error: --input is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        _err("hint: quote it for the shell, e.g. --input '{\"user_id\": \"u1\"}', or pass @file.json")
+        raise Exit(1) from None
+    if not isinstance(data, dict):
+        _err("error: --input must be a JSON object, e.g. '{\"user_id\": \"u1\"}'")
+        raise Exit(1)
+    return data
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="The spec to run.", show_default=False)],
+    input_: Annotated[
+        Optional[str], typer.Option("--input", "-i", help="Request inputs as JSON, or @file.json.")
+    ] = None,
+    trace: Annotated[bool, typer.Option("--trace", help="Also print the per-node trace.")] = False,
+    deadline: Annotated[
+        Optional[float], typer.Option("--deadline", help="Seconds the whole request may take.")
+    ] = None,
+) -> None:
+    """Run a spec once and print its outputs as JSON."""
+    from .runtime.executor import Runtime
+
+    graph = _load_graph(spec)
+    inputs = _read_input(input_)
+    runtime = Runtime(graph)
+    try:
+        result = runtime.run_sync(inputs, deadline=deadline)
+    except InputError as exc:
+        for e in exc.errors:
+            _err(f"error: input '{e['field']}': {e['message']}")
+        declared = ", ".join(f"{n} ({i.type}{', required' if i.is_required else ''})"
+                             for n, i in graph.spec.inputs.items())
+        _err(f"hint: {spec} takes: {declared or 'no inputs'}")
+        raise Exit(1) from None
+    except RunError as exc:
+        _err(f"error: {exc}")
+        if trace and exc.trace is not None:
+            _err(json.dumps(exc.trace.to_dict(), indent=2))
+        raise Exit(1) from None
+    data = result.to_dict(trace=trace)
+    if not trace and not result.degraded:
+        data = data["outputs"]
+    _out(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def graph(
+    spec: Annotated[Path, typer.Argument(help="The spec to draw.", show_default=False)],
+    output_format: Annotated[str, typer.Option("--format", "-f", help="mermaid or dot.")] = "mermaid",
+) -> None:
+    """Draw the spec's DAG as Mermaid or Graphviz DOT."""
+    from .graph import draw
+
+    if output_format not in ("mermaid", "dot"):
+        _err(f"error: unknown format '{output_format}'; use mermaid or dot")
+        raise Exit(2)
+    g = _load_graph(spec)
+    sys.stdout.write(draw.mermaid(g) if output_format == "mermaid" else draw.dot(g))
+
+
+@app.command()
+def schema(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    spec_dir: Annotated[
+        Optional[Path], typer.Option("--spec-dir", help="Also include plugins/*.py from this folder.")
+    ] = None,
+) -> None:
+    """Write the JSON Schema of the spec language, with every registered node type's config."""
+    from .plugins import get_registry
+    from .spec.jsonschema import spec_json_schema
+
+    text = json.dumps(spec_json_schema(get_registry(spec_dir.resolve() if spec_dir else None)), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(output.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, output)
+    _err(f"wrote {output}")
+
+
+@app.command()
+def plugins(
+    spec_dir: Annotated[
+        Optional[Path], typer.Option("--spec-dir", help="Also list plugins/*.py from this folder.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List loaded plugins, their distribution and version, and what each provides."""
+    from .plugins import get_registry
+
+    reg = get_registry(spec_dir.resolve() if spec_dir else None)
+    rows = []
+    for info in reg.plugins:
+        provided = reg.provided_by(info.name)
+        rows.append({
+            "name": info.name,
+            "source": info.source,
+            "distribution": info.distribution,
+            "version": info.version,
+            "provides": provided,
+        })
+    if as_json:
+        _out(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="llmrec plugins", show_lines=False)
+    for col in ("plugin", "distribution", "provides"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        dist = f"{row['distribution']} {row['version']}" if row["distribution"] else row["source"]
+        provides = "\n".join(f"{kind}s: {', '.join(names)}" for kind, names in row["provides"].items()) or "-"
+        table.add_row(row["name"], dist, provides)
+    Console(width=max(100, Console().width)).print(table)
+
+
+@app.command()
+def version() -> None:
+    """Print llmrec's version."""
+    from .plugins import _version
+
+    _out(f"llmrec {_version()}")
+
+
+def _register_plugin_commands() -> None:
+    try:
+        from .plugins import get_registry
+
+        reg = get_registry(None)
+        reg.hook.llmrec_register_commands(cli=app)
+    except PluginError as exc:
+        _err(f"error: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``llmrec`` console script."""
+    _register_plugin_commands()
+    try:
+        app(args=argv, prog_name="llmrec", standalone_mode=False)
+    except Exit as exc:
+        return exc.code
+    except SpecErrors as exc:
+        for e in exc.errors:
+            _err(e.format())
+        return 1
+    except (PluginError, LlmrecError) as exc:
+        _err(f"error: {exc}")
+        return 1
+    except (typer.Abort, KeyboardInterrupt):
+        _err("aborted")
+        return 130
+    except Exception as exc:
+        # usage errors from typer's click carry their own message and exit code
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()
+            return int(exc.exit_code)
+        if isinstance(exc, typer.Exit) or type(exc).__name__ == "Exit":
+            return int(getattr(exc, "exit_code", 0) or 0)
+        if os.environ.get("LLMREC_DEBUG"):
+            raise
+        _err(f"internal error: {type(exc).__name__}: {exc}")
+        _err("This is a bug in llmrec or in a plugin, not in your spec. Set LLMREC_DEBUG=1 to see the traceback.")
+        return 70
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
