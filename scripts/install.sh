@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Create .venv and install llmrec into it (editable), offline-friendly.
+#
+#   bash scripts/install.sh          # llmrec and its runtime dependencies
+#   bash scripts/install.sh --test   # plus the test tools
+#
+# torch is installed first and CPU-only, so that nothing later pulls a multi-GB CUDA build:
+#   1. a torch wheel already on this machine (pip's find-links, e.g. a wheelhouse) is used when present;
+#   2. otherwise the CPU build comes from PyTorch's CPU index (set LLMREC_TORCH_INDEX_URL to change it);
+#   3. LLMREC_TORCH=skip leaves torch alone (e.g. you installed a CUDA build on purpose).
+# Environment: PYTHON (default python3), VENV (default .venv), TORCH_VERSION (default 2.13.0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+TORCH_INDEX=${LLMREC_TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "llmrec needs Python >= 3.11; set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+
+pip install -U "pip>=24" "setuptools>=77" wheel
+
+if [ "${LLMREC_TORCH:-}" != "skip" ] && ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  if pip install --no-index "torch==$TORCH_VERSION"; then
+    echo "torch $TORCH_VERSION: installed from a local wheel"
+  else
+    echo "torch $TORCH_VERSION: installing the CPU build from $TORCH_INDEX"
+    pip install "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple
+  fi
+fi
+
+pip install -e ".$extras"
+"$VENV/bin/llmrec" version

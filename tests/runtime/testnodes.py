@@ -1,0 +1,77 @@
+"""Node types for executor tests, loaded as a local plugin (copied into <spec dir>/plugins/)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+import llmrec
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = 0.0
+    failures: int = 0
+
+
+class Sleep(llmrec.NodeType):
+    name = "test.sleep"
+    Config = _Cfg
+    events: list[tuple[str, str, float]] = []
+
+    async def run(self, value: Any = None, context: llmrec.RunContext | None = None) -> Any:
+        assert context is not None
+        Sleep.events.append((context.node_id, "start", time.perf_counter()))
+        await asyncio.sleep(self.config.seconds)
+        Sleep.events.append((context.node_id, "end", time.perf_counter()))
+        return value
+
+
+class Flaky(llmrec.NodeType):
+    name = "test.flaky"
+    Config = _Cfg
+    calls: dict[str, int] = {}
+
+    async def run(self, value: Any = None, context: llmrec.RunContext | None = None) -> Any:
+        assert context is not None
+        n = Flaky.calls[context.node_id] = Flaky.calls.get(context.node_id, 0) + 1
+        if n <= self.config.failures:
+            raise ConnectionError(f"attempt {n} failed")
+        return {"value": value, "attempts": n}
+
+
+class Fail(llmrec.NodeType):
+    name = "test.fail"
+    Config = _Cfg
+
+    async def run(self, value: Any = None) -> list[str]:
+        raise ValueError("boom")
+
+
+class Counter(llmrec.NodeType):
+    name = "test.counter"
+    Config = _Cfg
+    calls = 0
+
+    async def run(self, key: str = "") -> list[str]:
+        Counter.calls += 1
+        return [key, str(Counter.calls)]
+
+
+class Blocking(llmrec.NodeType):
+    name = "test.blocking"
+    Config = _Cfg
+    offload = True
+
+    def run(self, value: Any = None) -> Any:
+        time.sleep(self.config.seconds)
+        return value
+
+
+@llmrec.hookimpl
+def llmrec_register_node_types(register: Any) -> None:
+    for cls in (Sleep, Flaky, Fail, Counter, Blocking):
+        register(cls)
