@@ -66,7 +66,7 @@ class BuiltNode:
     when: Any = None  # compiled Jinja expression
     cache_key: Expr | None = None
     fallback_template: Any = None  # compiled Jinja template
-    fallback_only: bool = False  # runs only when another node falls back to it
+    fallback_only: bool = False  # not on any output's data path: runs only if a fallback asks for it
 
     @property
     def output_type(self) -> Any:
@@ -531,7 +531,8 @@ class _Checker:
                     needed.add(r.node)
                     needed |= nx.ancestors(data_only, r.node)
         for node in self.nodes.values():
-            node.fallback_only = node.id not in needed and node.id in used
+            # not needed by any output's data path: started lazily, only if a fallback asks for it
+            node.fallback_only = node.id not in needed
         for node_id in self.spec.nodes:
             if node_id not in used:
                 self.warnings.append(

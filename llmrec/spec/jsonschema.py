@@ -53,6 +53,7 @@ def spec_json_schema(registry: Registry) -> dict[str, Any]:
 
     typed(node_def, node_types)
     typed(res_def, resource_types)
+    _shorthands(defs, schema)
     schema["$defs"] = defs
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -76,3 +77,30 @@ def _params(cls: Any) -> list[str] | None:
         return None  # inputs depend on the config
     sig = read_signature(cls.run)
     return None if sig.variadic else list(sig.params)
+
+
+_DURATION = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"}]}
+
+
+def _shorthands(defs: dict[str, Any], root: dict[str, Any]) -> None:
+    """The models accept shorthands (``timeout: 2s``, ``retries: 2``, ``cache: true``, ``user_id: string``)
+    through before-validators, which pydantic's schema cannot see; describe them here."""
+    node = defs.get("NodeSpec", {}).get("properties", {})
+    if "timeout" in node:
+        node["timeout"] = {**_DURATION, "description": node["timeout"].get("description", "")}
+        node["timeout"]["anyOf"] = [*_DURATION["anyOf"], {"type": "null"}]
+    if "retries" in node:
+        node["retries"] = {"anyOf": [{"type": "integer", "minimum": 0}, {"$ref": "#/$defs/RetrySpec"}]}
+    if "cache" in node:
+        node["cache"] = {"anyOf": [{"type": "boolean"}, {"$ref": "#/$defs/CacheSpec"}, {"type": "null"}]}
+    for name in ("backoff", "max_backoff"):
+        if name in defs.get("RetrySpec", {}).get("properties", {}):
+            defs["RetrySpec"]["properties"][name] = dict(_DURATION)
+    if "ttl" in defs.get("CacheSpec", {}).get("properties", {}):
+        defs["CacheSpec"]["properties"]["ttl"] = {"anyOf": [*_DURATION["anyOf"], {"type": "null"}]}
+    inputs = root.get("properties", {}).get("inputs")
+    if inputs is not None and "InputSpec" in defs:
+        type_names = defs["InputSpec"]["properties"]["type"].get("enum")
+        inputs["additionalProperties"] = {
+            "anyOf": [{"$ref": "#/$defs/InputSpec"}, {"type": "string", **({"enum": type_names} if type_names else {})}]
+        }
