@@ -54,24 +54,40 @@ class _Plan:
 
 
 class _RunState:
-    __slots__ = ("env", "records", "tasks", "runtime", "run_id", "t0", "deadline", "request")
+    __slots__ = ("env", "records", "tasks", "runtime", "run_id", "t0", "deadline", "request", "counts", "waiters",
+                 "lazy")
 
     def __init__(self, runtime: Runtime, request: dict[str, Any], run_id: str, deadline: float | None) -> None:
         self.runtime = runtime
         self.request = request
         self.env: dict[str, Any] = {"inputs": request, "resources": runtime.resources}
         self.records: dict[str, NodeRecord] = {}
-        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
         self.run_id = run_id
         self.t0 = time.perf_counter()
         self.deadline = deadline
+        self.counts = dict(runtime._ndeps)  # unfinished inputs per node; 0 means ready
+        self.waiters: dict[str, asyncio.Future[Any]] = {}  # nodes someone off the main path awaits
+        self.lazy: dict[str, asyncio.Task[Any]] = {}  # fallback-only nodes started on demand
 
-    def task(self, node_id: str) -> asyncio.Task[Any]:
-        t = self.tasks.get(node_id)
+    def spawn(self, node_id: str) -> None:
+        t = asyncio.get_running_loop().create_task(self.runtime._drive(node_id, self))
+        self.tasks.add(t)
+
+    async def value_of(self, node_id: str) -> Any:
+        """The value of any node, waiting for it (and starting it, if it is fallback-only) as needed."""
+        env = self.env
+        if node_id in env:
+            return env[node_id]
+        if node_id in self.runtime._needed:
+            fut = self.waiters.get(node_id)
+            if fut is None:
+                fut = self.waiters[node_id] = asyncio.get_running_loop().create_future()
+            return await fut
+        t = self.lazy.get(node_id)
         if t is None:
-            t = asyncio.get_running_loop().create_task(self.runtime._run_node(self.runtime._plans[node_id], self))
-            self.tasks[node_id] = t
-        return t
+            t = self.lazy[node_id] = asyncio.get_running_loop().create_task(self.runtime._run_lazy(node_id, self))
+        return await asyncio.shield(t)
 
 
 def _fingerprint(value: Any, tokens: dict[int, str]) -> str:
@@ -111,7 +127,12 @@ class Runtime:
         self._start_lock: asyncio.Lock | None = None
         self._thread_lock = threading.Lock()
         self._plans = {node_id: self._plan(node) for node_id, node in graph.nodes.items()}
-        self._roots = tuple(n for n in graph.order if n in graph.nodes and not graph.nodes[n].fallback_only)
+        # the nodes every request runs, and who waits on whom among them (fallback-only nodes run on demand)
+        needed = [n for n in graph.order if n in graph.nodes and not graph.nodes[n].fallback_only]
+        self._needed = frozenset(needed)
+        self._ndeps = {n: len(graph.nodes[n].deps) for n in needed}
+        self._dependents = {n: tuple(d for d in needed if n in graph.nodes[d].deps) for n in needed}
+        self._ready = tuple(n for n in needed if self._ndeps[n] == 0)
         self._outputs = tuple(graph.outputs.items())
 
     def _plan(self, node: BuiltNode) -> _Plan:
@@ -245,20 +266,27 @@ class Runtime:
         return asyncio.run(self.run(inputs, **kwargs))
 
     async def _collect(self, state: _RunState) -> dict[str, Any]:
-        for node_id in self._roots:
-            state.task(node_id)
-        if state.tasks:
-            done = await asyncio.gather(*state.tasks.values(), return_exceptions=True)
-            for value in done:
-                if isinstance(value, BaseException):
-                    raise value
+        ready = self._ready
+        for node_id in ready[1:]:
+            state.spawn(node_id)
+        if ready:
+            await self._drive(ready[0], state)
+        while state.tasks:
+            done, _ = await asyncio.wait(state.tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                state.tasks.discard(t)
+                if t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
         env = state.env
         return {name: expr.evaluate(env) for name, expr in self._outputs}
 
     def _cancel(self, state: _RunState) -> None:
-        for t in state.tasks.values():
+        for t in (*state.tasks, *state.lazy.values()):
             if not t.done():
                 t.cancel()
+        for fut in state.waiters.values():
+            if not fut.done():
+                fut.cancel()
         for r in state.records.values():
             if r.status == "pending":
                 r.status = "cancelled"
@@ -268,14 +296,42 @@ class Runtime:
         trace.nodes = list(state.records.values())
         return trace
 
+    # -- scheduling ----------------------------------------------------------------------------------------
+    async def _drive(self, node_id: str, state: _RunState) -> None:
+        """Run a ready node, then carry on inline with the first dependent it made ready; spawn tasks for the
+        others. Chains run without a task per node; independent branches still run concurrently."""
+        counts, dependents, plans = state.counts, self._dependents, self._plans
+        while True:
+            try:
+                value = await self._run_node(plans[node_id], state)
+            except BaseException as exc:
+                fut = state.waiters.get(node_id)
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RunError("cancelled", node_id))
+                raise
+            fut = state.waiters.get(node_id)
+            if fut is not None and not fut.done():
+                fut.set_result(value)
+            following = None
+            for d in dependents[node_id]:
+                c = counts[d] = counts[d] - 1
+                if c == 0:
+                    if following is None:
+                        following = d
+                    else:
+                        state.spawn(d)
+            if following is None:
+                return
+            node_id = following
+
+    async def _run_lazy(self, node_id: str, state: _RunState) -> Any:
+        p = self._plans[node_id]
+        for d in p.deps:
+            await state.value_of(d)
+        return await self._run_node(p, state)
+
     # -- one node ----------------------------------------------------------------------------------------
     async def _run_node(self, p: _Plan, state: _RunState) -> Any:
-        for d in p.deps:
-            t = state.tasks.get(d) or state.task(d)
-            if not t.done():
-                await t
-            elif t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
         rec = NodeRecord(p.id, p.type)
         state.records[p.id] = rec
         start = time.perf_counter()
@@ -382,9 +438,8 @@ class Runtime:
         fields = fb.model_fields_set
         if "node" in fields:
             rec.fallback = f"node:{fb.node}"
-            t = state.task(fb.node)
             try:
-                return await asyncio.shield(t) if not t.done() else t.result()
+                return await state.value_of(fb.node)
             except RunError as exc:
                 raise FallbackExhaustedError(
                     f"failed ({rec.fallback_reason}) and its fallback node '{fb.node}' failed too: {exc}", p.id
