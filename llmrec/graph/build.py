@@ -7,10 +7,10 @@ signatures and their ``check`` methods. Errors carry the position of the exact k
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal as TLiteral
+from typing import Any, Literal as TLiteral, get_args, get_origin
 
 import networkx as nx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from ..errors import (
     DanglingReferenceError,
@@ -31,8 +31,14 @@ from ..spec.loader import SpecDocument, offset_location, pydantic_errors, sugges
 from ..spec.models import InputSpec, NodeSpec, ResourceSpec, Spec
 from ..spec.refs import BadRef, DictExpr, Expr, Interp, ListExpr, Literal, Ref, RefExpr, compile_value
 from ..spec.yamlpos import Path_
-from ..templates import TemplateProblem, check as check_template, check_expression, compile_expression
-from ..templates import compile_template
+from ..templates import (
+    TemplateProblem,
+    check as check_template,
+    check_expression,
+    compile_expression,
+    compile_template,
+    variables,
+)
 from .typecheck import (
     UNKNOWN,
     attribute_names,
@@ -328,8 +334,6 @@ class _Checker:
             return
         path = ("nodes", node.id, "inputs", name)
         if isinstance(t, tuple):  # a YAML list of expressions: check each element
-            from typing import get_args, get_origin
-
             expected = param.type
             origin = get_origin(expected)
             elem = get_args(expected)[0] if origin in (list, tuple, set, frozenset) and get_args(expected) else None
@@ -356,8 +360,6 @@ class _Checker:
                      "Reference a field of the right type, or change the producing node.")
 
     def _check_literal(self, node: BuiltNode, name: str, value: Any, expected: Any, path: Path_) -> None:
-        from pydantic import TypeAdapter
-
         try:
             TypeAdapter(expected).validate_python(value)
         except ValidationError as exc:
@@ -412,8 +414,6 @@ class _Checker:
             hint = f"Did you mean '{close[0]}'?" if close else "Conditions may use 'inputs' and node ids."
             self.err(TemplateError, f"'when' condition uses '{name}', which is neither 'inputs' nor a node",
                      path, node.id, hint)
-        from ..templates import variables
-
         return {n for n in variables("{{ " + src + " }}", self.env) if n in self.node_names}
 
     def _check_fallback(self, node: BuiltNode, path: Path_) -> None:
@@ -458,8 +458,6 @@ class _Checker:
             self._check_fallback_value(node, fb.value, path + ("value",))
 
     def _check_fallback_value(self, node: BuiltNode, value: Any, path: Path_) -> None:
-        from pydantic import TypeAdapter
-
         try:
             TypeAdapter(node.output_type).validate_python(value)
         except ValidationError as exc:
@@ -574,19 +572,15 @@ def request_model(spec: Spec) -> type[BaseModel]:
 
 
 def _check_defaults(checker: _Checker) -> None:
-    model = None
     for name, i in checker.spec.inputs.items():
         if i.is_required or i.default is None:
             continue
-        from pydantic import TypeAdapter
-
         try:
             TypeAdapter(_input_type(i)).validate_python(i.default)
         except ValidationError as exc:
             checker.err(SpecValidationError,
                         f"default of input '{name}' is not a valid {i.type}: {exc.errors(include_url=False)[0]['msg']}",
                         ("inputs", name, "default"))
-    del model
 
 
 def check_graph(doc: SpecDocument, registry: Registry) -> tuple[Graph | None, list[SpecError], list[SpecWarning]]:

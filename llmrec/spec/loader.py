@@ -354,8 +354,7 @@ def pydantic_errors(
     """
     errors: list[SpecError] = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper() and p not in _keys(doc, prefix)))
-        loc = tuple(p for p in loc if p not in ("function-before", "function-after"))
+        loc = tuple(err["loc"])
         full = prefix + loc
         nid = node_id
         if nid is None and len(full) >= 2 and full[0] == "nodes" and isinstance(full[1], str):
@@ -394,25 +393,3 @@ def pydantic_errors(
                 label = f"'{dotted}' in {what}"
             errors.append(SpecValidationError(f"invalid {label}: {msg}", doc.at(full), nid))
     return errors
-
-
-def _keys(doc: SpecDocument, prefix: Path_) -> set[Any]:
-    """Keys actually written at ``prefix``, so a capitalised user key is not mistaken for a model tag."""
-    value: Any = doc.data
-    for p in prefix:
-        if isinstance(value, dict) and p in value:
-            value = value[p]
-        elif isinstance(value, list) and isinstance(p, int) and p < len(value):
-            value = value[p]
-        else:
-            return set()
-    keys: set[Any] = set()
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, dict):
-            keys.update(v)
-            stack.extend(v.values())
-        elif isinstance(v, list):
-            stack.extend(v)
-    return keys

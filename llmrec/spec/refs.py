@@ -153,7 +153,11 @@ def compile_value(value: Any, where: Path_, errors: list[BadRef]) -> Expr:
             parts.append(m.group(0))
         pos = m.end()
     if pos < len(value):
-        parts.append(value[pos:])
+        tail = value[pos:]
+        unclosed = re.search(r"(?<!\$)\$\{", tail)
+        if unclosed:
+            errors.append(BadRef(tail[unclosed.start():], pos + unclosed.start()))
+        parts.append(tail)
     parts = [p.replace("$${", "${") if isinstance(p, str) else p for p in parts]
     if len(parts) == 1 and isinstance(parts[0], Ref):
         return RefExpr(parts[0])
