@@ -5,7 +5,7 @@
 #   bash scripts/install.sh --test   # plus the test tools
 #
 # torch is installed first and CPU-only, so that nothing later pulls a multi-GB CUDA build:
-#   1. a torch wheel already on this machine (pip's find-links, e.g. a wheelhouse) is used when present;
+#   1. a torch wheel pip can see without an index (its find-links, e.g. a local wheelhouse) is used when present;
 #   2. otherwise the CPU build comes from PyTorch's CPU index (set LLMREC_TORCH_INDEX_URL to change it);
 #   3. LLMREC_TORCH=skip leaves torch alone (e.g. you installed a CUDA build on purpose).
 # Environment: PYTHON (default python3), VENV (default .venv), TORCH_VERSION (default 2.13.0).
@@ -29,12 +29,15 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 pip install -U "pip>=24" "setuptools>=77" wheel
 
 if [ "${LLMREC_TORCH:-}" != "skip" ] && ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  if pip install --no-index "torch==$TORCH_VERSION"; then
-    echo "torch $TORCH_VERSION: installed from a local wheel"
+  probe=$(mktemp -d)
+  if pip download --no-deps --no-index "torch==$TORCH_VERSION" -d "$probe" >/dev/null 2>&1; then
+    echo "torch $TORCH_VERSION: using the wheel found locally: $(ls "$probe")"
+    pip install "$probe"/torch-*.whl
   else
     echo "torch $TORCH_VERSION: installing the CPU build from $TORCH_INDEX"
     pip install "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple
   fi
+  rm -rf "$probe"
 fi
 
 pip install -e ".$extras"
