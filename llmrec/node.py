@@ -86,6 +86,7 @@ class CheckContext:
     declared_inputs: set[str]  # input names this node is given
     request_inputs: set[str]  # names declared in the spec's `inputs`
     template_env: Any = None
+    inputs: dict[str, Any] = field(default_factory=dict)  # the node's inputs as written (values or ${...} text)
 
 
 def read_signature(fn: Any) -> Signature:
@@ -126,7 +127,14 @@ class NodeType:
         self.config = config
 
     async def start(self) -> None:
-        """Called once before the first run (load an index, warm a model). Default: nothing."""
+        """Called once before the first run (load a model, open a connection). Default: nothing."""
+
+    async def warm(self, **inputs: Any) -> None:
+        """Called once at start with the inputs already known then: those bound to resources or literals.
+
+        Build per-resource structures here (an index over the catalog, a popularity table) so that the first
+        request does not pay for them. Default: nothing.
+        """
 
     async def close(self) -> None:
         """Called when the runtime shuts down. Default: nothing."""

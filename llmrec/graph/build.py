@@ -136,7 +136,7 @@ class _Checker:
             config = self._config(cls, rspec.config, path, None, f"resource type '{rspec.type}'")
             if config is None:
                 continue
-            ctx = self._check_context(path, name, set())
+            ctx = self._check_context(path, name, {})
             for message in cls.check(config, ctx):
                 self.err(SpecValidationError, message, path + ("config",), key=True)
             self.resources[name] = BuiltResource(name, rspec, cls, config)
@@ -163,13 +163,14 @@ class _Checker:
             )
             return None
 
-    def _check_context(self, path: Path_, node_id: str, declared: set[str]) -> CheckContext:
+    def _check_context(self, path: Path_, node_id: str, inputs: dict[str, Any]) -> CheckContext:
         return CheckContext(
             node_id=node_id,
             base_dir=self.doc.dir_for(path),
-            declared_inputs=declared,
+            declared_inputs=set(inputs),
             request_inputs=set(self.spec.inputs),
             template_env=self.env,
+            inputs=dict(inputs),
         )
 
     # -- nodes -----------------------------------------------------------------------------------------
@@ -207,7 +208,7 @@ class _Checker:
                              path + ("inputs",) if "inputs" in nspec.inputs or nspec.inputs else path, node_id,
                              f"Add it under 'inputs:', e.g. {pname}: ${{other_node.{pname}}}.",
                              key=True)
-            ctx = self._check_context(path, node_id, set(nspec.inputs))
+            ctx = self._check_context(path, node_id, nspec.inputs)
             try:
                 problems = cls.check(config, ctx)
             except (TemplateProblem, OutputSchemaProblem) as exc:

@@ -19,11 +19,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import FallbackExhaustedError, InputError, NodeTimeoutError, RunError
 from ..graph.build import BuiltNode, Graph
 from ..node import NodeType, RunContext
+from ..spec.refs import RefExpr
 from .trace import NodeRecord, RunResult, Trace
 
 
@@ -121,6 +122,7 @@ class Runtime:
             if getattr(hook, name).get_hookimpls()
         }
         self.resources: dict[str, Any] = {}
+        self.warm_errors: dict[str, Exception] = {}
         self._resource_types = {name: r.cls(r.config) for name, r in graph.resources.items()}
         self._tokens: dict[int, str] = {}
         self._started = False
@@ -147,6 +149,14 @@ class Runtime:
                              sort_keys=True, default=str)
         prefix = f"{node.id}:{hashlib.sha256(version.encode()).hexdigest()[:16]}:"
         when_deps = tuple(d for d in node.deps if node.when is not None)
+        fallback = spec.fallback
+        if fallback is not None and "value" in fallback.model_fields_set:
+            # consumers get the node's declared output type, not the raw YAML mapping
+            try:
+                value = TypeAdapter(node.output_type).validate_python(fallback.value)
+            except Exception:  # an output type pydantic cannot validate: pass the value as written
+                value = fallback.value
+            fallback = fallback.model_copy(update={"value": value})
         return _Plan(
             id=node.id,
             type=node.cls.name,
@@ -166,7 +176,7 @@ class Runtime:
             cache=cache,
             cache_ttl=spec.cache.ttl if spec.cache is not None else None,
             cache_prefix=prefix,
-            fallback=spec.fallback,
+            fallback=fallback,
             wants_context=node.signature.wants_context,
         )
 
@@ -183,9 +193,32 @@ class Runtime:
             names = list(self._resource_types)
             loaded = await asyncio.gather(*(self._resource_types[n].load() for n in names))
             self.resources.update(zip(names, loaded))
-            self._tokens = {id(v): f"resource:{n}" for n, v in self.resources.items()}
             await asyncio.gather(*(p.instance.start() for p in self._plans.values()))
+            static = {node_id: self._static_inputs(p) for node_id, p in self._plans.items()}
+            # cache keys name resource values (and their attributes) instead of hashing them
+            self._tokens = {id(v): f"resource:{n}" for n, v in self.resources.items()}
+            for p in self._plans.values():
+                for name, expr in p.bindings:
+                    if name in static[p.id] and isinstance(expr, RefExpr):
+                        self._tokens.setdefault(id(static[p.id][name]), expr.ref.text)
+            warming = [p for p in self._plans.values() if type(p.instance).warm is not NodeType.warm]
+            results = await asyncio.gather(*(p.instance.warm(**static[p.id]) for p in warming),
+                                           return_exceptions=True)
+            # warming is an optimisation: a node that cannot warm up fails (or falls back) when it runs
+            self.warm_errors = {p.id: r for p, r in zip(warming, results) if isinstance(r, Exception)}
             self._started = True
+
+    def _static_inputs(self, p: _Plan) -> dict[str, Any]:
+        """Inputs known before any request: those that reference only resources (or nothing)."""
+        env = {"resources": self.resources}
+        out = {}
+        for name, expr in p.bindings:
+            refs = expr.refs()
+            if refs and all(r.root == "resources" for r in refs):
+                out[name] = expr.evaluate(env)
+            elif not refs:
+                out[name] = expr.evaluate(env)
+        return out
 
     async def close(self) -> None:
         await asyncio.gather(*(p.instance.close() for p in self._plans.values()), return_exceptions=True)

@@ -1,0 +1,74 @@
+"""Value types that recommender node types pass between each other.
+
+They are plain pydantic models (extra="forbid"), so a node's output can be referenced field by field in a spec
+(``${blend.items}``, ``${profile.top_categories}``) and is checked statically against what the consumer
+declares. They are frozen: a cached node output is shared by every request that hits the cache, so nodes
+derive new values (``model_copy(update=...)``, or build new ones) instead of mutating what they were given.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Value(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScoredItem(_Value):
+    """One candidate: an item id, its score, and the per-source scores that produced it."""
+
+    id: str
+    score: float
+    sources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Score of this item in each source list, e.g. {'bm25': 7.1, 'popular': 0.4}.",
+    )
+
+
+class Candidates(_Value):
+    """An ordered list of scored items, best first, from one source (a retriever, a fusion, a reranker)."""
+
+    items: list[ScoredItem] = Field(default_factory=list)
+    source: str = Field("", description="Who produced the list, e.g. 'popular', 'bm25', 'fuse'.")
+
+    @property
+    def ids(self) -> list[str]:
+        """Item ids in order."""
+        return [c.id for c in self.items]
+
+
+class UserProfile(_Value):
+    """What is known about a user at request time; ``known=False`` is a cold-start user."""
+
+    user_id: str
+    known: bool = Field(description="False for a user with no history (cold start).")
+    history_size: int = Field(0, ge=0)
+    seen: list[str] = Field(default_factory=list, description="Ids of items the user has interacted with.")
+    category_affinity: dict[str, float] = Field(
+        default_factory=dict, description="Share of the user's weighted interactions per category, largest first."
+    )
+    top_categories: list[str] = Field(default_factory=list, description="The categories the user likes most.")
+
+
+class Recommendation(_Value):
+    """One recommended item as shown to a user."""
+
+    rank: int = Field(ge=1)
+    id: str
+    title: str
+    category: str = ""
+    price: float | None = None
+    score: float
+    reason: str = Field("", description="Why it is recommended, in a few words.")
+
+
+class Recommendations(_Value):
+    """The answer to one recommendation request."""
+
+    user_id: str
+    cold_start: bool = False
+    items: list[Recommendation] = Field(default_factory=list)
+
+
+__all__ = ["Candidates", "Recommendation", "Recommendations", "ScoredItem", "UserProfile"]
