@@ -14,6 +14,7 @@ class NoopConfig(BaseModel):
 class Noop(llmrec.NodeType):
     name = "bench.noop"
     Config = NoopConfig
+    inline = True  # like the quickstart's node types it stands in for
 
     async def run(self, **inputs: Any) -> Any:
         return None

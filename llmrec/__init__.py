@@ -6,7 +6,7 @@
     result.outputs, result.trace
 """
 
-from .api import arun, build, check, run, runtime, validate
+from .api import arun, build, check, open_runtime, run, validate
 from .errors import (
     InputError,
     LlmrecError,
@@ -47,6 +47,6 @@ __all__ = [
     "hookimpl",
     "load_spec",
     "run",
-    "runtime",
+    "open_runtime",
     "validate",
 ]

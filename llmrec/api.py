@@ -38,14 +38,14 @@ def build(doc: SpecDocument) -> Graph:
     return _build(doc, get_registry(doc.base_dir))
 
 
-def runtime(path: str | os.PathLike[str]) -> Runtime:
+def open_runtime(path: str | os.PathLike[str]) -> Runtime:
     """Validate a spec and return a Runtime for it (resources load on first run or ``await rt.start()``)."""
     return Runtime(validate(path))
 
 
 async def arun(path: str | os.PathLike[str], inputs: dict[str, Any] | None = None, **kwargs: Any) -> RunResult:
     """Validate and run a spec once, asynchronously."""
-    rt = runtime(path)
+    rt = open_runtime(path)
     try:
         return await rt.run(inputs, **kwargs)
     finally:

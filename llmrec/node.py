@@ -121,7 +121,12 @@ class NodeType:
     name: ClassVar[str]
     description: ClassVar[str] = ""
     Config: ClassVar[type[BaseModel]] = NoConfig
+    #: plain ``def run`` only: run it in a worker thread (it blocks: CPU-heavy or blocking I/O)
     offload: ClassVar[bool] = False
+    #: ``async def run`` that never waits on I/O (pure computation): the executor may start it without
+    #: creating an asyncio task, which saves most of its per-node cost. Leave False for anything that awaits
+    #: the network, sleeps, or enters asyncio.timeout / anyio cancel scopes.
+    inline: ClassVar[bool] = False
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config

@@ -28,7 +28,7 @@ def demo():
 
 @pytest.fixture(scope="module")
 def runtime() -> llmrec.Runtime:
-    return llmrec.runtime(SPEC)
+    return llmrec.open_runtime(SPEC)
 
 
 def recommend(rt: llmrec.Runtime, **inputs) -> Recommendations:
@@ -151,7 +151,7 @@ def test_the_trace_shows_keyword_skipped_without_a_query(runtime) -> None:
 
 
 def test_a_second_run_hits_the_popular_cache() -> None:
-    rt = llmrec.runtime(SPEC)
+    rt = llmrec.open_runtime(SPEC)
     first = rt.run_sync({"user_id": "u1"})
     assert first.trace.node("popular").status == "ok" and not first.trace.node("popular").cache_hit
     second = rt.run_sync({"user_id": "u2"})

@@ -70,7 +70,7 @@ def test_requests_with_unknown_or_wrong_fields_are_refused_before_running(tmp_pa
           n: {type: core.identity, inputs: {value: "${inputs.k}"}}
         outputs: {v: "${n}"}
     """)
-    rt = llmrec.runtime(path)
+    rt = llmrec.open_runtime(path)
     with pytest.raises(llmrec.InputError) as info:
         rt.run_sync({"k": 10**9})
     assert info.value.field == "k"

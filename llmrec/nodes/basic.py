@@ -47,6 +47,7 @@ class Template(NodeType):
     """Render a sandboxed Jinja template with the node's inputs; optionally parse the result as JSON."""
 
     name = "text.template"
+    inline = True
     description = "Render a Jinja template from the node's inputs (optionally parsed as JSON into a schema)."
     Config = TemplateConfig
 
@@ -99,6 +100,7 @@ class Identity(NodeType):
     """Pass a value through unchanged: useful to name a value, or as a fallback target."""
 
     name = "core.identity"
+    inline = True
     description = "Return the 'value' input unchanged."
     Config = IdentityConfig
 

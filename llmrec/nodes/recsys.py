@@ -120,6 +120,7 @@ class Profile(NodeType):
     """What the interaction log says about one user; unknown users are cold starts, never errors."""
 
     name = "user.profile"
+    inline = True  # pure computation: no I/O in run()
     description = "Build a user's profile (history, seen items, category affinity); unknown users are cold starts."
     Config = ProfileConfig
 
@@ -154,6 +155,7 @@ class Popular(NodeType):
     """The most popular items by event-weighted interaction count, scores normalised so the top item has 1."""
 
     name = "retrieve.popular"
+    inline = True
     description = "Retrieve the k most popular items (event-weighted interactions, scores normalised to 0..1)."
     Config = PopularConfig
 
@@ -196,6 +198,7 @@ class BM25(NodeType):
     """Keyword search over the catalog's ``title. description`` text with bm25s."""
 
     name = "retrieve.bm25"
+    inline = True
     description = "Retrieve catalog items matching a text query with BM25 (empty query: no items)."
     Config = BM25Config
 
@@ -260,6 +263,7 @@ class CategoryAffinity(NodeType):
     is normalised within the item's category (its most popular item has 1)."""
 
     name = "retrieve.category_affinity"
+    inline = True
     description = "Retrieve popular items from the user's favourite categories (empty for cold-start users)."
     Config = AffinityConfig
 
@@ -339,6 +343,7 @@ class Fuse(NodeType):
     """Merge several candidate lists into one, keeping each item's per-source scores."""
 
     name = "fuse"
+    inline = True
     description = "Fuse candidate lists (RRF or weighted sum); skipped (null) lists are ignored."
     Config = FuseConfig
 
@@ -405,6 +410,7 @@ class FilterSeen(NodeType):
     """Drop the items the user has already interacted with."""
 
     name = "rerank.filter_seen"
+    inline = True
     description = "Remove items the user has already seen from the candidates."
     Config = FilterSeenConfig
 
@@ -426,6 +432,7 @@ class Diversify(NodeType):
     """Greedy diversification: take candidates in score order, capping how many come from one category."""
 
     name = "rerank.diversify"
+    inline = True
     description = "Pick k candidates in score order with at most max_per_category per category (filled if short)."
     Config = DiversifyConfig
 
@@ -467,6 +474,7 @@ class Present(NodeType):
     """Turn candidates into the answer a user sees: titles, categories, prices and a reason per item."""
 
     name = "present.items"
+    inline = True
     description = "Present the top k candidates with title, category, price and a short reason."
     Config = PresentConfig
 

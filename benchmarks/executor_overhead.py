@@ -1,0 +1,195 @@
+"""Executor overhead: llmrec's runtime vs a handwritten asyncio chain calling the same functions, in one run.
+
+1. no-op: the quickstart's graph with every node replaced by an async no-op (same edges, same `when`):
+   what the executor itself costs per node, as (llmrec - handwritten) / nodes. Goal: <= 30 us per node.
+2. quickstart: the real quickstart nodes (same instances, same warmed indexes, same requests) driven by
+   llmrec vs by a handwritten function that applies the same policies (when, timeout, cache, fallback).
+   Goal: ratio llmrec / handwritten <= 1.05.
+
+Rounds alternate between the two contenders so that drift on a shared machine hits both; the median of the
+per-round means is reported.
+
+    .venv/bin/python benchmarks/executor_overhead.py            # print
+    .venv/bin/python benchmarks/executor_overhead.py --write    # also update benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import llmrec
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "specs" / "quickstart.yaml"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def requests(n: int) -> list[dict[str, Any]]:
+    """A fixed mix: known users, unknown users, with and without a query."""
+    queries = ["", "", "hiking boots", "", "espresso", "", "wireless headphones", ""]
+    out = []
+    for i in range(n):
+        user = f"u{i % 120 + 1}" if i % 5 else f"guest{i}"
+        out.append({"user_id": user, "query": queries[i % len(queries)], "k": 10})
+    return out
+
+
+def noop_spec(folder: Path) -> Path:
+    """The quickstart's graph with the same edges and `when`, every node a no-op, no other policies."""
+    data = yaml.safe_load(QUICKSTART.read_text())
+    for node in data["nodes"].values():
+        node["type"] = "bench.noop"
+        for key in ("config", "cache", "timeout", "fallback", "retries"):
+            node.pop(key, None)
+    (folder / "plugins").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "benchmarks" / "_noop_plugin.py", folder / "plugins" / "noop.py")
+    path = folder / "quickstart_noop.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def handwritten(runtime: llmrec.Runtime, with_policies: bool) -> Any:
+    """The quickstart written by hand against the same node instances (what a user would write without llmrec)."""
+    n = {node_id: plan.instance for node_id, plan in runtime._plans.items()}
+    demo = runtime.resources["demo"]
+    catalog, interactions = demo.catalog, demo.interactions
+    popular_cache: dict[str, tuple[float, Any]] = {}
+    loop_time = time.monotonic
+
+    async def popular() -> Any:
+        if not with_policies:
+            return await n["popular"].run(interactions=interactions)
+        hit = popular_cache.get("k")
+        if hit is not None and loop_time() < hit[0]:
+            return hit[1]
+        value = await n["popular"].run(interactions=interactions)
+        popular_cache["k"] = (loop_time() + 60.0, value)
+        return value
+
+    async def keyword(query: str) -> Any:
+        if not with_policies:
+            return await n["keyword"].run(catalog=catalog, query=query)
+        try:
+            async with asyncio.timeout(2.0):
+                return await n["keyword"].run(catalog=catalog, query=query)
+        except Exception:
+            return runtime._plans["keyword"].fallback.value
+
+    async def recommend(req: dict[str, Any]) -> dict[str, Any]:
+        user_id, query, k = req["user_id"], req.get("query", ""), req.get("k", 10)
+        profile = await n["profile"].run(catalog=catalog, interactions=interactions, user_id=user_id)
+        pop = await popular()
+        aff = await n["affinity"].run(catalog=catalog, interactions=interactions, profile=profile)
+        kw = await keyword(query) if query else None
+        blend = await n["blend"].run(lists=[aff, kw, pop])
+        unseen = await n["unseen"].run(candidates=blend, profile=profile)
+        diverse = await n["diverse"].run(candidates=unseen, catalog=catalog, k=k)
+        result = await n["result"].run(candidates=diverse, catalog=catalog, profile=profile, query=query, k=k)
+        return {"recommendations": result}
+
+    return recommend
+
+
+async def compare(runtime: llmrec.Runtime, with_policies: bool, reqs: list[dict[str, Any]], rounds: int
+                  ) -> dict[str, float]:
+    await runtime.start()
+    hand = handwritten(runtime, with_policies)
+    if with_policies:
+        await check_same_outputs(runtime, hand, reqs)
+    for r in reqs[:50]:  # warm both paths
+        await runtime.run(r)
+        await hand(r)
+    per_round: dict[str, list[float]] = {"llmrec": [], "handwritten": []}
+    for i in range(rounds):
+        for name in ("llmrec", "handwritten") if i % 2 == 0 else ("handwritten", "llmrec"):
+            fn = runtime.run if name == "llmrec" else hand
+            t0 = time.process_time()
+            for r in reqs:
+                await fn(r)
+            per_round[name].append((time.process_time() - t0) / len(reqs))
+    if "-v" in sys.argv:
+        print([f"{a / b:.3f}" for a, b in zip(per_round["llmrec"], per_round["handwritten"])], file=sys.stderr)
+    llm, hw = statistics.median(per_round["llmrec"]), statistics.median(per_round["handwritten"])
+    return {"llmrec_us": llm * 1e6, "handwritten_us": hw * 1e6, "ratio": llm / hw}
+
+
+async def check_same_outputs(runtime: llmrec.Runtime, hand: Any, reqs: list[dict[str, Any]]) -> None:
+    for r in reqs[:40]:
+        a = (await runtime.run(r)).outputs_json()
+        b = llmrec.RunResult(await hand(r), None).outputs_json()  # type: ignore[arg-type]
+        assert a == b, f"outputs differ for {r}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    parser.add_argument("-v", action="store_true", help="print each round's ratio")
+    args = parser.parse_args()
+    reqs = requests(args.requests)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        noop_rt = llmrec.Runtime(llmrec.validate(noop_spec(Path(tmp))))
+        noop = asyncio.run(compare(noop_rt, False, reqs, args.rounds))
+    nodes = len(noop_rt.graph.nodes)
+    ran = sum(1 for r in reqs if r["query"]) / len(reqs)
+    mean_nodes = nodes - (1 - ran)  # `keyword` is skipped (but still scheduled) when there is no query
+    noop["per_node_us"] = (noop["llmrec_us"] - noop["handwritten_us"]) / mean_nodes
+
+    real_rt = llmrec.Runtime(llmrec.validate(QUICKSTART))
+    real = asyncio.run(compare(real_rt, True, reqs, args.rounds))
+
+    lines = [
+        "## Executor overhead (issue 2)",
+        "",
+        f"`.venv/bin/python benchmarks/executor_overhead.py` ({args.requests} requests x {args.rounds} rounds, "
+        f"median of per-round means; Python {platform.python_version()}, {platform.machine()}, 2 cores, no GPU)",
+        "",
+        "| graph | llmrec us/request | handwritten us/request | ratio | overhead us/node |",
+        "|---|---:|---:|---:|---:|",
+        f"| quickstart, {nodes} no-op nodes | {noop['llmrec_us']:.1f} | {noop['handwritten_us']:.1f} | "
+        f"{noop['ratio']:.2f} | {noop['per_node_us']:.1f} |",
+        f"| quickstart, real nodes | {real['llmrec_us']:.1f} | {real['handwritten_us']:.1f} | "
+        f"{real['ratio']:.3f} | {(real['llmrec_us'] - real['handwritten_us']) / mean_nodes:.1f} |",
+        "",
+        "Goals: <= 30 us per node; ratio <= 1.05 on the real quickstart. The handwritten chain calls the same node "
+        "instances in the same order with the same policies (when, timeout, cache, fallback); the benchmark "
+        "first checks that both produce identical outputs.",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    ok = noop["per_node_us"] <= 30 and real["ratio"] <= 1.05
+    print("goals met" if ok else "GOALS NOT MET")
+    if args.write:
+        write_section(text)
+    return 0
+
+
+def write_section(section: str) -> None:
+    head = "# Benchmark results\n\nEvery number here comes from a command in benchmarks/ that anyone can rerun.\n\n"
+    body = RESULTS.read_text() if RESULTS.exists() else head
+    marker = "## Executor overhead (issue 2)"
+    if marker in body:
+        start = body.index(marker)
+        end = body.find("\n## ", start + len(marker))
+        body = body[:start] + section + (body[end + 1 :] if end != -1 else "")
+    else:
+        body = body.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
