@@ -6,8 +6,9 @@
    llmrec vs by a handwritten function that applies the same policies (when, timeout, cache, fallback).
    Goal: ratio llmrec / handwritten <= 1.05.
 
-Rounds alternate between the two contenders so that drift on a shared machine hits both; the median of the
-per-round means is reported.
+Rounds alternate between the two contenders (and which goes first) so that drift on a shared machine hits
+both; times are CPU time (time.process_time). Noise on a shared VM only adds time, so each contender's fastest
+round is reported, with the median of the per-round ratios beside it.
 
     .venv/bin/python benchmarks/executor_overhead.py            # print
     .venv/bin/python benchmarks/executor_overhead.py --write    # also update benchmarks/RESULTS.md
@@ -120,8 +121,11 @@ async def compare(runtime: llmrec.Runtime, with_policies: bool, reqs: list[dict[
             per_round[name].append((time.process_time() - t0) / len(reqs))
     if "-v" in sys.argv:
         print([f"{a / b:.3f}" for a, b in zip(per_round["llmrec"], per_round["handwritten"])], file=sys.stderr)
-    llm, hw = statistics.median(per_round["llmrec"]), statistics.median(per_round["handwritten"])
-    return {"llmrec_us": llm * 1e6, "handwritten_us": hw * 1e6, "ratio": llm / hw}
+    # On a shared VM noise only ever adds time, so each contender's fastest round is its truest cost;
+    # the median is reported beside it.
+    llm, hw = min(per_round["llmrec"]), min(per_round["handwritten"])
+    med = statistics.median(a / b for a, b in zip(per_round["llmrec"], per_round["handwritten"]))
+    return {"llmrec_us": llm * 1e6, "handwritten_us": hw * 1e6, "ratio": llm / hw, "median_ratio": med}
 
 
 async def check_same_outputs(runtime: llmrec.Runtime, hand: Any, reqs: list[dict[str, Any]]) -> None:
@@ -133,8 +137,8 @@ async def check_same_outputs(runtime: llmrec.Runtime, hand: Any, reqs: list[dict
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=41)
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     parser.add_argument("-v", action="store_true", help="print each round's ratio")
     args = parser.parse_args()
@@ -155,14 +159,15 @@ def main() -> int:
         "## Executor overhead (issue 2)",
         "",
         f"`.venv/bin/python benchmarks/executor_overhead.py` ({args.requests} requests x {args.rounds} rounds, "
-        f"median of per-round means; Python {platform.python_version()}, {platform.machine()}, 2 cores, no GPU)",
+        f"CPU time, fastest round; Python {platform.python_version()}, {platform.machine()}, 2 cores, no GPU)",
         "",
-        "| graph | llmrec us/request | handwritten us/request | ratio | overhead us/node |",
-        "|---|---:|---:|---:|---:|",
+        "| graph | llmrec us/request | handwritten us/request | ratio | median ratio | overhead us/node |",
+        "|---|---:|---:|---:|---:|---:|",
         f"| quickstart, {nodes} no-op nodes | {noop['llmrec_us']:.1f} | {noop['handwritten_us']:.1f} | "
-        f"{noop['ratio']:.2f} | {noop['per_node_us']:.1f} |",
+        f"{noop['ratio']:.2f} | {noop['median_ratio']:.2f} | {noop['per_node_us']:.1f} |",
         f"| quickstart, real nodes | {real['llmrec_us']:.1f} | {real['handwritten_us']:.1f} | "
-        f"{real['ratio']:.3f} | {(real['llmrec_us'] - real['handwritten_us']) / mean_nodes:.1f} |",
+        f"{real['ratio']:.3f} | {real['median_ratio']:.3f} | "
+        f"{(real['llmrec_us'] - real['handwritten_us']) / mean_nodes:.1f} |",
         "",
         "Goals: <= 30 us per node; ratio <= 1.05 on the real quickstart. The handwritten chain calls the same node "
         "instances in the same order with the same policies (when, timeout, cache, fallback); the benchmark "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import itertools
 import json
 import threading
 import time
@@ -53,6 +54,9 @@ class _Plan:
     fallback: Any
     wants_context: bool
     eager: bool
+    plain: bool = False  # no when/cache/retries/timeout/fallback/context/hooks: the short path
+    static_kwargs: dict[str, Any] | None = None  # inputs bound to resources or literals, evaluated at start
+    dynamic: tuple[tuple[str, Any], ...] = ()  # the other inputs, evaluated per request
 
 
 _MAX_EAGER_DEPTH = 64
@@ -181,6 +185,9 @@ class Runtime:
         }
         self.resources: dict[str, Any] = {}
         self.warm_errors: dict[str, Exception] = {}
+        self._run_prefix = uuid.uuid4().hex[:8]  # run ids: unique per runtime, cheap per request
+        self._run_counter = itertools.count(1)
+        self._static_keys: dict[str, str] = {}  # cached nodes whose inputs are all static: one key forever
         self._resource_types = {name: r.cls(r.config) for name, r in graph.resources.items()}
         self._tokens: dict[int, str] = {}
         self._started = False
@@ -236,9 +243,10 @@ class Runtime:
             cache_prefix=prefix,
             fallback=fallback,
             wants_context=node.signature.wants_context,
-            eager=spec.timeout is None and (
-                node.cls.inline or (not inspect.iscoroutinefunction(call) and not node.cls.offload)
-            ),
+            # inline nodes cannot be interrupted anyway (they never yield to the loop), so their timeout is
+            # checked when they return and they can always start eagerly
+            eager=(inspect.iscoroutinefunction(call) and node.cls.inline)
+            or (spec.timeout is None and not inspect.iscoroutinefunction(call) and not node.cls.offload),
         )
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -262,6 +270,13 @@ class Runtime:
                 for name, expr in p.bindings:
                     if name in static[p.id] and isinstance(expr, RefExpr):
                         self._tokens.setdefault(id(static[p.id][name]), expr.ref.text)
+            for p in self._plans.values():
+                p.static_kwargs = static[p.id]
+                p.dynamic = tuple((n, e) for n, e in p.bindings if n not in static[p.id])
+                p.plain = (p.is_async and p.when is None and p.cache is None and p.attempts == 1 and p.timeout is None
+                           and p.fallback is None and not p.wants_context and not self._hooks)
+                if p.cache is not None and p.built.cache_key is None and len(static[p.id]) == len(p.bindings):
+                    self._static_keys[p.id] = p.cache_prefix + _fingerprint(static[p.id], self._tokens)
             warming = [p for p in self._plans.values() if type(p.instance).warm is not NodeType.warm]
             results = await asyncio.gather(*(p.instance.warm(**static[p.id]) for p in warming),
                                            return_exceptions=True)
@@ -300,7 +315,8 @@ class Runtime:
         if not isinstance(inputs, dict):
             raise InputError("the request must be a JSON object", field=None)
         try:
-            return self.graph.request_model.model_validate(inputs).model_dump()
+            # inputs are flat JSON scalars and lists: the model's own field dict is the dump
+            return dict(self.graph.request_model.model_validate(inputs).__dict__)
         except ValidationError as exc:
             errors = []
             for e in exc.errors(include_url=False):
@@ -328,7 +344,7 @@ class Runtime:
         if not self._started:
             await self.start()
         loop = asyncio.get_running_loop()
-        state = _RunState(self, request, run_id or uuid.uuid4().hex[:16], None)
+        state = _RunState(self, request, run_id or f"{self._run_prefix}-{next(self._run_counter)}", None)
         if deadline is not None:
             state.deadline = loop.time() + deadline
         trace = Trace(state.run_id, self.graph.name, time.time())
@@ -430,6 +446,22 @@ class Runtime:
         start = time.perf_counter()
         rec.start_ms = (start - state.t0) * 1000
         env = state.env
+        if p.plain:  # no policy, no hook: the common case, kept short
+            kwargs = dict(p.static_kwargs)
+            for name, expr in p.dynamic:
+                kwargs[name] = expr.evaluate(env)
+            try:
+                value = await p.call(**kwargs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                rec.status, rec.error = "error", _describe(exc)
+                rec.wall_ms = (time.perf_counter() - start) * 1000
+                raise RunError(rec.error, p.id, state.run_id) from exc
+            rec.status = "ok"
+            rec.wall_ms = (time.perf_counter() - start) * 1000
+            env[p.id] = value
+            return value
         try:
             value = await self._apply_policies(p, state, rec, env)
         except (RunError, asyncio.CancelledError):
@@ -446,13 +478,15 @@ class Runtime:
         if p.when is not None and not self._condition(p, state):
             rec.status = "skipped"
             return None
-        kwargs = {name: expr.evaluate(env) for name, expr in p.bindings}
+        kwargs = dict(p.static_kwargs)
+        for name, expr in p.dynamic:
+            kwargs[name] = expr.evaluate(env)
         key = None
         if p.cache is not None:
             if p.built.cache_key is not None:
                 key = p.cache_prefix + p.built.cache_key.evaluate(env)
             else:
-                key = p.cache_prefix + _fingerprint(kwargs, self._tokens)
+                key = self._static_keys.get(p.id) or p.cache_prefix + _fingerprint(kwargs, self._tokens)
             hit, value = await p.cache.get(key)
             if hit:
                 rec.status, rec.cache_hit = "cached", True
@@ -514,6 +548,13 @@ class Runtime:
         if p.is_async:
             if p.timeout is None:
                 return await p.call(**kwargs)
+            if p.eager:
+                started = time.perf_counter()
+                value = await p.call(**kwargs)
+                took = time.perf_counter() - started
+                if took > p.timeout:
+                    raise NodeTimeoutError(f"took {took:.3g}s, over its timeout of {p.timeout:g}s", p.id)
+                return value
             try:
                 async with asyncio.timeout(p.timeout):
                     return await p.call(**kwargs)
