@@ -26,7 +26,7 @@ class NodeRecord:
     cost: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(slots=True)
