@@ -171,7 +171,10 @@ def load_yaml_text(text: str, display: str) -> tuple[Any, Positions]:
         message = exc.problem or "invalid YAML"
         if exc.context:
             message = f"{exc.context}: {message}" if "expected" not in message else f"{message} ({exc.context})"
-        raise SpecSyntaxError(f"YAML syntax error: {message}", loc) from None
+        hint = None
+        if mark is not None and "flow" in str(exc.context or "") and "${" in text.splitlines()[mark.line][: mark.column + 1]:
+            hint = 'Inside [...] or {...}, quote references: "${node}".'
+        raise SpecSyntaxError(f"YAML syntax error: {message}", loc, hint=hint) from None
     except yaml.YAMLError as exc:
         raise SpecSyntaxError(f"YAML error: {exc}", Location(display)) from None
     if root is None:
