@@ -88,12 +88,16 @@ def validate(
             n = len(errors)
             _out(f"{spec}: {n} error{'s' if n != 1 else ''}")
         elif not quiet:
-            _out(f"{spec}: ok ({len(graph.nodes)} nodes, {len(graph.resources)} resources, "
-                 f"{len(graph.outputs)} outputs)")
+            _out(f"{spec}: ok ({_n(len(graph.nodes), 'node')}, {_n(len(graph.resources), 'resource')}, "
+                 f"{_n(len(graph.outputs), 'output')})")
     if output_format == "json":
         _out(json.dumps(report, indent=2))
     if total:
         raise Exit(1)
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _diag(e: SpecError) -> dict[str, Any]:

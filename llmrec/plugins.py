@@ -75,7 +75,9 @@ def _import_local(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(modname, None)
-        raise PluginError(f"failed to import {path}: {type(exc).__name__}: {exc}", path.name) from None
+        raise PluginError(
+            f"failed to import {path}: {type(exc).__name__}: {exc}", f"{LOCAL_PLUGIN_DIR}/{path.name}"
+        ) from None
     return module
 
 
@@ -111,12 +113,19 @@ def plugin_manager(spec_dir: Path | None = None) -> tuple[pluggy.PluginManager, 
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"invalid hook implementation: {exc}", name) from None
         infos[name] = PluginInfo(name, None, None, "local file")
+    try:  # a misspelt hook name (llmrec_register_node_type) would otherwise be silently ignored
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin) or "?"
+        info = infos.get(name)
+        raise PluginError(f"{exc}. See llmrec/hookspecs.py for the hook names", name,
+                          info.label() if info and info.distribution else None) from None
     return pm, infos
 
 
 def _call_register_hook(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], hook_name: str, adder: Any) -> None:
     hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):  # registration order: built-ins first
+    for impl in hook.get_hookimpls():  # registration order: built-ins, entry points, then local files
         info = infos.get(impl.plugin_name) or PluginInfo(impl.plugin_name)
 
         def register(*args: Any, _info: PluginInfo = info) -> None:

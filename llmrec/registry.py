@@ -125,7 +125,7 @@ class Registry:
         if not isinstance(getattr(cls, "name", None), str):
             raise PluginError(f"node type {cls.__qualname__} has no 'name'", plugin.name)
         _check_config_model(cls, plugin, "node type")
-        if cls.signature is NodeType.signature.__func__ and cls.run is NodeType.run:  # type: ignore[attr-defined]
+        if cls.signature.__func__ is NodeType.signature.__func__ and cls.run is NodeType.run:  # type: ignore[attr-defined]
             raise PluginError(f"node type '{cls.name}' does not define run()", plugin.name)
         if cls.signature.__func__ is NodeType.signature.__func__:  # type: ignore[attr-defined]
             try:

@@ -25,6 +25,13 @@ from pydantic import AfterValidator, BaseModel, ValidationInfo, WithJsonSchema
 from .node import OutputSchemaProblem
 
 
+def _rel(path: Path) -> str:
+    import os
+
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("../../") else str(path)
+
+
 def _candidates(path: str, base_dir: Path) -> list[Path]:
     p = Path(path)
     if p.is_absolute():
@@ -65,7 +72,7 @@ def resolve_schema(ref: str, base_dir: Path, field: str = "schema") -> type[Base
                 if not isinstance(data, dict):
                     raise OutputSchemaProblem(f"schema file '{ref}' must hold a JSON object", field)
                 return data
-        raise OutputSchemaProblem(f"schema file '{ref}' not found", field, f"Looked in {base_dir} and {base_dir / 'schemas'}.")
+        raise OutputSchemaProblem(f"schema file '{ref}' not found", field, f"Looked in {_rel(base_dir)} and {_rel(base_dir / 'schemas')}.")
     if ":" not in ref:
         raise OutputSchemaProblem(
             f"schema '{ref}' must be 'file.py:Model', 'package.module:Model' or 'file.json'", field
@@ -78,7 +85,7 @@ def resolve_schema(ref: str, base_dir: Path, field: str = "schema") -> type[Base
                 break
         else:
             raise OutputSchemaProblem(
-                f"schema module '{module_part}' not found", field, f"Looked in {base_dir} and {base_dir / 'schemas'}."
+                f"schema module '{module_part}' not found", field, f"Looked in {_rel(base_dir)} and {_rel(base_dir / 'schemas')}."
             )
     else:
         try:

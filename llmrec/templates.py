@@ -19,9 +19,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 class TemplateProblem(ValueError):
     """A template that does not compile or that needs variables nothing provides."""
 
-    def __init__(self, message: str, lineno: int | None = None) -> None:
+    def __init__(self, message: str, lineno: int | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.lineno = lineno
+        self.field = field  # the config key holding the template, when a node type knows it
 
 
 def make_environment(filters: dict[str, Callable[..., Any]] | None = None) -> ImmutableSandboxedEnvironment:

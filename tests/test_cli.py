@@ -83,7 +83,7 @@ def test_run_refuses_an_invalid_spec_with_validate_messages(tmp_path, capsys) ->
 
 def test_validate_ok_and_exit_codes(spec, tmp_path, capsys) -> None:
     code, out, _ = run_cli(capsys, "validate", str(spec))
-    assert code == 0 and out.strip().endswith("ok (2 nodes, 0 resources, 1 outputs)")
+    assert code == 0 and out.strip().endswith("ok (2 nodes, 0 resources, 1 output)")
     code, out, _ = run_cli(capsys, "validate", str(tmp_path / "missing.yaml"))
     assert code == 1 and "missing.yaml: file not found" in out
 

@@ -6,6 +6,7 @@ signatures and their ``check`` methods. Errors carry the position of the exact k
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal as TLiteral, get_args, get_origin
 
@@ -97,6 +98,10 @@ class Graph:
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+_INPUT_ATTR = re.compile(r"(?<![\w.])inputs\.([A-Za-z_][A-Za-z0-9_]*)")
+_REF_IN_TEXT = re.compile(r"\$\{([^}]*)\}")
 
 
 class _Checker:
@@ -218,7 +223,23 @@ class _Checker:
                 field_, message = problem if isinstance(problem, tuple) else (None, problem)
                 where = path + ("config", field_) if field_ and field_ in nspec.config else path + ("config",)
                 self.err(SpecValidationError, message, where, node_id, key=field_ is None)
+            self._warn_config_refs(nspec.config, path + ("config",), node_id)
             self.nodes[node_id] = BuiltNode(node_id, nspec, cls, config, signature, bindings)
+
+    def _warn_config_refs(self, value: Any, path: Path_, node_id: str) -> None:
+        """``${...}`` is expanded in 'inputs' and 'outputs', not in 'config': say so instead of passing it on."""
+        if isinstance(value, dict):
+            for k, v in value.items():
+                self._warn_config_refs(v, path + (k,), node_id)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                self._warn_config_refs(v, path + (i,), node_id)
+        elif isinstance(value, str) and re.search(r"(?<!\$)\$\{(?!env:)", value):
+            self.warnings.append(SpecWarning(
+                "'${...}' in 'config' is not expanded (references work in 'inputs' and 'outputs')",
+                self.doc.at(path), node_id,
+                "Pass the value under 'inputs:' and use it from there; write '$${' for a literal '${'.",
+            ))
 
     def _check_unbuilt(self, node_id: str, nspec: NodeSpec, path: Path_) -> None:
         """A node whose type is unknown: its references can still be checked."""
@@ -240,7 +261,7 @@ class _Checker:
             self.errors.append(
                 SpecValidationError(
                     f"invalid reference '{b.text}'",
-                    self.doc.at(path),
+                    offset_location(self.doc, b.where, b.offset) if b.where else self.doc.at(path),
                     node_id,
                     "Write ${inputs.NAME}, ${resources.NAME}, ${NODE} or ${NODE.FIELD}.",
                 )
@@ -403,19 +424,38 @@ class _Checker:
         src = source.strip()
         if src.startswith("${") and src.endswith("}") and src.count("${") == 1:
             src = src[2:-1]
+        if "${" in src:
+            plain = _REF_IN_TEXT.sub(lambda m: m.group(1), src)
+            self.err(TemplateError, "'when' is an expression, not a string with ${...} references", path, node.id,
+                     f"Write it without ${{}}: '{plain}'.")
+            return set()
         available = {"inputs", *self.node_names}
         try:
             missing = check_expression(src, available, self.env)
             node.when = compile_expression(src, self.env)
         except TemplateProblem as exc:
-            self.err(TemplateError, f"invalid 'when' condition: {exc}", path, node.id)
+            message = str(exc).replace("'end of print statement'", "end of the condition")
+            self.err(TemplateError, f"invalid 'when' condition: {message}", path, node.id,
+                     "Write a Jinja expression such as 'inputs.query' or 'inputs.k > 5 and not other_node'.")
             return set()
+        self._check_input_attrs(src, path, node.id, "'when' condition")
         for name in missing:
             close = suggest(name, available)
             hint = f"Did you mean '{close[0]}'?" if close else "Conditions may use 'inputs' and node ids."
             self.err(TemplateError, f"'when' condition uses '{name}', which is neither 'inputs' nor a node",
                      path, node.id, hint)
         return {n for n in variables("{{ " + src + " }}", self.env) if n in self.node_names}
+
+    def _check_input_attrs(self, source: str, path: Path_, node_id: str, what: str) -> None:
+        """``inputs.NAME`` inside a condition or template must name a declared input."""
+        for m in _INPUT_ATTR.finditer(source):
+            name = m.group(1)
+            if name not in self.input_names:
+                close = suggest(name, self.input_names)
+                hint = f"Did you mean 'inputs.{close[0]}'?" if close else (
+                    f"Declared inputs: {', '.join(self.input_names) or 'none'}."
+                )
+                self.err(DanglingReferenceError, f"{what} uses undeclared input 'inputs.{name}'", path, node_id, hint)
 
     def _check_fallback(self, node: BuiltNode, path: Path_) -> None:
         fb = node.spec.fallback
@@ -444,6 +484,7 @@ class _Checker:
             except TemplateProblem as exc:
                 self.err(TemplateError, f"fallback template: {exc}", path + ("template",), node.id)
                 return
+            self._check_input_attrs(fb.template or "", path + ("template",), node.id, "fallback template")
             for name in missing:
                 close = suggest(name, available)
                 hint = f"Did you mean '{close[0]}'?" if close else (
@@ -474,9 +515,10 @@ class _Checker:
     # -- outputs, graph, cycles ------------------------------------------------------------------------
     def build_outputs(self) -> dict[str, Expr]:
         outputs: dict[str, Expr] = {}
-        if not self.spec.outputs:
+        stray = set(self.doc.data) - set(Spec.model_fields) - {"include"}
+        if not self.spec.outputs and "outputs" not in self.doc.data and not stray:
             self.err(SpecValidationError, "the spec has no outputs", ("outputs",) if "outputs" in self.doc.data else (),
-                     hint="Add 'outputs:' mapping names to references, e.g. items: ${rank.items}.",
+                     hint="Add an 'outputs:' mapping from names to references, e.g. items: ${rank.items}.",
                      key="outputs" in self.doc.data)
         bad: list[BadRef] = []
         for name, value in self.spec.outputs.items():
@@ -574,6 +616,17 @@ def request_model(spec: Spec) -> type[BaseModel]:
 
 def _check_defaults(checker: _Checker) -> None:
     for name, i in checker.spec.inputs.items():
+        if i.minimum is not None and i.maximum is not None and i.minimum > i.maximum:
+            checker.err(SpecValidationError, f"input '{name}': minimum {i.minimum:g} is above maximum {i.maximum:g}",
+                        ("inputs", name, "minimum"))
+        if i.required and "default" in i.model_fields_set:
+            checker.err(SpecValidationError, f"input '{name}' is required but has a default",
+                        ("inputs", name, "required"), hint="Remove 'required: true', or the default.")
+        if isinstance(i.default, (int, float)) and not isinstance(i.default, bool):
+            if (i.minimum is not None and i.default < i.minimum) or (i.maximum is not None and i.default > i.maximum):
+                checker.err(SpecValidationError,
+                            f"default of input '{name}' ({i.default!r}) is outside [{i.minimum}, {i.maximum}]",
+                            ("inputs", name, "default"))
         if i.is_required or i.default is None:
             continue
         try:
@@ -615,7 +668,8 @@ def check_graph(doc: SpecDocument, registry: Registry) -> tuple[Graph | None, li
             for e in extra or []:
                 (checker.warnings if isinstance(e, SpecWarning) else checker.errors).append(e)
     errors = sorted(checker.errors, key=SpecError.sort_key)
-    warnings = sorted(checker.warnings, key=SpecError.sort_key)
+    # with errors, "not used" warnings are mostly echoes of them (a node of an unknown type uses nothing)
+    warnings = [] if errors else sorted(checker.warnings, key=SpecError.sort_key)
     graph.warnings = warnings
     return (None if errors else graph), errors, warnings
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ class TemplateConfig(BaseModel):
         try:
             return Path(self.template_file).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise TemplateProblem(f"template file '{self.template_file}' not found") from None
+            shown = os.path.relpath(self.template_file)
+            raise TemplateProblem(f"template file '{shown}' not found") from None
 
 
 class Template(NodeType):
@@ -72,8 +74,12 @@ class Template(NodeType):
 
     @classmethod
     def check(cls, config: TemplateConfig, ctx: CheckContext) -> list[str | tuple[str, str]]:
-        missing = check_template(config.source(), ctx.declared_inputs, ctx.template_env)
         field = "template" if config.template is not None else "template_file"
+        try:
+            missing = check_template(config.source(), ctx.declared_inputs, ctx.template_env)
+        except TemplateProblem as exc:
+            exc.field = field
+            raise
         problems: list[str | tuple[str, str]] = []
         for name in missing:
             close = difflib.get_close_matches(name, ctx.declared_inputs, n=1)

@@ -76,10 +76,12 @@ def load_spec(path: str | os.PathLike[str], display: str | None = None) -> SpecD
         doc.errors.append(exc)
         return doc
     if not isinstance(data, dict):
+        empty = data is None
         doc.errors.append(
             SpecValidationError(
-                "a spec must be a mapping with 'name', 'inputs', 'nodes' and 'outputs'",
-                positions.value(()) or Location(display),
+                "the file is empty" if empty else "a spec must be a mapping with 'name', 'inputs', 'nodes' and 'outputs'",
+                positions.value(()) or Location(display, 1, 1),
+                hint="A spec is a mapping with 'name', 'inputs', 'nodes' and 'outputs'." if empty else None,
             )
         )
         return doc
@@ -169,7 +171,7 @@ def _merge_includes(
                     SpecValidationError(
                         f"included file '{rel}' not found",
                         where,
-                        hint=f"Paths in 'include' resolve relative to {file.parent}.",
+                        hint=f"Paths in 'include' resolve relative to the folder of {file.name}.",
                     )
                 )
             else:

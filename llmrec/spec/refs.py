@@ -56,10 +56,11 @@ def get_attr(value: Any, name: str) -> Any:
 
 
 class BadRef(ValueError):
-    def __init__(self, text: str, offset: int) -> None:
+    def __init__(self, text: str, offset: int, where: Path_ = ()) -> None:
         super().__init__(text)
         self.text = text
         self.offset = offset
+        self.where = where
 
 
 def parse_ref(body: str, where: Path_ = (), offset: int = 0) -> Ref:
@@ -148,7 +149,7 @@ def compile_value(value: Any, where: Path_, errors: list[BadRef]) -> Expr:
         try:
             parts.append(parse_ref(m.group(1), where, m.start()))
         except BadRef as exc:
-            errors.append(BadRef(m.group(0), m.start()))
+            errors.append(BadRef(m.group(0), m.start(), where))
             del exc
             parts.append(m.group(0))
         pos = m.end()
@@ -156,7 +157,7 @@ def compile_value(value: Any, where: Path_, errors: list[BadRef]) -> Expr:
         tail = value[pos:]
         unclosed = re.search(r"(?<!\$)\$\{", tail)
         if unclosed:
-            errors.append(BadRef(tail[unclosed.start():], pos + unclosed.start()))
+            errors.append(BadRef(tail[unclosed.start():], pos + unclosed.start(), where))
         parts.append(tail)
     parts = [p.replace("$${", "${") if isinstance(p, str) else p for p in parts]
     if len(parts) == 1 and isinstance(parts[0], Ref):

@@ -136,25 +136,33 @@ class _Builder:
         return value
 
     def _mapping(self, node: MappingNode, path: Path_) -> dict[str, Any]:
+        written = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
         try:
             self.constructor.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
         except ConstructorError as exc:
             raise SpecSyntaxError(str(exc.problem), _loc(self.display, node)) from None
         result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
+        merged = len(node.value) - written  # flatten_mapping puts merged pairs first; written keys override them
+        from_merge: set[str] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
             if not isinstance(key_node, ScalarNode):
                 raise SpecSyntaxError("mapping keys must be plain strings", _loc(self.display, key_node))
             key = self._scalar(key_node, path + ("<key>",))
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise SpecSyntaxError("mapping keys must be plain strings", _loc(self.display, key_node))
             key = str(key)
-            if key in result:
+            if key in from_merge or (index < merged and key in result):
+                from_merge.discard(key)
+                result.pop(key, None)
+            elif key in result:
                 first = self.positions.keys[path + (key,)]
                 raise SpecSyntaxError(
                     f"duplicate key '{key}' (first defined at line {first.line})",
                     _loc(self.display, key_node),
                     hint="Remove one of them: YAML would silently keep the last.",
                 )
+            if index < merged:
+                from_merge.add(key)
             self.positions.keys[path + (key,)] = _loc(self.display, key_node)
             result[key] = self.build(value_node, path + (key,))
         self.positions.plain.discard(path + ("<key>",))
@@ -172,7 +180,9 @@ def load_yaml_text(text: str, display: str) -> tuple[Any, Positions]:
         if exc.context:
             message = f"{exc.context}: {message}" if "expected" not in message else f"{message} ({exc.context})"
         hint = None
-        if mark is not None and "flow" in str(exc.context or "") and "${" in text.splitlines()[mark.line][: mark.column + 1]:
+        lines = text.splitlines()
+        line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+        if "flow" in str(exc.context or "") and "${" in line[: mark.column + 1]:
             hint = 'Inside [...] or {...}, quote references: "${node}".'
         raise SpecSyntaxError(f"YAML syntax error: {message}", loc, hint=hint) from None
     except yaml.YAMLError as exc:
