@@ -62,7 +62,7 @@ def llmrec_validate_graph(graph: Any, document: Any) -> list[Any] | None:
 
 @hookspec
 def llmrec_before_node_run(node_id: str, inputs: dict[str, Any], context: Any) -> None:
-    """Called before a node runs (after its cache missed), with its resolved inputs."""
+    """Called before a node runs (after its cache missed), with its resolved inputs and a RunContext."""
 
 
 @hookspec

@@ -633,7 +633,8 @@ def _check_defaults(checker: _Checker) -> None:
             TypeAdapter(_input_type(i)).validate_python(i.default)
         except ValidationError as exc:
             checker.err(SpecValidationError,
-                        f"default of input '{name}' is not a valid {i.type}: {exc.errors(include_url=False)[0]['msg']}",
+                        f"default of input '{name}' is not a valid {i.type}: {exc.errors(include_url=False)[0]['msg']} "
+                        f"(got {i.default!r})",
                         ("inputs", name, "default"))
 
 

@@ -496,7 +496,9 @@ class Runtime:
         if p.wants_context:
             kwargs["context"] = RunContext(state.run_id, p.id, state.request, state.deadline)
         if "llmrec_before_node_run" in self._hooks:
-            self._hooks["llmrec_before_node_run"](node_id=p.id, inputs=kwargs, context=state)
+            self._hooks["llmrec_before_node_run"](
+                node_id=p.id, inputs=kwargs, context=RunContext(state.run_id, p.id, state.request, state.deadline)
+            )
         error: BaseException | None = None
         for attempt in range(p.attempts):
             if state.deadline is not None and p.fallback is not None:

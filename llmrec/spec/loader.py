@@ -388,7 +388,9 @@ def pydantic_errors(
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
             msg = re.sub(r" or instance of \w+$", "", msg)
-            if kind not in ("value_error",) and "input" in err and not isinstance(err["input"], (dict, list)):
+            value = err.get("input")
+            named = isinstance(value, str) and ":" in value and os.path.basename(value.split(":")[0]) in msg
+            if "input" in err and not isinstance(value, (dict, list)) and "got " not in msg and not named:
                 msg += f" (got {_short(err['input'])})"
             label = f"'{dotted}'" if dotted else (what or "value")
             if what and dotted:
