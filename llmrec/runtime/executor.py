@@ -25,7 +25,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from ..errors import FallbackExhaustedError, InputError, NodeTimeoutError, RunError
 from ..graph.build import BuiltNode, Graph
 from ..node import NodeType, RunContext
-from ..spec.refs import RefExpr
+from ..spec.refs import RefExpr, get_attr
 from .trace import NodeRecord, RunResult, Trace
 
 
@@ -57,6 +57,7 @@ class _Plan:
     plain: bool = False  # no when/cache/retries/timeout/fallback/context/hooks: the short path
     static_kwargs: dict[str, Any] | None = None  # inputs bound to resources or literals, evaluated at start
     dynamic: tuple[tuple[str, Any], ...] = ()  # the other inputs, evaluated per request
+    dynamic_refs: tuple[tuple[str, str | None, tuple[str, ...], Any], ...] = ()  # same, refs unpacked
 
 
 _MAX_EAGER_DEPTH = 64
@@ -119,12 +120,7 @@ class _RunState:
         # an anyio cancel scope) and without a timeout start eagerly, and nodes that `when` will skip (they
         # await nothing); deep fan-outs stop nesting on the stack.
         plan = self.runtime._plans[node_id]
-        eager = plan.eager
-        if not eager and plan.when is not None:
-            try:
-                eager = not self.runtime._condition(plan, self)
-            except Exception:  # reported by the node itself when it runs
-                eager = False
+        eager = plan.eager or (plan.when is not None and self.runtime._skips(plan, self))
         if not eager or self.depth > _MAX_EAGER_DEPTH:
             self.tasks.add(asyncio.get_running_loop().create_task(coro))
             return
@@ -273,6 +269,10 @@ class Runtime:
             for p in self._plans.values():
                 p.static_kwargs = static[p.id]
                 p.dynamic = tuple((n, e) for n, e in p.bindings if n not in static[p.id])
+                p.dynamic_refs = tuple(
+                    (n, e.ref.root, e.ref.attrs, e) if isinstance(e, RefExpr) else (n, None, (), e)
+                    for n, e in p.dynamic
+                )
                 p.plain = (p.is_async and p.when is None and p.cache is None and p.attempts == 1 and p.timeout is None
                            and p.fallback is None and not p.wants_context and not self._hooks)
                 if p.cache is not None and p.built.cache_key is None and len(static[p.id]) == len(p.bindings):
@@ -407,10 +407,43 @@ class Runtime:
     async def _drive(self, node_id: str, state: _RunState) -> None:
         """Run a ready node, then carry on inline with the first dependent it made ready; spawn tasks for the
         others. Chains run without a task per node; independent branches still run concurrently."""
-        counts, dependents, plans = state.counts, self._dependents, self._plans
+        counts, dependents, plans, env = state.counts, self._dependents, self._plans, state.env
+        perf_counter = time.perf_counter
         while True:
+            p = plans[node_id]
             try:
-                value = await self._run_node(plans[node_id], state)
+                if p.plain:
+                    # no policy and no hook: the common case, written out here to keep it short
+                    rec = NodeRecord(node_id, p.type)
+                    state.records[node_id] = rec
+                    start = perf_counter()
+                    rec.start_ms = (start - state.t0) * 1000
+                    try:
+                        kwargs = p.static_kwargs.copy()  # type: ignore[union-attr]
+                        for name, root, attrs, expr in p.dynamic_refs:
+                            if root is None:
+                                kwargs[name] = expr.evaluate(env)
+                                continue
+                            v = env[root]
+                            for a in attrs:
+                                v = None if v is None else get_attr(v, a)
+                            kwargs[name] = v
+                        value = await p.call(**kwargs)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        rec.status, rec.error = "error", _describe(exc)
+                        rec.wall_ms = (perf_counter() - start) * 1000
+                        raise RunError(rec.error, node_id, state.run_id) from exc
+                    rec.status = "ok"
+                    rec.wall_ms = (perf_counter() - start) * 1000
+                    env[node_id] = value
+                elif p.when is not None and self._skips(p, state):
+                    rec = NodeRecord(node_id, p.type, "skipped", (perf_counter() - state.t0) * 1000)
+                    state.records[node_id] = rec
+                    value = env[node_id] = None
+                else:
+                    value = await self._run_node(p, state)
             except BaseException as exc:
                 fut = state.waiters.get(node_id)
                 if fut is not None and not fut.done():
@@ -446,22 +479,6 @@ class Runtime:
         start = time.perf_counter()
         rec.start_ms = (start - state.t0) * 1000
         env = state.env
-        if p.plain:  # no policy, no hook: the common case, kept short
-            kwargs = dict(p.static_kwargs)
-            for name, expr in p.dynamic:
-                kwargs[name] = expr.evaluate(env)
-            try:
-                value = await p.call(**kwargs)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                rec.status, rec.error = "error", _describe(exc)
-                rec.wall_ms = (time.perf_counter() - start) * 1000
-                raise RunError(rec.error, p.id, state.run_id) from exc
-            rec.status = "ok"
-            rec.wall_ms = (time.perf_counter() - start) * 1000
-            env[p.id] = value
-            return value
         try:
             value = await self._apply_policies(p, state, rec, env)
         except (RunError, asyncio.CancelledError):
@@ -535,6 +552,14 @@ class Runtime:
         if "llmrec_after_node_run" in self._hooks:
             self._hooks["llmrec_after_node_run"](node_id=p.id, output=value, record=rec)
         return value
+
+    def _skips(self, p: _Plan, state: _RunState) -> bool:
+        """Whether `when` skips the node; a condition that fails to evaluate is left to the node's full path,
+        which reports it."""
+        try:
+            return not self._condition(p, state)
+        except Exception:
+            return False
 
     @staticmethod
     def _condition(p: _Plan, state: _RunState) -> bool:
