@@ -622,11 +622,14 @@ def _check_defaults(checker: _Checker) -> None:
         if i.required and "default" in i.model_fields_set:
             checker.err(SpecValidationError, f"input '{name}' is required but has a default",
                         ("inputs", name, "required"), hint="Remove 'required: true', or the default.")
-        if isinstance(i.default, (int, float)) and not isinstance(i.default, bool):
-            if (i.minimum is not None and i.default < i.minimum) or (i.maximum is not None and i.default > i.maximum):
-                checker.err(SpecValidationError,
-                            f"default of input '{name}' ({i.default!r}) is outside [{i.minimum}, {i.maximum}]",
-                            ("inputs", name, "default"))
+        bounds_ok = i.minimum is None or i.maximum is None or i.minimum <= i.maximum
+        if bounds_ok and isinstance(i.default, (int, float)) and not isinstance(i.default, bool):
+            if i.minimum is not None and i.default < i.minimum:
+                checker.err(SpecValidationError, f"default of input '{name}' ({i.default!r}) is below its minimum "
+                            f"{i.minimum:g}", ("inputs", name, "default"))
+            if i.maximum is not None and i.default > i.maximum:
+                checker.err(SpecValidationError, f"default of input '{name}' ({i.default!r}) is above its maximum "
+                            f"{i.maximum:g}", ("inputs", name, "default"))
         if i.is_required or i.default is None:
             continue
         try:

@@ -133,10 +133,11 @@ def _validate_sections(doc: SpecDocument) -> Spec | None:
         except ValidationError as exc:
             doc.errors.extend(pydantic_errors(exc, doc, (), Spec))
             bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
-            if not bad or "name" in bad:
+            if not bad:
                 return None
-            for key in bad:
+            for key in bad:  # reported; check the rest as if they were absent
                 raw.pop(key, None)
+            raw.setdefault("name", doc.path.stem)
     return None
 
 
