@@ -21,6 +21,10 @@ class MemoryCache:
         self._data: OrderedDict[str, tuple[float | None, Any]] = OrderedDict()
 
     async def get(self, key: str) -> tuple[bool, Any]:
+        return self.peek(key)
+
+    def peek(self, key: str) -> tuple[bool, Any]:
+        """The synchronous lookup behind ``get``: the executor calls it directly when a backend offers it."""
         item = self._data.get(key)
         if item is None:
             return _MISS

@@ -183,6 +183,7 @@ class Runtime:
         self.warm_errors: dict[str, Exception] = {}
         self._run_prefix = uuid.uuid4().hex[:8]  # run ids: unique per runtime, cheap per request
         self._run_counter = itertools.count(1)
+        self._name = graph.name
         self._static_keys: dict[str, str] = {}  # cached nodes whose inputs are all static: one key forever
         self._resource_types = {name: r.cls(r.config) for name, r in graph.resources.items()}
         self._tokens: dict[int, str] = {}
@@ -343,11 +344,10 @@ class Runtime:
         request = self.validate_inputs(inputs)
         if not self._started:
             await self.start()
-        loop = asyncio.get_running_loop()
         state = _RunState(self, request, run_id or f"{self._run_prefix}-{next(self._run_counter)}", None)
         if deadline is not None:
-            state.deadline = loop.time() + deadline
-        trace = Trace(state.run_id, self.graph.name, time.time())
+            state.deadline = asyncio.get_running_loop().time() + deadline
+        trace = Trace(state.run_id, self._name, time.time())
         try:
             if deadline is not None:
                 async with asyncio.timeout(deadline):
@@ -504,7 +504,8 @@ class Runtime:
                 key = p.cache_prefix + p.built.cache_key.evaluate(env)
             else:
                 key = self._static_keys.get(p.id) or p.cache_prefix + _fingerprint(kwargs, self._tokens)
-            hit, value = await p.cache.get(key)
+            peek = getattr(p.cache, "peek", None)  # in-process backends answer without a coroutine
+            hit, value = peek(key) if peek is not None else await p.cache.get(key)
             if hit:
                 rec.status, rec.cache_hit = "cached", True
                 if "llmrec_after_node_run" in self._hooks:
