@@ -71,6 +71,12 @@ class Positions:
         self.plain.update(prefix + k for k in other.plain)
 
 
+def _tag(tag: str) -> str:
+    """Show a tag as it was written: ``!!python/object`` rather than ``tag:yaml.org,2002:python/object``."""
+    prefix = "tag:yaml.org,2002:"
+    return "!!" + tag[len(prefix):] if tag.startswith(prefix) else tag
+
+
 def _loc(display: str, node: Node) -> Location:
     return Location(display, node.start_mark.line + 1, node.start_mark.column + 1)
 
@@ -111,7 +117,7 @@ class _Builder:
     def _check_tag(self, node: Node, allowed: str) -> None:
         if node.tag != allowed:
             raise SpecSyntaxError(
-                f"YAML tag '{node.tag}' is not allowed",
+                f"YAML tag '{_tag(node.tag)}' is not allowed",
                 _loc(self.display, node),
                 hint="Specs are plain data: remove the tag.",
             )
@@ -119,7 +125,7 @@ class _Builder:
     def _scalar(self, node: ScalarNode, path: Path_) -> Any:
         if node.tag not in _SCALAR_TAGS:
             raise SpecSyntaxError(
-                f"YAML tag '{node.tag}' is not allowed",
+                f"YAML tag '{_tag(node.tag)}' is not allowed",
                 _loc(self.display, node),
                 hint="Specs are plain data: remove the tag.",
             )
@@ -184,6 +190,8 @@ def load_yaml_text(text: str, display: str) -> tuple[Any, Positions]:
         line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
         if "flow" in str(exc.context or "") and "${" in line[: mark.column + 1]:
             hint = 'Inside [...] or {...}, quote references: "${node}".'
+        elif "'\\t'" in message:
+            hint = "Indent with spaces, not tabs."
         raise SpecSyntaxError(f"YAML syntax error: {message}", loc, hint=hint) from None
     except yaml.YAMLError as exc:
         raise SpecSyntaxError(f"YAML error: {exc}", Location(display)) from None
@@ -212,5 +220,6 @@ def load_yaml_file(path: Path, display: str) -> tuple[Any, Positions]:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise SpecSyntaxError("file is not valid UTF-8", Location(display, line, col)) from None
+        raise SpecSyntaxError("file is not valid UTF-8", Location(display, line, col),
+                              hint="Save the file as UTF-8.") from None
     return load_yaml_text(text, display)

@@ -145,12 +145,12 @@ def test_unquoted_reference_in_flow_mapping_gets_a_hint() -> None:
 
 
 @pytest.mark.parametrize("text, tag", [
-    ("a: !!python/object/apply:os.system ['echo hi']\n", "tag:yaml.org,2002:python/object/apply:os.system"),
-    ("a: !!python/name:os.system\n", "tag:yaml.org,2002:python/name:os.system"),
+    ("a: !!python/object/apply:os.system ['echo hi']\n", "!!python/object/apply:os.system"),
+    ("a: !!python/name:os.system\n", "!!python/name:os.system"),
     ("a: !custom 1\n", "!custom"),
-    ("a: !!binary aGVsbG8=\n", "tag:yaml.org,2002:binary"),
-    ("a: !!set {x, y}\n", "tag:yaml.org,2002:set"),
-    ("a: !!omap [x: 1]\n", "tag:yaml.org,2002:omap"),
+    ("a: !!binary aGVsbG8=\n", "!!binary"),
+    ("a: !!set {x, y}\n", "!!set"),
+    ("a: !!omap [x: 1]\n", "!!omap"),
 ])
 def test_tags_are_refused(text: str, tag: str) -> None:
     with pytest.raises(SpecSyntaxError) as info:
