@@ -38,14 +38,10 @@ def _err(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
-def _display(path: Path) -> str:
-    return str(path)
-
-
 def _check(path: Path) -> tuple[Any, list[SpecError], list[SpecError]]:
     from .api import check
 
-    return check(path, _display(path))
+    return check(path, str(path))
 
 
 def _load_graph(spec: Path) -> Any:

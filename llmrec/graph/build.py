@@ -71,6 +71,7 @@ class BuiltNode:
     bindings: dict[str, Expr]
     deps: frozenset[str] = frozenset()
     when: Any = None  # compiled Jinja expression
+    when_deps: frozenset[str] = frozenset()  # nodes the condition reads
     cache_key: Expr | None = None
     fallback_template: Any = None  # compiled Jinja template
     fallback_only: bool = False  # not on any output's data path: runs only if a fallback asks for it
@@ -400,7 +401,8 @@ class _Checker:
                 deps.update(r.root for r in expr.refs() if r.node)
             nspec, path = node.spec, ("nodes", node.id)
             if nspec.when is not None:
-                deps |= self._check_when(node, nspec.when, path + ("when",))
+                node.when_deps = frozenset(self._check_when(node, nspec.when, path + ("when",)))
+                deps |= node.when_deps
             if nspec.cache is not None and nspec.cache.key is not None:
                 bad: list[BadRef] = []
                 key_expr = compile_value(nspec.cache.key, path + ("cache", "key"), bad)

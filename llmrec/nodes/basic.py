@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..hookspecs import hookimpl
-from ..node import CheckContext, NodeType, OutputSchemaProblem, Param, Signature, SpecPath
+from ..node import CheckContext, NodeType, Signature, SpecPath
 from ..schemas import SchemaRef, resolve_schema
 from ..templates import TemplateProblem, check as check_template, compile_template
 
@@ -120,4 +120,4 @@ def llmrec_register_node_types(register: Any) -> None:
     register(Identity)
 
 
-__all__ = ["Identity", "Param", "Template", "OutputSchemaProblem"]
+__all__ = ["Identity", "Template"]

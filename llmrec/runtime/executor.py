@@ -14,10 +14,9 @@ import hashlib
 import inspect
 import itertools
 import json
-import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -55,9 +54,10 @@ class _Plan:
     wants_context: bool
     eager: bool
     plain: bool = False  # no when/cache/retries/timeout/fallback/context/hooks: the short path
-    static_kwargs: dict[str, Any] | None = None  # inputs bound to resources or literals, evaluated at start
-    dynamic: tuple[tuple[str, Any], ...] = ()  # the other inputs, evaluated per request
-    dynamic_refs: tuple[tuple[str, str | None, tuple[str, ...], Any], ...] = ()  # same, refs unpacked
+    static_kwargs: dict[str, Any] = field(default_factory=dict)  # inputs bound to resources/literals: at start
+    #: the other inputs, evaluated per request: (name, root, attrs, expr), root None when not a plain reference
+    dynamic: tuple[tuple[str, str | None, tuple[str, ...], Any], ...] = ()
+    cache_peek: Any = None  # a cache backend's synchronous lookup, when it has one
 
 
 _MAX_EAGER_DEPTH = 64
@@ -189,7 +189,6 @@ class Runtime:
         self._tokens: dict[int, str] = {}
         self._started = False
         self._start_lock: asyncio.Lock | None = None
-        self._thread_lock = threading.Lock()
         self._plans = {node_id: self._plan(node) for node_id, node in graph.nodes.items()}
         # the nodes every request runs, and who waits on whom among them (fallback-only nodes run on demand)
         needed = [n for n in graph.order if n in graph.nodes and not graph.nodes[n].fallback_only]
@@ -210,7 +209,6 @@ class Runtime:
         version = json.dumps([node.cls.name, node.config.model_dump(mode="json"), node.spec.model_dump(mode="json")],
                              sort_keys=True, default=str)
         prefix = f"{node.id}:{hashlib.sha256(version.encode()).hexdigest()[:16]}:"
-        when_deps = tuple(d for d in node.deps if node.when is not None)
         fallback = spec.fallback
         if fallback is not None and "value" in fallback.model_fields_set:
             # consumers get the node's declared output type, not the raw YAML mapping
@@ -230,7 +228,7 @@ class Runtime:
             bindings=tuple(node.bindings.items()),
             deps=tuple(sorted(node.deps)),
             when=node.when,
-            when_deps=when_deps,
+            when_deps=tuple(sorted(node.when_deps)),
             timeout=spec.timeout,
             attempts=1 + spec.retries.attempts,
             backoff=spec.retries.backoff,
@@ -269,11 +267,11 @@ class Runtime:
                         self._tokens.setdefault(id(static[p.id][name]), expr.ref.text)
             for p in self._plans.values():
                 p.static_kwargs = static[p.id]
-                p.dynamic = tuple((n, e) for n, e in p.bindings if n not in static[p.id])
-                p.dynamic_refs = tuple(
+                p.dynamic = tuple(
                     (n, e.ref.root, e.ref.attrs, e) if isinstance(e, RefExpr) else (n, None, (), e)
-                    for n, e in p.dynamic
+                    for n, e in p.bindings if n not in static[p.id]
                 )
+                p.cache_peek = getattr(p.cache, "peek", None)  # in-process backends answer without a coroutine
                 p.plain = (p.is_async and p.when is None and p.cache is None and p.attempts == 1 and p.timeout is None
                            and p.fallback is None and not p.wants_context and not self._hooks)
                 if p.cache is not None and p.built.cache_key is None and len(static[p.id]) == len(p.bindings):
@@ -290,10 +288,7 @@ class Runtime:
         env = {"resources": self.resources}
         out = {}
         for name, expr in p.bindings:
-            refs = expr.refs()
-            if refs and all(r.root == "resources" for r in refs):
-                out[name] = expr.evaluate(env)
-            elif not refs:
+            if all(r.root == "resources" for r in expr.refs()):
                 out[name] = expr.evaluate(env)
         return out
 
@@ -419,16 +414,7 @@ class Runtime:
                     start = perf_counter()
                     rec.start_ms = (start - state.t0) * 1000
                     try:
-                        kwargs = p.static_kwargs.copy()  # type: ignore[union-attr]
-                        for name, root, attrs, expr in p.dynamic_refs:
-                            if root is None:
-                                kwargs[name] = expr.evaluate(env)
-                                continue
-                            v = env[root]
-                            for a in attrs:
-                                v = None if v is None else get_attr(v, a)
-                            kwargs[name] = v
-                        value = await p.call(**kwargs)
+                        value = await p.call(**_inputs(p, env))
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
@@ -495,17 +481,14 @@ class Runtime:
         if p.when is not None and not self._condition(p, state):
             rec.status = "skipped"
             return None
-        kwargs = dict(p.static_kwargs)
-        for name, expr in p.dynamic:
-            kwargs[name] = expr.evaluate(env)
+        kwargs = _inputs(p, env)
         key = None
         if p.cache is not None:
             if p.built.cache_key is not None:
                 key = p.cache_prefix + p.built.cache_key.evaluate(env)
             else:
                 key = self._static_keys.get(p.id) or p.cache_prefix + _fingerprint(kwargs, self._tokens)
-            peek = getattr(p.cache, "peek", None)  # in-process backends answer without a coroutine
-            hit, value = peek(key) if peek is not None else await p.cache.get(key)
+            hit, value = p.cache_peek(key) if p.cache_peek is not None else await p.cache.get(key)
             if hit:
                 rec.status, rec.cache_hit = "cached", True
                 if "llmrec_after_node_run" in self._hooks:
@@ -622,6 +605,20 @@ class Runtime:
                 raise FallbackExhaustedError(f"fallback template failed: {exc}", p.id) from exc
         rec.fallback = "value"
         return fb.value
+
+
+def _inputs(p: _Plan, env: dict[str, Any]) -> dict[str, Any]:
+    """A node's keyword arguments: its static inputs plus the per-request ones, references resolved inline."""
+    kwargs = p.static_kwargs.copy()
+    for name, root, attrs, expr in p.dynamic:
+        if root is None:
+            kwargs[name] = expr.evaluate(env)
+            continue
+        value = env[root]
+        for a in attrs:
+            value = None if value is None else get_attr(value, a)
+        kwargs[name] = value
+    return kwargs
 
 
 def _describe(error: BaseException) -> str:
