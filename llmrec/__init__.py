@@ -17,7 +17,7 @@ from .errors import (
 )
 from .graph.build import Graph
 from .hookspecs import hookimpl
-from .node import CheckContext, NodeType, OutputSchemaProblem, ResourceType, RunContext, SpecPath
+from .node import CheckContext, NodeType, OutputSchemaProblem, Problem, ResourceType, RunContext, SpecPath
 from .runtime.executor import Runtime
 from .runtime.trace import NodeRecord, RunResult, Trace
 from .spec.loader import SpecDocument, load_spec
@@ -30,6 +30,7 @@ __all__ = [
     "NodeRecord",
     "NodeType",
     "OutputSchemaProblem",
+    "Problem",
     "PluginError",
     "ResourceType",
     "RunContext",

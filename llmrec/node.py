@@ -46,6 +46,20 @@ class NoConfig(BaseModel):
 
 
 @dataclass(frozen=True)
+class Problem:
+    """What ``check`` may return when a plain message is not enough: a config key, a hint, or a warning.
+
+    A warning does not make the spec invalid (``llmrec validate`` passes and prints it): use it for things that
+    are correct as written but will matter when the spec runs, such as a model artifact not trained yet.
+    """
+
+    message: str
+    field: str | None = None
+    hint: str | None = None
+    warning: bool = False
+
+
+@dataclass(frozen=True)
 class Param:
     """One declared input of a node type."""
 
@@ -150,11 +164,11 @@ class NodeType:
         return read_signature(cls.run)
 
     @classmethod
-    def check(cls, config: BaseModel, ctx: CheckContext) -> list[str | tuple[str, str]]:
+    def check(cls, config: BaseModel, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
         """Extra validation beyond the Config model.
 
-        Return messages, or ``(config_key, message)`` pairs so the error points at that key's value; the
-        core adds file, line and column.
+        Return messages, ``(config_key, message)`` pairs so the error points at that key's value, or
+        :class:`Problem` objects (hints, warnings); the core adds file, line and column.
         """
         return []
 
@@ -175,7 +189,8 @@ class ResourceType:
         self.config = config
 
     @classmethod
-    def check(cls, config: BaseModel, ctx: CheckContext) -> list[str]:
+    def check(cls, config: BaseModel, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        """Extra validation beyond the Config model; returns what :meth:`NodeType.check` returns."""
         return []
 
     async def load(self) -> Any:  # pragma: no cover - abstract

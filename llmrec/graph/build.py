@@ -26,7 +26,7 @@ from ..errors import (
     TypeMismatchError,
     UnknownNodeTypeError,
 )
-from ..node import CheckContext, NodeType, OutputSchemaProblem, ResourceType, Signature
+from ..node import CheckContext, NodeType, OutputSchemaProblem, Problem, ResourceType, Signature
 from ..registry import Registry
 from ..spec.loader import SpecDocument, offset_location, pydantic_errors, suggest
 from ..spec.models import InputSpec, NodeSpec, ResourceSpec, Spec
@@ -143,8 +143,8 @@ class _Checker:
             if config is None:
                 continue
             ctx = self._check_context(path, name, {})
-            for message in cls.check(config, ctx):
-                self.err(SpecValidationError, message, path + ("config",), key=True)
+            for problem in cls.check(config, ctx):
+                self._check_problem(problem, rspec.config, path, None)
             self.resources[name] = BuiltResource(name, rspec, cls, config)
 
     def _lookup(self, table: Any, type_: str, path: Path_, node: str | None, kind: str) -> Any:
@@ -221,11 +221,22 @@ class _Checker:
                 self._node_problem(exc, path, node_id)
                 continue
             for problem in problems:
-                field_, message = problem if isinstance(problem, tuple) else (None, problem)
-                where = path + ("config", field_) if field_ and field_ in nspec.config else path + ("config",)
-                self.err(SpecValidationError, message, where, node_id, key=field_ is None)
+                self._check_problem(problem, nspec.config, path, node_id)
             self._warn_config_refs(nspec.config, path + ("config",), node_id)
             self.nodes[node_id] = BuiltNode(node_id, nspec, cls, config, signature, bindings)
+
+    def _check_problem(self, problem: Any, config: dict[str, Any], path: Path_, node_id: str | None) -> None:
+        """One result of a node or resource type's ``check``: a message, a (key, message) pair or a Problem."""
+        if not isinstance(problem, Problem):
+            field_, message = problem if isinstance(problem, tuple) else (None, problem)
+            problem = Problem(str(message), field_)
+        field_ = problem.field
+        where = path + ("config", field_) if field_ and field_ in config else path + ("config",)
+        if problem.warning:
+            self.warnings.append(SpecWarning(problem.message, self.doc.at(where, key=field_ is None), node_id,
+                                             problem.hint))
+        else:
+            self.err(SpecValidationError, problem.message, where, node_id, problem.hint, key=field_ is None)
 
     def _warn_config_refs(self, value: Any, path: Path_, node_id: str) -> None:
         """``${...}`` is expanded in 'inputs' and 'outputs', not in 'config': say so instead of passing it on."""

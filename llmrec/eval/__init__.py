@@ -1,0 +1,1 @@
+"""Offline evaluation: ranking metrics, and running specs over the test cases of a dataset (llmrec eval)."""
