@@ -15,6 +15,7 @@
     ├── SpecErrors(errors)           all of them together, from validate()
     ├── PluginError(plugin, distribution)   bad or duplicate registration
     ├── InputError(field)            a request's inputs do not match the spec's `inputs`
+    ├── DataError(path, row, column) bad data in a catalog, log or dataset file; or data that is missing
     └── RunError(node_id, run_id)    something failed while running a valid spec
         ├── NodeTimeoutError
         ├── ProviderError
@@ -25,6 +26,8 @@ The core never prints: the CLI and the server turn these into text, exit codes a
 """
 
 from __future__ import annotations
+
+import os
 
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +156,38 @@ class InputError(LlmrecError):
         self.field = field
         self.errors = errors or [{"field": field, "message": message}]
         super().__init__(message)
+
+
+class DataError(LlmrecError):
+    """Bad or missing data: names the file, the row (1-based, counting the header line as row 1 for CSV) and
+    the column, and says what to do. Raised by loaders before anything is written, so nothing is half-built."""
+
+    def __init__(
+        self,
+        message: str,
+        path: str | os.PathLike[str] | None = None,
+        row: int | None = None,
+        column: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.row = row
+        self.column = column
+        self.hint = hint
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = self.path or ""
+        if self.row is not None:
+            where += f":{self.row}" if where else f"row {self.row}"
+        text = f"{where}: " if where else ""
+        if self.column is not None:
+            text += f"column '{self.column}': "
+        text += self.message
+        if self.hint:
+            text += f". {self.hint}" if not self.message.endswith(".") else f" {self.hint}"
+        return text
 
 
 class RunError(LlmrecError):

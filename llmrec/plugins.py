@@ -30,7 +30,14 @@ ENTRY_POINT_GROUP = "llmrec"
 DEFAULT_PLUGINS = (
     "llmrec.nodes.basic",
     "llmrec.nodes.recsys",
+    "llmrec.nodes.data",
+    "llmrec.nodes.dense",
+    "llmrec.nodes.cf",
+    "llmrec.nodes.rank",
+    "llmrec.nodes.rerank",
     "llmrec.runtime.caches",
+    "llmrec.eval.commands",
+    "llmrec.training",
 )
 LOCAL_PLUGIN_DIR = "plugins"
 
