@@ -171,8 +171,14 @@ class Runtime:
     >>> result = rt.run_sync({"user_id": "u1"})
     """
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, resources: dict[str, Any] | None = None) -> None:
+        """``resources`` supplies already-loaded values for some of the spec's resources (by name), which are
+        then not loaded again: ``llmrec eval`` loads a dataset once and hands it to every spec it compares."""
         self.graph = graph
+        unknown = set(resources or ()) - set(graph.resources)
+        if unknown:
+            raise ValueError(f"no resource named {', '.join(sorted(unknown))} in spec '{graph.name}'")
+        self._preset = dict(resources or {})
         hook = graph.registry.hook
         self._hooks = {
             name: getattr(hook, name)
@@ -254,8 +260,9 @@ class Runtime:
         async with self._start_lock:
             if self._started:
                 return
-            names = list(self._resource_types)
+            names = [n for n in self._resource_types if n not in self._preset]
             loaded = await asyncio.gather(*(self._resource_types[n].load() for n in names))
+            self.resources.update(self._preset)
             self.resources.update(zip(names, loaded))
             await asyncio.gather(*(p.instance.start() for p in self._plans.values()))
             static = {node_id: self._static_inputs(p) for node_id, p in self._plans.items()}
