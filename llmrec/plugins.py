@@ -35,6 +35,7 @@ DEFAULT_PLUGINS = (
     "llmrec.nodes.cf",
     "llmrec.nodes.rank",
     "llmrec.nodes.rerank",
+    "llmrec.nodes.viz",
     "llmrec.runtime.caches",
     "llmrec.eval.commands",
     "llmrec.training",

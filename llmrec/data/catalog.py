@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from operator import attrgetter
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,10 +39,15 @@ class Item(BaseModel):
     category: str = ""
     price: float | None = Field(default=None, ge=0)
     attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    embed_text: str | None = Field(
+        default=None, description="The text to embed and search, when a catalog's text template set one."
+    )
 
     @property
     def text(self) -> str:
-        """Title and description as one string, for keyword matching and embedding."""
+        """The text for keyword matching and embedding: ``embed_text`` when set, else title and description."""
+        if self.embed_text is not None:
+            return self.embed_text
         return f"{self.title}. {self.description}" if self.description else self.title
 
 
@@ -55,6 +61,31 @@ class Interaction(BaseModel):
     event: EventType = "view"
     rating: float | None = None
     timestamp: int = Field(ge=0, description="Unix seconds.")
+
+
+_INTERACTION_FIELDS = frozenset(Interaction.model_fields)
+
+
+def construct_interactions(
+    rows: Iterable[tuple[str, str, str, float | None, int]],
+) -> list[Interaction]:
+    """Interaction objects from ``(user_id, item_id, event, rating, timestamp)`` tuples that the caller has
+    already validated, without pydantic validation (what ``model_construct`` does, several times faster):
+    loaders use it to build logs of millions of events."""
+    new = Interaction.__new__
+    set_attribute = object.__setattr__
+    fields = set(_INTERACTION_FIELDS)  # shared: pydantic copies it before any change (model_copy)
+    out: list[Interaction] = []
+    append = out.append
+    for user_id, item_id, event, rating, timestamp in rows:
+        obj = new(Interaction)
+        set_attribute(obj, "__dict__", {"user_id": user_id, "item_id": item_id, "event": event, "rating": rating,
+                                        "timestamp": timestamp})
+        set_attribute(obj, "__pydantic_fields_set__", fields)
+        set_attribute(obj, "__pydantic_extra__", None)
+        set_attribute(obj, "__pydantic_private__", None)
+        append(obj)
+    return out
 
 
 class Catalog:
@@ -124,12 +155,14 @@ class Interactions:
         for interaction in interactions:
             by_user.setdefault(interaction.user_id, []).append(interaction)
             count += 1
+        order = attrgetter("timestamp", "item_id")
         for history in by_user.values():
-            history.sort(key=lambda it: (it.timestamp, it.item_id))
+            history.sort(key=order)
         self._by_user = by_user
         self._count = count
         self._users = sorted(by_user, key=natural_key)
-        self._seen = {user: frozenset(it.item_id for it in history) for user, history in by_user.items()}
+        item_of = attrgetter("item_id")
+        self._seen = {user: frozenset(map(item_of, history)) for user, history in by_user.items()}
         self._popularity: dict[str, float] | None = None
 
     def __len__(self) -> int:

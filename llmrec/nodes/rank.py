@@ -1,1 +1,488 @@
-"""Placeholder: being written (issue 3)."""
+"""Learning to rank: ``rank.lambdamart`` re-scores candidates with a LightGBM LambdaMART model.
+
+The node is *trainable* (see :mod:`llmrec.training`): ``llmrec train SPEC`` collects the node's inputs for every
+training case of the spec's dataset, builds one feature row per (user, candidate), labels it 1 when the candidate
+is one of the case's relevant ids, and fits ``lightgbm.LGBMRanker(objective="lambdarank")`` with one query group
+per case. The artifact (``model.txt`` + ``meta.json`` with the feature list and its order) lives under
+``model_path``; ``llmrec validate`` warns while it is missing or stale, and the spec refuses to run without it
+unless ``train_on_first_use`` is set.
+
+Features (:data:`BASE_FEATURES`, plus three per retriever source seen in training):
+
+- ``rank``, ``reciprocal_rank``, ``input_score``, ``input_score_gap`` (top input score minus this one);
+- ``source:S`` (the score S gave, 0 when S did not retrieve it), ``retrieved:S`` (1/0), ``source_gap:S``
+  (S's best score in this list minus this one; missing when not retrieved);
+- ``popularity`` (event-weighted, top item = 1), ``log_popularity``, ``recency_days`` (days between the log's
+  last event and the item's last event; missing when never seen);
+- ``category_affinity`` (the user's share for the item's category), ``in_top_categories``, ``category_share``
+  (share of this list in the item's category), ``history_size``, ``seen``;
+- ``price`` and ``price_gap`` (|log price - mean log price of the user's history|; missing when unknown).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from ..data import Catalog, Interactions
+from ..hookspecs import hookimpl
+from ..node import CheckContext, NodeType, Problem, SpecPath
+from ..training import (
+    Artifact,
+    ModelNotTrainedError,
+    TrainingError,
+    TrainingExample,
+    digest,
+    find_artifact,
+    read_meta,
+    train_command,
+)
+from ..types import Candidates, ScoredItem, UserProfile
+from .recsys import _candidates, _count, _PerObjects
+
+if TYPE_CHECKING:  # pragma: no cover
+    import lightgbm
+
+BASE_FEATURES: tuple[str, ...] = (
+    "rank", "reciprocal_rank", "input_score", "input_score_gap",
+    "popularity", "log_popularity", "recency_days",
+    "category_affinity", "in_top_categories", "category_share", "history_size", "seen",
+    "price", "price_gap",
+)
+SOURCE_FEATURES: tuple[str, ...] = ("source", "retrieved", "source_gap")
+_SOURCE_FEATURE = re.compile(r"^(source|retrieved|source_gap):(.+)$")
+#: config fields that change the trained model (the rest only change how it is used)
+TRAINING_FIELDS = ("features", "n_estimators", "learning_rate", "num_leaves", "min_data_in_leaf", "seed",
+                   "validation_fraction")
+MODEL_FILE = "model.txt"
+
+
+class LambdaMARTConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: SpecPath = Field(description="Folder of trained artifacts (relative to the spec's folder).")
+    features: list[str] | None = Field(
+        None, description="Feature names, in order (default: all base features plus the sources seen in training)."
+    )
+    n_estimators: int = Field(200, ge=1, le=10_000, description="Boosting rounds.")
+    learning_rate: float = Field(0.05, gt=0.0, le=1.0)
+    num_leaves: int = Field(15, ge=2, le=1024)
+    min_data_in_leaf: int = Field(20, ge=1)
+    seed: int = Field(0, description="Seed of LightGBM and of the validation split.")
+    validation_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="Share of training cases held out to report validation metrics."
+    )
+    train_on_first_use: bool = Field(False, description="Train at start when no current artifact exists.")
+    k: int | None = Field(None, ge=1, description="Keep this many items (default: all), unless the 'k' input says.")
+    source: str = Field("lambdamart", min_length=1, description="Name of the model's score in ScoredItem.sources.")
+
+    # set by llmrec.training's validate hook: the node's id and graph (for messages and train_on_first_use)
+    _node_id: str | None = PrivateAttr(None)
+    _graph: Any = PrivateAttr(None)
+
+
+def training_config(config: LambdaMARTConfig) -> dict[str, Any]:
+    """The config fields that shape the model (model_path, k and the rest do not)."""
+    return {name: getattr(config, name) for name in TRAINING_FIELDS}
+
+
+def _config_hash(config: LambdaMARTConfig) -> str:
+    return digest(training_config(config))
+
+
+# -- features ----------------------------------------------------------------------------------------------------
+
+
+class _LogStats:
+    """Per-item popularity and last-event time of an interaction log, computed once per log."""
+
+    def __init__(self, interactions: Interactions) -> None:
+        raw = interactions.popularity()
+        top = max(raw.values(), default=0.0)
+        self.raw = raw
+        self.normalised = {i: v / top for i, v in raw.items()} if top > 0 else {}
+        last: dict[str, int] = {}
+        for it in interactions:
+            if it.timestamp > last.get(it.item_id, -1):
+                last[it.item_id] = it.timestamp
+        self.last = last
+        self.max_ts = max(last.values(), default=0)
+
+
+class Featurizer:
+    """Feature rows for (user, candidate) pairs; deterministic, per-log statistics computed once."""
+
+    def __init__(self) -> None:
+        self._stats: _PerObjects[_LogStats] = _PerObjects()
+
+    def stats(self, interactions: Interactions) -> _LogStats:
+        return self._stats.get((interactions,), lambda: _LogStats(interactions))
+
+    def matrix(
+        self,
+        features: list[str],
+        candidates: Candidates,
+        catalog: Catalog,
+        profile: UserProfile | None = None,
+        interactions: Interactions | None = None,
+    ) -> np.ndarray:
+        """One row per candidate, one column per feature name (NaN = missing, LightGBM's convention)."""
+        items = candidates.items
+        n = len(items)
+        out = np.zeros((n, len(features)), dtype=np.float64)
+        if n == 0:
+            return out
+        cat_items = [catalog.get(c.id) for c in items]
+        categories = [it.category if it is not None else "" for it in cat_items]
+        stats = self.stats(interactions) if interactions is not None else None
+        scores = np.array([c.score for c in items], dtype=np.float64)
+        cache: dict[str, np.ndarray] = {}
+
+        def user_log_price() -> float:
+            if profile is None or interactions is None:
+                return math.nan
+            logs = [math.log1p(p) for it in interactions.history(profile.user_id)
+                    if (item := catalog.get(it.item_id)) is not None and (p := item.price) is not None]
+            return sum(logs) / len(logs) if logs else math.nan
+
+        def column(name: str) -> np.ndarray:
+            if name in cache:
+                return cache[name]
+            m = _SOURCE_FEATURE.match(name)
+            if m:
+                kind, source = m.groups()
+                present = [source in c.sources for c in items]
+                values = np.array([c.sources.get(source, 0.0) for c in items], dtype=np.float64)
+                if kind == "source":
+                    col = values
+                elif kind == "retrieved":
+                    col = np.array(present, dtype=np.float64)
+                else:
+                    best = max((v for v, p in zip(values, present) if p), default=0.0)
+                    col = np.where(present, best - values, np.nan)
+            elif name == "rank":
+                col = np.arange(1, n + 1, dtype=np.float64)
+            elif name == "reciprocal_rank":
+                col = 1.0 / np.arange(1, n + 1, dtype=np.float64)
+            elif name == "input_score":
+                col = scores
+            elif name == "input_score_gap":
+                col = scores.max() - scores
+            elif name in ("popularity", "log_popularity", "recency_days"):
+                if stats is None:
+                    col = np.full(n, np.nan)
+                elif name == "popularity":
+                    col = np.array([stats.normalised.get(c.id, 0.0) for c in items])
+                elif name == "log_popularity":
+                    col = np.array([math.log1p(stats.raw.get(c.id, 0.0)) for c in items])
+                else:
+                    col = np.array([(stats.max_ts - stats.last[c.id]) / 86400.0 if c.id in stats.last else np.nan
+                                    for c in items])
+            elif name == "category_affinity":
+                affinity = profile.category_affinity if profile is not None else {}
+                col = np.array([affinity.get(cat, 0.0) if cat else 0.0 for cat in categories])
+            elif name == "in_top_categories":
+                top = set(profile.top_categories) if profile is not None else set()
+                col = np.array([1.0 if cat and cat in top else 0.0 for cat in categories])
+            elif name == "category_share":
+                counts: dict[str, int] = {}
+                for cat in categories:
+                    counts[cat] = counts.get(cat, 0) + 1
+                col = np.array([counts[cat] / n if cat else 0.0 for cat in categories])
+            elif name == "history_size":
+                col = np.full(n, float(profile.history_size if profile is not None else 0))
+            elif name == "seen":
+                seen = set(profile.seen) if profile is not None else set()
+                col = np.array([1.0 if c.id in seen else 0.0 for c in items])
+            elif name == "price":
+                col = np.array([it.price if it is not None and it.price is not None else np.nan for it in cat_items])
+            elif name == "price_gap":
+                mean = user_log_price()
+                col = np.array([abs(math.log1p(it.price) - mean)
+                                if it is not None and it.price is not None and not math.isnan(mean) else np.nan
+                                for it in cat_items])
+            else:  # checked at validation and load time; reaching here is a bug
+                raise ValueError(f"unknown feature {name!r}")
+            cache[name] = col
+            return col
+
+        for j, name in enumerate(features):
+            out[:, j] = column(name)
+        return out
+
+
+def unknown_features(names: list[str]) -> list[str]:
+    return [n for n in names if n not in BASE_FEATURES and not _SOURCE_FEATURE.match(n)]
+
+
+def default_features(examples: list[TrainingExample]) -> list[str]:
+    """Every base feature, then three per source name seen in the examples' candidates (sorted)."""
+    sources: set[str] = set()
+    for ex in examples:
+        cands = _candidates(ex.inputs.get("candidates"))
+        for c in cands.items if cands is not None else ():
+            sources.update(c.sources)
+    return [*BASE_FEATURES, *(f"{kind}:{s}" for s in sorted(sources) for kind in SOURCE_FEATURES)]
+
+
+# -- the node ----------------------------------------------------------------------------------------------------
+
+
+class LambdaMART(NodeType):
+    """Re-score candidates with a trained LambdaMART model (see the module docstring for the features)."""
+
+    name = "rank.lambdamart"
+    inline = True  # a LightGBM prediction over tens of rows: quick, pure computation
+    description = "Re-rank candidates with a LightGBM LambdaMART model trained by `llmrec train`."
+    Config = LambdaMARTConfig
+
+    def __init__(self, config: LambdaMARTConfig) -> None:
+        super().__init__(config)
+        self._featurizer = Featurizer()
+        self._booster: lightgbm.Booster | None = None
+        self._features: list[str] = []
+        self.artifact: Path | None = None
+
+    # -- validation and artifacts ----------------------------------------------------------------------------
+    @classmethod
+    def check(cls, config: LambdaMARTConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        config._node_id = ctx.node_id
+        problems: list[str | tuple[str, str] | Problem] = []
+        if config.features is not None:
+            if not config.features:
+                problems.append(("features", "'features' is empty; leave it out to use every feature"))
+            bad = unknown_features(config.features)
+            if bad:
+                problems.append(Problem(
+                    f"unknown feature{'s' if len(bad) > 1 else ''} {', '.join(repr(b) for b in bad)}",
+                    field="features",
+                    hint=f"Use {', '.join(BASE_FEATURES)}, or source:NAME / retrieved:NAME / source_gap:NAME.",
+                ))
+            dupes = sorted({f for f in config.features if config.features.count(f) > 1})
+            if dupes:
+                problems.append(("features", f"feature {', '.join(repr(d) for d in dupes)} listed twice"))
+        if config.model_path.exists() and not config.model_path.is_dir():
+            problems.append(("model_path", f"model_path '{config.model_path}' is a file; it must be a folder"))
+        # the missing/stale artifact warning comes from llmrec.training's validate hook, which knows the spec file
+        return problems
+
+    @classmethod
+    def bind(cls, config: LambdaMARTConfig, *, node_id: str, graph: Any) -> None:
+        config._node_id = node_id
+        config._graph = graph
+
+    @classmethod
+    def artifact_status(cls, config: LambdaMARTConfig) -> str | None:
+        """None when a model trained with this config exists, else what is wrong."""
+        if find_artifact(config.model_path, _config_hash(config)) is not None:
+            return None
+        latest = config.model_path / "latest"
+        where = os.path.normpath(config.model_path)
+        if latest.is_file():
+            meta = read_meta(config.model_path / latest.read_text(encoding="utf-8").strip())
+            old = meta.get("config", {})
+            changed = sorted(k for k, v in training_config(config).items() if old.get(k) != v)
+            return (f"the model in {where} is stale: trained with another "
+                    f"{', '.join(changed) or 'config'}")
+        return f"no trained model in {where}"
+
+    def _not_trained(self, problem: str) -> ModelNotTrainedError:
+        graph = self.config._graph
+        command = train_command(graph.document.display if graph is not None else "<spec file>",
+                                self.config._node_id if graph is not None and _several_trainable(graph) else None)
+        return ModelNotTrainedError(
+            f"{problem}; run `{command}` first (or set train_on_first_use: true)", self.config._node_id
+        )
+
+    async def start(self) -> None:
+        cfg = self.config
+        folder = find_artifact(cfg.model_path, _config_hash(cfg))
+        if folder is None:
+            problem = self.artifact_status(cfg) or "no trained model"
+            if not cfg.train_on_first_use:
+                raise self._not_trained(problem)
+            if cfg._graph is None or cfg._node_id is None:
+                raise self._not_trained(problem + " (train_on_first_use needs the node to come from a spec)")
+            from ..training import atrain
+
+            await atrain(cfg._graph, [cfg._node_id])
+            folder = find_artifact(cfg.model_path, _config_hash(cfg))
+            if folder is None:  # pragma: no cover - atrain wrote it
+                raise self._not_trained(problem)
+        self.load(folder)
+
+    def load(self, folder: Path) -> None:
+        """Load an artifact folder (model.txt + meta.json)."""
+        import lightgbm
+
+        meta = read_meta(folder)
+        features = meta.get("features")
+        if not isinstance(features, list) or unknown_features(features):
+            raise self._not_trained(f"the artifact in {folder} has no valid feature list (meta.json)")
+        self._booster = lightgbm.Booster(model_file=str(folder / MODEL_FILE))
+        self._features = list(features)
+        self.artifact = folder
+
+    # -- prediction ------------------------------------------------------------------------------------------
+    def predict(
+        self,
+        candidates: Candidates,
+        catalog: Catalog,
+        profile: UserProfile | None = None,
+        interactions: Interactions | None = None,
+    ) -> np.ndarray:
+        """The model's score of every candidate, in input order."""
+        if self._booster is None:
+            raise self._not_trained("the model is not loaded")
+        if not candidates.items:
+            return np.zeros(0)
+        x = self._featurizer.matrix(self._features, candidates, catalog, profile, interactions)
+        return np.asarray(self._booster.predict(x, num_threads=1), dtype=np.float64)
+
+    async def warm(self, interactions: Interactions | None = None, **_: Any) -> None:
+        if interactions is not None:
+            self._featurizer.stats(interactions)
+
+    async def run(
+        self,
+        candidates: Candidates,
+        catalog: Catalog,
+        profile: UserProfile | None = None,
+        interactions: Interactions | None = None,
+        k: int | None = None,
+    ) -> Candidates:
+        cands = _candidates(candidates)
+        assert cands is not None
+        source = self.config.source
+        n = _count(k, self.config.k if self.config.k is not None else len(cands.items))
+        scores = self.predict(cands, catalog, profile, interactions)
+        order = sorted(range(len(cands.items)), key=lambda i: (-scores[i], i))[:n]
+        items = []
+        for i in order:
+            c = cands.items[i]
+            score = round(float(scores[i]), 6)
+            items.append(ScoredItem(id=c.id, score=score, sources={**c.sources, source: score}))
+        return Candidates(items=items, source=source)
+
+    # -- training --------------------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, config: LambdaMARTConfig, examples: list[TrainingExample], *, node_id: str = "lambdamart") -> Artifact:
+        """Train on the examples (one query group per case) and return the artifact to write."""
+        import lightgbm
+
+        features = list(config.features) if config.features else default_features(examples)
+        featurizer = Featurizer()
+        groups = []
+        for ex in examples:
+            cands = _candidates(ex.inputs.get("candidates"))
+            if cands is None or not cands.items:
+                continue
+            x = featurizer.matrix(features, cands, ex.inputs["catalog"], ex.inputs.get("profile"),
+                                  ex.inputs.get("interactions"))
+            y = np.array([_label(c.id, ex) for c in cands.items], dtype=np.int32)
+            groups.append((ex, cands, x, y))
+        if not groups:
+            raise TrainingError(f"node '{node_id}': no training case has any candidates")
+        if not any(g[3].any() for g in groups):
+            raise TrainingError(f"node '{node_id}': no training case has a relevant item among its candidates, "
+                                "so there is nothing to learn; retrieve more candidates (a larger k) first")
+        x_all = np.vstack([g[2] for g in groups])
+        y_all = np.concatenate([g[3] for g in groups])
+        sizes = [len(g[3]) for g in groups]
+        data_fp = digest(x_all.tobytes() + y_all.tobytes() + np.array(sizes).tobytes()
+                         + json.dumps([g[0].case_id for g in groups]).encode(), 16)
+
+        def train(part: list[Any]) -> Any:
+            ranker = lightgbm.LGBMRanker(
+                objective="lambdarank", n_estimators=config.n_estimators, learning_rate=config.learning_rate,
+                num_leaves=config.num_leaves, min_child_samples=config.min_data_in_leaf, random_state=config.seed,
+                n_jobs=1, deterministic=True, force_row_wise=True, verbose=-1,
+            )
+            ranker.fit(np.vstack([g[2] for g in part]), np.concatenate([g[3] for g in part]),
+                       group=[len(g[3]) for g in part])
+            return ranker.booster_
+
+        metrics: dict[str, float] = {}
+        order = sorted(range(len(groups)), key=lambda i: groups[i][0].case_id)
+        random.Random(config.seed).shuffle(order)
+        n_val = round(len(groups) * config.validation_fraction) if len(groups) >= 5 else 0
+        if n_val:
+            val = [groups[i] for i in order[:n_val]]
+            booster = train([groups[i] for i in order[n_val:]])
+            metrics = _validation_metrics(booster, val)
+        booster = train(groups)  # the model to keep sees every case
+        model_text = booster.model_to_string()
+        config_hash = _config_hash(config)
+        meta = {
+            "node_id": node_id,
+            "node_type": cls.name,
+            "features": features,
+            "config": training_config(config),
+            "config_hash": config_hash,
+            "data_fingerprint": data_fp,
+            "cases": len(groups),
+            "rows": int(len(y_all)),
+            "positives": int(y_all.sum()),
+            "validation_cases": n_val,
+            "metrics": metrics,
+            "created": time.time(),
+            "llmrec_version": _llmrec_version(),
+            "lightgbm_version": lightgbm.__version__,
+        }
+        return Artifact(model_path=Path(config.model_path), name=node_id,
+                        digest=digest([config_hash, features, data_fp]), files={MODEL_FILE: model_text}, meta=meta)
+
+
+def _label(item_id: str, ex: TrainingExample) -> int:
+    if item_id not in ex.relevant:
+        return 0
+    if ex.gains is None:
+        return 1
+    return int(min(max(round(ex.gains.get(item_id, 1.0)), 0), 30))
+
+
+def _validation_metrics(booster: Any, val: list[Any]) -> dict[str, float]:
+    """NDCG@10 of the model's order and of the input order, averaged over the validation cases."""
+    from ..eval.metrics import ndcg_at_k
+
+    model, baseline = [], []
+    for ex, cands, x, _ in val:
+        scores = booster.predict(x, num_threads=1)
+        ranked = [cands.items[i].id for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i))]
+        model.append(ndcg_at_k(ranked, ex.relevant, 10))
+        baseline.append(ndcg_at_k(cands.ids, ex.relevant, 10))
+    return {"ndcg@10": round(sum(model) / len(model), 6), "input_order_ndcg@10": round(sum(baseline) / len(baseline), 6)}
+
+
+def _several_trainable(graph: Any) -> bool:
+    from ..training import trainable_nodes
+
+    return len(trainable_nodes(graph)) > 1
+
+
+def _llmrec_version() -> str:
+    from ..plugins import _version
+
+    return _version()
+
+
+NODE_TYPES: tuple[type[NodeType], ...] = (LambdaMART,)
+
+
+@hookimpl
+def llmrec_register_node_types(register: Callable[[type], None]) -> None:
+    for cls in NODE_TYPES:
+        register(cls)
+
+
+__all__ = ["BASE_FEATURES", "Featurizer", "LambdaMART", "LambdaMARTConfig", "default_features", "training_config"]

@@ -1,1 +1,495 @@
-"""Placeholder: being written (issue 3)."""
+"""Rerankers: pure functions from candidates (and the catalog) to candidates, registered as a default plugin.
+
+- ``rerank.mmr``: maximal marginal relevance; similarity from item embeddings (an ``embeddings`` mapping or an
+  embedder ``model``), else 1 for the same category and 0 otherwise;
+- ``rerank.quota``: per-category (or per-field) minimum and maximum counts or shares of the top k;
+- ``rerank.rules``: boost or demote items whose metadata matches a condition;
+- ``rerank.dedupe``: drop repeated ids and, optionally, repeated (normalised) titles;
+- ``rerank.constraints``: keep only items in a price range, with given attribute values, not excluded.
+
+``rerank.filter_seen`` and ``rerank.diversify`` live in :mod:`llmrec.nodes.recsys`. Item fields are
+``id``, ``title``, ``description``, ``category`` and ``price``; any other name (or ``attributes.NAME``) is an
+attribute. A field that no catalog item has is an error when the node runs (names depend on the data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..data import Catalog, Item
+from ..embed import Embedder
+from ..hookspecs import hookimpl
+from ..node import CheckContext, NodeType, Problem
+from ..types import Candidates, ScoredItem
+from .recsys import _candidates, _count, _PerObjects
+
+ITEM_FIELDS: tuple[str, ...] = ("id", "title", "description", "category", "price")
+_MISSING = object()
+Scalar = str | int | float | bool
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- item fields -----------------------------------------------------------------------------------------------
+
+
+def field_value(item: Item, name: str) -> Any:
+    """An item's field or attribute (``attributes.NAME`` or plain ``NAME``); ``_MISSING`` when absent."""
+    if name in ITEM_FIELDS:
+        return getattr(item, name)
+    key = name[len("attributes."):] if name.startswith("attributes.") else name
+    return item.attributes.get(key, _MISSING)
+
+
+_KNOWN: _PerObjects[frozenset[str]] = _PerObjects()
+
+
+def known_fields(catalog: Catalog) -> frozenset[str]:
+    """Item fields plus every attribute name some item of the catalog has (computed once per catalog)."""
+
+    def build() -> frozenset[str]:
+        names = set(ITEM_FIELDS)
+        for item in catalog:
+            names.update(item.attributes)
+        return frozenset(names)
+
+    return _KNOWN.get((catalog,), build)
+
+
+def check_fields(node: str, names: Sequence[str], catalog: Catalog) -> None:
+    """Raise a clear ValueError naming fields no catalog item has."""
+    known = known_fields(catalog)
+    bad = [n for n in names if (n[len("attributes."):] if n.startswith("attributes.") else n) not in known]
+    if bad:
+        attrs = sorted(known - set(ITEM_FIELDS))
+        raise ValueError(
+            f"{node}: no catalog item has field {', '.join(repr(b) for b in bad)}; item fields are "
+            f"{', '.join(ITEM_FIELDS)}, attributes in this catalog: {', '.join(attrs[:20]) or 'none'}"
+        )
+
+
+def _rescore(cands: Candidates, items: list[ScoredItem]) -> Candidates:
+    return cands.model_copy(update={"items": items})
+
+
+# -- MMR ---------------------------------------------------------------------------------------------------------
+
+
+class MMRConfig(_Config):
+    lambda_: float = Field(
+        0.7, ge=0.0, le=1.0, alias="lambda",
+        description="Weight of relevance against novelty: 1 keeps the input order, 0 only avoids similar items.",
+    )
+    k: int = Field(10, ge=1, description="How many items to pick, unless the 'k' input says otherwise.")
+    similarity: Literal["auto", "embedding", "category"] = Field(
+        "auto", description="'auto': embeddings when given (the 'embeddings' or 'model' input), else category.",
+    )
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class MMR(NodeType):
+    """Maximal marginal relevance: repeatedly pick the candidate maximising
+    ``lambda * relevance - (1 - lambda) * max similarity to the items already picked``, where relevance is
+    the input score min-max normalised to 0..1. Picked items keep their scores and sources."""
+
+    name = "rerank.mmr"
+    inline = True
+    description = "Reorder candidates by maximal marginal relevance (embedding or category similarity)."
+    Config = MMRConfig
+
+    def __init__(self, config: MMRConfig) -> None:
+        super().__init__(config)
+        self._vectors: _PerObjects[dict[str, np.ndarray]] = _PerObjects()
+
+    @classmethod
+    def check(cls, config: MMRConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        given = ctx.declared_inputs
+        if config.similarity == "embedding" and not given & {"embeddings", "model"}:
+            return [Problem("similarity 'embedding' needs the 'embeddings' or the 'model' input", field="similarity",
+                            hint="Add model: ${resources.NAME} (an embedder) under 'inputs:'.")]
+        if config.similarity == "category" and "catalog" not in given:
+            return [Problem("similarity 'category' needs the 'catalog' input", field="similarity")]
+        if config.similarity == "auto" and not given & {"embeddings", "model", "catalog"}:
+            return ["rerank.mmr needs 'catalog' (category similarity), 'embeddings' or 'model' among its inputs"]
+        return []
+
+    def _model_vectors(self, catalog: Catalog, model: Embedder) -> dict[str, np.ndarray]:
+        def build() -> dict[str, np.ndarray]:
+            ids, matrix = model.embed_items(catalog)
+            return dict(zip(ids, np.asarray(matrix, dtype=np.float32)))
+
+        return self._vectors.get((catalog, model), build)
+
+    async def warm(self, catalog: Catalog | None = None, model: Embedder | None = None, **_: Any) -> None:
+        if catalog is not None and model is not None and self.config.similarity != "category":
+            await asyncio.to_thread(self._model_vectors, catalog, model)
+
+    async def run(
+        self,
+        candidates: Candidates,
+        catalog: Catalog | None = None,
+        embeddings: dict[str, list[float]] | None = None,
+        model: Embedder | None = None,
+        k: int | None = None,
+    ) -> Candidates:
+        cands = _candidates(candidates)
+        assert cands is not None
+        items = cands.items
+        n = min(_count(k, self.config.k), len(items))
+        if n == 0:
+            return _rescore(cands, [])
+        sim = self._similarity(items, catalog, embeddings, model)
+        scores = np.array([c.score for c in items], dtype=np.float64)
+        lo, hi = scores.min(), scores.max()
+        relevance = (scores - lo) / (hi - lo) if hi > lo else np.ones(len(items))
+        lam = self.config.lambda_
+        picked: list[int] = []
+        max_sim = np.zeros(len(items))
+        available = np.ones(len(items), dtype=bool)
+        for _ in range(n):
+            value = np.where(available, lam * relevance - (1 - lam) * max_sim, -np.inf)
+            best = int(np.argmax(value))  # the first of equal values: input order breaks ties
+            picked.append(best)
+            available[best] = False
+            max_sim = np.maximum(max_sim, sim[best])
+        return _rescore(cands, [items[i] for i in picked])
+
+    def _similarity(
+        self, items: list[ScoredItem], catalog: Catalog | None, embeddings: Mapping[str, Sequence[float]] | None,
+        model: Embedder | None,
+    ) -> np.ndarray:
+        mode = self.config.similarity
+        vectors: Mapping[str, Any] | None = None
+        if mode != "category":
+            if embeddings is not None:
+                vectors = embeddings
+            elif model is not None and catalog is not None:
+                vectors = self._model_vectors(catalog, model)
+            elif mode == "embedding":
+                raise ValueError("rerank.mmr: similarity 'embedding' needs 'embeddings', or 'model' with 'catalog'")
+        if vectors is not None:
+            missing = [c.id for c in items if c.id not in vectors]
+            if missing:
+                raise ValueError(f"rerank.mmr: no embedding for {len(missing)} candidate(s), e.g. {missing[0]!r}")
+            m = np.array([np.asarray(vectors[c.id], dtype=np.float64) for c in items])
+            norms = np.linalg.norm(m, axis=1, keepdims=True)
+            m = m / np.where(norms > 0, norms, 1.0)
+            return m @ m.T
+        if catalog is None:
+            raise ValueError("rerank.mmr: category similarity needs the 'catalog' input")
+        cats = [(it.category if (it := catalog.get(c.id)) is not None else "") for c in items]
+        return np.array([[1.0 if a and a == b else 0.0 for b in cats] for a in cats])
+
+
+# -- quota -------------------------------------------------------------------------------------------------------
+
+
+class QuotaRule(_Config):
+    min: int | None = Field(None, ge=0, description="At least this many items (when the candidates have them).")
+    max: int | None = Field(None, ge=0, description="At most this many items.")
+    min_share: float | None = Field(None, ge=0.0, le=1.0, description="At least this share of k (rounded up).")
+    max_share: float | None = Field(None, ge=0.0, le=1.0, description="At most this share of k (rounded down).")
+
+    @model_validator(mode="after")
+    def _one_each(self) -> QuotaRule:
+        if self.min is not None and self.min_share is not None:
+            raise ValueError("give 'min' or 'min_share', not both")
+        if self.max is not None and self.max_share is not None:
+            raise ValueError("give 'max' or 'max_share', not both")
+        return self
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        lo = self.min if self.min is not None else math.ceil(self.min_share * k) if self.min_share is not None else 0
+        hi = self.max if self.max is not None else math.floor(self.max_share * k) if self.max_share is not None else k
+        return lo, hi
+
+
+class QuotaConfig(_Config):
+    field: str = Field("category", min_length=1, description="Item field or attribute whose values get quotas.")
+    quotas: dict[str, QuotaRule] = Field(default_factory=dict, description="Per value: min/max counts or shares.")
+    default: QuotaRule = Field(default_factory=QuotaRule, description="The quota of every value not listed.")
+    k: int = Field(10, ge=1, description="How many items, unless the 'k' input says otherwise.")
+
+
+class Quota(NodeType):
+    """Pick k candidates meeting per-value quotas: first each value's minimum (its best items), then the rest in
+    input order while under each value's maximum. Maxima are hard: the list comes out short rather than
+    break one. The picked items keep their input order."""
+
+    name = "rerank.quota"
+    inline = True
+    description = "Pick k candidates with per-category (or per-field) minimum and maximum counts or shares."
+    Config = QuotaConfig
+
+    @classmethod
+    def check(cls, config: QuotaConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        problems: list[str | tuple[str, str] | Problem] = []
+        for value, rule in config.quotas.items():
+            lo, hi = rule.bounds(config.k)
+            if lo > hi:
+                problems.append(("quotas", f"quota of {value!r}: minimum {lo} is above maximum {hi} (k = {config.k})"))
+        mins = sum(rule.bounds(config.k)[0] for rule in config.quotas.values())
+        if mins > config.k:
+            problems.append(("quotas", f"the minimums add up to {mins}, more than k = {config.k}"))
+        return problems
+
+    async def run(self, candidates: Candidates, catalog: Catalog, k: int | None = None) -> Candidates:
+        cands = _candidates(candidates)
+        assert cands is not None
+        cfg = self.config
+        n = _count(k, cfg.k)
+        check_fields(self.name, [cfg.field], catalog)
+        values = []
+        for c in cands.items:
+            item = catalog.get(c.id)
+            v = field_value(item, cfg.field) if item is not None else _MISSING
+            values.append("" if v is _MISSING or v is None else str(v))
+        bounds = {v: (cfg.quotas.get(v) or cfg.default).bounds(n) for v in set(values)}
+        taken: dict[str, int] = {}
+        chosen: set[int] = set()
+        for value, rule in cfg.quotas.items():  # minimums first, each value's best items
+            need = min(rule.bounds(n)[0], bounds.get(value, (0, 0))[1])
+            for i, v in enumerate(values):
+                if taken.get(value, 0) >= need or len(chosen) >= n:
+                    break
+                if v == value:
+                    chosen.add(i)
+                    taken[value] = taken.get(value, 0) + 1
+        for i, v in enumerate(values):
+            if len(chosen) >= n:
+                break
+            if i not in chosen and taken.get(v, 0) < bounds[v][1]:
+                chosen.add(i)
+                taken[v] = taken.get(v, 0) + 1
+        return _rescore(cands, [cands.items[i] for i in sorted(chosen)])
+
+
+# -- rules -------------------------------------------------------------------------------------------------------
+
+
+class Rule(_Config):
+    field: str = Field(min_length=1, description="Item field (id, title, description, category, price) or attribute.")
+    op: Literal["eq", "ne", "in", "lt", "gt", "contains"] = "eq"
+    value: Scalar | list[Scalar]
+    boost: float | None = Field(None, description="Add this to the score of matching items (negative demotes).")
+    multiply: float | None = Field(None, description="Multiply the score of matching items by this.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        if (self.boost is None) == (self.multiply is None):
+            raise ValueError("give exactly one of 'boost' or 'multiply'")
+        if self.op == "in" and not isinstance(self.value, list):
+            raise ValueError("op 'in' needs a list value, e.g. value: [books, music]")
+        if self.op != "in" and isinstance(self.value, list):
+            raise ValueError(f"op '{self.op}' needs a single value, not a list (use op 'in' for a list)")
+        if self.op in ("lt", "gt") and (isinstance(self.value, bool) or not isinstance(self.value, (int, float))):
+            raise ValueError(f"op '{self.op}' needs a number, got {self.value!r}")
+        return self
+
+    def matches(self, item: Item) -> bool:
+        v = field_value(item, self.field)
+        if v is _MISSING or v is None:
+            return self.op == "ne"
+        op, want = self.op, self.value
+        if op == "eq":
+            return _same(v, want)
+        if op == "ne":
+            return not _same(v, want)
+        if op == "in":
+            return any(_same(v, w) for w in want)  # type: ignore[union-attr]
+        if op == "contains":
+            return str(want).casefold() in str(v).casefold()
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        return v < want if op == "lt" else v > want  # type: ignore[operator]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.casefold() == b.casefold()
+    return bool(a == b)
+
+
+class RulesConfig(_Config):
+    rules: list[Rule] = Field(min_length=1, description="Applied in order to every candidate's score.")
+    source: str = Field("rules", min_length=1, description="Name under which the adjusted score is recorded.")
+
+
+class Rules(NodeType):
+    """Business rules: each matching rule adds ``boost`` to, or multiplies by ``multiply``, a candidate's score
+    (in order); the list is then re-sorted by the new scores (ties keep the input order). A missing field
+    matches only ``ne``."""
+
+    name = "rerank.rules"
+    inline = True
+    description = "Boost or demote candidates whose item metadata matches rules (eq, ne, in, lt, gt, contains)."
+    Config = RulesConfig
+
+    async def run(self, candidates: Candidates, catalog: Catalog) -> Candidates:
+        cands = _candidates(candidates)
+        assert cands is not None
+        rules = self.config.rules
+        check_fields(self.name, [r.field for r in rules], catalog)
+        scored = []
+        for position, c in enumerate(cands.items):
+            item = catalog.get(c.id)
+            score = c.score
+            if item is not None:
+                for rule in rules:
+                    if rule.matches(item):
+                        score = score * rule.multiply if rule.multiply is not None else score + rule.boost  # type: ignore[operator]
+            scored.append((-score, position, c, score))
+        scored.sort(key=lambda s: (s[0], s[1]))
+        source = self.config.source
+        items = [c if score == c.score else ScoredItem(id=c.id, score=round(score, 8), sources={**c.sources, source: round(score, 8)})
+                 for _, _, c, score in scored]
+        return _rescore(cands, items)
+
+
+# -- dedupe ------------------------------------------------------------------------------------------------------
+
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalise_title(title: str) -> str:
+    """Case-folded words of a title, punctuation and extra spaces dropped."""
+    return " ".join(_NON_WORD.sub(" ", title.casefold()).split())
+
+
+class DedupeConfig(_Config):
+    by_title: bool = Field(False, description="Also drop items whose normalised title was already seen (needs catalog).")
+
+
+class Dedupe(NodeType):
+    """Keep the first occurrence of each id (and, with ``by_title``, of each normalised title)."""
+
+    name = "rerank.dedupe"
+    inline = True
+    description = "Drop repeated ids, and optionally repeated titles (case, punctuation and spacing ignored)."
+    Config = DedupeConfig
+
+    @classmethod
+    def check(cls, config: DedupeConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        if config.by_title and "catalog" not in ctx.declared_inputs:
+            return [Problem("by_title needs the 'catalog' input", field="by_title",
+                            hint="Add catalog: ${resources.NAME.catalog} under 'inputs:'.")]
+        return []
+
+    async def run(self, candidates: Candidates, catalog: Catalog | None = None) -> Candidates:
+        cands = _candidates(candidates)
+        assert cands is not None
+        if self.config.by_title and catalog is None:
+            raise ValueError("rerank.dedupe: by_title needs the 'catalog' input")
+        ids: set[str] = set()
+        titles: set[str] = set()
+        kept = []
+        for c in cands.items:
+            if c.id in ids:
+                continue
+            ids.add(c.id)
+            if self.config.by_title and catalog is not None and (item := catalog.get(c.id)) is not None:
+                title = normalise_title(item.title)
+                if title and title in titles:
+                    continue
+                titles.add(title)
+            kept.append(c)
+        return _rescore(cands, kept)
+
+
+# -- constraints -------------------------------------------------------------------------------------------------
+
+
+class ConstraintsConfig(_Config):
+    min_price: float | None = Field(None, ge=0, description="Drop items cheaper than this.")
+    max_price: float | None = Field(None, ge=0, description="Drop items dearer than this.")
+    keep_unpriced: bool = Field(False, description="With a price range, keep items that have no price.")
+    equals: dict[str, Scalar] = Field(
+        default_factory=dict, description="Field or attribute -> required value, e.g. {in_stock: true}."
+    )
+    exclude_ids: list[str] = Field(default_factory=list, description="Ids never to return.")
+
+    @model_validator(mode="after")
+    def _range(self) -> ConstraintsConfig:
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise ValueError(f"min_price {self.min_price} is above max_price {self.max_price}")
+        return self
+
+
+class Constraints(NodeType):
+    """Hard filters: a price range, required field/attribute values, and ids to exclude (from the config and
+    the optional 'exclude' input). Items missing from the catalog are dropped when any item constraint is set."""
+
+    name = "rerank.constraints"
+    inline = True
+    description = "Keep candidates in a price range, with required attribute values, and not excluded."
+    Config = ConstraintsConfig
+
+    @classmethod
+    def check(cls, config: ConstraintsConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        needs_catalog = config.min_price is not None or config.max_price is not None or config.equals
+        if needs_catalog and "catalog" not in ctx.declared_inputs:
+            return [Problem("price and attribute constraints need the 'catalog' input",
+                            hint="Add catalog: ${resources.NAME.catalog} under 'inputs:'.")]
+        return []
+
+    async def run(
+        self, candidates: Candidates, catalog: Catalog | None = None, exclude: list[str] | None = None
+    ) -> Candidates:
+        cands = _candidates(candidates)
+        assert cands is not None
+        cfg = self.config
+        excluded = set(cfg.exclude_ids) | set(exclude or ())
+        priced = cfg.min_price is not None or cfg.max_price is not None
+        by_item = priced or bool(cfg.equals)
+        if by_item:
+            if catalog is None:
+                raise ValueError("rerank.constraints: price and attribute constraints need the 'catalog' input")
+            check_fields(self.name, list(cfg.equals), catalog)
+        kept = []
+        for c in cands.items:
+            if c.id in excluded:
+                continue
+            if by_item:
+                item = catalog.get(c.id) if catalog is not None else None
+                if item is None or not self._allowed(item, priced):
+                    continue
+            kept.append(c)
+        return _rescore(cands, kept)
+
+    def _allowed(self, item: Item, priced: bool) -> bool:
+        cfg = self.config
+        if priced:
+            if item.price is None:
+                if not cfg.keep_unpriced:
+                    return False
+            elif (cfg.min_price is not None and item.price < cfg.min_price) or (
+                    cfg.max_price is not None and item.price > cfg.max_price):
+                return False
+        for name, want in cfg.equals.items():
+            v = field_value(item, name)
+            if v is _MISSING or not _same(v, want):
+                return False
+        return True
+
+
+NODE_TYPES: tuple[type[NodeType], ...] = (MMR, Quota, Rules, Dedupe, Constraints)
+
+
+@hookimpl
+def llmrec_register_node_types(register: Callable[[type], None]) -> None:
+    for cls in NODE_TYPES:
+        register(cls)
+
+
+__all__ = ["Constraints", "Dedupe", "ITEM_FIELDS", "MMR", "NODE_TYPES", "Quota", "Rules", "field_value",
+           "normalise_title"]

