@@ -61,42 +61,58 @@ def noop_spec(folder: Path) -> Path:
 
 
 def handwritten(runtime: llmrec.Runtime, with_policies: bool) -> Any:
-    """The quickstart written by hand against the same node instances (what a user would write without llmrec)."""
+    """The quickstart written by hand against the same node instances (what a user would write without llmrec):
+    the same calls in dependency order, blocking nodes in a worker thread as llmrec runs them, and (with
+    policies) the same cache, `when`, timeouts and fallbacks."""
     n = {node_id: plan.instance for node_id, plan in runtime._plans.items()}
-    demo = runtime.resources["demo"]
-    catalog, interactions = demo.catalog, demo.interactions
+    fallbacks = {node_id: plan.fallback.value for node_id, plan in runtime._plans.items() if plan.fallback}
+    shop = runtime.resources.get("shop")
+    catalog, train = (shop.catalog, shop.train) if shop is not None else (None, None)
+    model = runtime.resources.get("minilm")
     popular_cache: dict[str, tuple[float, Any]] = {}
     loop_time = time.monotonic
+    to_thread = asyncio.to_thread
+
+    async def call(node_id: str, **kwargs: Any) -> Any:
+        run = n[node_id].run
+        if asyncio.iscoroutinefunction(run):
+            return await run(**kwargs)
+        return await to_thread(run, **kwargs)
 
     async def popular() -> Any:
         if not with_policies:
-            return await n["popular"].run(interactions=interactions)
+            return await call("popular", interactions=train)
         hit = popular_cache.get("k")
         if hit is not None and loop_time() < hit[0]:
             return hit[1]
-        value = await n["popular"].run(interactions=interactions)
+        value = await call("popular", interactions=train)
         popular_cache["k"] = (loop_time() + 60.0, value)
         return value
 
-    async def keyword(query: str) -> Any:
+    async def search(node_id: str, **kwargs: Any) -> Any:
         if not with_policies:
-            return await n["keyword"].run(catalog=catalog, query=query)
+            return await call(node_id, **kwargs)
         try:
             async with asyncio.timeout(2.0):
-                return await n["keyword"].run(catalog=catalog, query=query)
+                return await call(node_id, **kwargs)
         except Exception:
-            return runtime._plans["keyword"].fallback.value
+            return fallbacks[node_id]
 
     async def recommend(req: dict[str, Any]) -> dict[str, Any]:
         user_id, query, k = req["user_id"], req.get("query", ""), req.get("k", 10)
-        profile = await n["profile"].run(catalog=catalog, interactions=interactions, user_id=user_id)
+        profile = await call("profile", catalog=catalog, interactions=train, user_id=user_id)
+        seen = getattr(profile, "seen", None)  # what ${profile.seen} gives (None from a no-op node)
+        taste = await call("taste", catalog=catalog, model=model, like=seen, exclude=seen)
+        aff = await call("affinity", catalog=catalog, interactions=train, profile=profile)
         pop = await popular()
-        aff = await n["affinity"].run(catalog=catalog, interactions=interactions, profile=profile)
-        kw = await keyword(query) if query else None
-        blend = await n["blend"].run(lists=[aff, kw, pop])
-        unseen = await n["unseen"].run(candidates=blend, profile=profile)
-        diverse = await n["diverse"].run(candidates=unseen, catalog=catalog, k=k)
-        result = await n["result"].run(candidates=diverse, catalog=catalog, profile=profile, query=query, k=k)
+        personal = await call("personal", lists=[taste, aff, pop])
+        ranked = await call("ranked", candidates=personal, catalog=catalog, profile=profile, interactions=train)
+        kw = await search("keyword", catalog=catalog, query=query) if query else None
+        sem = await search("semantic", catalog=catalog, model=model, query=query) if query else None
+        blend = await call("blend", lists=[ranked, kw, sem])
+        unseen = await call("unseen", candidates=blend, profile=profile)
+        diverse = await call("diverse", candidates=unseen, catalog=catalog, k=k)
+        result = await call("result", candidates=diverse, catalog=catalog, profile=profile, query=query, k=k)
         return {"recommendations": result}
 
     return recommend
@@ -149,7 +165,7 @@ def main() -> int:
         noop = asyncio.run(compare(noop_rt, False, reqs, args.rounds))
     nodes = len(noop_rt.graph.nodes)
     ran = sum(1 for r in reqs if r["query"]) / len(reqs)
-    mean_nodes = nodes - (1 - ran)  # `keyword` is skipped (but still scheduled) when there is no query
+    mean_nodes = nodes - 2 * (1 - ran)  # `keyword` and `semantic` are skipped (still scheduled) without a query
     noop["per_node_us"] = (noop["llmrec_us"] - noop["handwritten_us"]) / mean_nodes
 
     real_rt = llmrec.Runtime(llmrec.validate(QUICKSTART))

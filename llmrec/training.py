@@ -338,6 +338,8 @@ def llmrec_validate_graph(graph: Any, document: Any) -> list[Any]:
         bind = getattr(node.cls, "bind", None)
         if callable(bind):
             bind(node.config, node_id=node_id, graph=graph)
+        if getattr(node.config, "train_on_first_use", False):
+            continue  # asked to train itself at start: nothing to warn about
         status = getattr(node.cls, "artifact_status", None)
         problem = status(node.config) if callable(status) else None
         if problem:

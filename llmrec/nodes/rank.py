@@ -17,10 +17,26 @@ Features (:data:`BASE_FEATURES`, plus three per retriever source seen in trainin
 - ``category_affinity`` (the user's share for the item's category), ``in_top_categories``, ``category_share``
   (share of this list in the item's category), ``history_size``, ``seen``;
 - ``price`` and ``price_gap`` (|log price - mean log price of the user's history|; missing when unknown).
+
+With the optional ``model`` input (an ``embedder`` resource), :data:`EMBEDDING_FEATURES` compare the candidate's
+vector with the vectors of what the user read (``profile.seen``, the latest :data:`MAX_HISTORY`), which is what a
+reader with several interests needs and one cosine to the mean profile misses (the mean of two interests is
+close to neither):
+
+- ``history_max_cosine``, ``history_second_cosine`` (two history items close to it: an interest, not a stray
+  click), ``history_mean_cosine``, ``history_close_count`` (history items with cosine >= :data:`CLOSE_COSINE`),
+  ``profile_cosine`` (to the normalised mean of the history);
+- ``nearest_support``: mean cosine of the nearest history item to the rest of the history (low for noise);
+- ``category_centroid_cosine`` (to the mean of the history items in the candidate's category; missing when none)
+  and ``nearest_category_centroid_cosine`` (to the mean of the history items in the nearest one's category).
+
+Vectors come from the embedder's cache (``Embedder.embed_items``), once per (catalog, model); all are missing
+(NaN) for users without history. Item attributes are never features (a dataset may keep its labels there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -35,6 +51,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from ..data import Catalog, Interactions
+from ..embed import Embedder
 from ..hookspecs import hookimpl
 from ..node import CheckContext, NodeType, Problem, SpecPath
 from ..training import (
@@ -59,6 +76,15 @@ BASE_FEATURES: tuple[str, ...] = (
     "category_affinity", "in_top_categories", "category_share", "history_size", "seen",
     "price", "price_gap",
 )
+#: features computed from the ``model`` input's vectors; used by default when the node is given a model
+EMBEDDING_FEATURES: tuple[str, ...] = (
+    "history_max_cosine", "history_second_cosine", "history_mean_cosine", "history_close_count", "profile_cosine",
+    "nearest_support", "category_centroid_cosine", "nearest_category_centroid_cosine",
+)
+#: a history item this close (cosine) to a candidate counts in ``history_close_count``
+CLOSE_COSINE = 0.4
+#: the embedding features look at the latest this many seen items
+MAX_HISTORY = 256
 SOURCE_FEATURES: tuple[str, ...] = ("source", "retrieved", "source_gap")
 _SOURCE_FEATURE = re.compile(r"^(source|retrieved|source_gap):(.+)$")
 #: config fields that change the trained model (the rest only change how it is used)
@@ -119,14 +145,76 @@ class _LogStats:
         self.max_ts = max(last.values(), default=0)
 
 
+class _ItemVectors:
+    """A catalog's item vectors under one model, and each item's row."""
+
+    def __init__(self, catalog: Catalog, model: Embedder) -> None:
+        ids, matrix = model.embed_items(catalog)
+        self.matrix = np.asarray(matrix, dtype=np.float64)
+        self.rows = {item_id: i for i, item_id in enumerate(ids)}
+
+
 class Featurizer:
-    """Feature rows for (user, candidate) pairs; deterministic, per-log statistics computed once."""
+    """Feature rows for (user, candidate) pairs; deterministic, per-log statistics and vectors computed once."""
 
     def __init__(self) -> None:
         self._stats: _PerObjects[_LogStats] = _PerObjects()
+        self._vectors: _PerObjects[_ItemVectors] = _PerObjects()
 
     def stats(self, interactions: Interactions) -> _LogStats:
         return self._stats.get((interactions,), lambda: _LogStats(interactions))
+
+    def vectors(self, catalog: Catalog, model: Embedder) -> _ItemVectors:
+        return self._vectors.get((catalog, model), lambda: _ItemVectors(catalog, model))
+
+    def embedding_columns(
+        self, candidates: Candidates, catalog: Catalog, profile: UserProfile | None, model: Embedder | None
+    ) -> dict[str, np.ndarray]:
+        """Every :data:`EMBEDDING_FEATURES` column (NaN without a model, a history or a candidate's vector)."""
+        items = candidates.items
+        n = len(items)
+        out = {name: np.full(n, np.nan) for name in EMBEDDING_FEATURES}
+        if model is None or profile is None or not profile.seen or n == 0:
+            return out
+        vectors = self.vectors(catalog, model)
+        history = [i for i in profile.seen[-MAX_HISTORY:] if i in vectors.rows]
+        rows = [vectors.rows.get(c.id) for c in items]
+        known = np.array([r is not None for r in rows])
+        if not history or not known.any():
+            return out
+        h = vectors.matrix[[vectors.rows[i] for i in history]]  # (history, dim)
+        c = vectors.matrix[[r for r in rows if r is not None]]  # (known candidates, dim)
+        sims = c @ h.T
+        ordered = -np.sort(-sims, axis=1)
+        near = sims.argmax(axis=1)
+        cols: dict[str, np.ndarray] = {
+            "history_max_cosine": ordered[:, 0],
+            "history_mean_cosine": sims.mean(axis=1),
+            "history_close_count": (sims >= CLOSE_COSINE).sum(axis=1).astype(np.float64),
+        }
+        if len(history) > 1:
+            cols["history_second_cosine"] = ordered[:, 1]
+            within = h @ h.T
+            support = (within.sum(axis=1) - np.diag(within)) / (len(history) - 1)
+            cols["nearest_support"] = support[near]
+        mean = h.mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        if norm > 0:
+            cols["profile_cosine"] = c @ (mean / norm)
+        history_categories = [item.category if (item := catalog.get(i)) is not None else "" for i in history]
+        centroids: dict[str, np.ndarray] = {}
+        for category in set(history_categories):
+            centroid = h[[k for k, cat in enumerate(history_categories) if cat == category]].mean(axis=0)
+            centroids[category] = centroid / (np.linalg.norm(centroid) or 1.0)
+        categories = [item.category if (item := catalog.get(cand.id)) is not None else ""
+                      for cand, r in zip(items, rows) if r is not None]
+        cols["category_centroid_cosine"] = np.array(
+            [float(c[k] @ centroids[cat]) if cat in centroids else np.nan for k, cat in enumerate(categories)])
+        cols["nearest_category_centroid_cosine"] = np.array(
+            [float(c[k] @ centroids[history_categories[near[k]]]) for k in range(len(c))])
+        for name, values in cols.items():
+            out[name][known] = values
+        return out
 
     def matrix(
         self,
@@ -135,6 +223,7 @@ class Featurizer:
         catalog: Catalog,
         profile: UserProfile | None = None,
         interactions: Interactions | None = None,
+        model: Embedder | None = None,
     ) -> np.ndarray:
         """One row per candidate, one column per feature name (NaN = missing, LightGBM's convention)."""
         items = candidates.items
@@ -147,6 +236,8 @@ class Featurizer:
         stats = self.stats(interactions) if interactions is not None else None
         scores = np.array([c.score for c in items], dtype=np.float64)
         cache: dict[str, np.ndarray] = {}
+        if any(name in EMBEDDING_FEATURES for name in features):
+            cache.update(self.embedding_columns(candidates, catalog, profile, model))
 
         def user_log_price() -> float:
             if profile is None or interactions is None:
@@ -222,17 +313,27 @@ class Featurizer:
 
 
 def unknown_features(names: list[str]) -> list[str]:
-    return [n for n in names if n not in BASE_FEATURES and not _SOURCE_FEATURE.match(n)]
+    return [n for n in names if n not in BASE_FEATURES and n not in EMBEDDING_FEATURES
+            and not _SOURCE_FEATURE.match(n)]
+
+
+def uses_model(features: list[str]) -> bool:
+    """Whether a feature list needs the ``model`` input."""
+    return any(name in EMBEDDING_FEATURES for name in features)
 
 
 def default_features(examples: list[TrainingExample]) -> list[str]:
-    """Every base feature, then three per source name seen in the examples' candidates (sorted)."""
+    """Every base feature, the embedding features when the examples have a model, then three per source name
+    seen in the examples' candidates (sorted)."""
     sources: set[str] = set()
+    with_model = False
     for ex in examples:
+        with_model = with_model or ex.inputs.get("model") is not None
         cands = _candidates(ex.inputs.get("candidates"))
         for c in cands.items if cands is not None else ():
             sources.update(c.sources)
-    return [*BASE_FEATURES, *(f"{kind}:{s}" for s in sorted(sources) for kind in SOURCE_FEATURES)]
+    return [*BASE_FEATURES, *(EMBEDDING_FEATURES if with_model else ()),
+            *(f"{kind}:{s}" for s in sorted(sources) for kind in SOURCE_FEATURES)]
 
 
 # -- the node ----------------------------------------------------------------------------------------------------
@@ -266,7 +367,15 @@ class LambdaMART(NodeType):
                 problems.append(Problem(
                     f"unknown feature{'s' if len(bad) > 1 else ''} {', '.join(repr(b) for b in bad)}",
                     field="features",
-                    hint=f"Use {', '.join(BASE_FEATURES)}, or source:NAME / retrieved:NAME / source_gap:NAME.",
+                    hint=f"Use {', '.join(BASE_FEATURES + EMBEDDING_FEATURES)}, or source:NAME / retrieved:NAME / "
+                         "source_gap:NAME.",
+                ))
+            if uses_model(config.features) and "model" not in ctx.declared_inputs:
+                needing = [f for f in config.features if f in EMBEDDING_FEATURES]
+                problems.append(Problem(
+                    f"feature{'s' if len(needing) > 1 else ''} {', '.join(repr(f) for f in needing)} need the "
+                    "'model' input", field="features",
+                    hint="Give the node an embedder: inputs: {model: ${resources.NAME}} (a resource of type embedder)",
                 ))
             dupes = sorted({f for f in config.features if config.features.count(f) > 1})
             if dupes:
@@ -283,9 +392,10 @@ class LambdaMART(NodeType):
 
     @classmethod
     def artifact_status(cls, config: LambdaMARTConfig) -> str | None:
-        """None when a model trained with this config exists, else what is wrong."""
-        if find_artifact(config.model_path, _config_hash(config)) is not None:
-            return None
+        """None when a model trained with this config (and the node's inputs) exists, else what is wrong."""
+        folder = find_artifact(config.model_path, _config_hash(config))
+        if folder is not None:
+            return _input_mismatch(config, folder)
         latest = config.model_path / "latest"
         where = os.path.normpath(config.model_path)
         if latest.is_file():
@@ -307,7 +417,7 @@ class LambdaMART(NodeType):
     async def start(self) -> None:
         cfg = self.config
         folder = find_artifact(cfg.model_path, _config_hash(cfg))
-        if folder is None:
+        if folder is None or _input_mismatch(cfg, folder):
             problem = self.artifact_status(cfg) or "no trained model"
             if not cfg.train_on_first_use:
                 raise self._not_trained(problem)
@@ -317,7 +427,7 @@ class LambdaMART(NodeType):
 
             await atrain(cfg._graph, [cfg._node_id])
             folder = find_artifact(cfg.model_path, _config_hash(cfg))
-            if folder is None:  # pragma: no cover - atrain wrote it
+            if folder is None or _input_mismatch(cfg, folder):  # pragma: no cover - atrain wrote it
                 raise self._not_trained(problem)
         self.load(folder)
 
@@ -340,18 +450,25 @@ class LambdaMART(NodeType):
         catalog: Catalog,
         profile: UserProfile | None = None,
         interactions: Interactions | None = None,
+        model: Embedder | None = None,
     ) -> np.ndarray:
         """The model's score of every candidate, in input order."""
         if self._booster is None:
             raise self._not_trained("the model is not loaded")
+        if model is None and uses_model(self._features):
+            raise self._not_trained(f"the model in {self.artifact} was trained with embedding features, but the "
+                                    "node was given no 'model' input; give it the same embedder, or retrain")
         if not candidates.items:
             return np.zeros(0)
-        x = self._featurizer.matrix(self._features, candidates, catalog, profile, interactions)
+        x = self._featurizer.matrix(self._features, candidates, catalog, profile, interactions, model)
         return np.asarray(self._booster.predict(x, num_threads=1), dtype=np.float64)
 
-    async def warm(self, interactions: Interactions | None = None, **_: Any) -> None:
+    async def warm(self, interactions: Interactions | None = None, catalog: Catalog | None = None,
+                   model: Embedder | None = None, **_: Any) -> None:
         if interactions is not None:
             self._featurizer.stats(interactions)
+        if catalog is not None and model is not None:  # reads the embedding cache: off the event loop
+            await asyncio.to_thread(self._featurizer.vectors, catalog, model)
 
     async def run(
         self,
@@ -359,13 +476,14 @@ class LambdaMART(NodeType):
         catalog: Catalog,
         profile: UserProfile | None = None,
         interactions: Interactions | None = None,
+        model: Embedder | None = None,
         k: int | None = None,
     ) -> Candidates:
         cands = _candidates(candidates)
         assert cands is not None
         source = self.config.source
         n = _count(k, self.config.k if self.config.k is not None else len(cands.items))
-        scores = self.predict(cands, catalog, profile, interactions)
+        scores = self.predict(cands, catalog, profile, interactions, model)
         order = sorted(range(len(cands.items)), key=lambda i: (-scores[i], i))[:n]
         items = []
         for i in order:
@@ -388,11 +506,15 @@ class LambdaMART(NodeType):
             if cands is None or not cands.items:
                 continue
             x = featurizer.matrix(features, cands, ex.inputs["catalog"], ex.inputs.get("profile"),
-                                  ex.inputs.get("interactions"))
+                                  ex.inputs.get("interactions"), ex.inputs.get("model"))
             y = np.array([_label(c.id, ex) for c in cands.items], dtype=np.int32)
             groups.append((ex, cands, x, y))
         if not groups:
             raise TrainingError(f"node '{node_id}': no training case has any candidates")
+        if uses_model(features) and not any(ex.inputs.get("model") is not None for ex, *_ in groups):
+            needing = ", ".join(f for f in features if f in EMBEDDING_FEATURES)
+            raise TrainingError(f"node '{node_id}': features {needing} need the 'model' input (an embedder), "
+                                "which the node was not given")
         if not any(g[3].any() for g in groups):
             raise TrainingError(f"node '{node_id}': no training case has a relevant item among its candidates, "
                                 "so there is nothing to learn; retrieve more candidates (a larger k) first")
@@ -427,6 +549,7 @@ class LambdaMART(NodeType):
             "node_id": node_id,
             "node_type": cls.name,
             "features": features,
+            "uses_model": uses_model(features),
             "config": training_config(config),
             "config_hash": config_hash,
             "data_fingerprint": data_fp,
@@ -441,6 +564,24 @@ class LambdaMART(NodeType):
         }
         return Artifact(model_path=Path(config.model_path), name=node_id,
                         digest=digest([config_hash, features, data_fp]), files={MODEL_FILE: model_text}, meta=meta)
+
+
+def _input_mismatch(config: LambdaMARTConfig, folder: Path) -> str | None:
+    """Why an artifact with default features does not fit the node's inputs: trained with embedding features
+    the node can no longer compute, or without the ones it now could (None when it fits or nothing is known)."""
+    graph, node_id = config._graph, config._node_id
+    if config.features is not None or graph is None or node_id not in getattr(graph, "nodes", {}):
+        return None
+    has_model = "model" in graph.nodes[node_id].spec.inputs
+    trained_with = uses_model([f for f in read_meta(folder).get("features", []) if isinstance(f, str)])
+    if trained_with == has_model:
+        return None
+    where = os.path.normpath(config.model_path)
+    if trained_with:
+        return (f"the model in {where} is stale: trained with the 'model' input (embedding features), which the "
+                "node no longer has")
+    return (f"the model in {where} is stale: trained without the 'model' input the node now has "
+            "(no embedding features)")
 
 
 def _label(item_id: str, ex: TrainingExample) -> int:
@@ -485,4 +626,5 @@ def llmrec_register_node_types(register: Callable[[type], None]) -> None:
         register(cls)
 
 
-__all__ = ["BASE_FEATURES", "Featurizer", "LambdaMART", "LambdaMARTConfig", "default_features", "training_config"]
+__all__ = ["BASE_FEATURES", "EMBEDDING_FEATURES", "Featurizer", "LambdaMART", "LambdaMARTConfig", "default_features",
+           "training_config", "uses_model"]

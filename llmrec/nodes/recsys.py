@@ -468,6 +468,12 @@ class PresentConfig(_Config):
     query_sources: list[str] = Field(["bm25"], description="Source names that mean 'matched the query'.")
     affinity_sources: list[str] = Field(["affinity"], description="Source names that mean 'from a liked category'.")
     popular_sources: list[str] = Field(["popular"], description="Source names that mean 'popular overall'.")
+    query_match: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per query source, the share of the best score among the presented items that an item needs "
+                    "to 'match your search' (semantic search scores every item a little), e.g. {semantic: 0.8}; "
+                    "sources not listed match whenever they list the item.",
+    )
 
 
 class Present(NodeType):
@@ -491,13 +497,11 @@ class Present(NodeType):
         n = _count(k, self.config.k)
         query = (query or "").strip()
         liked = set(profile.top_categories)
+        shown = [(c, item) for c in cands.items if (item := catalog.get(c.id)) is not None][:n]
+        best = {s: share * max((c.sources[s] for c, _ in shown if s in c.sources), default=0.0)
+                for s, share in self.config.query_match.items()}
         items: list[Recommendation] = []
-        for c in cands.items:
-            if len(items) >= n:
-                break
-            item = catalog.get(c.id)
-            if item is None:
-                continue
+        for c, item in shown:
             items.append(
                 Recommendation(
                     rank=len(items) + 1,
@@ -506,15 +510,17 @@ class Present(NodeType):
                     category=item.category,
                     price=item.price,
                     score=round(c.score, 6),
-                    reason=self.reason(c.sources, item.category, liked, query),
+                    reason=self.reason(c.sources, item.category, liked, query, best),
                 )
             )
         return Recommendations(user_id=profile.user_id, cold_start=not profile.known, items=items)
 
-    def reason(self, sources: dict[str, float], category: str, liked: set[str], query: str) -> str:
+    def reason(self, sources: dict[str, float], category: str, liked: set[str], query: str,
+               best: dict[str, float] | None = None) -> str:
         """A few words on why an item is recommended, from the sources that put it forward."""
         cfg = self.config
-        if any(s in sources for s in cfg.query_sources):
+        best = best or {}
+        if any(s in sources and sources[s] >= best.get(s, float("-inf")) for s in cfg.query_sources):
             return f'matches your search "{query}"' if query else "matches your search"
         if category and category in liked:
             if any(s in sources for s in (*cfg.affinity_sources, *cfg.popular_sources)):

@@ -158,13 +158,14 @@ def test_bbc_news_head_queries(bbc: Dataset) -> None:
     assert {c.id for c in load_dataset("bbc-news", seed=1).test_cases} != {c.id for c in bbc.test_cases}
 
 
-def test_bbc_news_profiles() -> None:
+def test_bbc_news_profiles_topic_granularity() -> None:
     _need("bbc-news/bbc-text.csv")
-    data = load_dataset("bbc-news-profiles", "user", seed=3, n_users=50)
-    again = load_dataset("bbc-news-profiles", "user", seed=3, n_users=50)
+    data = load_dataset("bbc-news-profiles", "user", seed=3, n_users=50, granularity="topic")
+    again = load_dataset("bbc-news-profiles", "user", seed=3, n_users=50, granularity="topic")
     assert list(data.train) == list(again.train) and data.test_cases == again.test_cases
     assert data.extra["interests"] == again.extra["interests"]
-    assert load_dataset("bbc-news-profiles", seed=4, n_users=50).extra["interests"] != data.extra["interests"]
+    other = load_dataset("bbc-news-profiles", seed=4, n_users=50, granularity="topic")
+    assert other.extra["interests"] != data.extra["interests"]
     assert len(data.test_cases) == 10 and len(data.train_cases) == 40
     assert not {c.id for c in data.test_cases} & {c.id for c in data.train_cases}
     assert "planted interest" in data.description
@@ -180,6 +181,62 @@ def test_bbc_news_profiles() -> None:
         assert case.relevant == {i.id for t in topics for i in data.catalog.by_category(t)} - case.exclude
         on_topic += sum(data.catalog[it.item_id].category in topics for it in history)
     assert 0.7 < on_topic / (8 * 50) < 0.9  # ~80% of reading follows the planted interests
+
+
+@pytest.fixture(scope="module")
+def profiles() -> Dataset:
+    _need("bbc-news/bbc-text.csv")
+    return load_dataset("bbc-news-profiles", "user", seed=3, n_users=60)
+
+
+def test_bbc_news_profiles_plant_subtopics(profiles: Dataset) -> None:
+    data = profiles
+    again = load_dataset("bbc-news-profiles", "user", seed=3, n_users=60)
+    assert list(data.train) == list(again.train) and data.test_cases == again.test_cases
+    assert data.extra["interests"] == again.extra["interests"] and data.extra["granularity"] == "subtopic"
+    assert len(data.test_cases) == 12 and len(data.train_cases) == 48
+    assert "planted interest" in data.description and "sub-topics" in data.description
+    groups = data.extra["subtopics"]
+    # 4 sub-topics per topic that partition it, named "topic: term/term/term" after their articles' words
+    assert len(groups) == 20 and sorted({name.split(": ")[0] for name in groups}) == data.catalog.categories
+    assert sorted(i for ids in groups.values() for i in ids) == sorted(data.catalog.ids)
+    for name, ids in groups.items():
+        topic, terms = name.split(": ")
+        assert len(terms.split("/")) == 3 and len(ids) >= 5
+        assert all(data.catalog[i].category == topic and data.catalog[i].attributes["subtopic"] == name for i in ids)
+        words = " ".join(data.catalog[i].description.lower() for i in ids)
+        assert all(term in words for term in terms.split("/"))
+    sport = {i for name, ids in groups.items() if name.startswith("sport: ") for i in ids}
+    football = next(ids for name, ids in groups.items() if name.startswith("sport: ") and any(
+        w in name for w in ("club", "league", "chelsea", "football")))
+    assert len(football) < len(sport) / 2  # a reader of football is not a reader of all sport
+    on_interest = 0
+    for case in (*data.test_cases, *data.train_cases):
+        interests = data.extra["interests"][case.id]
+        assert len(interests) == 2 and len({name.split(": ")[0] for name in interests}) == 2
+        read = [it.item_id for it in data.train.history(case.id)]
+        assert len(read) == len(set(read)) == 8 and case.exclude == set(read)
+        liked = {i for name in interests for i in groups[name]}
+        assert case.relevant == liked - set(read) and case.relevant
+        on_interest += sum(i in liked for i in read)
+    assert 0.7 < on_interest / (8 * 60) < 0.9  # ~80% of reading follows the planted interests
+
+
+def test_bbc_news_profiles_options() -> None:
+    _need("bbc-news/bbc-text.csv")
+    three = load_dataset("bbc-news-profiles", n_users=20, interests=3, subtopics=3, history=5, noise=0.0)
+    assert len(three.extra["subtopics"]) == 15
+    for case in (*three.test_cases, *three.train_cases):
+        interests = three.extra["interests"][case.id]
+        assert len({name.split(": ")[0] for name in interests}) == 3
+        liked = {i for name in interests for i in three.extra["subtopics"][name]}
+        assert {it.item_id for it in three.train.history(case.id)} <= liked  # no noise
+    with pytest.raises(DataError, match="granularity must be one of subtopic, topic, got 'genre'"):
+        load_dataset("bbc-news-profiles", granularity="genre")
+    with pytest.raises(DataError, match="interests must be between 1 and 5"):
+        load_dataset("bbc-news-profiles", interests=6)
+    assert problems("bbc-news-profiles", "user", {"granularity": "topic", "interest": 2})[0][2].startswith(
+        "Did you mean 'interests'?")
 
 
 # -- generated and folder datasets -----------------------------------------------------------------------------
