@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import statistics
@@ -94,12 +95,12 @@ async def main_async(args: argparse.Namespace) -> str:
         cold = Embedder("all-MiniLM-L6-v2", cache_dir=cache)
         cold.embed_items(catalog)
         cold_s = time.perf_counter() - t0
-        cold_stats = dict(cold.stats)
+        cold_stats = dataclasses.asdict(cold.stats)
         t0 = time.perf_counter()
         warm = Embedder("all-MiniLM-L6-v2", cache_dir=cache)
         warm.embed_items(catalog)
         warm_s = time.perf_counter() - t0
-        warm_stats = dict(warm.stats)
+        warm_stats = dataclasses.asdict(warm.stats)
 
     graph = llmrec.validate(SPEC)
     runtime = llmrec.Runtime(graph, resources={"news": dataset})
