@@ -258,6 +258,11 @@ def _register_plugin_commands() -> None:
 
         reg = get_registry(None)
         reg.hook.llmrec_register_commands(cli=app)
+        # main() may run many times in one process (tests, notebooks): keep one command per name, the newest
+        latest: dict[Any, Any] = {}
+        for info in app.registered_commands:
+            latest[info.name or info.callback] = info
+        app.registered_commands[:] = list(latest.values())
     except PluginError as exc:
         _err(f"error: {exc}")
 
