@@ -36,7 +36,12 @@ def llmrec_register_providers(register: Callable[[str, Any], None]) -> None:
 
 @hookspec
 def llmrec_register_metrics(register: Callable[[str, Callable[..., float]], None]) -> None:
-    """Register evaluation metrics: ``register(name, fn)``."""
+    """Register evaluation metrics: ``register(name, fn)``.
+
+    A plain function is a per-case metric ``fn(ranked_ids, relevant_ids, k) -> float`` (averaged over cases);
+    one decorated with :func:`llmrec.eval.metrics.list_metric` is computed once over every answer,
+    ``fn(lists, k, context) -> float`` (coverage, diversity, novelty). ``llmrec eval`` reports them as ``name@k``.
+    """
 
 
 @hookspec
