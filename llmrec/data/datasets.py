@@ -40,8 +40,17 @@ ENV_VAR = "LLMREC_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/llmrec/data")
 
 #: SHA-256 of the official GroupLens zips. Left empty on purpose: no value here has been checked against the
-#: files themselves, and a wrong constant is worse than none. ``download=True`` then needs a ``checksum`` option.
+#: zips themselves, and a wrong constant is worse than none.
 KNOWN_SHA256: dict[str, str] = {}
+#: SHA-256 of the files llmrec reads, computed from a copy of the official release. A download is accepted
+#: when every listed file of the unpacked zip matches (or when the zip matches a ``checksum`` option); without
+#: either nothing is fetched.
+KNOWN_FILE_SHA256: dict[str, dict[str, str]] = {
+    "movielens-100k": {
+        "ml-100k/u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+        "ml-100k/u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -618,7 +627,8 @@ def _missing_error(info: DatasetInfo, root: Path, missing: list[Path]) -> DataEr
             f"{Path(info.files[0]).parts[0]}/ (now {'set to ' + where if where else 'unset'})")
     if info.url:
         hint += (f"; or set the options download: true and checksum: <SHA-256 of the zip> to fetch {info.url}"
-                 if not KNOWN_SHA256.get(info.name) else f"; or set the option download: true to fetch {info.url}")
+                 if not (KNOWN_SHA256.get(info.name) or KNOWN_FILE_SHA256.get(info.name))
+                 else f"; or set the option download: true to fetch {info.url}")
     more = f" (and {len(missing) - 1} other file{'s' if len(missing) > 2 else ''})" if len(missing) > 1 else ""
     return DataError(f"dataset '{info.name}' needs this file, which is not there{more}", missing[0], hint=hint)
 
@@ -654,7 +664,8 @@ def download(name: str, data_dir_: str | os.PathLike[str] | None = None, *, chec
     if source is None:
         raise DataError(f"dataset '{name}' has no download; put its files in place instead")
     expected = (checksum or KNOWN_SHA256.get(name) or "").strip().lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+    file_digests = KNOWN_FILE_SHA256.get(name, {}) if not expected else {}
+    if not file_digests and not re.fullmatch(r"[0-9a-f]{64}", expected):
         raise DataError(f"no SHA-256 to verify {source} against",
                         hint="Pass the option checksum: <the 64 hex digits of the official zip's SHA-256>"
                         if not expected else f"checksum {expected!r} is not 64 hex digits")
@@ -670,7 +681,7 @@ def download(name: str, data_dir_: str | os.PathLike[str] | None = None, *, chec
             raise DataError(f"cannot download {source}: {exc}",
                             hint=f"Check the network, or download it yourself and unzip it into {root}") from None
         actual = _sha256(archive)
-        if actual != expected:
+        if expected and actual != expected:
             raise DataError(f"SHA-256 mismatch for {source}: expected {expected}, got {actual}", archive,
                             hint="The download is corrupt or not the official file; nothing was unpacked")
         try:
@@ -686,6 +697,10 @@ def download(name: str, data_dir_: str | os.PathLike[str] | None = None, *, chec
         missing = [f for f in info.files if not (work / "unpacked" / f).is_file()]
         if missing:
             raise DataError(f"the zip does not hold {', '.join(missing)}", source)
+        for relative, digest in file_digests.items():
+            if _sha256(work / "unpacked" / relative) != digest:
+                raise DataError(f"SHA-256 mismatch for {relative} in {source}", archive,
+                                hint="The download is corrupt or not the official release; nothing was unpacked")
         destination = root / folder
         if destination.exists():
             raise DataError("already exists but lacks some files; remove it and download again", destination)

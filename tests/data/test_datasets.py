@@ -132,6 +132,23 @@ def test_download_verifies_the_checksum_and_unpacks(tmp_path: Path) -> None:
     assert len(data.train) == 1 and (target / "ml-1m" / "ratings.dat").is_file()
 
 
+def test_movielens_100k_downloads_without_a_zip_checksum_when_its_files_match(tmp_path: Path) -> None:
+    """The official files' own SHA-256 (KNOWN_FILE_SHA256) verify a download; a changed byte is refused."""
+    source = _need("ml-100k/u.data", "ml-100k/u.item", "ml-100k/u.genre")
+    good, bad = tmp_path / "good.zip", tmp_path / "bad.zip"
+    for archive, tamper in ((good, False), (bad, True)):
+        with zipfile.ZipFile(archive, "w") as zf:
+            for name in ("u.data", "u.item", "u.genre"):
+                data = (source / "ml-100k" / name).read_bytes()
+                zf.writestr(f"ml-100k/{name}", data + b"1\t1\t5\t1\n" if tamper and name == "u.data" else data)
+    target = tmp_path / "data"
+    with pytest.raises(DataError, match="SHA-256 mismatch for ml-100k/u.data"):
+        load_dataset("movielens-100k", data_dir=target, download=True, url=bad.as_uri())
+    assert list(target.iterdir()) == []  # nothing unpacked
+    data = load_dataset("movielens-100k", data_dir=target, download=True, url=good.as_uri())
+    assert len(data.train) == 100_000
+
+
 def test_download_is_never_implicit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(url: str, destination: Path) -> None:
         raise AssertionError("fetched without download=True")
