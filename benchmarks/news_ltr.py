@@ -1,6 +1,6 @@
 """News learning to rank (the book's tutorial 3.7): cosine order vs LambdaMART, through specs/news_ltr.yaml.
 
-Protocol (../shared/PROTOCOLS.md, "News learning-to-rank"): the `bbc-news-profiles` readers (seed 0, 200 users,
+Protocol (../shared/PROTOCOLS.md, "News learning-to-rank"): the `bbc-news-profiles` readers (seed 0, 1,000 users,
 2 planted interests, 8 clicked articles each), an 80/20 user split; candidates are the top 50 articles by cosine
 to the reader's clicked articles; labels come from the planted interests (no LLM judge configured). Two
 labellings are reported:
