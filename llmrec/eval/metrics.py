@@ -299,14 +299,18 @@ def ild(lists: Sequence[Sequence[str]], k: int, context: ListContext) -> float:
 
 @list_metric
 def novelty(lists: Sequence[Sequence[str]], k: int, context: ListContext) -> float:
-    """Novelty@k in bits."""
+    """Novelty@k in bits; undefined (NaN, shown as n/a) without training interactions."""
+    if not context.counts:
+        return float("nan")
     return novelty_at_k(lists, k, context.counts)
 
 
 @list_metric(higher_is_better=False)
 def popularity_bias(lists: Sequence[Sequence[str]], k: int, context: ListContext) -> float:
-    """Mean popularity percentile@k of recommended items."""
+    """Mean popularity percentile@k of recommended items; undefined (NaN) without training interactions."""
     counts = context.counts
+    if not counts:
+        return float("nan")
     ordered = context.sorted_counts
     values = [popularity_percentile(counts[r], ordered) for top in _tops(lists, k) for r in top if r in counts]
     return sum(values) / len(values) if values else 0.0

@@ -272,9 +272,8 @@ def top_k(scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> np.n
 class _Models(_PerObjects[_Model]):
     """Fitted models per Interactions object; ``peek`` looks without fitting."""
 
-    def peek(self, interactions: Interactions) -> _Model | None:
-        hit = self._entries.get((id(interactions),))
-        return hit[1] if hit is not None and hit[0][0] is interactions else None
+    def peek(self, interactions: Interactions) -> _Model | None:  # type: ignore[override]
+        return super().peek((interactions,))
 
     def get(self, interactions: Interactions, build: Any) -> _Model:  # type: ignore[override]
         return super().get((interactions,), build)

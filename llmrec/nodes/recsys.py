@@ -50,6 +50,13 @@ class _PerObjects(Generic[V]):
         self._entries: dict[tuple[int, ...], tuple[tuple[Any, ...], V]] = {}
         self._max = max_entries
 
+    def peek(self, objects: tuple[Any, ...]) -> V | None:
+        """The value already built for these objects, or None (never builds)."""
+        hit = self._entries.get(tuple(id(o) for o in objects))
+        if hit is not None and all(a is b for a, b in zip(hit[0], objects)):
+            return hit[1]
+        return None
+
     def get(self, objects: tuple[Any, ...], build: Callable[[], V]) -> V:
         key = tuple(id(o) for o in objects)
         hit = self._entries.get(key)
