@@ -30,7 +30,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from ..data import Catalog
 from ..embed import DEFAULT_MODEL, MINILM_NAMES, Embedder
 from ..hookspecs import hookimpl
-from ..index import VectorIndex
+from ..index import AUTO_EXACT_MAX, VectorIndex
 from ..node import CheckContext, NodeType, Problem, ResourceType, SpecPath
 from ..types import Candidates, ScoredItem
 from .recsys import _candidates, _Config, _count, _PerObjects
@@ -134,13 +134,15 @@ def _mean_of(vectors: _Vectors, like: Sequence[str] | None) -> np.ndarray | None
 
 class DenseConfig(_Config):
     k: int = Field(50, ge=1, description="How many items, unless the 'k' input says otherwise.")
-    index: Literal["auto", "exact", "lancedb-flat", "lancedb-ann"] = Field(
-        "auto", description="Vector index: exact (in memory), lancedb-flat or lancedb-ann (on disk), or auto "
-                            "(exact for small catalogs, ANN for large ones).",
+    index: Literal["auto", "exact", "faiss-ivf", "lancedb-flat", "lancedb-ann"] = Field(
+        "auto", description="Vector index: exact (in memory), faiss-ivf (in-memory FAISS ANN), lancedb-flat or "
+                            "lancedb-ann (LanceDB on disk), or auto (exact up to "
+                            f"{AUTO_EXACT_MAX:,} items, faiss-ivf above; lancedb-ann if faiss is not installed).",
     )
     index_dir: SpecPath | None = Field(
-        None, description="Folder for LanceDB indexes, reopened when the catalog and model are unchanged "
-                          "(default: a temporary folder).",
+        None, description="Folder where on-disk indexes (LanceDB, and faiss-ivf with its vectors) are saved and "
+                          "reopened when the catalog and model are unchanged (default: LanceDB in a temporary "
+                          "folder, faiss-ivf in memory only).",
     )
     source: str = Field("dense", min_length=1, description="Name of this list in ScoredItem.sources.")
 

@@ -1,14 +1,15 @@
-"""Vector indexes (llmrec/index.py): exact and LanceDB agree, exclusions, reopening, interrupted builds."""
+"""Vector indexes (llmrec/index.py): exact, FAISS and LanceDB agree, exclusions, reopening, interrupted builds."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import llmrec.index as index_module
-from llmrec.index import AUTO_EXACT_MAX, VectorIndex, resolve_kind
+from llmrec.index import AUTO_EXACT_MAX, FaissIndex, IvfParams, VectorIndex, resolve_kind
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_exact_and_lancedb_flat_give_the_same_top_k_and_scores(vectors, tmp_path
         assert np.allclose(e_scores, f_scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["exact", "lancedb-flat"])
+@pytest.mark.parametrize("kind", ["exact", "lancedb-flat", "faiss-ivf"])
 def test_excluded_ids_never_come_back_and_k_is_still_filled(vectors, tmp_path: Path, kind: str) -> None:
     ids, matrix, queries = vectors
     index = VectorIndex.build(ids, matrix, kind=kind, path=tmp_path / kind)
@@ -92,11 +93,130 @@ def test_lancedb_ann_on_a_small_table_finds_the_exact_neighbours(vectors, tmp_pa
     assert sum(hits) / (10 * len(hits)) >= 0.9
 
 
-def test_auto_is_exact_up_to_the_threshold_and_ann_above() -> None:
+def test_auto_is_exact_up_to_the_threshold_and_faiss_above() -> None:
     assert resolve_kind("auto", AUTO_EXACT_MAX) == "exact"
-    assert resolve_kind("auto", AUTO_EXACT_MAX + 1) == "lancedb-ann"
+    assert resolve_kind("auto", AUTO_EXACT_MAX + 1) == "faiss-ivf"
+    assert resolve_kind("lancedb-ann", 10) == "lancedb-ann"  # an explicit kind is kept
     with pytest.raises(ValueError, match="unknown index kind"):
         resolve_kind("faiss", 10)
+
+
+def test_auto_falls_back_to_lancedb_ann_with_a_warning_without_faiss(monkeypatch, caplog, tmp_path: Path) -> None:
+    def no_faiss():
+        raise ImportError("No module named 'faiss'")
+
+    monkeypatch.setattr(index_module, "_faiss", no_faiss)
+    with caplog.at_level(logging.WARNING, logger="llmrec.index"):
+        assert resolve_kind("auto", AUTO_EXACT_MAX + 1) == "lancedb-ann"
+    assert "faiss" in caplog.text and "lancedb-ann" in caplog.text
+    assert resolve_kind("auto", 100) == "exact"
+    with pytest.raises(ImportError, match="faiss"):  # asked for by name: a clear error, nothing written
+        VectorIndex.build(["a", "b"], np.eye(2, 4), kind="faiss-ivf", path=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+# -- faiss-ivf ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clustered() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """3,000 vectors around 30 centres in 32 dimensions, and 40 queries from the same mixture (not the data)."""
+    rng = np.random.default_rng(11)
+    centres = rng.standard_normal((30, 32)).astype(np.float32)
+    matrix = centres[rng.integers(0, 30, 3000)] + 0.4 * rng.standard_normal((3000, 32)).astype(np.float32)
+    queries = centres[rng.integers(0, 30, 40)] + 0.4 * rng.standard_normal((40, 32)).astype(np.float32)
+    return [f"doc{i}" for i in range(3000)], matrix, queries
+
+
+def recall_at(found: list, truth: list) -> float:
+    return float(np.mean([len(set(f[0]) & set(t[0])) / len(t[0]) for f, t in zip(found, truth)]))
+
+
+def test_faiss_ivf_finds_the_exact_neighbours_with_cosine_scores(clustered) -> None:
+    ids, matrix, queries = clustered
+    exact = VectorIndex.build(ids, matrix, kind="exact")
+    ivf = VectorIndex.build(ids, matrix, kind="faiss-ivf")
+    assert isinstance(ivf, FaissIndex) and ivf.path is None  # no path: in memory only
+    assert 1 < ivf.faiss_index.nlist < len(ids) and ivf.nprobe < ivf.faiss_index.nlist  # a real partial search
+    truth, found = exact.search(queries, 10), ivf.search(queries, 10)
+    assert recall_at(found, truth) >= 0.95
+    for (f_ids, f_scores), q in zip(found, queries):
+        expected = exact.matrix[[exact._position[i] for i in f_ids]] @ (q / np.linalg.norm(q))
+        assert np.allclose(f_scores, expected, atol=1e-5) and np.all(np.diff(f_scores) <= 1e-6)
+    # a batch gives what one query at a time gives (the batch path runs on all threads)
+    assert [h[0] for h in ivf.search(queries[:5], 10)] == [ivf.search(q[None], 10)[0][0] for q in queries[:5]]
+
+
+def test_faiss_ivf_probing_fewer_lists_loses_recall_and_more_regains_it(clustered) -> None:
+    ids, matrix, queries = clustered
+    truth = VectorIndex.build(ids, matrix, kind="exact").search(queries, 10)
+    ivf = VectorIndex.build(ids, matrix, kind="faiss-ivf", ivf=IvfParams(lists=40, nprobe=1))
+    one = recall_at(ivf.search(queries, 10), truth)
+    ivf.nprobe = 40  # every list: exhaustive
+    assert one < recall_at(ivf.search(queries, 10), truth) == 1.0
+
+
+def test_faiss_ivf_persists_and_an_unchanged_index_is_reopened(clustered, tmp_path: Path) -> None:
+    ids, matrix, queries = clustered
+    first = VectorIndex.build(ids, matrix, kind="faiss-ivf", path=tmp_path, key="model-v1")
+    folders = list(tmp_path.glob("v-*"))
+    assert len(folders) == 1 and (folders[0] / "ivf.faiss").is_file() and (folders[0] / "vectors.lance").is_dir()
+    expected = [h[0] for h in first.search(queries, 10)]
+
+    again = VectorIndex.build(ids, matrix, kind="faiss-ivf", path=tmp_path, key="model-v1",
+                              ivf=IvfParams(nprobe=3))  # a search setting: reopened, not rebuilt
+    assert not first.reused and again.reused and again.nprobe == 3
+    opened = VectorIndex.open(tmp_path)
+    assert isinstance(opened, FaissIndex) and opened.ids == ids and opened.nprobe == first.nprobe
+    assert [h[0] for h in opened.search(queries, 10)] == expected
+
+    retrained = VectorIndex.build(ids, matrix, kind="faiss-ivf", path=tmp_path, key="model-v1",
+                                  ivf=IvfParams(lists=20))  # a build setting: rebuilt
+    assert not retrained.reused and retrained.faiss_index.nlist == 20
+    assert len(list(tmp_path.glob("v-*"))) == 1  # the superseded build was removed
+
+
+@pytest.mark.parametrize("crash_in", ["_write_faiss", "_write_pointer"])
+def test_an_interrupted_faiss_build_keeps_the_previous_index(clustered, tmp_path: Path, monkeypatch,
+                                                             crash_in: str) -> None:
+    ids, matrix, queries = clustered
+    old = VectorIndex.build(ids[:500], matrix[:500], kind="faiss-ivf", path=tmp_path, key="old")
+    expected = [h[0] for h in old.search(queries, 5)]
+
+    class Crash(BaseException):
+        pass
+
+    def crash(*args):
+        raise Crash()
+
+    monkeypatch.setattr(index_module, crash_in, crash)
+    with pytest.raises(Crash):
+        VectorIndex.build(ids, matrix, kind="faiss-ivf", path=tmp_path, key="new")
+    monkeypatch.undo()
+
+    reopened = VectorIndex.open(tmp_path)
+    assert reopened.kind == "faiss-ivf" and reopened.ids == ids[:500]
+    assert [h[0] for h in reopened.search(queries, 5)] == expected
+    assert VectorIndex.build(ids[:500], matrix[:500], kind="faiss-ivf", path=tmp_path, key="old").reused
+
+
+def test_a_damaged_faiss_file_is_rebuilt(clustered, tmp_path: Path) -> None:
+    ids, matrix, queries = clustered
+    VectorIndex.build(ids[:500], matrix[:500], kind="faiss-ivf", path=tmp_path, key="k")
+    (next(tmp_path.glob("v-*")) / "ivf.faiss").write_bytes(b"not an index")
+    again = VectorIndex.build(ids[:500], matrix[:500], kind="faiss-ivf", path=tmp_path, key="k")
+    assert not again.reused and len(again.search(queries[:1], 5)[0][0]) == 5
+
+
+def test_faiss_ivf_on_tiny_catalogs_and_large_k(clustered) -> None:
+    ids, matrix, queries = clustered
+    tiny = VectorIndex.build(ids[:7], matrix[:7], kind="faiss-ivf")  # fewer vectors than FAISS trains lists on
+    exact = VectorIndex.build(ids[:7], matrix[:7], kind="exact")
+    assert tiny.faiss_index.nlist == 1
+    assert tiny.search(queries[:2], 50)[0][0] == exact.search(queries[:2], 50)[0][0]  # k above n: all 7
+    found, _ = tiny.search(queries[:1], 50, exclude=ids[:7])[0]
+    assert found == []
+    assert IvfParams().num_lists(1_000_000) == 1000 and IvfParams(lists=64).num_lists(10) == 10
 
 
 def test_empty_and_mismatched_inputs(tmp_path: Path) -> None:
