@@ -89,6 +89,7 @@ class RunContext:
     deadline: float | None = None  # loop.time() by which the whole request must finish
     attempt: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    record: Any = None  # the node's NodeRecord in the trace: LLM nodes add tokens, cost, attempts and model
 
 
 @dataclass

@@ -36,6 +36,7 @@ DEFAULT_PLUGINS = (
     "llmrec.nodes.rank",
     "llmrec.nodes.rerank",
     "llmrec.nodes.viz",
+    "llmrec.nodes.llm",
     "llmrec.runtime.caches",
     "llmrec.eval.commands",
     "llmrec.training",

@@ -8,6 +8,7 @@ Fixtures never load installed entry-point plugins unless a test asks for them (`
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -45,3 +46,143 @@ def llmrec_spec(tmp_path: Path) -> Callable[..., Path]:
         return write_spec(tmp_path, text, name)
 
     return make
+
+
+# -- LLM test double -------------------------------------------------------------------------------------------
+
+
+class FakeProvider:
+    """A scripted :class:`~llmrec.llm.provider.Provider` for tests: no model, no network, deterministic.
+
+    ``responses`` is a list consumed one per model call, or a callable ``fn(request) -> reply`` (it may be
+    async, e.g. to sleep). A reply is text (possibly malformed JSON), a dict/list (sent as JSON), a pydantic
+    model, or an exception (instance or class) to raise. With a schema the text is parsed like a real provider
+    does: invalid JSON, a schema violation or a broken :class:`Choices` is re-asked (the next reply, with the
+    error appended to the messages) up to ``request.max_retries`` times, then ``OutputValidationError``.
+    ``requests`` records every request (re-asks included); usage counts whitespace-separated words.
+
+        fake = FakeProvider(['not json', {"items": ["i1", "i2"]}])
+        rt = Runtime(graph, resources={"model": fake})
+    """
+
+    name = "fake"
+
+    def __init__(
+        self,
+        responses: Any = None,
+        *,
+        model: str = "fake-model",
+        delay: float = 0.0,
+        timeout: float | None = None,
+        max_retries: int = 0,
+        cost_per_token: float = 0.0,
+        **_config: Any,
+    ) -> None:
+        self.model = model
+        self.delay = delay
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.cost_per_token = cost_per_token
+        self._script = responses if callable(responses) else list(responses or [])
+        self.requests: list[Any] = []
+        self.closed = False
+
+    @property
+    def calls(self) -> int:
+        """Model calls made so far (every attempt of every request)."""
+        return len(self.requests)
+
+    async def _reply(self, request: Any) -> Any:
+        import inspect
+
+        from .errors import ProviderError
+
+        self.requests.append(request)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if callable(self._script):
+            reply = self._script(request)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        elif self._script:
+            reply = self._script.pop(0)
+        else:
+            raise ProviderError(f"FakeProvider has no scripted response left (call {len(self.requests)})")
+        if isinstance(reply, BaseException) or (isinstance(reply, type) and issubclass(reply, BaseException)):
+            raise reply
+        return reply
+
+    def _usage(self, messages: Any, text: str) -> Any:
+        from .llm.provider import Usage
+
+        prompt = sum(len(m.content.split()) for m in messages)
+        completion = len(text.split())
+        return Usage(prompt, completion, (prompt + completion) * self.cost_per_token)
+
+    async def complete(self, request: Any) -> Any:
+        from .errors import NodeTimeoutError
+
+        try:
+            async with asyncio.timeout(request.timeout):
+                return await self._complete(request)
+        except TimeoutError:
+            raise NodeTimeoutError(f"model '{self.model}' gave no answer within {request.timeout:g}s") from None
+
+    async def _complete(self, request: Any) -> Any:
+        import dataclasses
+        import json
+
+        from pydantic import BaseModel, ValidationError
+
+        from .errors import OutputValidationError
+        from .llm.provider import Completion, Message, Usage
+        from .llm.remote import with_choices
+
+        usage, messages, text = Usage(), tuple(request.messages), ""
+        schema = with_choices(request.schema, request.choices) if request.schema is not None else None
+        attempts = request.max_retries + 1 if schema is not None else 1
+        error = ""
+        for attempt in range(1, attempts + 1):
+            reply = await self._reply(dataclasses.replace(request, messages=messages))
+            if isinstance(reply, BaseModel):
+                text = reply.model_dump_json()
+            elif isinstance(reply, (dict, list)):
+                text = json.dumps(reply)
+            else:
+                text = str(reply)
+            usage.add(self._usage(messages, text))
+            if schema is None:
+                return Completion(text, None, usage, attempt, self.model, self.name)
+            try:
+                parsed = schema.model_validate_json(text)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in first["loc"])
+                error = (f"{where}: " if where else "") + first["msg"]
+                messages = (*messages, Message("assistant", text),
+                            Message("user", f"Your answer was invalid ({error}). Answer again with valid JSON."))
+                continue
+            if type(parsed) is not request.schema:
+                parsed = request.schema.model_validate(parsed.model_dump())
+            return Completion(text, parsed, usage, attempt, self.model, self.name)
+        err = OutputValidationError(
+            f"model '{self.model}' gave no valid {request.schema.__name__} after {attempts} attempt"
+            f"{'s' if attempts != 1 else ''}: {error}", attempts=attempts, last_raw=text)
+        err.usage = usage  # type: ignore[attr-defined]
+        raise err
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def run_with(spec: str | Path, inputs: dict[str, Any] | None = None, resources: dict[str, Any] | None = None,
+                   **kwargs: Any) -> RunResult:
+    """Validate and run ``spec`` once with some resources supplied (``{"model": FakeProvider([...])}``)."""
+    from .api import validate
+    from .runtime.executor import Runtime
+
+    rt = Runtime(validate(spec), resources=resources)
+    try:
+        return await rt.run(inputs, **kwargs)
+    finally:
+        await rt.close()

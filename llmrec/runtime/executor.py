@@ -502,7 +502,7 @@ class Runtime:
                     self._hooks["llmrec_after_node_run"](node_id=p.id, output=value, record=rec)
                 return value
         if p.wants_context:
-            kwargs["context"] = RunContext(state.run_id, p.id, state.request, state.deadline)
+            kwargs["context"] = RunContext(state.run_id, p.id, state.request, state.deadline, record=rec)
         if "llmrec_before_node_run" in self._hooks:
             self._hooks["llmrec_before_node_run"](
                 node_id=p.id, inputs=kwargs, context=RunContext(state.run_id, p.id, state.request, state.deadline)

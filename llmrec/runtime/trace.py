@@ -22,8 +22,10 @@ class NodeRecord:
     fallback: str | None = None  # what the node fell back to: "node:<id>", "value" or "template"
     fallback_reason: str | None = None
     error: str | None = None
-    tokens: dict[str, int] | None = None  # filled by LLM nodes
-    cost: float | None = None
+    tokens: dict[str, int] | None = None  # filled by LLM nodes: {"prompt": n, "completion": n}
+    cost: float | None = None  # USD, every attempt included
+    attempts: int | None = None  # LLM calls made (re-asks and retries included)
+    model: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}

@@ -1,0 +1,810 @@
+"""A local transformers provider: any causal LM on disk or in the local Hugging Face cache, with token-level
+constrained decoding so that structured output always parses and validates.
+
+::
+
+    resources:
+      model: {type: llm, config: {provider: transformers, model: ./models/qwen2.5-0.5b-instruct, timeout: 30s}}
+
+With a schema, every sampled token is masked by an llguidance grammar compiled from the schema's JSON Schema,
+tightened so that a model, however bad, cannot misbehave:
+
+- compact JSON only: no whitespace between tokens, no extra object keys, no ``\\u`` escapes (and, as llguidance
+  already does, no raw control characters in strings);
+- every string has a ``maxLength``, every list a ``maxItems``, every number bounds and a precision, so the longest
+  accepted output is finite; the defaults for fields that declare none are shrunk until that longest output fits
+  ``max_tokens``, and a schema whose own bounds cannot fit is refused before any token is generated;
+- a :class:`~llmrec.llm.provider.Choices` path becomes an ``enum`` of its values, and ``unique`` (which no JSON
+  grammar can express) is enforced while decoding: a token that would start a value no longer available, repeat
+  a value, or open more list elements than there are values left is rejected and another is sampled.
+
+Generation runs in a worker thread (the event loop is never blocked) and stops between tokens at the request's
+deadline or when the awaiting task is cancelled. torch, transformers and llguidance are imported lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import copy
+import inspect
+import json
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DataError, NodeTimeoutError, OutputValidationError, ProviderError
+from .provider import Choices, Completion, CompletionRequest, Message, Usage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydantic import BaseModel
+
+PROVIDER_NAME = "transformers"
+DEFAULT_MAX_NEW_TOKENS = 256
+DEFAULT_MAX_STRING_LENGTH = 64  # characters, for string fields without maxLength
+DEFAULT_MAX_ITEMS = 10  # for list fields without maxItems
+DEFAULT_NUMBER_BOUND = 10**9  # |value| bound for numbers without minimum/maximum
+DEFAULT_NUMBER_DECIMALS = 4  # fractional digits for numbers without multipleOf
+_BYTES_PER_CHAR = 4  # worst case for one character inside a JSON string (UTF-8); escapes take 2
+_SHRINK = (1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1, 0.05, 0.0)
+_JSON_OPTIONS = {
+    "whitespace_flexible": False,
+    "item_separator": ",",
+    "key_separator": ":",
+    "json_allowed_escapes": '"\\bfnrt',  # no \uXXXX: six bytes per character would only waste the budget
+}
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+# -- the schema, tightened into a grammar with a finite longest output -----------------------------------------
+
+
+@dataclass(frozen=True)
+class UniqueValues:
+    """A ``Choices(unique=True)`` as the decoder enforces it: ``path`` of the value, ``array`` the path of the
+    list whose elements each hold one value, ``encoded`` the values as they appear between the JSON delimiters
+    (sorted, for prefix look-ups), ``decoded`` the same values after json.loads."""
+
+    path: str
+    array: str | None
+    encoded: tuple[bytes, ...]
+    decoded: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class ConstraintPlan:
+    """The JSON Schema handed to llguidance, the longest output it accepts (in bytes; a token is at least one
+    byte, so also an upper bound in tokens), and the uniqueness rules the decoder adds on top."""
+
+    json_schema: dict[str, Any]
+    max_bytes: int
+    unique: tuple[UniqueValues, ...] = ()
+    string_cap: int = 0
+    items_cap: int = 0
+
+
+class _Compiler:
+    """One pass over a (ref-free) schema: applies choices and caps, and sums the longest output."""
+
+    def __init__(self, choices: dict[str, Choices], string_cap: int, items_cap: int, number_bound: int,
+                 decimals: int) -> None:
+        self.choices = choices
+        self.string_cap = string_cap
+        self.items_cap = items_cap
+        self.number_bound = number_bound
+        self.decimals = decimals
+        self.used: set[str] = set()
+        self.kinds: dict[str, str] = {}  # choice path -> "string" | "integer"
+        self.min_items: dict[str, int] = {}  # list path -> minItems
+
+    def node(self, s: dict[str, Any], path: str) -> tuple[dict[str, Any], int]:
+        s = {k: v for k, v in s.items() if k not in ("title", "description", "examples", "default")}
+        for key in ("anyOf", "oneOf"):
+            if key in s:
+                branches = [self.node(b, path) for b in s[key]]
+                rest = {k: v for k, v in s.items() if k != key}
+                if rest:
+                    raise ProviderError(f"schema at '{path or '$'}': '{key}' beside other keywords is not supported")
+                return {key: [b for b, _ in branches]}, max(n for _, n in branches)
+        if "allOf" in s:
+            if len(s["allOf"]) != 1:
+                raise ProviderError(f"schema at '{path or '$'}': allOf with several schemas is not supported")
+            return self.node({**{k: v for k, v in s.items() if k != "allOf"}, **s["allOf"][0]}, path)
+        if "const" in s:
+            return s, len(_dump(s["const"]))
+        if "enum" in s:
+            if path in self.choices:
+                raise ProviderError(f"choices for '{path}': the field is already an enum in the schema")
+            return s, max(len(_dump(v)) for v in s["enum"])
+        kind = s.get("type")
+        if isinstance(kind, list):
+            branches = [self.node({**s, "type": t}, path) for t in kind]
+            return {"anyOf": [b for b, _ in branches]}, max(n for _, n in branches)
+        if path in self.choices and kind in ("string", "integer"):
+            return self.choice(path, kind)
+        if kind == "string":
+            return self.string(s)
+        if kind in ("integer", "number"):
+            return self.number(s, kind)
+        if kind == "boolean":
+            return s, 5
+        if kind == "null":
+            return s, 4
+        if kind == "array":
+            return self.array(s, path)
+        if kind == "object":
+            return self.object(s, path)
+        raise ProviderError(f"schema at '{path or '$'}' has no JSON type (e.g. a field typed Any): constrained "
+                            "decoding needs a concrete type for every field")
+
+    def choice(self, path: str, kind: str) -> tuple[dict[str, Any], int]:
+        values: list[Any] = list(dict.fromkeys(self.choices[path].values))
+        if kind == "integer":
+            try:
+                values = [int(v) for v in values]
+            except ValueError:
+                raise ProviderError(f"choices for '{path}': the field is an integer but a value is not") from None
+        if not values:
+            raise ProviderError(f"choices for '{path}' are empty: nothing could be generated")
+        self.used.add(path)
+        self.kinds[path] = kind
+        return {"enum": values}, max(len(_dump(v)) for v in values)
+
+    def string(self, s: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        if "maxLength" not in s:
+            s["maxLength"] = max(self.string_cap, int(s.get("minLength", 0)))
+        return s, 2 + _BYTES_PER_CHAR * int(s["maxLength"])
+
+    def number(self, s: dict[str, Any], kind: str) -> tuple[dict[str, Any], int]:
+        low = s.get("minimum", s.get("exclusiveMinimum"))
+        high = s.get("maximum", s.get("exclusiveMaximum"))
+        if low is None:
+            s["minimum"] = low = -self.number_bound
+        if high is None:
+            s["maximum"] = high = self.number_bound
+        digits = max(len(str(int(abs(x)))) for x in (low, high)) + 1  # sign
+        if kind == "integer":
+            return s, digits
+        step = s.get("multipleOf")
+        if step is None:
+            s["multipleOf"] = step = 10.0**-self.decimals
+        decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
+        return s, digits + (1 + decimals if decimals else 0) + 2  # '.', the fraction, slack for rounding
+
+    def array(self, s: dict[str, Any], path: str) -> tuple[dict[str, Any], int]:
+        s.pop("uniqueItems", None)  # llguidance cannot say it; pydantic (sets) deduplicates when parsing
+        self.min_items[path] = max(self.min_items.get(path, 0), int(s.get("minItems", 0)))
+        prefix = [self.node(p, f"{path}[]") for p in s.get("prefixItems", [])]
+        if prefix:
+            s["prefixItems"] = [p for p, _ in prefix]
+        if prefix and s.get("items") in (None, False):  # a tuple: exactly its prefix items
+            item, item_bytes = None, 0
+            s["items"] = False
+            s["maxItems"] = min(int(s.get("maxItems", len(prefix))), len(prefix))
+        else:
+            item, item_bytes = self.node(s.get("items", {}), f"{path}[]")
+            s["items"] = item
+            if "maxItems" not in s:
+                s["maxItems"] = max(self.items_cap, int(s.get("minItems", 0)), len(prefix))
+        n = int(s["maxItems"])
+        total = 2 + max(n - 1, 0) + sum(b for _, b in prefix[:n]) + max(n - len(prefix), 0) * item_bytes
+        return s, total
+
+    def object(self, s: dict[str, Any], path: str) -> tuple[dict[str, Any], int]:
+        extra = s.get("additionalProperties")
+        if isinstance(extra, dict) and extra:
+            raise ProviderError(f"schema at '{path or '$'}' is a free-form mapping (dict[str, ...]): constrained "
+                                "decoding needs fixed keys; use a list of objects instead")
+        if s.get("patternProperties"):
+            raise ProviderError(f"schema at '{path or '$'}': patternProperties is not supported")
+        props = s.get("properties", {})
+        out, total = {}, 2
+        for name, sub in props.items():
+            out[name], n = self.node(sub, f"{path}.{name}" if path else name)
+            total += len(_dump(name)) + 1 + n
+        total += max(len(props) - 1, 0)
+        s["properties"] = out
+        s["additionalProperties"] = False
+        return s, total
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with every local ``$ref`` replaced by its definition; a recursive model is refused (its
+    output has no longest form)."""
+    defs = {**schema.get("$defs", {}), **schema.get("definitions", {})}
+
+    def walk(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [walk(x, seen) for x in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            ref = node["$ref"]
+            name = ref.rsplit("/", 1)[-1]
+            if not ref.startswith("#/") or name not in defs:
+                raise ProviderError(f"schema reference {ref!r} does not resolve")
+            if name in seen:
+                raise ProviderError(f"schema model {name!r} is recursive: constrained decoding needs a schema "
+                                    "whose output has a bounded size")
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return walk({**defs[name], **rest}, seen + (name,))
+        return {k: walk(v, seen) for k, v in node.items() if k not in ("$defs", "definitions")}
+
+    return walk(schema, ())
+
+
+def _array_of(path: str) -> str | None:
+    """The path of the list whose elements hold the values at ``path``: ``items[].id`` -> ``items``."""
+    if "[]" not in path:
+        return None
+    return path[: path.rindex("[]")]
+
+
+def compile_constraints(
+    schema: type[BaseModel] | dict[str, Any],
+    choices: tuple[Choices, ...] = (),
+    max_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    *,
+    max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
+    max_items: int = DEFAULT_MAX_ITEMS,
+    number_bound: int = DEFAULT_NUMBER_BOUND,
+    number_decimals: int = DEFAULT_NUMBER_DECIMALS,
+) -> ConstraintPlan:
+    """Tighten ``schema`` (a pydantic model or a JSON Schema) for decoding within ``max_tokens``.
+
+    Fields without bounds get ``max_string_length``/``max_items``, shrunk proportionally until the longest
+    accepted output fits the budget. Raises ProviderError, before anything is generated, when a choice path
+    names no field, or when the schema cannot fit ``max_tokens`` even with the smallest caps.
+    """
+    raw = schema if isinstance(schema, dict) else schema.model_json_schema()
+    base = _inline_refs(raw)
+    by_path: dict[str, Choices] = {}
+    for c in choices:
+        if c.path in by_path:
+            raise ProviderError(f"choices given twice for '{c.path}'")
+        by_path[c.path] = c
+    budget = max_tokens - 1  # the end-of-sequence token
+    smallest = None
+    for f in _SHRINK:
+        comp = _Compiler(by_path, max(1, round(max_string_length * f)), max(1, round(max_items * f)),
+                         number_bound, number_decimals)
+        tight, nbytes = comp.node(copy.deepcopy(base), "")
+        missing = set(by_path) - comp.used
+        if missing:
+            raise ProviderError(f"choices path {sorted(missing)[0]!r} names no string or integer field of the "
+                                f"schema (paths look like 'items[].id' or 'tags[]')")
+        smallest = nbytes
+        for path, c in by_path.items():
+            need = comp.min_items.get(_array_of(path) or "", 0)
+            if c.unique and _array_of(path) is not None and need > len(set(c.values)):
+                raise ProviderError(f"choices for '{path}': the list needs at least {need} distinct values but "
+                                    f"only {len(set(c.values))} are given")
+        if nbytes <= budget:
+            return ConstraintPlan(tight, nbytes, _uniques(by_path, comp.kinds), comp.string_cap, comp.items_cap)
+    raise ProviderError(
+        f"the output schema can take up to {smallest} tokens even with the smallest default bounds, but "
+        f"max_tokens is {max_tokens}: generation could stop before the JSON is complete. Raise max_tokens, or "
+        "lower maxLength/maxItems (pydantic: Field(max_length=...)) on the schema's fields")
+
+
+def _uniques(by_path: dict[str, Choices], kinds: dict[str, str]) -> tuple[UniqueValues, ...]:
+    out = []
+    for path, c in by_path.items():
+        if not c.unique or _array_of(path) is None:
+            continue
+        values = list(dict.fromkeys(c.values))
+        if kinds[path] == "integer":
+            values = [int(v) for v in values]
+            pairs = sorted((str(v).encode(), v) for v in values)
+        else:
+            pairs = sorted((_dump(v)[1:-1], v) for v in values)
+        out.append(UniqueValues(path, _array_of(path), tuple(p for p, _ in pairs), tuple(v for _, v in pairs)))
+    return tuple(out)
+
+
+# -- "no value twice": a byte-level JSON path tracker over the output -----------------------------------------
+
+
+@dataclass
+class _Frame:
+    kind: str  # "obj" | "arr"
+    path: str
+    key: str | None = None
+    expect: str = "start"  # obj: start/key/colon/value/comma; arr: start/value/comma
+
+
+@dataclass
+class _UniqueState:
+    rule: UniqueValues
+    used: set[Any] = field(default_factory=set)
+    elements: int = 0
+
+
+class UniqueTracker:
+    """Follows the JSON the decoder emits, byte by byte, and says whether it can still be completed without
+    repeating a value of a unique choice. The grammar guarantees well-formed compact JSON; this only adds what a
+    grammar cannot: values already used are unavailable, and a list cannot open more elements than values left.
+    """
+
+    def __init__(self, rules: tuple[UniqueValues, ...]) -> None:
+        self.states = [_UniqueState(r) for r in rules]
+        self.stack: list[_Frame] = []
+        self.in_str = False
+        self.escape = False
+        self.buf = bytearray()
+        self.str_is_key = False
+        self.scalar: bytearray | None = None
+        self.target: _UniqueState | None = None
+
+    def clone(self) -> UniqueTracker:
+        other = copy.copy(self)
+        other.states = [_UniqueState(s.rule, set(s.used), s.elements) for s in self.states]
+        other.stack = [copy.copy(f) for f in self.stack]
+        other.buf = bytearray(self.buf)
+        other.scalar = None if self.scalar is None else bytearray(self.scalar)
+        if self.target is not None:
+            other.target = other.states[self.states.index(self.target)]
+        return other
+
+    def feed(self, data: bytes) -> bool:
+        """Advance over ``data``; False when the output can no longer stay unique."""
+        for b in data:
+            if not self._byte(b):
+                return False
+        if self.target is not None:  # a value is half-written: some unused value must still start with it
+            prefix = bytes(self.buf if self.in_str else (self.scalar or b""))
+            return self._available(self.target, prefix)
+        return True
+
+    @staticmethod
+    def _available(state: _UniqueState, prefix: bytes) -> bool:
+        enc = state.rule.encoded
+        i = bisect.bisect_left(enc, prefix)
+        while i < len(enc) and enc[i].startswith(prefix):
+            if state.rule.decoded[i] not in state.used:
+                return True
+            i += 1
+        return False
+
+    def _value_path(self) -> str:
+        top = self.stack[-1] if self.stack else None
+        if top is None:
+            return ""
+        if top.kind == "arr":
+            return f"{top.path}[]"
+        return f"{top.path}.{top.key}" if top.path else str(top.key)
+
+    def _start_value(self) -> bool:
+        """Called on the first byte of a value: count list elements, pick the rule the value falls under."""
+        top = self.stack[-1] if self.stack else None
+        path = self._value_path()
+        if top is not None and top.kind == "arr" and top.expect == "start":
+            top.expect = "value"
+            if not self._count(top):
+                return False
+        self.target = next((st for st in self.states if st.rule.path == path), None)
+        return True
+
+    def _count(self, array: _Frame) -> bool:
+        """One more element in ``array`` (at its first byte, or at the comma that promises it)."""
+        for st in self.states:
+            if st.rule.array == array.path:
+                st.elements += 1
+                if st.elements > len(st.rule.decoded):
+                    return False
+        return True
+
+    def _end_value(self, raw: bytes) -> bool:
+        st, self.target = self.target, None
+        if st is None:
+            return True
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return False
+        if value in st.used:
+            return False
+        st.used.add(value)
+        return True
+
+    def _after_value(self) -> None:
+        if self.stack:
+            self.stack[-1].expect = "comma"
+
+    def _byte(self, b: int) -> bool:
+        if self.in_str:
+            if self.escape:
+                self.escape = False
+                self.buf.append(b)
+            elif b == 0x5C:  # backslash
+                self.escape = True
+                self.buf.append(b)
+            elif b == 0x22:  # closing quote
+                self.in_str = False
+                if self.str_is_key:
+                    self.stack[-1].key = json.loads(b'"' + bytes(self.buf) + b'"')
+                    self.stack[-1].expect = "colon"
+                else:
+                    if not self._end_value(b'"' + bytes(self.buf) + b'"'):
+                        return False
+                    self._after_value()
+            else:
+                self.buf.append(b)
+            return True
+        if self.scalar is not None:
+            if b in b",]} \t\r\n":
+                raw, self.scalar = bytes(self.scalar), None
+                if not self._end_value(raw):
+                    return False
+                self._after_value()
+            else:
+                self.scalar.append(b)
+                return True
+        if b in b" \t\r\n":
+            return True
+        top = self.stack[-1] if self.stack else None
+        if top is not None and top.kind == "obj" and top.expect in ("start", "key"):
+            if b == 0x22:
+                self.in_str, self.str_is_key, self.buf = True, True, bytearray()
+            elif b == 0x7D:  # }
+                self.stack.pop()
+                self._after_value()
+            return True
+        if top is not None and top.expect == "colon":
+            top.expect = "value"
+            return True
+        if top is not None and top.expect == "comma":
+            if b == 0x2C:
+                top.expect = "key" if top.kind == "obj" else "value"
+                if top.kind == "arr" and not self._count(top):
+                    return False
+            else:  # } or ]
+                self.stack.pop()
+                self._after_value()
+            return True
+        if top is not None and top.kind == "arr" and top.expect == "start" and b == 0x5D:
+            self.stack.pop()
+            self._after_value()
+            return True
+        # the first byte of a value
+        if not self._start_value():
+            return False
+        path = self._value_path()
+        if b == 0x7B:
+            self.target = None
+            self.stack.append(_Frame("obj", path))
+        elif b == 0x5B:
+            self.target = None
+            self.stack.append(_Frame("arr", path))
+        elif b == 0x22:
+            self.in_str, self.str_is_key, self.buf = True, False, bytearray()
+        else:
+            self.scalar = bytearray([b])
+        return True
+
+
+# -- the provider ----------------------------------------------------------------------------------------------
+
+
+def render_prompt(tokenizer: Any, messages: tuple[Message, ...]) -> tuple[str, bool]:
+    """The prompt text, and whether it came from the tokenizer's chat template (else a ``role: content`` join
+    ending with ``assistant:``)."""
+    msgs = [{"role": m.role, "content": m.content} for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), True
+    return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:", False
+
+
+@dataclass
+class _Loaded:
+    tokenizer: Any
+    model: Any
+    ll_tokenizer: Any | None = None
+    context: int | None = None
+    eos: frozenset[int] = frozenset()
+    cache_arg: str = "past_key_values"  # transformers >= 5.x names the KV cache argument `cache`
+
+
+class TransformersProvider:
+    """A local causal LM through transformers, with llguidance-constrained structured output.
+
+    ``model`` is a folder (config.json, weights, tokenizer files) or a model name already in the local Hugging
+    Face cache (nothing is downloaded). The model loads on the first ``complete`` (or ``load()``), in a worker
+    thread. ``seed`` is the default sampling seed; ``max_string_length``/``max_items`` the caps for schema fields
+    that declare no bound (shrunk to fit ``max_tokens``).
+    """
+
+    name = PROVIDER_NAME
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        seed: int | None = None,
+        max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
+        max_items: int = DEFAULT_MAX_ITEMS,
+        trust_remote_code: bool = False,
+    ) -> None:
+        if not model or not isinstance(model, str):
+            raise ValueError("the transformers provider needs 'model': a model folder or a cached model name")
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+        if int(max_new_tokens) < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.max_new_tokens = int(max_new_tokens)
+        self.seed = seed
+        self.max_string_length = int(max_string_length)
+        self.max_items = int(max_items)
+        self.trust_remote_code = bool(trust_remote_code)
+        self._loaded: _Loaded | None = None
+        self._load_lock = threading.Lock()
+        self._run_lock = threading.Lock()  # one generation at a time: they compete for the same cores
+        self._plans: dict[tuple[Any, ...], tuple[ConstraintPlan, Any]] = {}
+
+    # where the model is --------------------------------------------------------------------------------------
+
+    def _source(self) -> str:
+        """The folder or cached name to load; raises DataError saying where to put the model."""
+        path = Path(os.path.expanduser(self.model))
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise DataError("not a transformers model folder: config.json is missing", path,
+                                hint="save the model with model.save_pretrained(folder) and "
+                                     "tokenizer.save_pretrained(folder)")
+            return str(path)
+        if _REPO_ID.fullmatch(self.model) and not self.model.startswith("."):
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                hit = try_to_load_from_cache(self.model, "config.json")
+            except Exception:  # not a valid repo id after all
+                hit = None
+            if isinstance(hit, str):
+                return self.model
+        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+            os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+        raise DataError(
+            f"local model {self.model!r} not found: no model folder at {path.resolve()} and no such model in "
+            f"the Hugging Face cache ({cache})", path,
+            hint="put a transformers model folder (config.json, weights, tokenizer files) at that path, or "
+                 "download it once with `huggingface-cli download NAME` (it is then found offline)")
+
+    def load(self) -> None:
+        """Load the tokenizer and model (once; thread-safe). Raises DataError when the model is missing."""
+        if self._loaded is not None:
+            return
+        with self._load_lock:
+            if self._loaded is not None:
+                return
+            source = self._source()
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            import torch
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True,
+                                                          trust_remote_code=self.trust_remote_code)
+                dtype = torch.float32 if self.dtype == "auto" and self.device == "cpu" else (
+                    "auto" if self.dtype == "auto" else getattr(torch, self.dtype))
+                model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=dtype,
+                                                             trust_remote_code=self.trust_remote_code)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"cannot load the local model: {exc}", source,
+                                hint="the folder must hold a causal LM and its tokenizer as saved by "
+                                     "save_pretrained") from None
+            model.to(self.device).eval()
+            eos = set()
+            for ids in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+                eos.update(ids if isinstance(ids, list) else [] if ids is None else [ids])
+            cfg = model.config
+            context = next((getattr(cfg, a) for a in ("max_position_embeddings", "n_positions", "n_ctx")
+                            if isinstance(getattr(cfg, a, None), int)), None)
+            params = inspect.signature(model.forward).parameters
+            cache_arg = "cache" if "cache" in params else "past_key_values"
+            self._loaded = _Loaded(tokenizer, model, None, context, frozenset(eos), cache_arg)
+
+    def _ll_tokenizer(self) -> Any:
+        loaded = self._loaded
+        assert loaded is not None
+        if loaded.ll_tokenizer is None:
+            import llguidance.hf
+
+            if loaded.tokenizer.eos_token_id is None and not loaded.eos:
+                raise ProviderError(f"model {self.model!r}: the tokenizer has no end-of-sequence token, which "
+                                    "constrained decoding needs")
+            try:
+                loaded.ll_tokenizer = llguidance.hf.from_tokenizer(
+                    loaded.tokenizer, eos_token=loaded.tokenizer.eos_token_id or min(loaded.eos))
+            except ValueError as exc:
+                raise ProviderError(f"model {self.model!r}: constrained decoding needs a fast (Rust) "
+                                    f"tokenizer: {exc}") from None
+        return loaded.ll_tokenizer
+
+    # constraints ---------------------------------------------------------------------------------------------
+
+    def plan(self, request: CompletionRequest) -> tuple[ConstraintPlan, Any]:
+        """The constraint plan and a fresh llguidance matcher for ``request`` (plans are cached)."""
+        import llguidance
+
+        assert request.schema is not None
+        max_new = request.max_tokens or self.max_new_tokens
+        key = (request.schema, request.choices, max_new)
+        hit = self._plans.get(key)
+        if hit is None:
+            plan = compile_constraints(request.schema, request.choices, max_new,
+                                       max_string_length=self.max_string_length, max_items=self.max_items)
+            ll_tok = self._ll_tokenizer()
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(plan.json_schema, overrides=_JSON_OPTIONS)
+            bad, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, ll_tok)
+            if bad:
+                raise ProviderError(f"the output schema cannot be constrained: {messages[0]}")
+            matcher = llguidance.LLMatcher(ll_tok, grammar, log_level=0)
+            if matcher.is_error():
+                raise ProviderError(f"the output schema cannot be constrained: {matcher.get_error()}")
+            hit = self._plans[key] = (plan, matcher)
+            if len(self._plans) > 64:
+                self._plans.pop(next(iter(self._plans)))
+        return hit[0], hit[1].deep_copy()
+
+    # generation ----------------------------------------------------------------------------------------------
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        deadline = None if request.timeout is None else time.monotonic() + float(request.timeout)
+        cancel = threading.Event()
+        try:
+            return await asyncio.to_thread(self._complete, request, deadline, cancel)
+        except asyncio.CancelledError:
+            cancel.set()  # the worker stops at its next token
+            raise
+
+    def _check_time(self, deadline: float | None, cancel: threading.Event, request: CompletionRequest,
+                    done: int) -> None:
+        if cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
+            raise NodeTimeoutError(f"local model {self.model!r} did not finish within {request.timeout:g} s "
+                                   f"({done} tokens generated)" if request.timeout is not None else
+                                   f"local model {self.model!r}: generation cancelled after {done} tokens")
+
+    def _complete(self, request: CompletionRequest, deadline: float | None, cancel: threading.Event) -> Completion:
+        self.load()
+        self._check_time(deadline, cancel, request, 0)
+        while not self._run_lock.acquire(timeout=0.05):  # wait for the running generation, within the deadline
+            self._check_time(deadline, cancel, request, 0)
+        try:
+            return self._generate(request, deadline, cancel)
+        finally:
+            self._run_lock.release()
+
+    def _generate(self, request: CompletionRequest, deadline: float | None, cancel: threading.Event) -> Completion:
+        import torch
+
+        loaded = self._loaded
+        assert loaded is not None
+        tokenizer, model = loaded.tokenizer, loaded.model
+        max_new = request.max_tokens or self.max_new_tokens
+        text, templated = render_prompt(tokenizer, request.messages)
+        prompt = list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+        if not prompt:
+            prompt = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else min(loaded.eos)]
+        if loaded.context is not None and len(prompt) + max_new > loaded.context:
+            raise ProviderError(f"the prompt is {len(prompt)} tokens; with max_tokens {max_new} it exceeds the "
+                                f"context of {self.model!r} ({loaded.context} tokens)")
+        matcher = tracker = None
+        if request.choices and request.schema is None:
+            raise ProviderError("choices need an output schema: without one the output is free text")
+        if request.schema is not None:
+            plan, matcher = self.plan(request)
+            if plan.unique:
+                tracker = UniqueTracker(plan.unique)
+        ll_tok = loaded.ll_tokenizer
+        seed = request.seed if request.seed is not None else self.seed
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+        temperature = float(request.temperature or 0.0)
+
+        out: list[int] = []
+        ids = torch.tensor([prompt], device=model.device)
+        past = None
+        finished = False
+        with torch.inference_mode():
+            while len(out) < max_new:
+                if matcher is not None and matcher.is_stopped():
+                    finished = True
+                    break
+                self._check_time(deadline, cancel, request, len(out))
+                result = model(input_ids=ids, use_cache=True, **{loaded.cache_arg: past})
+                past = getattr(result, loaded.cache_arg, None)
+                logits = result.logits[0, -1, :].float().cpu()
+                if matcher is not None:
+                    bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8),
+                                         bitorder="little")
+                    n = min(len(logits), ll_tok.vocab_size)
+                    allowed = torch.zeros(len(logits), dtype=torch.bool)
+                    allowed[:n] = torch.from_numpy(bits[:n].astype(bool))
+                    logits.masked_fill_(~allowed, -math.inf)
+                token, tracker = self._pick(logits, temperature, gen, tracker, ll_tok)
+                if token in loaded.eos and (matcher is None or matcher.is_accepting()):
+                    finished = True
+                    break
+                if matcher is not None and not matcher.consume_token(token):
+                    raise ProviderError(f"constrained decoding failed: {matcher.get_error()}")
+                out.append(token)
+                ids = torch.tensor([[token]], device=model.device)
+            else:
+                finished = matcher is None or matcher.is_stopped() or matcher.is_accepting()
+
+        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(out))
+        if request.schema is None:
+            return Completion(tokenizer.decode(out, skip_special_tokens=True), None, usage, 1, self.model,
+                              PROVIDER_NAME)
+        raw = ll_tok.decode_bytes(out).decode("utf-8", errors="replace")
+        if not finished:  # cannot happen when the plan's bound holds; kept as a guard
+            raise OutputValidationError(f"local model {self.model!r} hit max_tokens ({max_new}) before the "
+                                        "JSON was complete", attempts=1, last_raw=raw)
+        try:
+            parsed = request.schema.model_validate_json(raw)
+        except ValueError as exc:
+            raise OutputValidationError(f"constrained output of {self.model!r} does not validate: {exc}",
+                                        attempts=1, last_raw=raw) from None
+        return Completion(raw, parsed, usage, 1, self.model, PROVIDER_NAME)
+
+    @staticmethod
+    def _pick(logits: Any, temperature: float, gen: Any, tracker: UniqueTracker | None,
+              ll_tok: Any) -> tuple[int, UniqueTracker | None]:
+        """Sample (or take the argmax of) ``logits``; with a tracker, reject tokens that would break uniqueness
+        and sample again among the rest."""
+        import torch
+
+        while True:
+            if not torch.isfinite(logits).any():
+                raise ProviderError("constrained decoding reached a dead end: no token keeps the output valid")
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                token = int(torch.multinomial(probs, 1, generator=gen).item())
+            else:
+                token = int(torch.argmax(logits).item())
+            if tracker is None:
+                return token, None
+            trial = tracker.clone()
+            if ll_tok.is_special_token(token) or trial.feed(ll_tok.decode_bytes([token])):
+                return token, trial
+            logits[token] = -math.inf
+
+    async def close(self) -> None:
+        self._loaded = None
+        self._plans.clear()
+
+
+def transformers_provider(**config: Any) -> TransformersProvider:
+    """Provider factory for ``register("transformers", transformers_provider)``: the ``llm`` resource's config
+    minus ``provider`` (``model``, ``device``, ``dtype``, ``max_new_tokens``/``max_tokens``, ``seed``, ...)."""
+    config = dict(config)
+    config.pop("provider", None)
+    if "max_tokens" in config and "max_new_tokens" not in config:
+        config["max_new_tokens"] = config.pop("max_tokens")
+    known = {"model", "device", "dtype", "max_new_tokens", "seed", "max_string_length", "max_items",
+             "trust_remote_code"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown transformers provider option(s): {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
+    return TransformersProvider(**config)
+
+
+__all__ = ["ConstraintPlan", "TransformersProvider", "UniqueTracker", "compile_constraints", "render_prompt",
+           "transformers_provider"]

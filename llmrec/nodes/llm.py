@@ -1,0 +1,559 @@
+"""The ``llm`` resource and the ``llm.prompt`` node, registered as a default plugin (with provider ``litellm``).
+
+::
+
+    resources:
+      model: {type: llm, config: {provider: litellm, model: "openai/gpt-4o-mini", timeout: 20s,
+                                   api_key: "${env:OPENAI_API_KEY}"}}
+    nodes:
+      pick:
+        type: llm.prompt
+        config:
+          system: "You recommend films."
+          template: "I liked {{ liked | join(', ') }}. Suggest {{ n }} films."
+          schema: schemas/recs.py:Recs
+          reasoning_field: thinking
+        inputs: {model: "${resources.model}", liked: "${profile.seen}", n: 5}
+
+The template's variables are the node's inputs (plus ``model``, the provider), so a variable nothing provides is
+a validation error, and the output is the schema's model, so ``${pick.items}`` is type-checked downstream.
+Inputs are only ever template *variables*: catalog or user text that looks like Jinja or like instructions is
+rendered verbatim as data, never evaluated (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import Annotated
+
+from ..errors import LlmrecError, OutputValidationError, ProviderError, RunError
+from ..hookspecs import hookimpl
+from ..llm.provider import Choices, Completion, CompletionRequest, Message, Provider
+from ..node import CheckContext, NodeType, OutputSchemaProblem, Param, Problem, ResourceType, RunContext, Signature
+from ..schemas import SchemaRef, resolve_schema
+from ..spec.models import parse_duration
+from ..templates import TemplateProblem, compile_template, variables
+
+#: default templates shipped with llmrec: ``template_file: NAME`` finds ``prompts/NAME`` here last
+BUILTIN_PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
+
+Duration = Annotated[float | None, BeforeValidator(lambda v: None if v is None else parse_duration(v))]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- the llm resource ------------------------------------------------------------------------------------------
+
+
+class LlmConfig(_Config):
+    provider: str = Field(..., description="A registered provider: 'litellm', 'transformers', or a plugin's.")
+    model: str = Field(..., description="The model, e.g. 'openai/gpt-4o-mini' for litellm or a local path.")
+    timeout: Duration = Field(None, description="Per call, all attempts together (e.g. '20s').")
+    max_retries: int = Field(2, ge=0, le=20, description="Re-asks on invalid output and retries on 5xx/timeouts.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1)
+    api_base: str | None = Field(None, description="Base URL of an OpenAI-compatible or self-hosted server.")
+    api_key: SecretStr | None = Field(None, description="Write it as ${env:VAR}, never inline.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Provider-specific parameters.")
+
+    _base_dir: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _remember_dir(self, info: ValidationInfo) -> LlmConfig:
+        base = (info.context or {}).get("base_dir")
+        self._base_dir = Path(base) if base is not None else None
+        return self
+
+    def provider_kwargs(self) -> dict[str, Any]:
+        """What a provider factory receives: ``model``, the other keys the spec wrote (the api key as plain
+        text), and the entries of ``extra`` as keyword arguments of their own."""
+        out: dict[str, Any] = {"model": self.model}
+        for name in sorted(self.model_fields_set - {"provider", "model", "extra"}):
+            value = getattr(self, name)
+            out[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        out.update(self.extra)
+        return out
+
+    @model_validator(mode="after")
+    def _extra_does_not_shadow(self) -> LlmConfig:
+        shadowed = sorted(set(self.extra) & set(type(self).model_fields))
+        if shadowed:
+            raise ValueError(f"'extra' repeats {', '.join(shadowed)}: set {'it' if len(shadowed) == 1 else 'them'} "
+                             "as a key of the llm config itself")
+        return self
+
+
+def _providers(base_dir: Path | None) -> Any:
+    from ..plugins import get_registry
+
+    return get_registry(base_dir).providers
+
+
+class LlmResource(ResourceType):
+    """A language model behind a registered provider, built once per runtime."""
+
+    name = "llm"
+    description = "A language model through a registered provider (litellm, transformers, or a plugin's)."
+    Config = LlmConfig
+    provides = Provider
+
+    @classmethod
+    def check(cls, config: LlmConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        table = _providers(Path(ctx.base_dir) if ctx.base_dir else None)
+        if config.provider in table:
+            return []
+        close = [e.name for e in table.suggest(config.provider)]
+        known = ", ".join(table) or "none"
+        hint = (f"Did you mean '{close[0]}'? " if close else "") + f"Registered providers: {known}."
+        return [Problem(f"unknown provider '{config.provider}'", "provider", hint)]
+
+    async def load(self) -> Provider:
+        config: LlmConfig = self.config  # type: ignore[assignment]
+        table = _providers(config._base_dir)
+        factory = table.get(config.provider)
+        if factory is None:
+            raise ProviderError(f"unknown provider '{config.provider}' (registered: {', '.join(table) or 'none'})")
+        # factories may import heavy libraries or load weights: keep the event loop free
+        try:
+            return await asyncio.to_thread(factory, **config.provider_kwargs())
+        except LlmrecError:
+            raise
+        except Exception as exc:  # a bad option or a missing model: the spec's problem, said in one line
+            raise ProviderError(f"provider '{config.provider}' could not be set up for model '{config.model}': "
+                                f"{type(exc).__name__}: {exc}") from None
+
+
+# -- llm.prompt ------------------------------------------------------------------------------------------------
+
+
+class FewShot(_Config):
+    user: str
+    assistant: str
+
+
+def _template_path(value: str | None, info: ValidationInfo) -> str | None:
+    """A template file: relative to the spec, then the spec's prompts/ folder, then llmrec's own prompts/."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    base = Path((info.context or {}).get("base_dir") or Path.cwd())
+    for candidate in (base / path, base / "prompts" / path, BUILTIN_PROMPTS / path):
+        if candidate.is_file():
+            return str(candidate)
+    return str(base / path)
+
+
+class PromptConfig(_Config):
+    template: str | None = Field(None, description="Inline Jinja template of the user message.")
+    template_file: str | None = Field(
+        None, description="A template file: relative to the spec, its prompts/ folder, or a built-in name."
+    )
+    system: str | None = Field(None, description="System message (a Jinja template too).")
+    few_shot: list[FewShot] = Field(default_factory=list, description="Example exchanges sent before the prompt.")
+    schema_: SchemaRef | None = Field(
+        None, alias="schema", description="Output schema: 'file.py:Model', 'package.module:Model' or 'file.json'."
+    )
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    max_retries: int | None = Field(None, ge=0, le=20, description="Re-asks on invalid output (default: the llm's).")
+    reasoning_field: str | None = Field(
+        None, description="A str field of the schema the model thinks in; dropped from the node's output."
+    )
+    token_budget: int | None = Field(None, ge=1, description="Most tokens the rendered prompt may take.")
+    truncate: str | None = Field(None, description="The list input shortened (whole items) to fit token_budget.")
+    keep: Literal["last", "first"] = Field(
+        "last", description="Which end of the 'truncate' list is the most recent and is kept."
+    )
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("template_file", mode="after")
+    @classmethod
+    def _resolve_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _template_path(value, info)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PromptConfig:
+        if (self.template is None) == (self.template_file is None):
+            raise ValueError("give exactly one of 'template' or 'template_file'")
+        if self.reasoning_field and not self.schema_:
+            raise ValueError("'reasoning_field' needs a 'schema' that has that field")
+        if (self.token_budget is None) != (self.truncate is None):
+            raise ValueError("'token_budget' and 'truncate' go together: the budget, and which list input to shorten")
+        return self
+
+    def source(self) -> str:
+        if self.template is not None:
+            return self.template
+        assert self.template_file is not None
+        try:
+            return Path(self.template_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TemplateProblem(
+                f"template file '{os.path.relpath(self.template_file)}' not found (looked beside the spec, in its "
+                f"prompts/ folder and in llmrec's prompts/: {', '.join(_builtin_prompts()) or 'none'})",
+                field="template_file",
+            ) from None
+
+
+def _builtin_prompts() -> list[str]:
+    return sorted(p.name for p in BUILTIN_PROMPTS.glob("*.j2")) if BUILTIN_PROMPTS.is_dir() else []
+
+
+_JSON_MODELS: dict[str, type[BaseModel]] = {}
+_WITHOUT: dict[tuple[type[BaseModel], str], type[BaseModel]] = {}
+
+
+def _json_schema_model(schema: dict[str, Any], ref: str) -> type[BaseModel]:
+    """A pydantic model that sends ``schema`` to the model and validates answers against it (jsonschema)."""
+    key = ref + ":" + str(hash(repr(schema)))
+    model = _JSON_MODELS.get(key)
+    if model is not None:
+        return model
+    name = "".join(c for c in str(schema.get("title") or Path(ref).stem).title() if c.isalnum()) or "Output"
+
+    def validate(cls: Any, data: Any) -> Any:
+        import jsonschema
+
+        try:
+            jsonschema.validate(data, schema)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path)
+            raise ValueError((f"{where}: " if where else "") + exc.message) from None
+        return data
+
+    model = type(name, (BaseModel,), {
+        "model_config": ConfigDict(extra="allow"),
+        "_llmrec_json_schema": model_validator(mode="before")(classmethod(validate)),
+        "model_json_schema": classmethod(lambda cls, *a, **k: dict(schema)),
+    })
+    _JSON_MODELS[key] = model
+    return model
+
+
+def _without(model: type[BaseModel], field: str) -> type[BaseModel]:
+    """``model`` without ``field``: the output type once the reasoning field is dropped (cached)."""
+    key = (model, field)
+    derived = _WITHOUT.get(key)
+    if derived is None:
+        fields = {n: (f.annotation, f) for n, f in model.model_fields.items() if n != field}
+        derived = create_model(model.__name__, __doc__=model.__doc__, __module__=model.__module__,
+                               __config__=model.model_config, **fields)  # type: ignore[call-overload]
+        _WITHOUT[key] = derived
+    return derived
+
+
+class _Resolved:
+    """What a config resolves to, once: compiled templates, variables, schema and output models."""
+
+    def __init__(self, config: PromptConfig) -> None:
+        source = config.source()
+        field = "template" if config.template is not None else "template_file"
+        try:
+            self.names = set(variables(source))
+            self.template = compile_template(source)
+        except TemplateProblem as exc:
+            exc.field = field
+            raise
+        self.system = None
+        if config.system is not None:
+            try:
+                self.names |= variables(config.system)
+                self.system = compile_template(config.system)
+            except TemplateProblem as exc:
+                exc.field = "system"
+                raise
+        self.schema: type[BaseModel] | None = None
+        self.output: Any = str
+        self.json_schema = False
+        if config.schema_:
+            resolved = resolve_schema(config.schema_, Path.cwd(), "schema")
+            if isinstance(resolved, dict):
+                self.schema = _json_schema_model(resolved, config.schema_)
+                self.output = dict[str, Any]
+                self.json_schema = True
+            else:
+                self.schema = resolved
+                self.output = resolved
+        self.reasoning = config.reasoning_field
+        self.result_model: type[BaseModel] | None = None
+        if self.reasoning and self.schema is not None and not self.json_schema:
+            fields = self.schema.model_fields
+            if self.reasoning not in fields:
+                raise OutputSchemaProblem(
+                    f"schema {self.schema.__name__} has no field '{self.reasoning}'", "reasoning_field",
+                    f"Its fields are: {', '.join(fields)}.",
+                )
+            self.result_model = _without(self.schema, self.reasoning)
+            self.output = self.result_model
+
+
+_RESOLVED: dict[str, _Resolved] = {}
+
+
+def _resolve(config: PromptConfig) -> _Resolved:
+    key = config.model_dump_json(by_alias=True)
+    if config.template_file:
+        try:
+            key += f":{Path(config.template_file).stat().st_mtime_ns}"
+        except OSError:
+            pass
+    hit = _RESOLVED.get(key)
+    if hit is None:
+        hit = _Resolved(config)
+        if len(_RESOLVED) > 512:
+            _RESOLVED.clear()
+        _RESOLVED[key] = hit
+    return hit
+
+
+def estimate_tokens(text: str, provider: Any = None) -> int:
+    """Tokens ``text`` takes: the provider's ``count_tokens`` when it has one, else ~4 characters a token."""
+    count = getattr(provider, "count_tokens", None)
+    if callable(count):
+        return int(count(text))
+    return math.ceil(len(text) / 4)
+
+
+class Prompt(NodeType):
+    """Render a sandboxed Jinja prompt from the node's inputs and ask a model; parse into the schema if given.
+
+    Task nodes (llm.rank, llm.label, ...) subclass it and override :meth:`choices` to constrain the output.
+    """
+
+    name = "llm.prompt"
+    description = "Ask an LLM: Jinja prompt from the inputs, optional output schema (validated, re-asked)."
+    Config = PromptConfig
+
+    def __init__(self, config: PromptConfig) -> None:
+        super().__init__(config)
+        self._r = _resolve(config)
+
+    @classmethod
+    def signature(cls, config: PromptConfig) -> Signature:  # type: ignore[override]
+        r = _resolve(config)
+        params = {name: Param(name, Any, True) for name in sorted(r.names)}
+        params["model"] = Param("model", Provider, True)
+        return Signature(params=params, output=r.output, variadic=False, wants_context=True)
+
+    @classmethod
+    def check(cls, config: PromptConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        r = _resolve(config)
+        problems: list[str | tuple[str, str] | Problem] = []
+        for reserved in ("model", "context"):
+            if reserved in r.names:
+                problems.append(Problem(
+                    f"the template uses '{reserved}', a name llm.prompt keeps for itself",
+                    "template" if config.template is not None else "template_file",
+                    "Rename the variable (and the input that provides it).",
+                ))
+        if config.truncate is not None and config.truncate not in r.names:
+            close = difflib.get_close_matches(config.truncate, r.names, n=1)
+            hint = f"Did you mean '{close[0]}'?" if close else f"Template variables: {', '.join(sorted(r.names))}."
+            problems.append(Problem(f"'truncate' names '{config.truncate}', which the template does not use",
+                                    "truncate", hint))
+        if config.reasoning_field and r.json_schema:
+            problems.append(Problem("'reasoning_field' needs a pydantic schema, not a JSON Schema file",
+                                    "reasoning_field"))
+        return problems
+
+    # -- extension points for task nodes --------------------------------------------------------------------
+    def choices(self, inputs: dict[str, Any]) -> tuple[Choices, ...]:
+        """Closed sets the output must come from (catalog ids for llm.rank); none for a plain prompt."""
+        return ()
+
+    def messages(self, inputs: dict[str, Any], provider: Any) -> tuple[tuple[Message, ...], dict[str, Any]]:
+        """The chat messages for these inputs, the ``truncate`` list shortened to fit ``token_budget``; and what
+        was done to fit (``{"truncated": name, "kept": k, "dropped": n}``, empty when nothing was)."""
+        cfg = self.config
+        r = self._r
+        head: list[Message] = []
+        if r.system is not None:
+            head.append(Message("system", r.system.render(inputs)))
+        for shot in cfg.few_shot:
+            head += [Message("user", shot.user), Message("assistant", shot.assistant)]
+        user = r.template.render(inputs)
+        info: dict[str, Any] = {}
+        if cfg.token_budget is not None and cfg.truncate is not None:
+            fixed = sum(estimate_tokens(m.content, provider) for m in head)
+            if fixed + estimate_tokens(user, provider) > cfg.token_budget:
+                user, info = self._fit(inputs, provider, cfg.token_budget - fixed)
+        return (*head, Message("user", user)), info
+
+    def _fit(self, inputs: dict[str, Any], provider: Any, budget: int) -> tuple[str, dict[str, Any]]:
+        cfg = self.config
+        name = cfg.truncate
+        assert name is not None
+        items = inputs.get(name)
+        if items is None:
+            items = []
+        if not isinstance(items, (list, tuple)):
+            raise RunError(f"'truncate' input '{name}' must be a list to be shortened, got {type(items).__name__}")
+        items = list(items)
+
+        def render(k: int) -> str:
+            kept = (items[len(items) - k:] if k else []) if cfg.keep == "last" else items[:k]
+            return self._r.template.render({**inputs, name: kept})
+
+        lo, hi = 0, len(items)  # the largest k whose prompt fits: whole items only
+        if estimate_tokens(render(0), provider) > budget:
+            raise RunError(f"the prompt exceeds token_budget {cfg.token_budget} even with no '{name}' items")
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if estimate_tokens(render(mid), provider) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return render(lo), {"truncated": name, "kept": lo, "dropped": len(items) - lo}
+
+    def request(self, inputs: dict[str, Any], provider: Any, context: RunContext | None) -> tuple[CompletionRequest,
+                                                                                                   dict[str, Any]]:
+        cfg = self.config
+        messages, info = self.messages(inputs, provider)
+        timeout = getattr(provider, "timeout", None)
+        if context is not None and context.deadline is not None:
+            left = max(context.deadline - asyncio.get_running_loop().time(), 0.0)
+            timeout = left if timeout is None else min(timeout, left)
+        retries = cfg.max_retries if cfg.max_retries is not None else int(getattr(provider, "max_retries", 0) or 0)
+        req = CompletionRequest(
+            messages=messages,
+            schema=self._r.schema,
+            choices=self.choices(inputs),
+            temperature=cfg.temperature,
+            max_tokens=cfg.max_tokens,
+            seed=cfg.seed,
+            timeout=timeout,
+            max_retries=retries,
+        )
+        return req, info
+
+    async def run(self, model: Provider, context: RunContext | None = None, **inputs: Any) -> Any:
+        node_id = context.node_id if context is not None else None
+        req, info = self.request(inputs, model, context)
+        try:
+            completion = await model.complete(req)
+        except LlmrecError as exc:
+            _record(context, getattr(exc, "usage", None), getattr(exc, "attempts", None), model, info)
+            raise _for_node(exc, node_id) from None
+        except Exception as exc:  # a provider plugin's own error: report it as the provider's fault
+            raise ProviderError(f"provider '{getattr(model, 'name', '?')}' failed: {type(exc).__name__}: {exc}",
+                                node_id) from exc
+        _record(context, completion.usage, completion.attempts, model, info, completion)
+        return self.result(completion, context)
+
+    def result(self, completion: Completion, context: RunContext | None) -> Any:
+        """The node's output from a completion: text, the parsed model, or a dict for a JSON Schema."""
+        r = self._r
+        if r.schema is None:
+            return completion.text
+        parsed = completion.parsed
+        if parsed is None:
+            raise OutputValidationError("the provider returned no parsed output for the schema",
+                                        context.node_id if context else None, completion.attempts, completion.text)
+        if r.json_schema:
+            return parsed.model_dump()
+        if r.result_model is not None and r.reasoning is not None:
+            if context is not None:
+                context.extra["reasoning"] = getattr(parsed, r.reasoning, None)
+            return r.result_model.model_validate({k: getattr(parsed, k) for k in r.result_model.model_fields})
+        return parsed
+
+
+def _record(context: RunContext | None, usage: Any, attempts: Any, provider: Any, info: dict[str, Any],
+            completion: Completion | None = None) -> None:
+    """Tokens, cost, attempts and model into the node's trace record (when the executor hands one over) and
+    into ``context.extra["llm"]``."""
+    if context is None:
+        return
+    data: dict[str, Any] = {"model": (completion.model if completion else "") or getattr(provider, "model", ""),
+                            "provider": (completion.provider if completion else "") or getattr(provider, "name", "")}
+    if usage is not None:
+        data["tokens"] = {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens}
+        data["cost"] = usage.cost
+    if attempts is not None:
+        data["attempts"] = attempts
+    if completion is not None and completion.cached:
+        data["cached"] = True
+    data.update(info)
+    context.extra["llm"] = data
+    record = getattr(context, "record", None)
+    if record is None:
+        return
+    if "tokens" in data:
+        record.tokens = data["tokens"]
+        record.cost = data["cost"]
+    for name in ("attempts", "model"):
+        if name in data and hasattr(record, name):
+            setattr(record, name, data[name])
+
+
+def _for_node(exc: LlmrecError, node_id: str | None) -> LlmrecError:
+    """The same error with the node named (providers do not know which node called them)."""
+    if not isinstance(exc, RunError) or exc.node_id or node_id is None:
+        return exc
+    message = str(exc)
+    if isinstance(exc, OutputValidationError):
+        new: RunError = OutputValidationError(message, node_id, exc.attempts, exc.last_raw)
+    else:
+        new = type(exc)(message, node_id)
+    for name in ("usage",):
+        if hasattr(exc, name):
+            setattr(new, name, getattr(exc, name))
+    return new
+
+
+# -- registration ----------------------------------------------------------------------------------------------
+
+
+def _litellm(**config: Any) -> Any:
+    from ..llm.remote import litellm_factory
+
+    return litellm_factory(**config)
+
+
+def _transformers(**config: Any) -> Any:
+    from ..llm.local import transformers_provider
+
+    return transformers_provider(**config)
+
+
+@hookimpl
+def llmrec_register_providers(register: Any) -> None:
+    register("litellm", _litellm)
+    register("transformers", _transformers)
+
+
+@hookimpl
+def llmrec_register_resource_types(register: Any) -> None:
+    register(LlmResource)
+
+
+@hookimpl
+def llmrec_register_node_types(register: Any) -> None:
+    register(Prompt)
+
+
+__all__ = ["LlmConfig", "LlmResource", "Prompt", "PromptConfig", "estimate_tokens"]
