@@ -169,6 +169,12 @@ class Dense(NodeType):
     @classmethod
     def check(cls, config: DenseConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
         d = config.index_dir
+        if config.index == "faiss-ivf":
+            import importlib.util
+
+            if importlib.util.find_spec("faiss") is None:
+                return [Problem("index 'faiss-ivf' needs the faiss package, which is not installed", field="index",
+                                hint="pip install faiss-cpu, or use index: lancedb-ann")]
         if d is not None and d.exists() and not d.is_dir():
             return [("index_dir", f"index_dir {str(d)!r} is a file; give a folder (it is created if missing)")]
         if d is not None and config.index == "exact":
