@@ -37,6 +37,8 @@ DEFAULT_PLUGINS = (
     "llmrec.nodes.rerank",
     "llmrec.nodes.viz",
     "llmrec.nodes.llm",
+    "llmrec.nodes.llm_tasks",
+    "llmrec.nodes.verify",
     "llmrec.runtime.caches",
     "llmrec.eval.commands",
     "llmrec.training",

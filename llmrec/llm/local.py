@@ -34,7 +34,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +194,9 @@ class _Compiler:
             s["items"] = item
             if "maxItems" not in s:
                 s["maxItems"] = max(self.items_cap, int(s.get("minItems", 0)), len(prefix))
+            distinct = [len(set(c.values)) for p, c in self.choices.items() if c.unique and _array_of(p) == path]
+            if distinct:  # one distinct value per element: the list cannot be longer than the values
+                s["maxItems"] = max(min(int(s["maxItems"]), *distinct), int(s.get("minItems", 0)))
         n = int(s["maxItems"])
         total = 2 + max(n - 1, 0) + sum(b for _, b in prefix[:n]) + max(n - len(prefix), 0) * item_bytes
         return s, total
@@ -508,6 +511,21 @@ def render_prompt(tokenizer: Any, messages: tuple[Message, ...]) -> tuple[str, b
 
 
 @dataclass
+class DecodeStats:
+    """Counters since the provider was made: a forced token (fast-forwarded: the grammar allows only it) costs
+    no sampling and shares its forward pass with the tokens around it."""
+
+    calls: int = 0
+    completion_tokens: int = 0
+    sampled_tokens: int = 0
+    forced_tokens: int = 0
+    forward_passes: int = 0
+    model_seconds: float = 0.0  # forward passes
+    constraint_seconds: float = 0.0  # grammar masks, forced tokens, advancing the matcher
+    sample_seconds: float = 0.0  # sampling (with the uniqueness check's rejections)
+
+
+@dataclass
 class _Loaded:
     tokenizer: Any
     model: Any
@@ -523,7 +541,8 @@ class TransformersProvider:
     ``model`` is a folder (config.json, weights, tokenizer files) or a model name already in the local Hugging
     Face cache (nothing is downloaded). The model loads on the first ``complete`` (or ``load()``), in a worker
     thread. ``seed`` is the default sampling seed; ``max_string_length``/``max_items`` the caps for schema fields
-    that declare no bound (shrunk to fit ``max_tokens``).
+    that declare no bound (shrunk to fit ``max_tokens``). ``fast_forward`` feeds the tokens a grammar forces
+    (keys, punctuation) in one forward pass instead of one pass each.
     """
 
     name = PROVIDER_NAME
@@ -538,6 +557,10 @@ class TransformersProvider:
         max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
         max_items: int = DEFAULT_MAX_ITEMS,
         trust_remote_code: bool = False,
+        fast_forward: bool = True,
+        timeout: float | None = None,
+        temperature: float | None = None,
+        max_retries: int = 0,
     ) -> None:
         if not model or not isinstance(model, str):
             raise ValueError("the transformers provider needs 'model': a model folder or a cached model name")
@@ -553,6 +576,11 @@ class TransformersProvider:
         self.max_string_length = int(max_string_length)
         self.max_items = int(max_items)
         self.trust_remote_code = bool(trust_remote_code)
+        self.fast_forward = bool(fast_forward)
+        self.timeout = timeout  # defaults for requests that leave them unset
+        self.temperature = temperature
+        self.max_retries = int(max_retries)  # accepted for the llm resource; constrained output needs no re-asks
+        self.stats = DecodeStats()
         self._loaded: _Loaded | None = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()  # one generation at a time: they compete for the same cores
@@ -566,7 +594,7 @@ class TransformersProvider:
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise DataError("not a transformers model folder: config.json is missing", path,
-                                hint="save the model with model.save_pretrained(folder) and "
+                                hint="Save the model with model.save_pretrained(folder) and "
                                      "tokenizer.save_pretrained(folder)")
             return str(path)
         if _REPO_ID.fullmatch(self.model) and not self.model.startswith("."):
@@ -583,8 +611,12 @@ class TransformersProvider:
         raise DataError(
             f"local model {self.model!r} not found: no model folder at {path.resolve()} and no such model in "
             f"the Hugging Face cache ({cache})", path,
-            hint="put a transformers model folder (config.json, weights, tokenizer files) at that path, or "
+            hint="Put a transformers model folder (config.json, weights, tokenizer files) at that path, or "
                  "download it once with `huggingface-cli download NAME` (it is then found offline)")
+
+    def check_model(self) -> None:
+        """Raise DataError now, without loading anything, when the model is not where it should be."""
+        self._source()
 
     def load(self) -> None:
         """Load the tokenizer and model (once; thread-safe). Raises DataError when the model is missing."""
@@ -606,7 +638,7 @@ class TransformersProvider:
                                                              trust_remote_code=self.trust_remote_code)
             except (OSError, ValueError) as exc:
                 raise DataError(f"cannot load the local model: {exc}", source,
-                                hint="the folder must hold a causal LM and its tokenizer as saved by "
+                                hint="The folder must hold a causal LM and its tokenizer as saved by "
                                      "save_pretrained") from None
             model.to(self.device).eval()
             eos = set()
@@ -618,6 +650,10 @@ class TransformersProvider:
             params = inspect.signature(model.forward).parameters
             cache_arg = "cache" if "cache" in params else "past_key_values"
             self._loaded = _Loaded(tokenizer, model, None, context, frozenset(eos), cache_arg)
+            try:  # ~1 s for a large vocabulary: done here so that the first structured call does not pay it
+                self._ll_tokenizer()
+            except ProviderError:  # only structured output needs it; that path reports it
+                pass
 
     def _ll_tokenizer(self) -> Any:
         loaded = self._loaded
@@ -625,12 +661,11 @@ class TransformersProvider:
         if loaded.ll_tokenizer is None:
             import llguidance.hf
 
-            if loaded.tokenizer.eos_token_id is None and not loaded.eos:
+            if not loaded.eos:
                 raise ProviderError(f"model {self.model!r}: the tokenizer has no end-of-sequence token, which "
                                     "constrained decoding needs")
             try:
-                loaded.ll_tokenizer = llguidance.hf.from_tokenizer(
-                    loaded.tokenizer, eos_token=loaded.tokenizer.eos_token_id or min(loaded.eos))
+                loaded.ll_tokenizer = llguidance.hf.from_tokenizer(loaded.tokenizer, eos_token=sorted(loaded.eos))
             except ValueError as exc:
                 raise ProviderError(f"model {self.model!r}: constrained decoding needs a fast (Rust) "
                                     f"tokenizer: {exc}") from None
@@ -665,6 +700,8 @@ class TransformersProvider:
     # generation ----------------------------------------------------------------------------------------------
 
     async def complete(self, request: CompletionRequest) -> Completion:
+        if request.timeout is None and self.timeout is not None:
+            request = replace(request, timeout=self.timeout)
         deadline = None if request.timeout is None else time.monotonic() + float(request.timeout)
         cancel = threading.Event()
         try:
@@ -715,21 +752,47 @@ class TransformersProvider:
         seed = request.seed if request.seed is not None else self.seed
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
-        temperature = float(request.temperature or 0.0)
+        temperature = float((request.temperature if request.temperature is not None else self.temperature) or 0.0)
+        ignore_eos = bool(request.extra.get("ignore_eos"))  # free text of exactly max_tokens (benchmarks)
 
         out: list[int] = []
-        ids = torch.tensor([prompt], device=model.device)
+        pending = list(prompt)  # tokens the model has not seen yet: fed together in the next forward pass
         past = None
         finished = False
+        stats = self.stats
+        stats.calls += 1
         with torch.inference_mode():
-            while len(out) < max_new:
-                if matcher is not None and matcher.is_stopped():
-                    finished = True
+            while True:
+                if matcher is not None:
+                    if matcher.is_stopped():
+                        finished = True
+                        break
+                    t0 = time.perf_counter()
+                    forced = matcher.compute_ff_tokens()[: max_new - len(out)] if self.fast_forward else []
+                    stats.constraint_seconds += time.perf_counter() - t0
+                    if forced:  # tokens the grammar forces (keys, punctuation): no sampling, one forward for all
+                        if tracker is not None and not tracker.feed(ll_tok.decode_bytes(forced)):
+                            raise ProviderError("constrained decoding reached a dead end: the grammar forces "
+                                                "a repeated value")
+                        if not matcher.consume_tokens(forced):
+                            raise ProviderError(f"constrained decoding failed: {matcher.get_error()}")
+                        out += forced
+                        pending += forced
+                        stats.forced_tokens += len(forced)
+                        stats.constraint_seconds += time.perf_counter() - t0
+                        continue
+                if len(out) >= max_new:
+                    finished = matcher is None or matcher.is_accepting()
                     break
                 self._check_time(deadline, cancel, request, len(out))
-                result = model(input_ids=ids, use_cache=True, **{loaded.cache_arg: past})
+                t0 = time.perf_counter()
+                result = model(input_ids=torch.tensor([pending], device=model.device), use_cache=True,
+                               **{loaded.cache_arg: past})
                 past = getattr(result, loaded.cache_arg, None)
                 logits = result.logits[0, -1, :].float().cpu()
+                t1 = time.perf_counter()
+                stats.forward_passes += 1
+                stats.model_seconds += t1 - t0
                 if matcher is not None:
                     bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8),
                                          bitorder="little")
@@ -737,16 +800,23 @@ class TransformersProvider:
                     allowed = torch.zeros(len(logits), dtype=torch.bool)
                     allowed[:n] = torch.from_numpy(bits[:n].astype(bool))
                     logits.masked_fill_(~allowed, -math.inf)
+                elif ignore_eos:
+                    logits[list(loaded.eos)] = -math.inf
+                t2 = time.perf_counter()
                 token, tracker = self._pick(logits, temperature, gen, tracker, ll_tok)
+                t3 = time.perf_counter()
+                stats.constraint_seconds += t2 - t1
+                stats.sample_seconds += t3 - t2
                 if token in loaded.eos and (matcher is None or matcher.is_accepting()):
                     finished = True
                     break
                 if matcher is not None and not matcher.consume_token(token):
                     raise ProviderError(f"constrained decoding failed: {matcher.get_error()}")
+                stats.constraint_seconds += time.perf_counter() - t3
+                stats.sampled_tokens += 1
                 out.append(token)
-                ids = torch.tensor([[token]], device=model.device)
-            else:
-                finished = matcher is None or matcher.is_stopped() or matcher.is_accepting()
+                pending = [token]
+        stats.completion_tokens += len(out)
 
         usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(out))
         if request.schema is None:
@@ -791,20 +861,29 @@ class TransformersProvider:
 
 
 def transformers_provider(**config: Any) -> TransformersProvider:
-    """Provider factory for ``register("transformers", transformers_provider)``: the ``llm`` resource's config
-    minus ``provider`` (``model``, ``device``, ``dtype``, ``max_new_tokens``/``max_tokens``, ``seed``, ...)."""
+    """Provider factory, registered as ``transformers``: the ``llm`` resource's config (``model``; ``timeout``,
+    ``temperature``, ``max_tokens`` and ``max_retries`` as defaults for requests; ``extra`` entries such as
+    ``device``, ``dtype``, ``seed``, ``max_string_length``, ``max_items``). Checks, without loading it, that the
+    model is there (DataError saying where to put it)."""
     config = dict(config)
     config.pop("provider", None)
-    if "max_tokens" in config and "max_new_tokens" not in config:
-        config["max_new_tokens"] = config.pop("max_tokens")
-    known = {"model", "device", "dtype", "max_new_tokens", "seed", "max_string_length", "max_items",
-             "trust_remote_code"}
+    if "max_tokens" in config:
+        value = config.pop("max_tokens")
+        if value is not None:
+            config.setdefault("max_new_tokens", value)
+    remote_only = sorted(k for k in ("api_base", "api_key") if config.pop(k, None) is not None)
+    if remote_only:
+        raise ValueError(f"{' and '.join(remote_only)} are for remote providers; the transformers provider runs "
+                         "the model in this process")
+    known = set(inspect.signature(TransformersProvider.__init__).parameters) - {"self"}
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"unknown transformers provider option(s): {', '.join(unknown)} "
                          f"(known: {', '.join(sorted(known))})")
-    return TransformersProvider(**config)
+    provider = TransformersProvider(**config)
+    provider.check_model()
+    return provider
 
 
-__all__ = ["ConstraintPlan", "TransformersProvider", "UniqueTracker", "compile_constraints", "render_prompt",
-           "transformers_provider"]
+__all__ = ["ConstraintPlan", "DecodeStats", "TransformersProvider", "UniqueTracker", "compile_constraints",
+           "render_prompt", "transformers_provider"]

@@ -15,6 +15,12 @@
           reasoning_field: thinking
         inputs: {model: "${resources.model}", liked: "${profile.seen}", n: 5}
 
+``prompt_cache`` (in the node's config) answers repeated requests without calling the model; see
+:class:`PromptCacheConfig` and :mod:`llmrec.llm.cache`::
+
+        config: {template: ..., prompt_cache: {ttl: 1d, backend: disk, semantic: {threshold: 0.95}}}
+        inputs: {model: "${resources.model}", cache_model: "${resources.minilm}", ...}
+
 The template's variables are the node's inputs (plus ``model``, the provider), so a variable nothing provides is
 a validation error, and the output is the schema's model, so ``${pick.items}`` is type-checked downstream.
 Inputs are only ever template *variables*: catalog or user text that looks like Jinja or like instructions is
@@ -25,8 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import hashlib
+import inspect
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,7 +56,17 @@ from typing_extensions import Annotated
 from ..errors import LlmrecError, OutputValidationError, ProviderError, RunError
 from ..hookspecs import hookimpl
 from ..llm.provider import Choices, Completion, CompletionRequest, Message, Provider
-from ..node import CheckContext, NodeType, OutputSchemaProblem, Param, Problem, ResourceType, RunContext, Signature
+from ..node import (
+    CheckContext,
+    NodeType,
+    OutputSchemaProblem,
+    Param,
+    Problem,
+    ResourceType,
+    RunContext,
+    Signature,
+    SpecPath,
+)
 from ..schemas import SchemaRef, resolve_schema
 from ..spec.models import parse_duration
 from ..templates import TemplateProblem, compile_template, variables
@@ -109,6 +128,12 @@ def _providers(base_dir: Path | None) -> Any:
     return get_registry(base_dir).providers
 
 
+def _cache_backends(base_dir: Path | None) -> Any:
+    from ..plugins import get_registry
+
+    return get_registry(base_dir).cache_backends
+
+
 class LlmResource(ResourceType):
     """A language model behind a registered provider, built once per runtime."""
 
@@ -165,6 +190,43 @@ def _template_path(value: str | None, info: ValidationInfo) -> str | None:
     return str(base / path)
 
 
+class SemanticCacheConfig(_Config):
+    threshold: float = Field(0.95, gt=0.0, le=1.0, description="Least cosine similarity of the user messages.")
+
+
+class PromptCacheConfig(_Config):
+    """``prompt_cache: true`` or ``{ttl, backend, max_entries, path, semantic: {threshold}}``.
+
+    An exact cache keyed by the rendered messages, model, schema, choices, sampling and template version; with
+    ``semantic`` also a hit for a user message whose embedding (by the ``cache_model`` input, an embedder) is at
+    least ``threshold`` similar, every other part identical.
+    """
+
+    enabled: bool = True
+    ttl: Duration = Field(None, description="Seconds (or '1h', '1d') before an answer expires; none: never.")
+    backend: str = Field("memory", description="'memory' (this runtime), 'disk' (persistent) or a plugin's.")
+    max_entries: int = Field(10_000, ge=1)
+    path: SpecPath | None = Field(None, description="Folder of the disk cache (default $LLMREC_CACHE_DIR/prompts).")
+    semantic: SemanticCacheConfig | None = Field(None, description="Also serve near-identical user messages.")
+
+    _base_dir: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, bool):
+            return {"enabled": data}
+        if isinstance(data, dict) and data.get("semantic") is True:
+            return {**data, "semantic": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _remember_dir(self, info: ValidationInfo) -> PromptCacheConfig:
+        base = (info.context or {}).get("base_dir")
+        self._base_dir = Path(base) if base is not None else None
+        return self
+
+
 class PromptConfig(_Config):
     template: str | None = Field(None, description="Inline Jinja template of the user message.")
     template_file: str | None = Field(
@@ -186,6 +248,9 @@ class PromptConfig(_Config):
     truncate: str | None = Field(None, description="The list input shortened (whole items) to fit token_budget.")
     keep: Literal["last", "first"] = Field(
         "last", description="Which end of the 'truncate' list is the most recent and is kept."
+    )
+    prompt_cache: PromptCacheConfig | None = Field(
+        None, description="Reuse answers to identical (or, with 'semantic', near-identical) prompts."
     )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -262,6 +327,11 @@ def _without(model: type[BaseModel], field: str) -> type[BaseModel]:
         fields = {n: (f.annotation, f) for n, f in model.model_fields.items() if n != field}
         derived = create_model(model.__name__, __doc__=model.__doc__, __module__=model.__module__,
                                __config__=model.model_config, **fields)  # type: ignore[call-overload]
+        # findable by name in its module (as pickle and the disk cache look classes up), apart from ``model``
+        module = sys.modules.get(model.__module__)
+        if module is not None and "<locals>" not in model.__qualname__:
+            derived.__qualname__ = f"_llmrec_{model.__qualname__.replace('.', '_')}_without_{field}"
+            setattr(module, derived.__qualname__, derived)
         _WITHOUT[key] = derived
     return derived
 
@@ -351,19 +421,25 @@ class Prompt(NodeType):
     def __init__(self, config: PromptConfig) -> None:
         super().__init__(config)
         self._r = _resolve(config)
+        self._cache: Any = None
+        self._version: str | None = None
 
     @classmethod
     def signature(cls, config: PromptConfig) -> Signature:  # type: ignore[override]
         r = _resolve(config)
         params = {name: Param(name, Any, True) for name in sorted(r.names)}
         params["model"] = Param("model", Provider, True)
+        if _semantic(config):
+            from ..embed import Embedder
+
+            params["cache_model"] = Param("cache_model", Embedder, True)
         return Signature(params=params, output=r.output, variadic=False, wants_context=True)
 
     @classmethod
     def check(cls, config: PromptConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
         r = _resolve(config)
         problems: list[str | tuple[str, str] | Problem] = []
-        for reserved in ("model", "context"):
+        for reserved in ("model", "context", *(("cache_model",) if _semantic(config) else ())):
             if reserved in r.names:
                 problems.append(Problem(
                     f"the template uses '{reserved}', a name llm.prompt keeps for itself",
@@ -378,7 +454,50 @@ class Prompt(NodeType):
         if config.reasoning_field and r.json_schema:
             problems.append(Problem("'reasoning_field' needs a pydantic schema, not a JSON Schema file",
                                     "reasoning_field"))
+        pc = config.prompt_cache
+        if pc is not None and pc.enabled:
+            table = _cache_backends(Path(ctx.base_dir) if ctx.base_dir else None)
+            if pc.backend not in table:
+                close = [e.name for e in table.suggest(pc.backend)]
+                hint = (f"Did you mean '{close[0]}'? " if close else "") + f"Available: {', '.join(table)}."
+                problems.append(Problem(f"prompt_cache: unknown cache backend '{pc.backend}'", "prompt_cache", hint))
         return problems
+
+    # -- the prompt cache ------------------------------------------------------------------------------------
+    def prompt_cache(self) -> Any:
+        """The node's :class:`~llmrec.llm.cache.PromptCache` (built on first use), or None without one."""
+        pc = self.config.prompt_cache
+        if pc is None or not pc.enabled:
+            return None
+        if self._cache is None:
+            from ..llm.cache import PromptCache
+
+            factory = _cache_backends(pc._base_dir)[pc.backend]
+            kwargs: dict[str, Any] = {"max_entries": pc.max_entries}
+            if pc.path is not None or pc.backend == "disk":
+                try:
+                    accepts_path = "path" in inspect.signature(factory).parameters
+                except (TypeError, ValueError):
+                    accepts_path = False
+                if accepts_path:
+                    from ..runtime.caches import default_cache_root
+
+                    kwargs["path"] = pc.path if pc.path is not None else default_cache_root() / "prompts"
+            backend = factory(**kwargs)
+            self._cache = PromptCache(backend, pc.ttl, pc.semantic.threshold if pc.semantic else None)
+        return self._cache
+
+    def cache_version(self) -> str:
+        """What a changed template must change in the cache key: the template and system sources."""
+        if self._version is None:
+            cfg = self.config
+            self._version = hashlib.sha256(repr((cfg.source(), cfg.system, cfg.reasoning_field)).encode()).hexdigest()
+        return self._version
+
+    async def close(self) -> None:
+        closer = getattr(getattr(self._cache, "backend", None), "close", None)
+        if callable(closer):
+            closer()
 
     # -- extension points for task nodes --------------------------------------------------------------------
     def choices(self, inputs: dict[str, Any]) -> tuple[Choices, ...]:
@@ -452,7 +571,22 @@ class Prompt(NodeType):
 
     async def run(self, model: Provider, context: RunContext | None = None, **inputs: Any) -> Any:
         node_id = context.node_id if context is not None else None
+        embedder = inputs.pop("cache_model", None) if _semantic(self.config) else None
         req, info = self.request(inputs, model, context)
+        cache = self.prompt_cache()
+        token = None
+        if cache is not None:
+            hit, token = await cache.lookup(req, model, self.cache_version(), embedder)
+            if hit is not None:
+                info = {**info, "cached": hit.kind}
+                if hit.similarity is not None:
+                    info["similarity"] = round(hit.similarity, 4)
+                _record(context, hit.completion.usage, 0, model, info, hit.completion)
+                if context is not None and context.record is not None:
+                    context.record.cache_hit = True
+                    if hasattr(context.record, "cache"):
+                        context.record.cache = hit.kind
+                return self.result(hit.completion, context)
         try:
             completion = await model.complete(req)
         except LlmrecError as exc:
@@ -462,7 +596,10 @@ class Prompt(NodeType):
             raise ProviderError(f"provider '{getattr(model, 'name', '?')}' failed: {type(exc).__name__}: {exc}",
                                 node_id) from exc
         _record(context, completion.usage, completion.attempts, model, info, completion)
-        return self.result(completion, context)
+        value = self.result(completion, context)
+        if cache is not None:
+            await cache.store(token, req, completion)
+        return value
 
     def result(self, completion: Completion, context: RunContext | None) -> Any:
         """The node's output from a completion: text, the parsed model, or a dict for a JSON Schema."""
@@ -496,7 +633,7 @@ def _record(context: RunContext | None, usage: Any, attempts: Any, provider: Any
     if attempts is not None:
         data["attempts"] = attempts
     if completion is not None and completion.cached:
-        data["cached"] = True
+        data["cached"] = info.get("cached", True)
     data.update(info)
     context.extra["llm"] = data
     record = getattr(context, "record", None)
@@ -508,6 +645,11 @@ def _record(context: RunContext | None, usage: Any, attempts: Any, provider: Any
     for name in ("attempts", "model"):
         if name in data and hasattr(record, name):
             setattr(record, name, data[name])
+
+
+def _semantic(config: PromptConfig) -> bool:
+    pc = config.prompt_cache
+    return pc is not None and pc.enabled and pc.semantic is not None
 
 
 def _for_node(exc: LlmrecError, node_id: str | None) -> LlmrecError:
@@ -556,4 +698,4 @@ def llmrec_register_node_types(register: Any) -> None:
     register(Prompt)
 
 
-__all__ = ["LlmConfig", "LlmResource", "Prompt", "PromptConfig", "estimate_tokens"]
+__all__ = ["LlmConfig", "LlmResource", "Prompt", "PromptCacheConfig", "PromptConfig", "estimate_tokens"]

@@ -26,6 +26,7 @@ class NodeRecord:
     cost: float | None = None  # USD, every attempt included
     attempts: int | None = None  # LLM calls made (re-asks and retries included)
     model: str | None = None
+    cache: str | None = None  # which cache answered inside the node: "prompt" (exact) or "semantic"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}
