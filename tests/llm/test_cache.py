@@ -145,14 +145,17 @@ async def test_changed_template_schema_or_model_never_serves_a_stale_answer(tmp_
     await _run(edited, fake, ["Alien"])
     assert fake.calls == 2
     # another model behind the same spec
-    await _run(_spec(tmp_path, cache), FakeProvider(_answer, model="other-model"), ["Alien"])
     other = FakeProvider(_answer, model="other-model")
     await _run(_spec(tmp_path, cache), other, ["Alien"])
-    assert other.calls == 0  # cached under its own model now, but the first fake's answer was not reused above
-    # a schema that changed shape
-    (tmp_path / "schemas" / "recs.py").write_text(SCHEMA + "    why: str = ''\n", encoding="utf-8")
-    await _run(_spec(tmp_path, cache), fake, ["Alien"])
+    assert other.calls == 1
+    # another schema: same class name and prompt, one more field
+    (tmp_path / "schemas" / "recs2.py").write_text(SCHEMA + "    why: str = ''\n", encoding="utf-8")
+    changed = _spec(tmp_path, cache, name="v3.yaml")
+    text = open(changed, encoding="utf-8").read().replace("schemas/recs.py:Recs", "schemas/recs2.py:Recs")
+    await _run(str(write_spec(tmp_path, text, "v3.yaml")), fake, ["Alien"])
     assert fake.calls == 3
+    await _run(_spec(tmp_path, cache), fake, ["Alien"])
+    assert fake.calls == 3  # the original entry is still there for the original spec
 
 
 # -- semantic cache ----------------------------------------------------------------------------------------------
