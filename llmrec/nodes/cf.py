@@ -5,7 +5,7 @@
 - ``svd``: PureSVD (Cremonesi et al. 2010): truncated SVD ``X ~ U S V^T``; a user's scores are ``x_u V V^T``;
 - ``ease``: EASE (Steck 2019): ``P = (X^T X + lambda I)^-1``, ``B = I - P / diag(P)`` (zero diagonal); scores
   ``x_u B``;
-- ``als``: implicit ALS (Hu, Koren, Volinsky 2008): confidence ``1 + alpha * r``, preference 1 on observed
+- ``als``: implicit ALS (Hu, Koren, Volinsky 2008; the `implicit` library): confidence ``1 + alpha * r``, preference 1 on observed
   cells, alternating exact least-squares solves; scores ``p_u Q^T``;
 
 and ``retrieve.item_knn`` scores items by their summed cosine similarity (top ``neighbours`` per item) to the
@@ -148,68 +148,22 @@ def fit_ease(matrix: _Matrix, regularization: float) -> np.ndarray:
 
 def fit_als(
     matrix: _Matrix, factors: int, regularization: float, alpha: float, iterations: int, seed: int,
-    cg_steps: int | None = 3,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Implicit ALS: minimise ``sum c_ui (p_ui - x_u . y_i)^2 + lambda (|x|^2 + |y|^2)`` with ``p_ui = 1`` and
-    ``c_ui = 1 + alpha r_ui`` on observed cells (0 and 1 elsewhere).
+    """Implicit ALS (Hu, Koren, Volinsky 2008) with the `implicit` library: minimises
+    ``sum c_ui (p_ui - x_u . y_i)^2 + lambda (|x|^2 + |y|^2)`` with ``p_ui = 1`` and ``c_ui = 1 + alpha r_ui`` on
+    observed cells (conjugate-gradient solves, compiled). Returns (user factors, item factors) as float64."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
 
-    Each half-step solves every row's normal equations ``(Y^T C_u Y + lambda I) x_u = Y^T C_u p_u``, with
-    ``cg_steps`` warm-started conjugate-gradient steps for all rows at once (Takacs et al. 2011), or exactly,
-    row by row, when ``cg_steps`` is None.
-    """
-    X = matrix.X
-    rng = np.random.default_rng(seed)
-    n_users, n_items = X.shape
-    user_f = rng.normal(0.0, 0.01, (n_users, factors))
-    item_f = rng.normal(0.0, 0.01, (n_items, factors))
-    Xt = X.T.tocsr()
-    half = _als_half_exact if cg_steps is None else _als_half_cg
-    for _ in range(iterations):
-        half(X, user_f, item_f, alpha, regularization, cg_steps or 0)
-        half(Xt, item_f, user_f, alpha, regularization, cg_steps or 0)
-    return user_f, item_f
-
-
-def _als_half_exact(R: Any, solve_for: np.ndarray, fixed: np.ndarray, alpha: float, reg: float, _: int) -> None:
-    """One ALS half-step, one exact solve per row (Hu et al.'s ``Y^T Y`` trick)."""
-    gram = fixed.T @ fixed + reg * np.eye(fixed.shape[1])
-    indptr, indices, data = R.indptr, R.indices, R.data
-    for row in range(R.shape[0]):
-        start, end = indptr[row], indptr[row + 1]
-        Y = fixed[indices[start:end]]
-        confidence = 1.0 + alpha * data[start:end]
-        A = gram + (Y.T * (confidence - 1.0)) @ Y
-        solve_for[row] = np.linalg.solve(A, Y.T @ confidence)
-
-
-def _als_half_cg(R: Any, solve_for: np.ndarray, fixed: np.ndarray, alpha: float, reg: float, steps: int) -> None:
-    """One ALS half-step by conjugate gradient on all rows together, starting from the current factors."""
-    import scipy.sparse
-
-    gram = fixed.T @ fixed + reg * np.eye(fixed.shape[1])
-    rows = np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))
-    cols = R.indices
-    extra = alpha * R.data  # c_ui - 1 on observed cells
-    b = scipy.sparse.csr_matrix((1.0 + extra, cols, R.indptr), shape=R.shape) @ fixed
-    fixed_nz = fixed[cols]
-
-    def times_a(P: np.ndarray) -> np.ndarray:
-        weights = np.einsum("nf,nf->n", fixed_nz, P[rows]) * extra
-        return P @ gram + scipy.sparse.csr_matrix((weights, cols, R.indptr), shape=R.shape) @ fixed
-
-    x = solve_for
-    r = b - times_a(x)
-    p = r.copy()
-    rs = np.einsum("nf,nf->n", r, r)
-    for _ in range(steps):
-        Ap = times_a(p)
-        denominator = np.einsum("nf,nf->n", p, Ap)
-        step = np.divide(rs, denominator, out=np.zeros_like(rs), where=denominator > 0)
-        x += step[:, None] * p
-        r -= step[:, None] * Ap
-        rs_next = np.einsum("nf,nf->n", r, r)
-        p = r + np.divide(rs_next, rs, out=np.zeros_like(rs), where=rs > 0)[:, None] * p
-        rs = rs_next
+    # implicit parallelises itself; a multi-threaded BLAS underneath only fights it (its own advice, checked
+    # when the model is created)
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, random_state=seed,
+            calculate_training_loss=False,
+        )
+        model.fit(matrix.X.tocsr().astype(np.float32), show_progress=False)
+    return np.asarray(model.user_factors, dtype=np.float64), np.asarray(model.item_factors, dtype=np.float64)
 
 
 def fit_item_knn(matrix: _Matrix, neighbours: int, block: int = 1024) -> scipy.sparse.csr_matrix:

@@ -137,7 +137,7 @@ def test_pure_svd_projects_onto_the_top_right_singular_vectors() -> None:
     assert np.allclose(users @ items.T, X @ V @ V.T, atol=1e-8)
 
 
-def test_als_conjugate_gradient_matches_exact_solves() -> None:
+def test_als_decreases_the_implicit_feedback_objective() -> None:
     matrix = _matrix(_random_matrix(3), "binary")
     X = matrix.X.toarray()
 
@@ -145,11 +145,11 @@ def test_als_conjugate_gradient_matches_exact_solves() -> None:
         C = 1.0 + alpha * X
         return float((C * ((X > 0) - U @ V.T) ** 2).sum() + reg * ((U**2).sum() + (V**2).sum()))
 
-    exact = fit_als(matrix, 4, 0.5, 2.0, 10, seed=0, cg_steps=None)
-    cg = fit_als(matrix, 4, 0.5, 2.0, 10, seed=0, cg_steps=3)
-    one = fit_als(matrix, 4, 0.5, 2.0, 1, seed=0, cg_steps=None)
-    assert loss(*exact, 0.5, 2.0) < loss(*one, 0.5, 2.0)  # alternating solves decrease the objective
-    assert loss(*cg, 0.5, 2.0) == pytest.approx(loss(*exact, 0.5, 2.0), rel=0.02)
+    one = fit_als(matrix, 4, 0.5, 2.0, 1, seed=0)
+    many = fit_als(matrix, 4, 0.5, 2.0, 15, seed=0)
+    assert loss(*many, 0.5, 2.0) < loss(*one, 0.5, 2.0)  # alternating solves decrease the objective
+    again = fit_als(matrix, 4, 0.5, 2.0, 15, seed=0)
+    assert np.allclose(many[0] @ many[1].T, again[0] @ again[1].T, atol=1e-5)  # seeded: deterministic
 
 
 def test_item_knn_is_summed_cosine_over_neighbourhoods() -> None:
