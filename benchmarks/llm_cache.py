@@ -8,7 +8,7 @@ reports provider calls and the median request latency of both passes:
 - disk: ``prompt_cache: {backend: disk}``, the cached pass in a *new* Runtime (a restarted process);
 - semantic: ``prompt_cache: {semantic: {threshold: T}}`` with the real all-MiniLM-L6-v2 embedder; the second pass
   sends *reworded* prompts (same liked titles in reverse order, with "and" before the last one), which an exact
-  cache would miss; a third pass sends prompts about *other* titles, which must all miss (wrong hits = 0);
+  cache would miss; a third pass sends prompts about *other* titles, where any hit is a wrong answer;
 - node: the executor's node-level ``cache: {backend: disk}`` (keyed on the node's inputs), new Runtime.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/llm_cache.py [--n 10] [--latency 0.3] [--write]
@@ -201,7 +201,7 @@ def report(rows: list[dict[str, Any]], extra: dict[str, Any], args: argparse.Nam
     far = extra["semantic_far"]
     lines += [
         "",
-        f"Semantic cache, prompts about other titles (must all miss): {far['n']} requests, {far['calls']} provider "
+        f"Semantic cache, prompts about other titles (any hit serves a wrong answer): {far['n']} requests, {far['calls']} provider "
         f"calls, {far['wrong_hits']} wrong hits, median {far['median_ms']:.1f} ms (provider latency plus one "
         "embedding).",
         f"Example rewording: '{extra['semantic_example'][0]}' -> '{extra['semantic_example'][1]}'. The 'other "
@@ -231,7 +231,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--latency", type=float, default=0.3)
-    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--write", action="store_true", help=f"write {RESULT.relative_to(ROOT)}")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -7,6 +7,7 @@ signatures and their ``check`` methods. Errors carry the position of the exact k
 from __future__ import annotations
 
 import re
+from pathlib import Path as Path_fs
 from dataclasses import dataclass, field
 from typing import Any, Literal as TLiteral, get_args, get_origin
 
@@ -223,6 +224,11 @@ class _Checker:
             for problem in problems:
                 self._check_problem(problem, nspec.config, path, node_id)
             self._warn_config_refs(nspec.config, path + ("config",), node_id)
+            if nspec.cache is not None and nspec.cache.path:  # a cache folder resolves from the spec's folder
+                folder = Path_fs(nspec.cache.path).expanduser()
+                if not folder.is_absolute():
+                    folder = Path_fs(self.doc.dir_for(path + ("cache",))) / folder
+                nspec = nspec.model_copy(update={"cache": nspec.cache.model_copy(update={"path": str(folder)})})
             self.nodes[node_id] = BuiltNode(node_id, nspec, cls, config, signature, bindings)
 
     def _check_problem(self, problem: Any, config: dict[str, Any], path: Path_, node_id: str | None) -> None:
@@ -424,9 +430,8 @@ class _Checker:
                 node.cache_key = key_expr
             if nspec.cache is not None and nspec.cache.backend not in self.registry.cache_backends:
                 close = suggest(nspec.cache.backend, self.registry.cache_backends)
-                hint = f"Did you mean '{close[0]}'?" if close else (
-                    f"Available: {', '.join(self.registry.cache_backends)}."
-                )
+                available = f"Available: {', '.join(sorted(self.registry.cache_backends))}."
+                hint = f"Did you mean '{close[0]}'? {available}" if close else available
                 self.err(SpecValidationError, f"unknown cache backend '{nspec.cache.backend}'",
                          path + ("cache", "backend"), node.id, hint)
             if nspec.fallback is not None:

@@ -33,7 +33,7 @@ from ..errors import OutputValidationError
 from ..hookspecs import hookimpl
 from ..llm.provider import Choices, Completion, CompletionRequest, Provider
 from ..node import CheckContext, Param, Problem, RunContext, Signature, read_signature
-from ..types import Candidates, Recommendation, Recommendations, ScoredItem, UserProfile
+from ..types import Candidates, Recommendations, ScoredItem, UserProfile
 from .llm import Prompt, PromptConfig, _resolve
 
 # -- output values ---------------------------------------------------------------------------------------------

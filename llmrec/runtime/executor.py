@@ -10,10 +10,12 @@ decided when the Runtime is created, so the per-request path stays short.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import inspect
 import itertools
 import json
+import pickle
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -158,7 +160,15 @@ def _fingerprint(value: Any, tokens: dict[int, str]) -> str:
             return o.model_dump(mode="json")
         if isinstance(o, (set, frozenset)):
             return sorted(map(str, o))
-        return f"<{type(o).__qualname__}:{id(o)}>"
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            return {"<dataclass>": type(o).__qualname__, **{f.name: getattr(o, f.name) for f in dataclasses.fields(o)}}
+        tobytes = getattr(o, "tobytes", None)  # numpy arrays: by content, shape and dtype
+        if callable(tobytes) and hasattr(o, "shape") and hasattr(o, "dtype"):
+            return f"<array {o.dtype} {tuple(o.shape)} {hashlib.sha256(tobytes()).hexdigest()}>"
+        try:  # anything else by content, so a key never depends on where an object happens to live
+            return f"<{type(o).__qualname__} {hashlib.sha256(pickle.dumps(o, protocol=5)).hexdigest()}>"
+        except Exception:
+            return f"<{type(o).__qualname__}:{id(o)}>"  # unpicklable: stable within this process only
 
     data = json.dumps(value, sort_keys=True, default=default, ensure_ascii=False)
     return hashlib.sha256(data.encode()).hexdigest()
@@ -211,7 +221,10 @@ class Runtime:
         cache = None
         if spec.cache is not None and spec.cache.enabled:
             factory = self.graph.registry.cache_backends[spec.cache.backend]
-            cache = factory(max_entries=spec.cache.max_entries)
+            options: dict[str, Any] = {"max_entries": spec.cache.max_entries}
+            if spec.cache.path:
+                options["path"] = spec.cache.path
+            cache = factory(**options)
         version = json.dumps([node.cls.name, node.config.model_dump(mode="json"), node.spec.model_dump(mode="json")],
                              sort_keys=True, default=str)
         prefix = f"{node.id}:{hashlib.sha256(version.encode()).hexdigest()[:16]}:"

@@ -98,6 +98,9 @@ class CacheSpec(_Strict):
     ttl: float | None = Field(None, description="Seconds (or '10m') before an entry expires.")
     backend: str = "memory"
     max_entries: int = Field(10_000, ge=1)
+    path: str | None = Field(
+        None, description="Folder of a persistent backend such as 'disk' (relative to the spec's folder); default: "
+                          "$LLMREC_CACHE_DIR/nodecache.")
 
     @model_validator(mode="before")
     @classmethod
@@ -105,7 +108,7 @@ class CacheSpec(_Strict):
         if isinstance(data, bool):
             return {"enabled": data}
         if not isinstance(data, dict):
-            raise ValueError("expected true/false, or a mapping {key, ttl, backend, max_entries}")
+            raise ValueError("expected true/false, or a mapping {key, ttl, backend, max_entries, path}")
         return data
 
     @field_validator("ttl", mode="before")

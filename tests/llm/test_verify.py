@@ -4,12 +4,11 @@ loop: plan -> verify -> re-ask with the violations (only when there are some) ->
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
 from llmrec.data import Catalog, Item
-from llmrec.errors import OutputValidationError, RunError
+from llmrec.errors import RunError
 from llmrec.nodes.verify import VerifyConstraints, VerifyGrounded
 from llmrec.testing import FakeProvider, errors_of, run_with, write_spec
 from llmrec.types import Candidates, Recommendation, Recommendations, ScoredItem, UserProfile

@@ -163,6 +163,19 @@ async def test_node_cache_on_disk_survives_a_new_runtime(tmp_path, monkeypatch) 
     assert other.trace.node("pick").status == "ok" and fake.calls == 2
 
 
+async def test_cache_path_resolves_from_the_spec_folder(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LLMREC_CACHE_DIR", str(tmp_path / "elsewhere"))
+    (tmp_path / "tests_pick.py").write_text(SCHEMA, encoding="utf-8")
+    path = str(write_spec(tmp_path, SPEC.replace("cache: {backend: disk, ttl: 1h}",
+                                                 "cache: {backend: disk, ttl: 1h, path: cache/nodes}")))
+    fake = FakeProvider(lambda req: {"items": ["m1"]})
+    await Runtime(validate(path), resources={"model": fake}).run({"liked": ["Alien"]})
+    again = await Runtime(validate(path), resources={"model": fake}).run({"liked": ["Alien"]})
+    assert again.trace.node("pick").status == "cached" and fake.calls == 1
+    assert any((tmp_path / "cache" / "nodes").iterdir())  # beside the spec, not under LLMREC_CACHE_DIR
+    assert not (tmp_path / "elsewhere").exists()
+
+
 CHILD = """
 import asyncio, json, sys
 from llmrec.api import validate
