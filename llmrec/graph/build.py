@@ -557,7 +557,8 @@ class _Checker:
                     dag.add_edge(d, node.id, kind="data")
             fb = node.spec.fallback
             if fb is not None and fb.node in self.spec.nodes and fb.node != node.id:
-                dag.add_edge(fb.node, node.id, kind="fallback")
+                if not dag.has_edge(fb.node, node.id):  # an input that is also the fallback stays a data edge
+                    dag.add_edge(fb.node, node.id, kind="fallback")
         reported: set[frozenset[str]] = set()
         for cycle in nx.simple_cycles(dag):
             key = frozenset(cycle)

@@ -141,6 +141,25 @@ async def test_retries_exhausted_then_fallback_node(spec) -> None:
     assert result.trace.node("backup").status == "ok"
 
 
+async def test_an_input_that_is_also_the_fallback_runs_first_and_serves_both(spec) -> None:
+    """`rerank` takes `candidates` as input and falls back to it: a common shape (a failing LLM reranker
+    falls back to the order it was given). The input must still run before the node, and once."""
+    rt = spec("""
+        name: fb
+        nodes:
+          candidates: {type: core.identity, inputs: {value: [a, b]}}
+          rerank:
+            type: test.fail
+            inputs: {value: "${candidates}"}
+            fallback: {node: candidates}
+        outputs: {v: "${rerank}"}
+    """)
+    result = await rt.run()
+    assert result.outputs == {"v": ["a", "b"]}
+    assert result.trace.node("rerank").status == "fallback"
+    assert [r.node_id for r in result.trace.nodes].count("candidates") == 1
+
+
 async def test_fallback_node_is_not_run_when_not_needed(spec) -> None:
     rt = spec("""
         name: fb
