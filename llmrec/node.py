@@ -159,6 +159,11 @@ class NodeType:
     async def close(self) -> None:
         """Called when the runtime shuts down. Default: nothing."""
 
+    def cache_version(self) -> str:
+        """Extra text for this node's cache keys: what the config *points at* and a cached result depends on,
+        such as the contents of a template file. Default: nothing (the config itself is always part of the key)."""
+        return ""
+
     @classmethod
     def signature(cls, config: BaseModel) -> Signature:
         """Declared inputs and output. Override when they depend on the config (templates, schemas)."""

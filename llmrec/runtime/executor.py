@@ -225,8 +225,8 @@ class Runtime:
             if spec.cache.path:
                 options["path"] = spec.cache.path
             cache = factory(**options)
-        version = json.dumps([node.cls.name, node.config.model_dump(mode="json"), node.spec.model_dump(mode="json")],
-                             sort_keys=True, default=str)
+        version = json.dumps([node.cls.name, node.config.model_dump(mode="json"), node.spec.model_dump(mode="json"),
+                              instance.cache_version() if cache is not None else ""], sort_keys=True, default=str)
         prefix = f"{node.id}:{hashlib.sha256(version.encode()).hexdigest()[:16]}:"
         fallback = spec.fallback
         if fallback is not None and "value" in fallback.model_fields_set:

@@ -176,6 +176,22 @@ async def test_cache_path_resolves_from_the_spec_folder(tmp_path, monkeypatch) -
     assert not (tmp_path / "elsewhere").exists()
 
 
+async def test_editing_a_template_file_changes_the_node_cache_key(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LLMREC_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "tests_pick.py").write_text(SCHEMA, encoding="utf-8")
+    (tmp_path / "pick.j2").write_text("I liked {{ liked | join(', ') }}.", encoding="utf-8")
+    inline = "template: \"I liked {{ liked | join(', ') }}.\""
+    assert inline in SPEC
+    path = str(write_spec(tmp_path, SPEC.replace(inline, "template_file: pick.j2")))
+    fake = FakeProvider(lambda req: {"items": ["m1"]})
+    await Runtime(validate(path), resources={"model": fake}).run({"liked": ["Alien"]})
+    hit = await Runtime(validate(path), resources={"model": fake}).run({"liked": ["Alien"]})
+    assert hit.trace.node("pick").status == "cached" and fake.calls == 1
+    (tmp_path / "pick.j2").write_text("Loved {{ liked | join(' and ') }}.", encoding="utf-8")
+    edited = await Runtime(validate(path), resources={"model": fake}).run({"liked": ["Alien"]})
+    assert edited.trace.node("pick").status == "ok" and fake.calls == 2  # never the stale answer
+
+
 CHILD = """
 import asyncio, json, sys
 from llmrec.api import validate
