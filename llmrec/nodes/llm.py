@@ -84,7 +84,9 @@ class _Config(BaseModel):
 # -- the llm resource ------------------------------------------------------------------------------------------
 
 
-class LlmConfig(_Config):
+class RouteConfig(_Config):
+    """One provider and model (the ``llm`` resource itself, or one of its ``fallbacks``)."""
+
     provider: str = Field(..., description="A registered provider: 'litellm', 'transformers', or a plugin's.")
     model: str = Field(..., description="The model, e.g. 'openai/gpt-4o-mini' for litellm or a local path.")
     timeout: Duration = Field(None, description="Per call, all attempts together (e.g. '20s').")
@@ -94,6 +96,34 @@ class LlmConfig(_Config):
     api_base: str | None = Field(None, description="Base URL of an OpenAI-compatible or self-hosted server.")
     api_key: SecretStr | None = Field(None, description="Write it as ${env:VAR}, never inline.")
     extra: dict[str, Any] = Field(default_factory=dict, description="Provider-specific parameters.")
+    max_input_chars: int | None = Field(
+        None, ge=1, description="Take only prompts up to this many characters; longer ones go to the next route.")
+
+    def provider_kwargs(self) -> dict[str, Any]:
+        """What a provider factory receives: ``model``, the other keys the spec wrote (the api key as plain
+        text), and the entries of ``extra`` as keyword arguments of their own."""
+        out: dict[str, Any] = {"model": self.model}
+        for name in sorted(self.model_fields_set - {"provider", "model", "extra", "max_input_chars", "fallbacks"}):
+            value = getattr(self, name)
+            out[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        out.update(self.extra)
+        return out
+
+    @model_validator(mode="after")
+    def _extra_does_not_shadow(self) -> RouteConfig:
+        shadowed = sorted(set(self.extra) & set(type(self).model_fields))
+        if shadowed:
+            raise ValueError(f"'extra' repeats {', '.join(shadowed)}: set {'it' if len(shadowed) == 1 else 'them'} "
+                             "as a key of the llm config itself")
+        return self
+
+
+class LlmConfig(RouteConfig):
+    fallbacks: list[RouteConfig] = Field(
+        default_factory=list,
+        description="Other providers/models tried in order when this one fails, times out or cannot take the "
+                    "prompt (max_input_chars): cheap first, strong last. Each has its own timeout.",
+    )
 
     _base_dir: Path | None = PrivateAttr(None)
 
@@ -101,24 +131,6 @@ class LlmConfig(_Config):
     def _remember_dir(self, info: ValidationInfo) -> LlmConfig:
         base = (info.context or {}).get("base_dir")
         self._base_dir = Path(base) if base is not None else None
-        return self
-
-    def provider_kwargs(self) -> dict[str, Any]:
-        """What a provider factory receives: ``model``, the other keys the spec wrote (the api key as plain
-        text), and the entries of ``extra`` as keyword arguments of their own."""
-        out: dict[str, Any] = {"model": self.model}
-        for name in sorted(self.model_fields_set - {"provider", "model", "extra"}):
-            value = getattr(self, name)
-            out[name] = value.get_secret_value() if isinstance(value, SecretStr) else value
-        out.update(self.extra)
-        return out
-
-    @model_validator(mode="after")
-    def _extra_does_not_shadow(self) -> LlmConfig:
-        shadowed = sorted(set(self.extra) & set(type(self).model_fields))
-        if shadowed:
-            raise ValueError(f"'extra' repeats {', '.join(shadowed)}: set {'it' if len(shadowed) == 1 else 'them'} "
-                             "as a key of the llm config itself")
         return self
 
 
@@ -145,16 +157,33 @@ class LlmResource(ResourceType):
     @classmethod
     def check(cls, config: LlmConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
         table = _providers(Path(ctx.base_dir) if ctx.base_dir else None)
-        if config.provider in table:
-            return []
-        close = [e.name for e in table.suggest(config.provider)]
-        known = ", ".join(table) or "none"
-        hint = (f"Did you mean '{close[0]}'? " if close else "") + f"Registered providers: {known}."
-        return [Problem(f"unknown provider '{config.provider}'", "provider", hint)]
+        problems: list[str | tuple[str, str] | Problem] = []
+        for i, route in enumerate([config, *config.fallbacks]):
+            if route.provider in table:
+                continue
+            close = [e.name for e in table.suggest(route.provider)]
+            known = ", ".join(table) or "none"
+            hint = (f"Did you mean '{close[0]}'? " if close else "") + f"Registered providers: {known}."
+            where = "provider" if i == 0 else "fallbacks"
+            label = f"unknown provider '{route.provider}'" + ("" if i == 0 else f" in fallbacks[{i - 1}]")
+            problems.append(Problem(label, where, hint))
+        return problems
 
     async def load(self) -> Provider:
         config: LlmConfig = self.config  # type: ignore[assignment]
         table = _providers(config._base_dir)
+        first = await self._build(table, config)
+        if not config.fallbacks and config.max_input_chars is None:
+            return first
+        from ..llm.routing import Route, RoutedProvider
+
+        routes = [Route(first, config.timeout, config.max_input_chars)]
+        for route in config.fallbacks:
+            routes.append(Route(await self._build(table, route), route.timeout, route.max_input_chars))
+        return RoutedProvider(routes)  # type: ignore[return-value]
+
+    @staticmethod
+    async def _build(table: Any, config: RouteConfig) -> Provider:
         factory = table.get(config.provider)
         if factory is None:
             raise ProviderError(f"unknown provider '{config.provider}' (registered: {', '.join(table) or 'none'})")
