@@ -10,6 +10,9 @@ type)::
     @classmethod
     def bind(cls, config, *, node_id: str, graph: Graph) -> None: ...  # optional: learn its id and graph
 
+A config with ``train_on_first_use: true`` trains itself at start, so ``llmrec validate`` does not warn about its
+missing artifact.
+
 Training a node: the spec's ``dataset`` resource (a resource whose type provides :class:`~llmrec.data.Dataset`)
 is loaded once; a *derived* spec keeps only the node's ancestors and has the node's ``inputs:`` expressions as
 its outputs, so running it once per training case yields exactly what the node would receive (the node itself

@@ -16,6 +16,7 @@ instance, so per-request work grows with the number of candidates, not with the 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
@@ -504,7 +505,7 @@ class Present(NodeType):
         n = _count(k, self.config.k)
         query = (query or "").strip()
         liked = set(profile.top_categories)
-        shown = [(c, item) for c in cands.items if (item := catalog.get(c.id)) is not None][:n]
+        shown = list(itertools.islice(((c, item) for c in cands.items if (item := catalog.get(c.id)) is not None), n))
         best = {s: share * max((c.sources[s] for c, _ in shown if s in c.sources), default=0.0)
                 for s, share in self.config.query_match.items()}
         items: list[Recommendation] = []
