@@ -90,6 +90,7 @@ class RunContext:
     attempt: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     record: Any = None  # the node's NodeRecord in the trace: LLM nodes add tokens, cost, attempts and model
+    cost_left: float | None = None  # USD the request may still spend on LLM calls (None: no cost budget)
 
 
 @dataclass

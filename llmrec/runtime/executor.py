@@ -19,6 +19,7 @@ import pickle
 import time
 import uuid
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -97,7 +98,7 @@ async def _resume(coro: Any, pending: Any) -> Any:
 
 class _RunState:
     __slots__ = ("env", "records", "tasks", "runtime", "run_id", "t0", "deadline", "request", "counts", "waiters",
-                 "lazy", "depth")
+                 "lazy", "depth", "max_cost", "spent", "on_node")
 
     def __init__(self, runtime: Runtime, request: dict[str, Any], run_id: str, deadline: float | None) -> None:
         self.runtime = runtime
@@ -112,6 +113,9 @@ class _RunState:
         self.waiters: dict[str, asyncio.Future[Any]] = {}  # nodes someone off the main path awaits
         self.lazy: dict[str, asyncio.Task[Any]] = {}  # fallback-only nodes started on demand
         self.depth = 0
+        self.max_cost: float | None = None  # USD the request may spend on LLM calls
+        self.spent = 0.0
+        self.on_node: Callable[[NodeRecord, Any], None] | None = None
 
     def spawn(self, node_id: str) -> None:
         """Start driving a ready node *eagerly*: run it right here until it first suspends, and only then give
@@ -351,21 +355,33 @@ class Runtime:
         *,
         run_id: str | None = None,
         deadline: float | None = None,
+        max_cost: float | None = None,
+        on_node: Callable[[NodeRecord, Any], None] | None = None,
     ) -> RunResult:
-        """Run the graph for one request. ``deadline`` is seconds for the whole request.
+        """Run the graph for one request.
 
+        ``deadline`` is seconds for the whole request and ``max_cost`` US dollars of LLM calls (defaults: the
+        spec's ``budget``); a node with a fallback whose budget is spent goes straight to its fallback.
+        ``on_node(record, value)`` is called as each node finishes (for streaming).
         Raises InputError for a bad request and RunError (with ``.trace``) when a node fails without fallback.
         """
         request = self.validate_inputs(inputs)
         if not self._started:
             await self.start()
+        budget = self.graph.spec.budget
+        if deadline is None:
+            deadline = budget.latency
         state = _RunState(self, request, run_id or f"{self._run_prefix}-{next(self._run_counter)}", None)
+        state.max_cost = budget.cost if max_cost is None else max_cost
+        state.on_node = on_node
         if deadline is not None:
+            # nodes see the deadline (LLM calls are cut to it; past it, nodes with a fallback take it); the
+            # request itself is cancelled a grace period later, so that those fallbacks can still answer
             state.deadline = asyncio.get_running_loop().time() + deadline
         trace = Trace(state.run_id, self._name, time.time())
         try:
             if deadline is not None:
-                async with asyncio.timeout(deadline):
+                async with asyncio.timeout(deadline + _grace(deadline)):
                     outputs = await self._collect(state)
             else:
                 outputs = await self._collect(state)
@@ -458,6 +474,8 @@ class Runtime:
             fut = state.waiters.get(node_id)
             if fut is not None and not fut.done():
                 fut.set_result(value)
+            if state.on_node is not None:
+                state.on_node(state.records[node_id], value)
             following = None
             for d in dependents[node_id]:
                 c = counts[d] = counts[d] - 1
@@ -494,6 +512,8 @@ class Runtime:
             raise RunError(f"could not prepare the node: {_describe(exc)}", p.id, state.run_id) from exc
         finally:
             rec.wall_ms = (time.perf_counter() - start) * 1000
+            if rec.cost:
+                state.spent += rec.cost
         env[p.id] = value
         return value
 
@@ -515,16 +535,21 @@ class Runtime:
                     self._hooks["llmrec_after_node_run"](node_id=p.id, output=value, record=rec)
                 return value
         if p.wants_context:
-            kwargs["context"] = RunContext(state.run_id, p.id, state.request, state.deadline, record=rec)
+            kwargs["context"] = RunContext(state.run_id, p.id, state.request, state.deadline, record=rec,
+                                           cost_left=None if state.max_cost is None else state.max_cost - state.spent)
         if "llmrec_before_node_run" in self._hooks:
             self._hooks["llmrec_before_node_run"](
                 node_id=p.id, inputs=kwargs, context=RunContext(state.run_id, p.id, state.request, state.deadline)
             )
         error: BaseException | None = None
         for attempt in range(p.attempts):
-            if state.deadline is not None and p.fallback is not None:
-                if asyncio.get_running_loop().time() >= state.deadline:
-                    error = RunError("request budget spent before the node started", p.id)
+            if p.fallback is not None:
+                if state.deadline is not None and asyncio.get_running_loop().time() >= state.deadline:
+                    error = RunError("request latency budget spent before the node started", p.id)
+                    break
+                if state.max_cost is not None and state.spent >= state.max_cost:
+                    error = RunError(f"request cost budget spent (${state.spent:.6f} of ${state.max_cost:g}) "
+                                     "before the node started", p.id)
                     break
             try:
                 value = await self._call(p, kwargs)
@@ -625,6 +650,11 @@ class Runtime:
                 raise FallbackExhaustedError(f"fallback template failed: {exc}", p.id) from exc
         rec.fallback = "value"
         return fb.value
+
+
+def _grace(deadline: float) -> float:
+    """Time past a request's deadline left to fallbacks before the request is cancelled."""
+    return min(max(0.1 * deadline, 0.05), 1.0)
 
 
 def _inputs(p: _Plan, env: dict[str, Any]) -> dict[str, Any]:

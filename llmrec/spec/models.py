@@ -159,6 +159,18 @@ class ResourceSpec(_Strict):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class BudgetSpec(_Strict):
+    """What one request may spend. A node with a fallback whose request budget is spent skips straight to it."""
+
+    latency: float | None = Field(None, description="Seconds (or '800ms') the whole request may take.")
+    cost: float | None = Field(None, ge=0, description="US dollars of LLM calls the whole request may spend.")
+
+    @field_validator("latency", mode="before")
+    @classmethod
+    def _latency(cls, v: Any) -> Any:
+        return None if v is None else parse_duration(v)
+
+
 class Spec(_Strict):
     """A whole spec after includes are merged."""
 
@@ -169,3 +181,8 @@ class Spec(_Strict):
     resources: dict[str, ResourceSpec] = Field(default_factory=dict)
     nodes: dict[str, NodeSpec] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Per-request latency and cost budget.")
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named alternatives compared by `llmrec eval`: each maps dotted paths such as "
+                    "'nodes.rank.config.weight' to the value that replaces it.")
