@@ -51,6 +51,13 @@ def llmrec_register_cache_backends(register: Callable[[str, Callable[..., Any]],
 
 
 @hookspec
+def llmrec_register_session_stores(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register session stores for multi-turn serving: ``register(name, factory)``; ``factory(**options)``
+    returns an object with async ``load(session_id) -> dict | None``, ``save(session_id, state, ttl)`` and
+    ``delete(session_id)``."""
+
+
+@hookspec
 def llmrec_register_template_filters(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """Register Jinja filters available to every template: ``register(name, fn)``."""
 

@@ -41,6 +41,7 @@ DEFAULT_PLUGINS = (
     "llmrec.nodes.verify",
     "llmrec.runtime.caches",
     "llmrec.eval.commands",
+    "llmrec.serve.commands",
     "llmrec.training",
 )
 LOCAL_PLUGIN_DIR = "plugins"
@@ -166,6 +167,9 @@ def _build(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registry:
     _call_register_hook(pm, infos, "llmrec_register_metrics", lambda info, n, v: reg.metrics.add(n, v, info))
     _call_register_hook(
         pm, infos, "llmrec_register_cache_backends", lambda info, n, v: reg.cache_backends.add(n, v, info)
+    )
+    _call_register_hook(
+        pm, infos, "llmrec_register_session_stores", lambda info, n, v: reg.session_stores.add(n, v, info)
     )
 
     def add_filter(info: PluginInfo, name: str, fn: Any) -> None:

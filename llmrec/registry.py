@@ -114,6 +114,7 @@ class Registry:
     providers: Table[Any] = field(default_factory=lambda: Table("provider"))
     metrics: Table[Callable[..., float]] = field(default_factory=lambda: Table("metric"))
     cache_backends: Table[Callable[..., Any]] = field(default_factory=lambda: Table("cache backend"))
+    session_stores: Table[Callable[..., Any]] = field(default_factory=lambda: Table("session store"))
     template_filters: dict[str, Callable[..., Any]] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     hook: Any = None  # pluggy hook relay, for lifecycle hooks
@@ -147,7 +148,8 @@ class Registry:
     def provided_by(self, plugin_name: str) -> dict[str, list[str]]:
         """What one plugin registered, by kind."""
         out: dict[str, list[str]] = {}
-        for table in (self.node_types, self.resource_types, self.providers, self.metrics, self.cache_backends):
+        for table in (self.node_types, self.resource_types, self.providers, self.metrics, self.cache_backends,
+                      self.session_stores):
             names = [e.name for e in table.entries.values() if e.plugin.name == plugin_name]
             if names:
                 out[table.kind] = sorted(names)

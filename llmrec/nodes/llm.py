@@ -118,7 +118,16 @@ class RouteConfig(_Config):
         return self
 
 
+MODEL_ENV = "LLMREC_MODEL"
+
+
 class LlmConfig(RouteConfig):
+    provider: str | None = Field(  # type: ignore[assignment]
+        None, description="A registered provider; default: 'transformers' when the model is a local folder, "
+                          "else 'litellm'.")
+    model: str | None = Field(  # type: ignore[assignment]
+        None, description=f"The model, e.g. 'openai/gpt-4o-mini' (litellm) or a local folder; default: "
+                          f"${MODEL_ENV}. With neither, LLM nodes take their fallbacks (the response is degraded).")
     fallbacks: list[RouteConfig] = Field(
         default_factory=list,
         description="Other providers/models tried in order when this one fails, times out or cannot take the "
@@ -158,8 +167,14 @@ class LlmResource(ResourceType):
     def check(cls, config: LlmConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
         table = _providers(Path(ctx.base_dir) if ctx.base_dir else None)
         problems: list[str | tuple[str, str] | Problem] = []
+        if resolve_route(config) is None and not config.fallbacks:
+            problems.append(Problem(
+                f"no model configured (neither 'model' nor ${MODEL_ENV} is set): LLM nodes using this resource "
+                "take their fallbacks, and responses are marked degraded", "model",
+                f"Set {MODEL_ENV} to a litellm model (e.g. openai/gpt-4o-mini, ollama/llama3.1) or a local model "
+                "folder, or write the resource's 'model'.", warning=True))
         for i, route in enumerate([config, *config.fallbacks]):
-            if route.provider in table:
+            if route.provider is None or route.provider in table:
                 continue
             close = [e.name for e in table.suggest(route.provider)]
             known = ", ".join(table) or "none"
@@ -172,7 +187,8 @@ class LlmResource(ResourceType):
     async def load(self) -> Provider:
         config: LlmConfig = self.config  # type: ignore[assignment]
         table = _providers(config._base_dir)
-        first = await self._build(table, config)
+        resolved = resolve_route(config)
+        first = Unconfigured() if resolved is None else await self._build(table, resolved)
         if not config.fallbacks and config.max_input_chars is None:
             return first
         from ..llm.routing import Route, RoutedProvider
@@ -195,6 +211,36 @@ class LlmResource(ResourceType):
         except Exception as exc:  # a bad option or a missing model: the spec's problem, said in one line
             raise ProviderError(f"provider '{config.provider}' could not be set up for model '{config.model}': "
                                 f"{type(exc).__name__}: {exc}") from None
+
+
+def resolve_route(config: LlmConfig) -> RouteConfig | None:
+    """The resource's own provider and model, ``$LLMREC_MODEL`` filling a missing model; None when neither is set."""
+    model = config.model or os.environ.get(MODEL_ENV, "").strip() or None
+    if model is None:
+        return None
+    provider = config.provider
+    if provider is None:
+        provider = "transformers" if Path(model).expanduser().is_dir() else "litellm"
+    data = {k: getattr(config, k) for k in config.model_fields_set if k in RouteConfig.model_fields}
+    data.update(provider=provider, model=model)
+    return RouteConfig.model_validate(data)
+
+
+class Unconfigured:
+    """The provider of an ``llm`` resource with no model: every call fails at once, so that nodes take their
+    fallbacks (the embedded default of a fresh install, with no API key and no local model)."""
+
+    name = "none"
+    model = "none"
+    timeout = None
+    max_retries = 0
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        raise ProviderError(f"no model configured: set {MODEL_ENV} (a litellm model such as openai/gpt-4o-mini, "
+                            "or a local model folder) or the llm resource's 'model'")
+
+    async def close(self) -> None:
+        return None
 
 
 # -- llm.prompt ------------------------------------------------------------------------------------------------

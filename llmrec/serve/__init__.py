@@ -1,0 +1,1 @@
+"""``llmrec serve``: a spec as an HTTP service."""
