@@ -2,6 +2,11 @@
 
     llmrec eval specs/a.yaml specs/b.yaml --dataset movielens-100k --split temporal --k 5,10,20
     llmrec eval specs/a.yaml --users 50 --json -          # JSON on stdout instead of the table
+    llmrec eval specs/a.yaml --variants fast,big --report reports/a   # variants; report.md + report.html
+    llmrec eval specs/llm.yaml --judge-model openai/gpt-4o-mini        # LLM-as-judge scores too
+
+Per-case results go to ``--out`` (default ``runs/eval/<dataset>-<hash>/``) as they complete: the same command
+run again resumes where it stopped (``--fresh`` starts over).
 
 Every metric of :mod:`llmrec.eval.metrics` is registered through ``llmrec_register_metrics``, so plugins add
 theirs the same way and ``llmrec eval`` reports them all.
@@ -78,15 +83,35 @@ def eval_command(
         "--metrics", help="Only these metrics, comma-separated (e.g. ndcg,recall,coverage).")] = None,
     results: Annotated[Optional[Path], typer_option(
         "--results", help="Append one JSON line per case (answer, metrics, latency, error) to this file.")] = None,
+    variants: Annotated[Optional[str], typer_option(
+        "--variants", help="Which declared variants to evaluate beside each spec, comma-separated, or 'none'. "
+                           "Default: all.")] = None,
+    judge_model: Annotated[Optional[str], typer_option(
+        "--judge-model", help="Score every answer with this LLM as judge (litellm model name, or a local "
+                              "model folder). Default: $LLMREC_MODEL.")] = None,
+    judge_rubric: Annotated[Optional[Path], typer_option(
+        "--judge-rubric", help="YAML file of judge criteria (name: what a 5 means). Default: relevance, "
+                               "diversity, personalisation.")] = None,
+    no_judge: Annotated[bool, typer_option("--no-judge", help="Do not run the judge even if a model is set.")] = False,
+    report_dir: Annotated[Optional[Path], typer_option(
+        "--report", help="Write report.json, report.md (+ plots) and a self-contained report.html here.")] = None,
+    out: Annotated[Optional[Path], typer_option(
+        "--out", help="Folder of per-case results, resumed when run again (default: runs/eval/<dataset>-<hash>).")] = None,
+    fresh: Annotated[bool, typer_option("--fresh", help="Discard stored case results and start over.")] = False,
 ) -> None:
-    """Run specs over a dataset's test cases and report ranking, beyond-accuracy and latency metrics."""
+    """Run specs over a dataset's test cases and report ranking, beyond-accuracy, LLM, grounding and latency
+    metrics (and LLM-as-judge scores with a judge model)."""
     import json
+    import os
     import sys
 
     import typer
 
-    from ..cli import _load_graph, _out
+    from ..cli import _err, _load_graph, _out
+    from ..spec.variants import variant_names
+    from .judge import MODEL_ENV, load_rubric
     from .runner import evaluate
+    from .store import fingerprint, slug
 
     ks = _parse_k(k)
     if split is not None and split not in SPLIT_CHOICES:
@@ -96,12 +121,44 @@ def eval_command(
                                  "seed in its config", param_hint="'--split' / '--seed'")
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None
     graphs = [_load_graph(spec) for spec in specs]  # every spec valid before anything runs
+    wanted = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
+    if wanted == ["none"]:
+        wanted = []
+    declared = {str(spec): variant_names(g.document) for spec, g in zip(specs, graphs)}
+    if wanted:
+        missing = [v for v in wanted if not any(v in names for names in declared.values())]
+        if missing:
+            have = sorted({v for names in declared.values() for v in names})
+            raise typer.BadParameter(f"no spec declares variant {', '.join(repr(v) for v in missing)} "
+                                     f"(declared: {', '.join(have) or 'none'})", param_hint="'--variants'")
+    targets: list[Any] = []
+    for spec, graph in zip(specs, graphs):
+        targets.append(graph)
+        names = declared[str(spec)]
+        targets += [(spec, v) for v in (names if wanted is None else [v for v in wanted if v in names])]
+    rubric = load_rubric(judge_rubric) if judge_rubric is not None else None
+    model = None if no_judge else (judge_model or os.environ.get(MODEL_ENV, "").strip() or None)
+    reason = ("--no-judge was given" if no_judge else
+              f"no judge model: pass --judge-model MODEL or set ${MODEL_ENV}")
+    if out is None:
+        key = fingerprint({"dataset": dataset, "split": split, "seed": seed, "ks": list(ks), "users": users,
+                           "output": output, "metrics": metric_names})
+        name = slug(Path(dataset).name if dataset is not None else Path(specs[0]).stem)
+        out = Path("runs") / "eval" / f"{name}-{key[:10]}"
     data = _load_dataset(dataset, split, seed) if dataset is not None else None
-    report = evaluate(graphs, data, ks=ks, users=users, concurrency=concurrency, output=output,
-                      progress=sys.stderr.isatty(), results_path=results, metrics=metric_names)
-    for result, spec in zip(report.results, specs):
-        result.path = str(spec)
+    report = evaluate(targets, data, ks=ks, users=users, concurrency=concurrency, output=output,
+                      progress=sys.stderr.isatty(), results_path=results, metrics=metric_names, judge=model,
+                      judge_rubric=rubric, judge_reason=reason, out=out, fresh=fresh, log=_err)
+    paths = iter(str(spec) for spec in specs)
+    for result in report.results:
+        if result.variant is None:
+            result.path = next(paths, result.path)
     text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
+    if report_dir is not None:
+        from .html import write_reports
+
+        files = write_reports(report, report_dir)
+        _err(f"report written: {files['markdown']}, {files['html']}")
     if json_path == "-":
         _out(text)
         return

@@ -4,11 +4,17 @@ For each spec: one :class:`~llmrec.runtime.executor.Runtime` (resources and inde
 per test case, run concurrently under a semaphore. The dataset is handed to the spec's ``dataset`` resource
 preloaded, so the spec learns from exactly the training split being scored and the data loads once for every
 spec compared. A failing case is counted (and scored as an empty answer), never fatal.
+
+Besides ranking and beyond-accuracy metrics, each spec gets LLM metrics from the traces (calls, tokens, cost,
+cache hit and fallback rates), grounding violations of its answers (:mod:`llmrec.eval.llm_metrics`) and, with
+a judge, LLM-as-judge scores (:mod:`llmrec.eval.judge`). With ``out``, every case is appended to a JSONL file
+as it completes (:mod:`llmrec.eval.store`), and a rerun of the same evaluation reuses what is there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import os
@@ -25,7 +31,7 @@ from ..errors import LlmrecError
 from .metrics import ListContext, higher_is_better, is_list_metric
 from .report import MAX_FAILURE_MESSAGES, EvalReport, SpecResult
 
-SpecLike = str | os.PathLike[str] | Any  # a path, or an already validated Graph
+SpecLike = str | os.PathLike[str] | Any  # a path, a (path, variant) pair, or an already validated Graph
 
 
 class EvalError(LlmrecError):
@@ -39,6 +45,19 @@ class _CaseOutcome:
     error: str | None = None
     output: str | None = None
     metrics: dict[str, float] | None = None
+    llm: dict[str, Any] | None = None
+    grounding: dict[str, int] | None = None
+    judge: dict[str, Any] | None = None
+
+    def record(self, case_id: str, top: int) -> dict[str, Any]:
+        return {"case": case_id, "ok": self.error is None, "latency_ms": round(self.latency_ms, 3),
+                "ids": self.ids[:top], "metrics": self.metrics, "error": self.error, "output": self.output,
+                "llm": self.llm, "grounding": self.grounding, "judge": self.judge}
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> _CaseOutcome:
+        return cls(list(rec["ids"]), float(rec["latency_ms"]), rec.get("error"), rec.get("output"),
+                   rec.get("metrics") or {}, rec.get("llm"), rec.get("grounding"), rec.get("judge"))
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -120,6 +139,7 @@ def _select_metrics(registry: Any, wanted: Sequence[str] | None) -> dict[str, Ca
     return chosen
 
 
+@functools.lru_cache(maxsize=256)
 def _takes_gains(fn: Callable[..., Any]) -> bool:
     try:
         return "gains" in inspect.signature(fn).parameters
@@ -168,11 +188,71 @@ class _Progress:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
-    def task(self, description: str, total: int) -> Callable[[], None]:
+    def task(self, description: str, total: int) -> Callable[..., None]:
+        """A function advancing a new task's bar (by 1, or by the number given)."""
         if self._bar is None:
-            return lambda: None
+            return lambda n=1: None
         task_id = self._bar.add_task(description, total=total)
-        return lambda: self._bar.advance(task_id)
+        return lambda n=1: self._bar.advance(task_id, n)
+
+
+@dataclass
+class _Target:
+    """One column of the comparison: a graph, the file it came from and the variant applied (if any)."""
+
+    graph: Any
+    path: str | None
+    variant: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.variant is None:
+            return self.graph.name
+        base = Path(self.path).name if self.path else self.graph.name
+        return f"{base}[{self.variant}]"
+
+
+def _targets(specs: Sequence[SpecLike], variants: bool | Sequence[str] | None) -> list[_Target]:
+    """Validate every spec (and variant) before anything runs; SpecErrors lists every problem."""
+    from ..api import validate
+    from ..errors import SpecErrors
+    from ..graph.build import Graph
+    from ..spec.variants import validate_variant, variant_names
+
+    out: list[_Target] = []
+    errors = []
+    for s in specs:
+        variant = None
+        if isinstance(s, tuple):
+            s, variant = s
+        try:
+            if isinstance(s, Graph):
+                graph, path = s, None
+            elif variant is not None:
+                graph, path = validate_variant(s, variant, str(s)), str(s)
+            else:
+                graph, path = validate(s, str(s)), str(s)
+        except SpecErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        out.append(_Target(graph, path, variant))
+        if variant is not None or not variants:
+            continue
+        declared = variant_names(graph.document)
+        chosen = declared if variants is True else list(variants)
+        unknown = [v for v in chosen if v not in declared]
+        if unknown:
+            raise EvalError(f"spec '{graph.name}' has no variant {', '.join(repr(v) for v in unknown)} "
+                            f"(declared: {', '.join(declared) or 'none'})")
+        file = path if path is not None else graph.document.path
+        for v in chosen:
+            try:
+                out.append(_Target(validate_variant(file, v, path), path, v))
+            except SpecErrors as exc:
+                errors.extend(exc.errors)
+    if errors:
+        raise SpecErrors(errors)
+    return out
 
 
 async def aevaluate(
@@ -187,6 +267,14 @@ async def aevaluate(
     results_path: str | os.PathLike[str] | None = None,
     metrics: Sequence[str] | None = None,
     item_vectors: Mapping[str, Sequence[float]] | None = None,
+    variants: bool | Sequence[str] | None = None,
+    judge: Any = None,
+    judge_rubric: Mapping[str, str] | None = None,
+    judge_reason: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    fresh: bool = False,
+    log: Callable[[str], None] | None = None,
+    resources: Mapping[str, Any] | None = None,
 ) -> EvalReport:
     """:func:`evaluate`, for code already inside an event loop."""
     ks = tuple(sorted(set(ks)))
@@ -196,10 +284,13 @@ async def aevaluate(
         raise ValueError(f"users must be at least 1, got {users}")
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    from ..api import validate
-    from ..graph.build import Graph
+    from .judge import EvalJudge, build_provider
 
-    graphs = [(s, None) if isinstance(s, Graph) else (validate(s, str(s)), str(s)) for s in specs]
+    targets = _targets(specs, variants)
+    built = isinstance(judge, str)
+    if built:
+        judge = await build_provider(judge)
+    evaluator = judge if isinstance(judge, EvalJudge) or judge is None else EvalJudge(judge, judge_rubric)
     loaded: dict[str, Dataset] = {}  # a spec's own dataset, by resource type and config: loaded once
     results = []
     handle: IO[str] | None = None
@@ -208,14 +299,19 @@ async def aevaluate(
         handle = open(results_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
     try:
         with _Progress(progress) as bar:
-            for graph, path in graphs:
+            for target in targets:
                 results.append(await _evaluate_spec(
-                    graph, path, dataset, loaded, ks=ks, users=users, concurrency=concurrency, output=output,
-                    bar=bar, handle=handle, metric_names=metrics, item_vectors=item_vectors,
+                    target, dataset, loaded, ks=ks, users=users, concurrency=concurrency, output=output,
+                    bar=bar, handle=handle, metric_names=metrics, item_vectors=item_vectors, judge=evaluator,
+                    judge_reason=judge_reason, out=Path(out) if out is not None else None, fresh=fresh, log=log,
+                    resources=resources,
                 ))
     finally:
         if handle is not None:
             handle.close()
+        close = getattr(judge, "close", None) if built else None
+        if close is not None:  # a provider built here from a model name
+            await close()
     return EvalReport(results, ks)
 
 
@@ -231,19 +327,36 @@ def evaluate(
     results_path: str | os.PathLike[str] | None = None,
     metrics: Sequence[str] | None = None,
     item_vectors: Mapping[str, Sequence[float]] | None = None,
+    variants: bool | Sequence[str] | None = None,
+    judge: Any = None,
+    judge_rubric: Mapping[str, str] | None = None,
+    judge_reason: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    fresh: bool = False,
+    log: Callable[[str], None] | None = None,
+    resources: Mapping[str, Any] | None = None,
 ) -> EvalReport:
     """Run every spec over ``dataset``'s test cases and score the answers at each k.
 
-    ``specs`` are paths (validated here; :class:`~llmrec.errors.SpecErrors` if invalid) or Graphs. With no
-    ``dataset``, each spec's own ``dataset`` resource is loaded (once per distinct config). ``users`` takes
-    the first N test cases; ``output`` names the output holding the answer (default: the first that is
-    Recommendations, Candidates or a list of ids); ``results_path`` appends one JSON line per case;
-    ``metrics`` restricts the registered metrics by name; ``item_vectors`` (id -> vector) makes intra-list
-    diversity use cosine distance instead of categories.
+    ``specs`` are paths (validated here; :class:`~llmrec.errors.SpecErrors` if invalid), ``(path, variant)``
+    pairs or Graphs. ``variants`` adds each path's declared variants (True: all; or a list of names) as columns
+    of their own. With no ``dataset``, each spec's own ``dataset`` resource is loaded (once per distinct
+    config). ``users`` takes the first N test cases; ``output`` names the output holding the answer (default:
+    the first that is Recommendations, Candidates or a list of ids); ``results_path`` appends one JSON line per
+    case; ``metrics`` restricts the registered metrics by name; ``item_vectors`` (id -> vector) makes
+    intra-list diversity use cosine distance instead of categories.
+
+    ``judge`` (a provider, a model name, or an :class:`~llmrec.eval.judge.EvalJudge`) scores every answer with
+    ``llm.judge`` on ``judge_rubric`` (default :data:`~llmrec.eval.judge.DEFAULT_RUBRIC`); without one the
+    report says so (``judge_reason``). ``out`` (a folder) persists each case as it completes and resumes from
+    what an earlier identical run left there (``fresh`` discards it); ``log`` receives one-line notices.
+    ``resources`` hands already-built values (a provider, a test double) to specs that declare a resource of
+    that name.
     """
     return asyncio.run(aevaluate(
         specs, dataset, ks=ks, users=users, concurrency=concurrency, output=output, progress=progress,
-        results_path=results_path, metrics=metrics, item_vectors=item_vectors,
+        results_path=results_path, metrics=metrics, item_vectors=item_vectors, variants=variants, judge=judge,
+        judge_rubric=judge_rubric, judge_reason=judge_reason, out=out, fresh=fresh, log=log, resources=resources,
     ))
 
 
@@ -282,8 +395,7 @@ def _request(case: EvalCase, declared: Mapping[str, Any], ks: Sequence[int]) -> 
 
 
 async def _evaluate_spec(
-    graph: Any,
-    path: str | None,
+    target: _Target,
     dataset: Dataset | None,
     loaded: dict[str, Dataset],
     *,
@@ -295,10 +407,20 @@ async def _evaluate_spec(
     handle: IO[str] | None,
     metric_names: Sequence[str] | None,
     item_vectors: Mapping[str, Sequence[float]] | None,
+    judge: Any,
+    judge_reason: str | None,
+    out: Path | None,
+    fresh: bool,
+    log: Callable[[str], None] | None,
+    resources: Mapping[str, Any] | None,
 ) -> SpecResult:
     from ..errors import InputError
     from ..runtime.executor import Runtime
+    from .judge import summarize_judge
+    from .llm_metrics import case_grounding, case_llm, llm_node_ids, summarize_grounding, summarize_llm
+    from .store import CaseStore, cases_digest, fingerprint, slug
 
+    graph, path, label = target.graph, target.path, target.label
     name = graph.name
     metrics = _select_metrics(graph.registry, metric_names)
     if output is not None and output not in graph.outputs:
@@ -309,56 +431,103 @@ async def _evaluate_spec(
         raise EvalError(f"dataset '{ds.name}' (split '{ds.split}') has no test cases to evaluate; "
                         "choose a split that holds some out, e.g. --split temporal")
     declared = graph.spec.inputs
-    runtime = Runtime(graph, resources=preset)
+    supplied = {k: v for k, v in (resources or {}).items() if k in graph.resources and k not in preset}
+    runtime = Runtime(graph, resources={**preset, **supplied})
     try:
         runtime.validate_inputs(_request(cases[0], declared, ks))
     except InputError as exc:
         given = ", ".join(sorted(cases[0].inputs)) or "nothing"
         raise EvalError(f"spec '{name}' cannot take the test cases of dataset '{ds.name}': {exc} "
                         f"(the cases give: {given}; with k = {max(ks)} when the spec declares 'k')") from None
-    started = time.perf_counter()
-    await runtime.start()
-    sem = asyncio.Semaphore(concurrency)
-    advance = bar.task(name, len(cases))
+    top = max(ks)
+    llm_nodes = llm_node_ids(graph)
     outcomes: list[_CaseOutcome | None] = [None] * len(cases)
+    store = None
+    reused = 0
+    if out is not None:
+        fp = fingerprint({"spec": graph.document.data, "variant": target.variant, "dataset": ds.name,
+                          "split": ds.split, "cases": cases_digest(cases), "ks": list(ks), "users": users,
+                          "output": output, "metrics": sorted(metrics),
+                          "judge": judge.key() if judge is not None else None})
+        store = CaseStore(out / f"{slug(label)}-{fp[:12]}.jsonl",
+                          {"fingerprint": fp, "spec": name, "path": path, "variant": target.variant,
+                           "dataset": ds.name, "split": ds.split, "ks": list(ks), "users": users})
+        if fresh:
+            store.reset()
+        done_before = store.load()
+        for i, case in enumerate(cases):
+            rec = done_before.get(case.id)
+            if rec is not None:
+                outcomes[i] = _CaseOutcome.from_record(rec)
+                reused += 1
+        if log is not None and reused:
+            log(f"{label}: resumed {reused} of {len(cases)} cases from {store.path} (--fresh to start over)")
     names = list(graph.outputs)
+    history: dict[str, frozenset[str]] = {}
+
+    def seen_of(case: EvalCase) -> frozenset[str]:
+        user = case.inputs.get("user_id")
+        if not isinstance(user, str):
+            return case.exclude
+        if user not in history:
+            history[user] = ds.train.seen(user)
+        return history[user]
 
     async def one(i: int, case: EvalCase) -> None:
         async with sem:
             t0 = time.perf_counter()
+            trace = None
             try:
                 result = await runtime.run(_request(case, declared, ks))
                 error = None
+                trace = result.trace
             except Exception as exc:  # one failing case must not stop the evaluation
                 result, error = None, (str(exc) or type(exc).__name__)
+                trace = getattr(exc, "trace", None)
             latency = (time.perf_counter() - t0) * 1000
-        ids: list[str] = []
-        used = None
-        if result is not None:
-            for out_name in [output] if output is not None else names:
-                found = answer_ids(result.outputs.get(out_name))
-                if found is not None:
-                    ids, used = found, out_name
-                    break
-            else:
-                what = (f"output '{output}' is a {type(result.outputs.get(output)).__name__}"
-                        if output is not None else f"no output ({', '.join(names)}) is")
-                error = f"{what}, not Recommendations, Candidates or a list of ids; name one with --output"
-        # exclusion happens in the spec; stripped here too (and duplicates dropped) so it can never count
-        ids = [r for r in dict.fromkeys(ids) if r not in case.exclude]
-        outcome = _CaseOutcome(ids, latency, error, used, _case_metrics(metrics, ids, case, ks))
+            raw: list[str] = []
+            used = None
+            if result is not None:
+                for out_name in [output] if output is not None else names:
+                    found = answer_ids(result.outputs.get(out_name))
+                    if found is not None:
+                        raw, used = found, out_name
+                        break
+                else:
+                    what = (f"output '{output}' is a {type(result.outputs.get(output)).__name__}"
+                            if output is not None else f"no output ({', '.join(names)}) is")
+                    error = f"{what}, not Recommendations, Candidates or a list of ids; name one with --output"
+            # exclusion happens in the spec; stripped here too (and duplicates dropped) so it can never count
+            ids = [r for r in dict.fromkeys(raw) if r not in case.exclude]
+            judged = None
+            if judge is not None and error is None:
+                user = case.inputs.get("user_id")
+                past = [it.item_id for it in ds.train.history(user)] if isinstance(user, str) else []
+                judged = await judge.score(ids, ds.catalog, past)
+        outcome = _CaseOutcome(ids, latency, error, used, _case_metrics(metrics, ids, case, ks),
+                               case_llm(trace, llm_nodes), case_grounding(raw, ds.catalog, seen_of(case)), judged)
         outcomes[i] = outcome
+        if store is not None:
+            store.write(outcome.record(case.id, top))
         if handle is not None:
-            record = {"spec": name, "dataset": ds.name, "split": ds.split, "case": case.id, "ok": error is None,
-                      "latency_ms": round(latency, 3), "ids": ids[: max(ks)], "metrics": outcome.metrics,
-                      "error": error}
+            record = {"spec": label, "dataset": ds.name, "split": ds.split, **outcome.record(case.id, top)}
             handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
             handle.flush()
         advance()
 
+    started = time.perf_counter()
+    sem = asyncio.Semaphore(concurrency)
+    advance = bar.task(label, len(cases))
+    if reused:
+        advance(reused)
+    todo = [(i, case) for i, case in enumerate(cases) if outcomes[i] is None]
     try:
-        await asyncio.gather(*(one(i, case) for i, case in enumerate(cases)))
+        if todo:
+            await runtime.start()
+            await asyncio.gather(*(one(i, case) for i, case in todo))
     finally:
+        if store is not None:
+            store.close()
         await runtime.close()
     wall = time.perf_counter() - started
     done = [o for o in outcomes if o is not None]
@@ -377,6 +546,7 @@ async def _evaluate_spec(
                 scores[f"{metric_name}@{k}"] = float("nan") if value is None else float(value)
     failed = [(case, o) for case, o in zip(cases, done) if o.error is not None]
     used_outputs = [o.output for o in done if o.output is not None]
+    empty_llm = case_llm(None, llm_nodes)
     return SpecResult(
         spec=name,
         path=path,
@@ -391,6 +561,14 @@ async def _evaluate_spec(
         wall_s=wall,
         lower_is_better=frozenset(n for n, fn in metrics.items() if not higher_is_better(fn)),
         warnings=warnings,
+        variant=target.variant,
+        label=label,
+        llm=summarize_llm([o.llm or empty_llm for o in done], len(llm_nodes)),
+        grounding=summarize_grounding([o.grounding or case_grounding([], ds.catalog, ()) for o in done]),
+        judge=summarize_judge([o.judge for o in done], judge, judge_reason),
+        reused=reused,
+        store=str(store.path) if store is not None else None,
+        latencies=[o.latency_ms for o in done if o.latency_ms is not None],
     )
 
 

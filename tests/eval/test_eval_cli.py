@@ -58,6 +58,13 @@ def specs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return popular, affinity
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`llmrec eval` stores case results under ./runs/eval by default: keep them out of the repository."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLMREC_MODEL", raising=False)  # no judge unless a test asks for one
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(["eval", *args])
     out, err = capsys.readouterr()
@@ -157,6 +164,7 @@ def test_movielens_100k_popularity(specs: tuple[Path, Path], capsys: pytest.Capt
 def test_console_script(specs: tuple[Path, Path]) -> None:
     """The installed command, in a fresh process: exit codes and no traceback."""
     env = {**os.environ, "LLMREC_LOAD_PLUGINS": ""}
+    env.pop("LLMREC_MODEL", None)
     script = Path(sys.executable).with_name("llmrec")
     proc = subprocess.run([str(script), "eval", str(specs[0]), "--users", "3", "--json", "-"],
                           capture_output=True, text=True, env=env, timeout=120)
