@@ -300,4 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m llmrec.cli`: run the imported module's main, so that plugins raising llmrec.cli.Exit are
+    # caught as the same class
+    from llmrec.cli import main as _main
+
+    sys.exit(_main())

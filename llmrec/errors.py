@@ -205,6 +205,10 @@ class NodeTimeoutError(RunError):
     pass
 
 
+class DeadlineExceededError(RunError):
+    """The whole request ran past its deadline (``--deadline`` or the spec's ``budget.latency``)."""
+
+
 class ProviderError(RunError):
     pass
 

@@ -1,0 +1,7 @@
+"""``python -m llmrec``: the llmrec command."""
+
+import sys
+
+from llmrec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""``llmrec serve SPEC``: validate a spec, load it once, serve it over HTTP with uvicorn (a default plugin).
+
+    llmrec serve specs/quickstart.yaml --port 8000
+    llmrec serve specs/quickstart.yaml --api-key secret --deadline 2 --max-concurrency 32 --workers 2
+
+Also registers the built-in "memory" session store through ``llmrec_register_session_stores``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+from ..hookspecs import hookimpl
+
+
+def _opt(*names: str, **kwargs: Any) -> Any:
+    import typer
+
+    return typer.Option(*names, **kwargs)
+
+
+def _arg(help: str) -> Any:
+    import typer
+
+    return typer.Argument(help=help, show_default=False)
+
+
+def serve_command(
+    spec: Annotated[Path, _arg("The spec to serve.")],
+    host: Annotated[str, _opt("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, _opt("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, _opt("--workers", min=1, help="Worker processes (each loads the spec).")] = 1,
+    api_key: Annotated[Optional[str], _opt(
+        "--api-key", help="Require this key (Authorization: Bearer KEY or X-API-Key). Default: $LLMREC_API_KEY; "
+                          "none means no auth.")] = None,
+    deadline: Annotated[Optional[float], _opt(
+        "--deadline", min=0.001, help="Seconds each request may take. Default: the spec's budget.latency.")] = None,
+    max_concurrency: Annotated[int, _opt(
+        "--max-concurrency", min=1, help="Requests in progress at once (per worker); past it, 429.")] = 64,
+    max_body: Annotated[int, _opt("--max-body", min=1, help="Largest request body in bytes; past it, 413.")
+                        ] = 1_048_576,
+    max_batch: Annotated[int, _opt("--max-batch", min=1, help="Most requests in one batch call.")] = 100,
+    session_store: Annotated[str, _opt(
+        "--session-store", help="Where sessions live (a registered session store).")] = "memory",
+    session_ttl: Annotated[float, _opt("--session-ttl", min=0.0, help="Seconds a session lives after its last "
+                                                                     "turn (0: until evicted).")] = 1800.0,
+    reload_interval: Annotated[float, _opt(
+        "--reload-interval", min=0.0, help="Seconds between checks of the spec file for changes (0: off; "
+                                           "SIGHUP reloads too).")] = 2.0,
+    graceful_timeout: Annotated[float, _opt(
+        "--graceful-timeout", min=0.0, help="On SIGTERM/SIGINT, seconds to let in-flight requests finish.")] = 30.0,
+    log_level: Annotated[str, _opt("--log-level", help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve a spec over HTTP: /v1/recommend (and /batch, /stream), /healthz, /readyz, /metrics, playground at /."""
+    import typer
+    import uvicorn
+
+    from ..cli import Exit, _err, _load_graph
+    from ..plugins import get_registry
+    from .app import OPTIONS_ENV, ServeOptions, configure_logging, create_app
+
+    graph = _load_graph(spec)  # refuses to start, printing every error, like `llmrec validate`
+    stores = get_registry(spec.resolve().parent).session_stores
+    if session_store not in stores:
+        raise typer.BadParameter(f"unknown session store '{session_store}'; registered: {', '.join(stores)}",
+                                 param_hint="'--session-store'")
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter("use debug, info, warning or error", param_hint="'--log-level'")
+    options = ServeOptions(
+        spec=str(spec), api_key=api_key or os.environ.get("LLMREC_API_KEY") or None, max_body_bytes=max_body,
+        deadline=deadline, max_concurrency=max_concurrency, max_batch=max_batch, session_store=session_store,
+        session_ttl=session_ttl, reload_interval=reload_interval, log_level=log_level.lower(),
+    )
+    configure_logging(log_level)
+    common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level.lower(),
+                              "timeout_graceful_shutdown": graceful_timeout, "access_log": False}
+    if workers > 1:  # each worker builds its own app from the options in the environment
+        os.environ[OPTIONS_ENV] = options.to_env()
+        uvicorn.run("llmrec.serve.app:create_app_from_env", factory=True, workers=workers, **common)
+        return
+    app = create_app(options, graph)
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **common))
+    server.run()
+    if not server.started:
+        _err(f"error: could not serve on {host}:{port} (see above)")
+        raise Exit(1)
+
+
+@hookimpl
+def llmrec_register_commands(cli: Any) -> None:
+    cli.command(name="serve")(serve_command)
+
+
+@hookimpl
+def llmrec_register_session_stores(register: Any) -> None:
+    from .sessions import MemorySessionStore
+
+    register("memory", MemorySessionStore)

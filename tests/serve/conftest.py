@@ -1,0 +1,168 @@
+"""Small specs for the serving tests: the demo shop with a cached popular list, plus node types from a local
+plugin (slow, failing, LLM-like, grounded) so that limits, failures and metrics can be exercised quickly."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llmrec.serve.app import ServeOptions, create_app
+
+PLUGIN = '''
+import asyncio
+from typing import Any
+from pydantic import BaseModel, ConfigDict
+import llmrec
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+class Sleep(llmrec.NodeType):
+    """Waits, then passes its value on (and reports LLM-like usage when `tokens` is set)."""
+    name = "servetest.sleep"
+    Config = _Cfg
+
+    async def run(self, value: Any = None, context: llmrec.RunContext | None = None) -> list[str]:
+        await asyncio.sleep(self.config.seconds)
+        if self.config.tokens and context is not None and context.record is not None:
+            context.record.tokens = {"prompt": self.config.tokens, "completion": 5}
+            context.record.cost = 0.001
+            context.record.attempts = 1
+            context.record.model = "fake-model"
+        return list(value or [])
+
+
+class Fail(llmrec.NodeType):
+    name = "servetest.fail"
+    Config = _Cfg
+
+    async def run(self, value: Any = None) -> list[str]:
+        raise ValueError("boom")
+
+
+@llmrec.hookimpl
+def llmrec_register_node_types(register):
+    register(Sleep)
+    register(Fail)
+'''
+
+SHOP = """
+name: small
+description: Popular items a user has not seen, from the demo shop.
+inputs:
+  user_id: {type: string, examples: [u1], description: A demo user (u1 ... u120).}
+  k: {type: integer, default: 3, minimum: 1, maximum: 50}
+  history: {type: array, items: object, default: []}
+resources:
+  shop:
+    type: dataset
+    config: {name: demo, seed: 7, split: user}
+nodes:
+  profile:
+    type: user.profile
+    inputs:
+      catalog: ${resources.shop.catalog}
+      interactions: ${resources.shop.train}
+      user_id: ${inputs.user_id}
+  popular:
+    type: retrieve.popular
+    config: {k: 50}
+    inputs: {interactions: "${resources.shop.train}"}
+    cache: {ttl: 60s}
+  unseen:
+    type: rerank.filter_seen
+    inputs: {candidates: "${popular}", profile: "${profile}"}
+  result:
+    type: present.items
+    inputs: {candidates: "${unseen}", catalog: "${resources.shop.catalog}", profile: "${profile}", k: "${inputs.k}"}
+  turns:
+    type: text.template
+    config: {template: "{{ history | length }}"}
+    inputs: {history: "${inputs.history}"}
+outputs:
+  recommendations: ${result}
+  earlier_turns: ${turns}
+"""
+
+TOOLS = """
+name: tools
+inputs:
+  items: {type: array, items: string, default: []}
+  seconds: {type: number, default: 0}
+nodes:
+  slow:
+    type: servetest.sleep
+    config: {seconds: %(seconds)s}
+    inputs: {value: "${inputs.items}"}
+  llm:
+    type: servetest.sleep
+    config: {tokens: 12}
+    inputs: {value: "${slow}"}
+  broken:
+    type: servetest.fail
+    inputs: {value: "${inputs.items}"}
+    fallback: {value: []}
+outputs:
+  items: ${llm}
+  fallback: ${broken}
+"""
+
+FAILING = """
+name: failing
+inputs:
+  items: {type: array, items: string, default: []}
+nodes:
+  broken:
+    type: servetest.fail
+    inputs: {value: "${inputs.items}"}
+outputs:
+  items: ${broken}
+"""
+
+
+def write(folder: Path, text: str, name: str = "spec.yaml") -> Path:
+    (folder / "plugins").mkdir(exist_ok=True)
+    (folder / "plugins" / "servetest.py").write_text(PLUGIN, encoding="utf-8")
+    path = folder / name
+    path.write_text(text.lstrip("\n"), encoding="utf-8")
+    return path
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if (await client.get("/readyz")).status_code == 200:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the server never became ready")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Callable[..., Any]:
+    """``async with serve(spec_text, **options) as client``: the app in-process, lifespan run, resources
+    loaded; ``client.server`` is the :class:`~llmrec.serve.app.Server`."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def make(text: str = SHOP, ready: bool = True, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+        path = write(tmp_path, text)
+        options.setdefault("reload_interval", 0)
+        app = create_app(ServeOptions(spec=str(path), **options))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                client.server = app.state.server  # type: ignore[attr-defined]
+                client.spec_path = path  # type: ignore[attr-defined]
+                if ready:
+                    await wait_ready(client)
+                yield client
+
+    return make

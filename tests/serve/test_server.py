@@ -1,0 +1,158 @@
+"""`llmrec serve` for real: the command as a subprocess on a free port, and the playground in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import SHOP, TOOLS, write
+
+ROOT = Path(__file__).resolve().parents[2]
+LLMREC = [str(Path(sys.executable).with_name("llmrec"))]
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "LLMREC_LOAD_PLUGINS": "", "PYTHONUNBUFFERED": "1"}
+
+
+def _wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("server never became ready")
+
+
+def test_serve_refuses_an_invalid_spec_with_validates_messages(tmp_path: Path) -> None:
+    spec = write(tmp_path, SHOP.replace("type: rerank.filter_seen", "type: rerank.filter_sene"))
+    validate = subprocess.run([*LLMREC, "validate", str(spec)], capture_output=True, text=True, env=_env(), cwd=ROOT)
+    serve = subprocess.run([*LLMREC, "serve", str(spec), "--port", str(_free_port())], capture_output=True,
+                           text=True, env=_env(), cwd=ROOT, timeout=60)
+    assert serve.returncode == 1
+    error_line = next(line for line in validate.stdout.splitlines() if "filter_sene" in line)
+    assert error_line in serve.stderr
+    assert "Traceback" not in serve.stderr
+
+
+def test_llmrec_serve_answers_reloads_on_sighup_and_finishes_in_flight_requests_on_sigterm(tmp_path: Path) -> None:
+    spec = write(tmp_path, TOOLS % {"seconds": 0.6})
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    proc = subprocess.Popen([*LLMREC, "serve", str(spec), "--port", str(port), "--reload-interval", "0",
+                             "--api-key", "k1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), cwd=ROOT)
+    try:
+        _wait_ready(url, proc)
+        assert time.monotonic() - started < 30
+        auth = {"Authorization": "Bearer k1"}
+        with httpx.Client(base_url=url, headers=auth, timeout=10) as client:
+            r = client.post("/v1/recommend", json={"items": ["a", "b"]})
+            assert r.status_code == 200 and r.json()["outputs"]["items"] == ["a", "b"]
+            assert client.post("/v1/recommend", content=b"{nope").status_code == 400
+            assert httpx.post(url + "/v1/recommend", json={"items": []}).status_code == 401
+
+            spec.write_text((TOOLS % {"seconds": 0.6}).replace("items: ${llm}", "renamed: ${llm}"))
+            proc.send_signal(signal.SIGHUP)
+            for _ in range(100):
+                if "renamed" in client.post("/v1/recommend", json={"items": []}).json()["outputs"]:
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("SIGHUP did not reload the spec")
+
+            answer: dict[str, object] = {}
+
+            def slow() -> None:
+                answer["r"] = client.post("/v1/recommend", json={"items": ["x"]})
+
+            t = threading.Thread(target=slow)
+            t.start()
+            time.sleep(0.25)  # the request is in flight (its node sleeps 0.6 s)
+            proc.send_signal(signal.SIGTERM)
+            t.join(10)
+        r = answer["r"]
+        assert r.status_code == 200 and r.json()["outputs"]["renamed"] == ["x"]  # type: ignore[attr-defined]
+        assert proc.wait(15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+        err = proc.stderr.read() if proc.stderr else ""
+        assert "ready in" in err and "reloaded" in err and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")
+def test_playground_in_a_real_browser(tmp_path: Path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    import uvicorn
+
+    from llmrec.serve.app import ServeOptions, create_app
+
+    app = create_app(ServeOptions(spec=str(write(tmp_path, SHOP)), reload_interval=0))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}")
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync"])
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+                assert page.locator("#title").inner_text() == "small"
+                assert page.locator("#graph svg .node").count() == 1 + 5 + 2  # inputs, nodes, outputs
+                page.fill("input[name='user_id']", "u7")
+                page.fill("input[name='k']", "4")
+                page.click("#submit")
+                page.wait_for_selector("#trace tbody tr", timeout=10_000)
+                rows = page.locator("#trace tbody tr")
+                assert rows.count() == 5
+                trace = {rows.nth(i).locator("td").nth(0).inner_text(): rows.nth(i).locator("td").nth(2).inner_text()
+                         for i in range(5)}
+                assert set(trace) == {"profile", "popular", "unseen", "result", "turns"}
+                assert set(trace.values()) <= {"ok", "cached"}
+                outputs = json.loads(page.locator("#outputs").inner_text())
+                assert outputs["recommendations"]["user_id"] == "u7"
+                assert len(outputs["recommendations"]["items"]) == 4
+                assert page.locator("#items .card").count() == 4
+                assert page.locator("#graph .node.ok").count() >= 3  # the graph shows how each node did
+                # a value the server refuses (the form's own min check taken off) shows its error and the field
+                page.eval_on_selector("input[name='k']", "e => e.removeAttribute('min')")
+                page.fill("input[name='k']", "0")
+                page.click("#submit")
+                page.wait_for_function("document.getElementById('form-error').textContent.includes('field: k')",
+                                       timeout=5_000)
+                assert "invalid_input" in page.locator("#form-error").inner_text()
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
