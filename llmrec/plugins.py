@@ -39,6 +39,7 @@ DEFAULT_PLUGINS = (
     "llmrec.nodes.llm",
     "llmrec.nodes.llm_tasks",
     "llmrec.nodes.verify",
+    "llmrec.nodes.planning",
     "llmrec.runtime.caches",
     "llmrec.eval.commands",
     "llmrec.serve.commands",

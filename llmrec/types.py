@@ -49,6 +49,10 @@ class UserProfile(_Value):
         default_factory=dict, description="Share of the user's weighted interactions per category, largest first."
     )
     top_categories: list[str] = Field(default_factory=list, description="The categories the user likes most.")
+    liked: list[str] = Field(default_factory=list,
+                             description="Ids the user rated at or above the profile's like threshold, latest last.")
+    disliked: list[str] = Field(default_factory=list,
+                                description="Ids the user rated at or below the dislike threshold, latest last.")
 
 
 class Recommendation(_Value):
@@ -71,4 +75,17 @@ class Recommendations(_Value):
     items: list[Recommendation] = Field(default_factory=list)
 
 
-__all__ = ["Candidates", "Recommendation", "Recommendations", "ScoredItem", "UserProfile"]
+class LabelScore(_Value):
+    label: str
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+class Labeled(_Value):
+    """A classification: one label of a fixed set, and optionally the top labels with a confidence each
+    (``llm.label``, ``label.embedding``)."""
+
+    label: str
+    top: list[LabelScore] = Field(default_factory=list)
+
+
+__all__ = ["Candidates", "LabelScore", "Labeled", "Recommendation", "Recommendations", "ScoredItem", "UserProfile"]

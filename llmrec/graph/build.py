@@ -518,6 +518,8 @@ class _Checker:
             self._check_fallback_value(node, fb.value, path + ("value",))
 
     def _check_fallback_value(self, node: BuiltNode, value: Any, path: Path_) -> None:
+        if value is None and not any(node.id in other.deps for other in self.nodes.values()):
+            return  # null for a node that only outputs read: "no answer" (e.g. a judge with no model)
         try:
             TypeAdapter(node.output_type).validate_python(value)
         except ValidationError as exc:

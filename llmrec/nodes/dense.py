@@ -32,7 +32,7 @@ from ..embed import DEFAULT_MODEL, MINILM_NAMES, Embedder
 from ..hookspecs import hookimpl
 from ..index import AUTO_EXACT_MAX, VectorIndex
 from ..node import CheckContext, NodeType, Problem, ResourceType, SpecPath
-from ..types import Candidates, ScoredItem
+from ..types import Candidates, Labeled, LabelScore, ScoredItem
 from .recsys import _candidates, _Config, _count, _PerObjects
 
 # -- resource --------------------------------------------------------------------------------------------------
@@ -280,7 +280,75 @@ class Similarity(NodeType):
         return cands.model_copy(update={"items": items})
 
 
-NODE_TYPES: tuple[type[NodeType], ...] = (Dense, Similarity)
+# -- zero-shot labeling and pair similarity --------------------------------------------------------------------
+
+
+class EmbeddingLabelConfig(_Config):
+    labels: dict[str, str] = Field(
+        min_length=2,
+        description="Label -> the text its embedding is taken from (a short description; empty: the label itself).")
+    top: int = Field(0, ge=0, description="Also return the top labels with a confidence each (0: no).")
+    temperature: float = Field(0.05, gt=0.0, description="Softmax temperature over cosines, for the confidences.")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _from_list(cls, v: Any) -> Any:
+        return {str(label): "" for label in v} if isinstance(v, list) else v
+
+
+class EmbeddingLabel(NodeType):
+    """Zero-shot classification without an LLM: the label whose description embeds closest to the text (cosine),
+    confidences from a softmax over the cosines. The classic fallback of ``llm.label``: the same output type."""
+
+    name = "label.embedding"
+    description = "Label a text by embedding similarity to each label's description (zero-shot, no LLM)."
+    Config = EmbeddingLabelConfig
+    offload = True
+
+    def __init__(self, config: EmbeddingLabelConfig) -> None:
+        super().__init__(config)
+        self._labels: _PerObjects[np.ndarray] = _PerObjects()
+        self._lock = threading.Lock()
+
+    def label_vectors(self, model: Embedder) -> np.ndarray:
+        texts = [desc or label for label, desc in self.config.labels.items()]
+        with self._lock:
+            return self._labels.get((model,), lambda: model.encode(texts))
+
+    async def warm(self, model: Embedder | None = None, **_: Any) -> None:
+        if model is not None:
+            await asyncio.to_thread(self.label_vectors, model)
+
+    def run(self, model: Embedder, text: str) -> Labeled:
+        cfg = self.config
+        names = list(cfg.labels)
+        cosines = self.label_vectors(model) @ model.embed([text])[0]
+        z = np.exp((cosines - cosines.max()) / cfg.temperature)
+        probs = z / z.sum()
+        order = np.argsort(-probs, kind="stable")
+        top = [LabelScore(label=names[i], confidence=round(float(probs[i]), 6)) for i in order[: cfg.top]]
+        return Labeled(label=names[int(order[0])], top=top)
+
+
+class PairSimilarityConfig(_Config):
+    pass
+
+
+class PairSimilarity(NodeType):
+    """The cosine similarity of two texts' embeddings (cached on disk like every embedding): a cheap pre-filter
+    before asking an LLM whether two items are alike (``when: "similarity >= 0.4"``)."""
+
+    name = "embed.pair_similarity"
+    description = "Cosine similarity of two texts' embeddings, e.g. to pre-filter pairs before an LLM judges them."
+    Config = PairSimilarityConfig
+    offload = True
+
+    def run(self, model: Embedder, a: str, b: str) -> float:
+        va, vb = model.embed([a, b])
+        return round(float(va @ vb), 6)
+
+
+NODE_TYPES: tuple[type[NodeType], ...] = (Dense, Similarity, EmbeddingLabel, PairSimilarity)
 
 
 @hookimpl
@@ -294,4 +362,4 @@ def llmrec_register_resource_types(register: Any) -> None:
     register(EmbedderResource)
 
 
-__all__ = ["Dense", "EmbedderResource", "NODE_TYPES", "Similarity"]
+__all__ = ["Dense", "EmbedderResource", "EmbeddingLabel", "NODE_TYPES", "PairSimilarity", "Similarity"]

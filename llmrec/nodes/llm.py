@@ -35,6 +35,7 @@ import hashlib
 import inspect
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +48,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationInfo,
+    WithJsonSchema,
     create_model,
     field_validator,
     model_validator,
@@ -74,7 +76,14 @@ from ..templates import TemplateProblem, compile_template, variables
 #: default templates shipped with llmrec: ``template_file: NAME`` finds ``prompts/NAME`` here last
 BUILTIN_PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
 
-Duration = Annotated[float | None, BeforeValidator(lambda v: None if v is None else parse_duration(v))]
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+Duration = Annotated[
+    float | None, BeforeValidator(lambda v: None if v is None else parse_duration(v)),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0},
+                              {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"},
+                              {"type": "null"}]}),
+]
 
 
 class _Config(BaseModel):
@@ -320,7 +329,8 @@ class PromptConfig(_Config):
         None, description="A str field of the schema the model thinks in; dropped from the node's output."
     )
     token_budget: int | None = Field(None, ge=1, description="Most tokens the rendered prompt may take.")
-    truncate: str | None = Field(None, description="The list input shortened (whole items) to fit token_budget.")
+    truncate: str | None = Field(
+        None, description="The input shortened to fit token_budget: a list by whole items, a text by whole sentences.")
     keep: Literal["last", "first"] = Field(
         "last", description="Which end of the 'truncate' list is the most recent and is kept."
     )
@@ -604,13 +614,17 @@ class Prompt(NodeType):
         items = inputs.get(name)
         if items is None:
             items = []
+        text = isinstance(items, str)
+        if text:  # a text is shortened by whole sentences
+            items = [s for s in _SENTENCE_END.split(items) if s]
         if not isinstance(items, (list, tuple)):
-            raise RunError(f"'truncate' input '{name}' must be a list to be shortened, got {type(items).__name__}")
+            raise RunError(f"'truncate' input '{name}' must be a list or a text to be shortened, got "
+                           f"{type(items).__name__}")
         items = list(items)
 
         def render(k: int) -> str:
             kept = (items[len(items) - k:] if k else []) if cfg.keep == "last" else items[:k]
-            return self._r.template.render({**inputs, name: kept})
+            return self._r.template.render({**inputs, name: " ".join(kept) if text else kept})
 
         lo, hi = 0, len(items)  # the largest k whose prompt fits: whole items only
         if estimate_tokens(render(0), provider) > budget:

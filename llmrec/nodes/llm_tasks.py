@@ -33,7 +33,7 @@ from ..errors import OutputValidationError
 from ..hookspecs import hookimpl
 from ..llm.provider import Choices, Completion, CompletionRequest, Provider
 from ..node import CheckContext, Param, Problem, RunContext, Signature, read_signature
-from ..types import Candidates, Recommendations, ScoredItem, UserProfile
+from ..types import Candidates, Labeled, LabelScore, Recommendations, ScoredItem, UserProfile
 from .llm import Prompt, PromptConfig, _resolve
 
 # -- output values ---------------------------------------------------------------------------------------------
@@ -67,18 +67,6 @@ class Explanations(_Value):
     @property
     def reasons(self) -> dict[str, str]:
         return {e.id: e.reason for e in self.items}
-
-
-class LabelScore(_Value):
-    label: str
-    confidence: float = Field(ge=0.0, le=1.0)
-
-
-class Labeled(_Value):
-    """What ``llm.label`` returns: one label of the configured set, and optionally the top labels."""
-
-    label: str
-    top: list[LabelScore] = Field(default_factory=list)
 
 
 class Judgement(_Value):
@@ -506,6 +494,9 @@ class RecommendConfig(TaskConfig):
         100, ge=0, description="List the options in the prompt when there are at most this many (candidates, "
                                "or the catalog); larger sets are enforced by Choices only.")
     source_name: str = Field("llm", min_length=1, description="The list's source name in its Candidates.")
+    profile_items: int = Field(
+        20, ge=0, description="Without liked/disliked inputs, the titles of the profile's last this many liked and "
+                              "disliked items are used.")
 
 
 class Recommend(_Task):
@@ -551,6 +542,10 @@ class Recommend(_Task):
             return Candidates(items=[], source=cfg.source_name)
         options = [item_view(catalog[to_id[v]], cfg.description_chars) for v in allowed] \
             if len(allowed) <= cfg.list_options else []
+        if liked is None and profile is not None:  # titles of the profile's rated items, most recent kept
+            liked = [catalog[i].title for i in profile.liked[-cfg.profile_items:] if i in catalog]
+        if disliked is None and profile is not None:
+            disliked = [catalog[i].title for i in profile.disliked[-cfg.profile_items:] if i in catalog]
         variables = {**extra, "liked": list(liked or []), "disliked": list(disliked or []),
                      "profile": profile_view(profile, catalog), "n": n, "by": cfg.by, "options": options,
                      "feedback": feedback_lines(feedback), "_allowed": allowed}

@@ -122,6 +122,8 @@ class ProfileConfig(_Config):
         description="A category needs this share of the user's weighted interactions to count as liked "
                     "(the largest one always counts).",
     )
+    like_at: float = Field(4.0, description="A rating at or above this puts the item in 'liked' (MovieLens: 4-5).")
+    dislike_at: float = Field(2.0, description="A rating at or below this puts the item in 'disliked'.")
 
 
 class Profile(NodeType):
@@ -141,6 +143,7 @@ class Profile(NodeType):
         top = [cat for cat, share in affinity.items() if share >= cfg.min_share][: cfg.max_top_categories]
         if not top and affinity and cfg.max_top_categories:
             top = [next(iter(affinity))]
+        rated = sorted((it for it in history if it.rating is not None), key=lambda it: it.timestamp)
         return UserProfile(
             user_id=user_id,
             known=True,
@@ -148,6 +151,8 @@ class Profile(NodeType):
             seen=list(dict.fromkeys(it.item_id for it in history)),  # first interaction first
             category_affinity=affinity,
             top_categories=top,
+            liked=list(dict.fromkeys(it.item_id for it in rated if it.rating >= cfg.like_at)),
+            disliked=list(dict.fromkeys(it.item_id for it in rated if it.rating <= cfg.dislike_at)),
         )
 
 

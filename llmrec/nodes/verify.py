@@ -311,6 +311,38 @@ class Verified(_Value):
     total: float | None = Field(None, description="Sum of price x quantity, when a budget was checked.")
 
 
+def as_number(value: Any) -> float | None:
+    """A numeric attribute as a float: numbers, and numeric text (CSV cells); else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _capacity(found: list[Entry], catalog: Catalog | None, attribute: str, room: float) -> list[Violation]:
+    """Violations when the entries' ``attribute`` (from the catalog) x quantity adds up to more than ``room``."""
+    used, unknown = 0.0, []
+    for e in found:
+        item = catalog.get(e.id) if catalog is not None and e.id is not None else None
+        size = as_number(item.attributes.get(attribute)) if item is not None else None
+        if size is not None:
+            used += size * e.quantity
+        else:
+            unknown.append(e)
+    out = [Violation(rule="capacity", item_id=e.id,
+                     message=f"'{e.title or e.id}' has no known {attribute}, so it cannot be checked to fit")
+           for e in unknown]
+    if used > room + 1e-9:
+        out.append(Violation(rule="capacity", message=f"the items need {round(used, 2):g} of {attribute}, more "
+                                                      f"than the {room:g} available"))
+    return out
+
+
 def _resolve_check(ref: str, base_dir: Path) -> Callable[..., Any]:
     """``file.py:function`` (beside the spec) or ``package.module:function``."""
     import importlib
@@ -372,6 +404,10 @@ class ConstraintsConfig(_Config):
     exclude_ids: list[str] = Field(default_factory=list, description="Ids that may not appear.")
     no_seen: bool = Field(False, description="Items of the profile's history may not appear (needs 'profile').")
     max_per_category: int | None = Field(None, ge=1, description="At most this many items of one category.")
+    capacity_attribute: str | None = Field(
+        None, description="A numeric catalog attribute (e.g. 'footprint_m2') whose sum x quantity may not exceed "
+                          "the 'capacity' input (or 'capacity' here): the items must fit.")
+    capacity: float | None = Field(None, ge=0, description="The default capacity, when no 'capacity' input is given.")
     quotas: dict[str, int] = Field(default_factory=dict, description="Category -> most items of it.")
     check: Annotated[list[CheckRef], BeforeValidator(_as_list)] = Field(
         default_factory=list,
@@ -400,11 +436,14 @@ class VerifyConstraints(NodeType):
         return []
 
     async def run(self, value: Any, catalog: Catalog | None = None, profile: UserProfile | None = None,
-                  budget: float | None = None, exclude: list[str] | None = None,
+                  budget: float | None = None, exclude: list[str] | None = None, capacity: float | None = None,
                   context: RunContext | None = None) -> Verified:
         cfg = self.config
         found = entries(value, catalog)
         out: list[Violation] = []
+        room = cfg.capacity if capacity is None else capacity
+        if cfg.capacity_attribute is not None and room is not None:
+            out += _capacity(found, catalog, cfg.capacity_attribute, float(room))
         total = None
         limit = cfg.budget if budget is None else budget
         if limit is not None:
@@ -504,5 +543,5 @@ def llmrec_register_node_types(register: Any) -> None:
         register(cls)
 
 
-__all__ = ["Accepted", "Entry", "Grounded", "NODE_TYPES", "SchemaCheck", "Verified", "VerifyAccept",
+__all__ = ["Accepted", "Entry", "as_number", "Grounded", "NODE_TYPES", "SchemaCheck", "Verified", "VerifyAccept",
            "VerifyConstraints", "VerifyGrounded", "VerifySchema", "Violation", "entries"]

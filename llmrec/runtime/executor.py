@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from ..errors import FallbackExhaustedError, InputError, NodeTimeoutError, RunError
+from ..errors import DeadlineExceededError, FallbackExhaustedError, InputError, NodeTimeoutError, RunError
 from ..graph.build import BuiltNode, Graph
 from ..node import NodeType, RunContext
 from ..spec.refs import RefExpr, get_attr
@@ -387,7 +387,7 @@ class Runtime:
                 outputs = await self._collect(state)
         except TimeoutError:
             self._cancel(state)
-            err = RunError(f"request deadline of {deadline:g}s exceeded", None, state.run_id)
+            err = DeadlineExceededError(f"request deadline of {deadline:g}s exceeded", None, state.run_id)
             err.trace = self._finish(state, trace)
             raise err from None
         except RunError as err:

@@ -79,7 +79,7 @@ def _params(cls: Any) -> list[str] | None:
     return None if sig.variadic else list(sig.params)
 
 
-_DURATION = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"}]}
+_DURATION = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"}]}
 
 
 def _shorthands(defs: dict[str, Any], root: dict[str, Any]) -> None:
@@ -96,6 +96,8 @@ def _shorthands(defs: dict[str, Any], root: dict[str, Any]) -> None:
     for name in ("backoff", "max_backoff"):
         if name in defs.get("RetrySpec", {}).get("properties", {}):
             defs["RetrySpec"]["properties"][name] = dict(_DURATION)
+    if "latency" in defs.get("BudgetSpec", {}).get("properties", {}):
+        defs["BudgetSpec"]["properties"]["latency"] = {"anyOf": [*_DURATION["anyOf"], {"type": "null"}]}
     if "ttl" in defs.get("CacheSpec", {}).get("properties", {}):
         defs["CacheSpec"]["properties"]["ttl"] = {"anyOf": [*_DURATION["anyOf"], {"type": "null"}]}
     inputs = root.get("properties", {}).get("inputs")

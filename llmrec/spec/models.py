@@ -13,12 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 NODE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_IDS = frozenset({"inputs", "resources", "env", "state", "session", "error"})
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string such as ``250ms``, ``2s``, ``1.5m``, ``1h``."""
+    """Seconds from a number or a string such as ``250ms``, ``2s``, ``1.5m``, ``1h``, ``1d``."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 2, 2.5, '250ms', '2s' or '1m'")
     if isinstance(value, (int, float)):
