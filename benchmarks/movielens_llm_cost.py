@@ -52,7 +52,7 @@ def build_model(folder: Path, titles: list[str], shape: str, vocab_size: int = 8
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     rng = random.Random(seed)
-    template = (ROOT / "prompts" / "recommend.j2").read_text(encoding="utf-8")
+    template = (ROOT / "llmrec" / "prompts" / "recommend.j2").read_text(encoding="utf-8")
     corpus = [template] * 50
     for _ in range(3000):
         picks = rng.sample(titles, 10)

@@ -33,6 +33,7 @@ import asyncio
 import difflib
 import hashlib
 import inspect
+import json
 import math
 import os
 import re
@@ -74,7 +75,7 @@ from ..spec.models import parse_duration
 from ..templates import TemplateProblem, compile_template, variables
 
 #: default templates shipped with llmrec: ``template_file: NAME`` finds ``prompts/NAME`` here last
-BUILTIN_PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
+BUILTIN_PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -471,9 +472,13 @@ _RESOLVED: dict[str, _Resolved] = {}
 
 def _resolve(config: PromptConfig) -> _Resolved:
     key = config.model_dump_json(by_alias=True)
-    if config.template_file:
+    files = [config.template_file] if config.template_file else []
+    if config.schema_:  # 'file.py:Model' or 'file.json': an edited file resolves again
+        ref = config.schema_
+        files.append(ref if ref.endswith(".json") else ref.rpartition(":")[0])
+    for file in files:
         try:
-            key += f":{Path(config.template_file).stat().st_mtime_ns}"
+            key += f":{Path(file).stat().st_mtime_ns}"
         except OSError:
             pass
     hit = _RESOLVED.get(key)
@@ -573,10 +578,14 @@ class Prompt(NodeType):
         return self._cache
 
     def cache_version(self) -> str:
-        """What a changed template must change in the cache key: the template and system sources."""
+        """What a changed template or schema must change in the cache key: the template and system sources, and
+        the output schema's JSON Schema (an edited schema file changes it even when the model keeps its name)."""
         if self._version is None:
             cfg = self.config
-            self._version = hashlib.sha256(repr((cfg.source(), cfg.system, cfg.reasoning_field)).encode()).hexdigest()
+            schema = self._r.schema
+            shape = json.dumps(schema.model_json_schema(), sort_keys=True, default=str) if schema is not None else ""
+            self._version = hashlib.sha256(
+                repr((cfg.source(), cfg.system, cfg.reasoning_field, shape)).encode()).hexdigest()
         return self._version
 
     async def close(self) -> None:

@@ -192,6 +192,25 @@ async def test_editing_a_template_file_changes_the_node_cache_key(tmp_path, monk
     assert edited.trace.node("pick").status == "ok" and fake.calls == 2  # never the stale answer
 
 
+
+async def test_editing_a_schema_file_changes_the_node_cache_key(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LLMREC_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "tests_pick.py").write_text(SCHEMA, encoding="utf-8")
+    path = str(write_spec(tmp_path, SPEC))
+    fake = FakeProvider(lambda req: {"items": ["m1"]})
+    await Runtime(validate(path), resources={"model": fake}).run({"liked": ["Alien"]})
+    hit = await Runtime(validate(path), resources={"model": fake}).run({"liked": ["Alien"]})
+    assert hit.trace.node("pick").status == "cached" and fake.calls == 1
+    # the same model name, another shape: a stale answer would not even validate against it
+    (tmp_path / "tests_pick.py").write_text(SCHEMA.replace("items: list[str]", "items: list[str]\n    why: str = ''"),
+                                            encoding="utf-8")
+    import os
+
+    os.utime(tmp_path / "tests_pick.py", ns=(1, 1))  # a new mtime even within the same clock tick
+    edited = await Runtime(validate(path), resources={"model": fake}).run({"liked": ["Alien"]})
+    assert edited.trace.node("pick").status == "ok" and fake.calls == 2
+
+
 CHILD = """
 import asyncio, json, sys
 from llmrec.api import validate
