@@ -160,6 +160,12 @@ class NodeType:
     async def close(self) -> None:
         """Called when the runtime shuts down. Default: nothing."""
 
+    @classmethod
+    def referenced_nodes(cls, config: BaseModel) -> list[str]:
+        """Ids of other nodes this node's *config* names (not its inputs), which count as used: e.g. the label
+        node a trainable ranker is trained with. Default: none."""
+        return []
+
     def cache_version(self) -> str:
         """Extra text for this node's cache keys: what the config *points at* and a cached result depends on,
         such as the contents of a template file. Default: nothing (the config itself is always part of the key)."""

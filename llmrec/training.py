@@ -65,6 +65,7 @@ class TrainingExample:
     inputs: dict[str, Any]
     relevant: frozenset[str]
     gains: Mapping[str, float] | None = None
+    labelled_by: str = "dataset"  # or "node": the spec's label node (e.g. an LLM) gave this case's labels
 
 
 @dataclass
@@ -176,8 +177,23 @@ def dataset_resources(graph: Graph) -> list[str]:
     return out
 
 
+LABELS_OUTPUT = "labels__"
+
+
+def label_node(graph: Graph, node_id: str) -> str | None:
+    """The node whose output labels ``node_id``'s training cases (its config's ``labels``), if any."""
+    name = getattr(graph.nodes[node_id].config, "labels", None)
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in graph.nodes or name == node_id:
+        raise TrainingError(f"node '{node_id}': 'labels' names {name!r}, which is not another node of spec "
+                            f"'{graph.name}' (nodes: {', '.join(graph.nodes)})")
+    return name
+
+
 def derived_graph(graph: Graph, node_id: str) -> Graph:
-    """A graph of ``node_id``'s ancestors whose outputs are its input expressions (``in__NAME``)."""
+    """A graph of ``node_id``'s ancestors whose outputs are its input expressions (``in__NAME``), plus the
+    output of its label node (``labels__``) when it has one."""
     import networkx as nx
 
     from .api import build
@@ -185,8 +201,12 @@ def derived_graph(graph: Graph, node_id: str) -> Graph:
     doc = graph.document
     assert doc.spec is not None
     keep = nx.ancestors(graph.dag, node_id)
-    nodes = {n: s for n, s in doc.spec.nodes.items() if n in keep}
     outputs = {f"in__{name}": value for name, value in graph.nodes[node_id].spec.inputs.items()}
+    labeler = label_node(graph, node_id)
+    if labeler is not None:
+        keep |= nx.ancestors(graph.dag, labeler) | {labeler}
+        outputs[LABELS_OUTPUT] = "${" + labeler + "}"
+    nodes = {n: s for n, s in doc.spec.nodes.items() if n in keep}
     text = json.dumps([{n: s.model_dump(mode="json") for n, s in nodes.items()}, outputs], default=str)
     used = set(re.findall(r"resources\.([A-Za-z_][A-Za-z0-9_]*)", text))
     resources = {n: r for n, r in doc.spec.resources.items() if n in used}
@@ -211,6 +231,29 @@ class TrainReport:
     written: bool
     metrics: dict[str, float]
     seconds: float
+    node_labelled: int = 0  # cases whose labels came from the spec's label node (e.g. an LLM), not the dataset
+
+
+def _as_labels(value: Any, case_id: str) -> tuple[frozenset[str], Mapping[str, float] | None]:
+    """Relevant ids and graded gains from a label node's output: ``{grades, relevant}`` (llm.relevance), a
+    mapping id -> gain (relevant: gain > 0), or a list of relevant ids."""
+    grades = getattr(value, "grades", None)
+    if grades is None and isinstance(value, Mapping) and "grades" in value:
+        grades = value["grades"]
+    relevant = getattr(value, "relevant", None)
+    if relevant is None and isinstance(value, Mapping) and "relevant" in value:
+        relevant = value["relevant"]
+    if grades is not None:
+        gains = {str(k): float(v) for k, v in dict(grades).items()}
+        ids = frozenset(str(i) for i in relevant) if relevant is not None else frozenset(k for k, v in gains.items() if v > 0)
+        return ids, {k: v for k, v in gains.items() if v > 0}
+    if isinstance(value, Mapping):
+        gains = {str(k): float(v) for k, v in value.items()}
+        return frozenset(k for k, v in gains.items() if v > 0), gains
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return frozenset(value), None
+    raise TrainingError(f"training case '{case_id}': the label node gave {type(value).__name__}; expected "
+                        "{grades, relevant} (llm.relevance), a mapping id -> gain, or a list of ids")
 
 
 async def collect_examples(
@@ -237,7 +280,11 @@ async def collect_examples(
                 raise TrainingError(f"training case '{case.id}' does not fit the spec's inputs: {exc}") from None
             except RunError as exc:
                 raise TrainingError(f"training case '{case.id}': {exc}") from None
+        labels = result.outputs.pop(LABELS_OUTPUT, None)
         values = {name[len("in__"):]: value for name, value in result.outputs.items()}
+        if labels is not None:
+            relevant, gains = _as_labels(labels, case.id)
+            return TrainingExample(case.id, values, relevant, gains, labelled_by="node")
         return TrainingExample(case.id, values, frozenset(case.relevant), case.gains)
 
     try:
@@ -297,6 +344,7 @@ async def atrain(
             node_id=node_id, node_type=node.cls.name, cases=len(examples),
             rows=int(artifact.meta.get("rows", 0)), folder=artifact.folder, written=written,
             metrics=dict(artifact.meta.get("metrics", {})), seconds=time.perf_counter() - started,
+            node_labelled=sum(e.labelled_by == "node" for e in examples),
         ))
     return reports
 
@@ -341,6 +389,18 @@ def llmrec_validate_graph(graph: Any, document: Any) -> list[Any]:
         bind = getattr(node.cls, "bind", None)
         if callable(bind):
             bind(node.config, node_id=node_id, graph=graph)
+        labels = getattr(node.config, "labels", None)
+        if labels is not None and (labels not in graph.nodes or labels == node_id):
+            from difflib import get_close_matches
+
+            from .errors import DanglingReferenceError
+
+            close = get_close_matches(str(labels), list(graph.nodes), n=1)
+            loc = document.positions.value(("nodes", node_id, "config", "labels")) or document.at(("nodes", node_id),
+                                                                                                 key=True)
+            warnings.append(DanglingReferenceError(
+                f"'labels' names '{labels}', which is not another node of this spec", loc, node_id,
+                f"Did you mean '{close[0]}'?" if close else f"Nodes: {', '.join(graph.nodes)}."))
         if getattr(node.config, "train_on_first_use", False):
             continue  # asked to train itself at start: nothing to warn about
         status = getattr(node.cls, "artifact_status", None)
@@ -385,8 +445,12 @@ def llmrec_register_commands(cli: Any) -> None:
         for r in reports:
             metrics = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items()) or "no validation part"
             state = "wrote" if r.written else "up to date (same config and data; --force rewrites)"
+            labels = "" if label_node(graph, r.node_id) is None else (
+                f"; labels: {r.node_labelled} cases from node '{label_node(graph, r.node_id)}', "
+                f"{r.cases - r.node_labelled} from the dataset")
             sys.stdout.write(f"trained node '{r.node_id}' ({r.node_type}) on {r.cases} cases, {r.rows} rows in "
-                             f"{r.seconds:.1f}s; validation: {metrics}\n  {state}: {os.path.normpath(r.folder)}\n")
+                             f"{r.seconds:.1f}s{labels}; validation: {metrics}\n  {state}: "
+                             f"{os.path.normpath(r.folder)}\n")
 
 
 __all__ = [

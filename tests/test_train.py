@@ -138,3 +138,56 @@ def test_train_errors(tmp_path, capsys):
 
     with pytest.raises(RunError, match="llmrec train"):
         run(spec, {"user_id": "u1"})
+
+
+# -- labels from a node of the spec (an LLM labeling the training cases) -------------------------------------------
+
+LABELLED = SPEC.replace("""      ranked:
+        type: rank.lambdamart
+        config: {model_path: models, k: 5, n_estimators: 20, min_data_in_leaf: 10, train_on_first_use: FIRST_USE}""",
+                        """      label:
+        type: llm.relevance
+        config: {k: 10}
+        inputs: {model: "${resources.model}", candidates: "${unseen}", catalog: "${resources.data.catalog}",
+                 profile: "${profile}"}
+        fallback: {value: null}
+      ranked:
+        type: rank.lambdamart
+        config: {model_path: models, k: 5, n_estimators: 20, min_data_in_leaf: 10, labels: LABELS}""").replace(
+    "    nodes:\n", "      model: {type: llm}\n    nodes:\n", 1)
+
+
+def test_a_label_node_labels_the_training_cases_and_without_a_model_the_dataset_does(tmp_path) -> None:
+    import asyncio
+
+    from llmrec.api import validate
+    from llmrec.testing import FakeProvider
+    from llmrec.training import atrain, collect_examples
+
+    graph = validate(write_spec(tmp_path, LABELLED.replace("LABELS", "label")))
+
+    def grade(request):  # the model grades the first candidate shown 3, the rest 0
+        ids = __import__("re").findall(r"id=(\S+) \|", request.messages[-1].content)
+        return {"grades": [{"id": i, "grade": 3 if n == 0 else 0} for n, i in enumerate(ids)]}
+
+    fake = FakeProvider(grade)
+    data = asyncio.run(graph.resources["data"].cls(graph.resources["data"].config).load())
+    cases = list(data.train_cases)[:6]
+    examples = asyncio.run(collect_examples(graph, "ranked", cases, {"data": data, "model": fake}))
+    assert fake.calls == 6 and all(e.labelled_by == "node" for e in examples)
+    for e in examples:
+        first = e.inputs["candidates"].items[0].id
+        assert e.relevant == frozenset({first}) and e.gains == {first: 3.0}
+
+    offline = asyncio.run(collect_examples(graph, "ranked", cases, {"data": data}))
+    assert all(e.labelled_by == "dataset" for e in offline)
+    assert [e.relevant for e in offline] == [frozenset(c.relevant) for c in cases]
+    reports = asyncio.run(atrain(graph, resources={"data": data, "model": fake}, max_cases=20))
+    assert reports[0].node_labelled == 20 and reports[0].written
+
+
+def test_labels_naming_no_node_is_a_validation_error(tmp_path) -> None:
+    from llmrec.testing import errors_of
+
+    errors = errors_of(write_spec(tmp_path, LABELLED.replace("LABELS", "lable")))
+    assert len(errors) == 1 and "'labels' names 'lable'" in errors[0] and "Did you mean 'label'?" in errors[0]

@@ -584,6 +584,11 @@ class _Checker:
                 if r.node and r.node in dag:
                     used.add(r.node)
                     used |= nx.ancestors(dag, r.node)
+        for node in list(self.nodes.values()):  # nodes a used node's config names (e.g. a trainer's label node)
+            if node.id in used:
+                for other in node.cls.referenced_nodes(node.config):
+                    if other in dag:
+                        used |= {other} | nx.ancestors(dag, other)
         data_only = nx.DiGraph([(u, v) for u, v, k in dag.edges(data="kind") if k == "data"])
         data_only.add_nodes_from(dag.nodes)
         needed: set[str] = set()

@@ -69,6 +69,13 @@ class Explanations(_Value):
         return {e.id: e.reason for e in self.items}
 
 
+class Graded(_Value):
+    """What ``llm.relevance`` returns: a grade per item (0 = not relevant) and the ids at or above the bar."""
+
+    grades: dict[str, int] = Field(default_factory=dict)
+    relevant: list[str] = Field(default_factory=list, description="Ids graded at least the config's relevant_at.")
+
+
 class Judgement(_Value):
     """What ``llm.judge`` returns: a 1-5 score per criterion, their mean and the judge's rationale."""
 
@@ -164,6 +171,15 @@ def label_answer(labels: tuple[str, ...], top: int) -> type[BaseModel]:
         return create_model("LabelAnswer", __base__=_Answer, **fields)
 
     return _dynamic(("label", labels, top), build)
+
+
+def relevance_answer(max_grade: int) -> type[BaseModel]:
+    def build() -> type[BaseModel]:
+        grade = create_model("ItemGrade", __base__=_Answer, id=(str, ...),
+                             grade=(int, Field(ge=0, le=max_grade)))
+        return create_model("RelevanceAnswer", __base__=_Answer, grades=(list[grade], ...))  # type: ignore[valid-type]
+
+    return _dynamic(("relevance", max_grade), build)
 
 
 def judge_answer(criteria: tuple[str, ...]) -> type[BaseModel]:
@@ -671,6 +687,59 @@ class Label(_Task):
         return Labeled(label=label, top=[LabelScore(label=k, confidence=v) for k, v in ranked])
 
 
+# -- llm.relevance ---------------------------------------------------------------------------------------------
+
+
+class RelevanceConfig(TaskConfig):
+    default_template: ClassVar[str] = "relevance.j2"
+    max_grade: int = Field(3, ge=1, le=10, description="Grades run from 0 to this.")
+    relevant_at: int = Field(2, ge=1, description="Items graded at least this are 'relevant'.")
+    k: int | None = Field(None, ge=1, description="Grade only the first k candidates (the rest get 0).")
+
+    @model_validator(mode="after")
+    def _bar(self) -> RelevanceConfig:
+        if self.relevant_at > self.max_grade:
+            raise ValueError(f"relevant_at {self.relevant_at} is above max_grade {self.max_grade}")
+        return self
+
+
+class Relevance(_Task):
+    """Relevance labels from an LLM (the book's labeling prompt): one call grades every candidate 0..max_grade for
+    the user in the profile (or the query). Its output can label training data (``labels:`` of a trainable
+    node such as rank.lambdamart) or evaluation. An item the model leaves out is graded 0.
+
+    Template variables: ``items``, ``profile``, ``query``, ``max_grade``."""
+
+    name = "llm.relevance"
+    description = "Grade candidates' relevance for a user with an LLM (labels for training or evaluation)."
+    Config = RelevanceConfig
+    provides = frozenset({"items", "profile", "query", "max_grade"})
+
+    def answer_schema(self, variables: dict[str, Any]) -> type[BaseModel]:
+        return relevance_answer(self.config.max_grade)
+
+    def choices(self, inputs: dict[str, Any]) -> tuple[Choices, ...]:
+        return (Choices("grades[].id", tuple(v["id"] for v in inputs["items"]), unique=True),)
+
+    async def run(self, model: Provider, candidates: Candidates | Recommendations | list[str], catalog: Catalog,
+                  profile: UserProfile | None = None, query: str | None = None,
+                  context: RunContext | None = None, **extra: Any) -> Graded:
+        cfg = self.config
+        ids = [i for i in _unique(_ids_of(candidates)) if i in catalog]
+        ids = ids[: cfg.k] if cfg.k is not None else ids
+        if not ids:
+            return Graded()
+        views = [item_view(catalog[i], cfg.description_chars) for i in ids]
+        variables = {**extra, "items": views, "profile": profile_view(profile, catalog), "query": query or "",
+                     "max_grade": cfg.max_grade}
+        answer = await self.ask(model, context, variables)
+        grades = {i: 0 for i in ids}
+        for g in answer.grades:
+            if g.id in grades:  # defence in depth: grades for the items shown only
+                grades[g.id] = min(max(int(g.grade), 0), cfg.max_grade)
+        return Graded(grades=grades, relevant=[i for i in ids if grades[i] >= cfg.relevant_at])
+
+
 # -- llm.judge -------------------------------------------------------------------------------------------------
 
 
@@ -786,7 +855,7 @@ def ground_plan(plan: Plan, catalog: Catalog) -> Plan:
     return plan.model_copy(update={"items": items})
 
 
-NODE_TYPES = (RewriteQuery, Rank, Recommend, Explain, Label, Judge, PlanNode)
+NODE_TYPES = (RewriteQuery, Rank, Recommend, Explain, Label, Relevance, Judge, PlanNode)
 
 
 @hookimpl
@@ -795,6 +864,6 @@ def llmrec_register_node_types(register: Any) -> None:
         register(cls)
 
 
-__all__ = ["Explain", "Explanation", "Explanations", "Judge", "Judgement", "Label", "LabelScore", "Labeled",
+__all__ = ["Explain", "Explanation", "Explanations", "Graded", "Relevance", "Judge", "Judgement", "Label", "LabelScore", "Labeled",
            "NODE_TYPES", "Plan", "PlanItem", "PlanNode", "Rank", "Recommend", "RewriteQuery", "RewrittenQuery",
            "ground_plan", "item_view"]

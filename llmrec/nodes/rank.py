@@ -109,6 +109,10 @@ class LambdaMARTConfig(BaseModel):
         0.2, ge=0.0, lt=1.0, description="Share of training cases held out to report validation metrics."
     )
     train_on_first_use: bool = Field(False, description="Train at start when no current artifact exists.")
+    labels: str | None = Field(
+        None, description="A node of the spec whose output labels each training case (e.g. an llm.relevance node); "
+                          "a case it gives no labels for (null: say, its fallback with no model) keeps the "
+                          "dataset's own.")
     k: int | None = Field(None, ge=1, description="Keep this many items (default: all), unless the 'k' input says.")
     source: str = Field("lambdamart", min_length=1, description="Name of the model's score in ScoredItem.sources.")
 
@@ -493,6 +497,10 @@ class LambdaMART(NodeType):
         return Candidates(items=items, source=source)
 
     # -- training --------------------------------------------------------------------------------------------
+    @classmethod
+    def referenced_nodes(cls, config: LambdaMARTConfig) -> list[str]:  # type: ignore[override]
+        return [config.labels] if config.labels else []
+
     @classmethod
     def fit(cls, config: LambdaMARTConfig, examples: list[TrainingExample], *, node_id: str = "lambdamart") -> Artifact:
         """Train on the examples (one query group per case) and return the artifact to write."""
