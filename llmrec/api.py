@@ -20,7 +20,23 @@ def check(path: str | os.PathLike[str], display: str | None = None) -> tuple[Gra
         return None, list(doc.errors), []
     registry = get_registry(doc.base_dir)
     graph, errors, warnings = check_graph(doc, registry)
-    return graph, list(errors), list(warnings)
+    errors = list(errors)
+    if graph is not None and doc.spec.variants:  # every variant must build too (`llmrec eval` runs them)
+        from .spec.variants import apply_variant
+
+        seen = {e.format() for e in errors}
+        for name in doc.spec.variants:
+            varied = apply_variant(doc, name)
+            found = list(varied.errors) if varied.spec is None else list(check_graph(varied, registry)[1])
+            for e in found:
+                if not e.message.startswith("variant "):
+                    e.message = f"in variant '{name}': {e.message}"
+                if e.format() not in seen:
+                    seen.add(e.format())
+                    errors.append(e)
+        if errors:
+            graph = None
+    return graph, errors, list(warnings)
 
 
 def validate(path: str | os.PathLike[str], display: str | None = None) -> Graph:
