@@ -77,8 +77,15 @@ class RunResult:
         """The outputs as JSON-compatible data (pydantic models dumped)."""
         return to_jsonable_python(self.outputs)  # type: ignore[no-any-return]
 
+    def fallbacks(self) -> list[dict[str, Any]]:
+        """Each node that fell back: which node, what it fell back to, and why."""
+        return [{"node": r.node_id, "to": r.fallback, "reason": r.fallback_reason}
+                for r in sorted(self.trace.nodes, key=lambda r: r.start_ms) if r.fallback is not None]
+
     def to_dict(self, trace: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {"outputs": self.outputs_json(), "degraded": self.degraded}
+        if data["degraded"]:
+            data["fallbacks"] = self.fallbacks()
         if trace:
             data["trace"] = self.trace.to_dict()
         return data

@@ -176,6 +176,9 @@ def _response_model(graph: Any) -> type[BaseModel]:
         __config__=ConfigDict(extra="allow"),
         outputs=(outputs, ...),
         degraded=(bool, Field(description="True when a node fell back.")),
+        fallbacks=(list[dict[str, Any]] | None, Field(
+            None, description="When degraded: each node that fell back, what to ('node:ID', 'value', 'template') "
+                              "and why.")),
         trace=(dict[str, Any] | None, Field(None, description="Per-node trace, with ?trace=true.")),
         session_id=(str | None, None),
         turn=(int | None, Field(None, description="This turn's number in the session (1 for the first).")),

@@ -35,6 +35,9 @@ def test_no_model_anywhere_warns_at_validation_and_falls_back(tmp_path, monkeypa
     assert result.outputs == {"label": "sport"} and result.degraded
     rec = result.trace.node("tag")
     assert rec.status == "fallback" and "LLMREC_MODEL" in rec.fallback_reason
+    # the response itself says which node fell back, to what, and why
+    (fell,) = result.to_dict()["fallbacks"]
+    assert fell["node"] == "tag" and fell["to"] == "value" and "no model configured" in fell["reason"]
 
 
 def run_spec_sync(path, inputs):

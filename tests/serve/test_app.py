@@ -246,7 +246,10 @@ async def test_a_failing_node_is_a_424_and_a_fallback_is_degraded(serve) -> None
     async with serve(TOOLS % {"seconds": 0}) as client:
         r = await client.post("/v1/recommend", json={"items": ["a", "b"]})
         assert r.status_code == 200
-        assert r.json() == {"outputs": {"items": ["a", "b"], "fallback": []}, "degraded": True}
+        body = r.json()
+        assert body["outputs"] == {"items": ["a", "b"], "fallback": []} and body["degraded"] is True
+        (fell,) = body["fallbacks"]  # which node fell back, to what, and why
+        assert fell["to"] == "value" and fell["reason"]
     async with serve(FAILING) as client:
         error = _error(await client.post("/v1/recommend?trace=true", json={"items": ["a"]}), 424, "node_failed")
         assert error["node"] == "broken" and "boom" in error["message"]
