@@ -535,7 +535,8 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
 
     svc0 = server.current
     app = FastAPI(title=f"llmrec: {svc0.name}", description=svc0.graph.spec.description or "",
-                  version=_version(), lifespan=lifespan)
+                  version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
+    _offline_docs(app)
     app.state.server = server
     server.app = app
     page = PLAYGROUND.read_text(encoding="utf-8")
@@ -718,6 +719,29 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI 5) and ``/redoc`` from the assets the fastapi-offline package ships, not a CDN: both
+    work offline."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/static/docs", StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title}: API",
+                                   swagger_js_url="/static/docs/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/docs/swagger-ui.css", swagger_favicon_url="data:,")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title}: API",
+                              redoc_js_url="/static/docs/redoc.standalone.js", redoc_favicon_url="data:,",
+                              with_google_fonts=False)
 
 
 def _openapi(app: FastAPI, svc: Service) -> dict[str, Any]:

@@ -360,3 +360,14 @@ async def test_reload_on_demand_refuses_an_invalid_spec(serve) -> None:
         client.spec_path.write_text(SHOP.replace("name: small", "name: renamed"), encoding="utf-8")
         assert await server.reload(force=True) is True
         assert (await client.get("/readyz")).json()["spec"] == "renamed"
+
+
+async def test_docs_page_works_offline(serve) -> None:
+    async with serve(TOOLS % {"seconds": 0}) as client:
+        page = await client.get("/docs")
+        assert page.status_code == 200 and "/static/docs/swagger-ui-bundle.js" in page.text
+        assert "https://" not in page.text  # every asset is served by the app itself
+        js = await client.get("/static/docs/swagger-ui-bundle.js")
+        assert js.status_code == 200 and len(js.content) > 100_000
+        redoc = await client.get("/redoc")
+        assert redoc.status_code == 200 and "https://" not in redoc.text
