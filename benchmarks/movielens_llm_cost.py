@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -86,7 +87,9 @@ async def time_spec(path: Path, users: list[str], warmup: str, resources: dict |
     await rt.run({"user_id": warmup, "k": 10})
     startup = time.perf_counter() - t0
     passes = []
+    stats = getattr(rt.resources.get("model"), "stats", None)  # a local model's decode counters
     for _ in range(repeat):
+        before = dataclasses.replace(stats) if stats is not None else None
         seconds, prompt, completion, fallbacks, cached = [], 0, 0, 0, 0
         for u in users:
             t = time.perf_counter()
@@ -98,9 +101,17 @@ async def time_spec(path: Path, users: list[str], warmup: str, resources: dict |
                     completion += rec.tokens.get("completion", 0)
                 fallbacks += rec.fallback is not None
                 cached += bool(rec.cache)
-        passes.append({"mean": statistics.fmean(seconds), "p50": statistics.median(seconds), "max": max(seconds),
-                       "prompt_tokens": prompt / len(users), "completion_tokens": completion / len(users),
-                       "fallbacks": fallbacks, "cache_hits": cached})
+        row = {"mean": statistics.fmean(seconds), "p50": statistics.median(seconds), "max": max(seconds),
+               "prompt_tokens": prompt / len(users), "completion_tokens": completion / len(users),
+               "fallbacks": fallbacks, "cache_hits": cached}
+        if stats is not None and before is not None and stats.calls > before.calls:
+            row.update(forward_passes=(stats.forward_passes - before.forward_passes) / len(users),
+                       prefill_s=(stats.prefill_seconds - before.prefill_seconds) / len(users),
+                       decode_s=(stats.model_seconds - before.model_seconds
+                                 - stats.prefill_seconds + before.prefill_seconds) / len(users),
+                       constraint_s=(stats.constraint_seconds - before.constraint_seconds
+                                     + stats.sample_seconds - before.sample_seconds) / len(users))
+        passes.append(row)
     await rt.close()
     return {"startup": startup, "passes": passes}
 
@@ -183,8 +194,14 @@ def main() -> int:
         "sees no options; with a real model, listing candidates is what makes the answer relevant.",
         f"- Repeated requests are answered by the persistent prompt cache in {llm[1]['mean'] * 1000:.1f} ms "
         f"({llm[1]['cache_hits']} of {len(users)} hits): **{llm[1]['mean'] / cf:,.1f}x** PureSVD.",
-        "- Batching: the transformers provider runs one generation at a time (they share the same 2 cores); "
-        "batching several users into one forward pass is not implemented, so it is not measured.",
+        f"- Where an uncached request's time goes (per user, with pre-filter): the prompt's forward pass "
+        f"{llm[0].get('prefill_s', 0):.2f} s, the other {llm[0].get('forward_passes', 1) - 1:.0f} forward passes "
+        f"{llm[0].get('decode_s', 0):.2f} s (the grammar fast-forwards titles once their first tokens are "
+        f"chosen), constraint masks and sampling {llm[0].get('constraint_s', 0):.3f} s.",
+        "- Batching: not implemented. The transformers provider runs one generation at a time; on this CPU the "
+        "prompt's forward pass, which is compute-bound, dominates, so batching users (which helps memory-bound "
+        "decoding, mostly on GPUs) would save little here. Against an API model, `llmrec eval` already sends "
+        "requests concurrently (`--concurrency`).",
         "- Startup (fitting CF, loading the model, and one warm-up request for another user): "
         + ", ".join(f"{n} {r['startup']:.1f} s" for n, r in rows.items()) + ".",
         "- Quality is not measured: the weights are random. With a real model: "

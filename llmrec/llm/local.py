@@ -521,6 +521,7 @@ class DecodeStats:
     forced_tokens: int = 0
     forward_passes: int = 0
     model_seconds: float = 0.0  # forward passes
+    prefill_seconds: float = 0.0  # the first forward pass of each call (the whole prompt): part of model_seconds
     constraint_seconds: float = 0.0  # grammar masks, forced tokens, advancing the matcher
     sample_seconds: float = 0.0  # sampling (with the uniqueness check's rejections)
 
@@ -761,6 +762,7 @@ class TransformersProvider:
         finished = False
         stats = self.stats
         stats.calls += 1
+        first_pass = True
         with torch.inference_mode():
             while True:
                 if matcher is not None:
@@ -793,6 +795,9 @@ class TransformersProvider:
                 t1 = time.perf_counter()
                 stats.forward_passes += 1
                 stats.model_seconds += t1 - t0
+                if first_pass:
+                    stats.prefill_seconds += t1 - t0
+                    first_pass = False
                 if matcher is not None:
                     bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8),
                                          bitorder="little")
