@@ -245,9 +245,11 @@ class Unconfigured:
     timeout = None
     max_retries = 0
 
+    MESSAGE = (f"no model configured: set {MODEL_ENV} (a litellm model such as openai/gpt-4o-mini, or a local "
+               "model folder) or the llm resource's 'model'")
+
     async def complete(self, request: CompletionRequest) -> Completion:
-        raise ProviderError(f"no model configured: set {MODEL_ENV} (a litellm model such as openai/gpt-4o-mini, "
-                            "or a local model folder) or the llm resource's 'model'")
+        raise ProviderError(self.MESSAGE)
 
     async def close(self) -> None:
         return None
@@ -669,6 +671,9 @@ class Prompt(NodeType):
 
     async def run(self, model: Provider, context: RunContext | None = None, **inputs: Any) -> Any:
         node_id = context.node_id if context is not None else None
+        if isinstance(model, Unconfigured):  # no model: straight to the fallback, without rendering a prompt
+            _record(context, None, 0, model, {})
+            raise _for_node(ProviderError(Unconfigured.MESSAGE), node_id)
         embedder = inputs.pop("cache_model", None) if _semantic(self.config) else None
         req, info = self.request(inputs, model, context)
         cache = self.prompt_cache()
