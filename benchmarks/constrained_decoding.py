@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -81,11 +81,23 @@ def catalog_titles() -> tuple[tuple[str, ...], str]:
     return tuple(dict.fromkeys(titles)), "synthetic (LLMREC_DATA_DIR unset or ml-100k missing)"
 
 
+def byte_level_bpe(corpus: list[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer (as GPT-2's) trained on ``corpus``, with ``<|endoftext|>`` as EOS and BOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
 def build_model(folder: Path, titles: tuple[str, ...], vocab_size: int = 1024, seed: int = 0) -> None:
     """A byte-level BPE trained on JSON answers over ``titles``, and a 2-layer Llama with random weights."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     rng = random.Random(seed)
     corpus = []
@@ -94,12 +106,7 @@ def build_model(folder: Path, titles: tuple[str, ...], vocab_size: int = 1024, s
                 for _ in range(rng.randint(1, 5))]
         corpus.append(json.dumps({"summary": "films", "mood": {"tone": "calm", "intensity": 3},
                                   "recommendations": recs}, separators=(",", ":"), ensure_ascii=False))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    hf = byte_level_bpe(corpus, vocab_size)
     hf.save_pretrained(folder)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(hf), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

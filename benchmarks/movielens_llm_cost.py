@@ -49,8 +49,8 @@ def build_model(folder: Path, titles: list[str], shape: str, vocab_size: int = 8
     """Byte-level BPE trained on titles and prompt text, and a random-weight Qwen2 of ``shape``; returns the
     parameter count."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from constrained_decoding import byte_level_bpe  # benchmarks/ is on sys.path when run as a script
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     rng = random.Random(seed)
     template = (ROOT / "llmrec" / "prompts" / "recommend.j2").read_text(encoding="utf-8")
@@ -59,12 +59,7 @@ def build_model(folder: Path, titles: list[str], shape: str, vocab_size: int = 8
         picks = rng.sample(titles, 10)
         corpus.append(json.dumps({"items": picks}, separators=(",", ":"), ensure_ascii=False))
         corpus.append("I liked these:\n" + "\n".join(f"- {t}" for t in picks[:5]))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    hf = byte_level_bpe(corpus, vocab_size)
     hf.save_pretrained(folder)
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=len(hf), max_position_embeddings=8192, tie_word_embeddings=True,
