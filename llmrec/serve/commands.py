@@ -9,6 +9,8 @@ Also registers the built-in "memory" session store through ``llmrec_register_ses
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -60,6 +62,7 @@ def serve_command(
     from ..cli import Exit, _err, _load_graph
     from ..plugins import get_registry
     from .app import OPTIONS_ENV, ServeOptions, configure_logging, create_app
+    from .metrics import MULTIPROC_ENV
 
     graph = _load_graph(spec)  # refuses to start, printing every error, like `llmrec validate`
     stores = get_registry(spec.resolve().parent).session_stores
@@ -78,7 +81,17 @@ def serve_command(
                               "timeout_graceful_shutdown": graceful_timeout, "access_log": False}
     if workers > 1:  # each worker builds its own app from the options in the environment
         os.environ[OPTIONS_ENV] = options.to_env()
-        uvicorn.run("llmrec.serve.app:create_app_from_env", factory=True, workers=workers, **common)
+        # Prometheus multiprocess mode: every worker writes its samples under one folder and /metrics, whichever
+        # worker answers, adds them all up (set PROMETHEUS_MULTIPROC_DIR yourself to choose the folder)
+        shared = os.environ.get(MULTIPROC_ENV)
+        made = None
+        if not shared:
+            made = shared = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="llmrec-metrics-")
+        try:
+            uvicorn.run("llmrec.serve.app:create_app_from_env", factory=True, workers=workers, **common)
+        finally:
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
         return
     app = create_app(options, graph)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **common))

@@ -1,7 +1,13 @@
-"""Prometheus metrics of one server, in the app's own CollectorRegistry (never the global one)."""
+"""Prometheus metrics of one server, in the app's own CollectorRegistry (never the global one).
+
+With several worker processes (``llmrec serve --workers N``) prometheus_client's multiprocess mode is on
+(``PROMETHEUS_MULTIPROC_DIR``, set by the command): every worker writes its samples to files in that folder, and
+``/metrics`` reports the sum over all workers, whichever one answers.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -10,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 NODE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 GROUNDED_TYPES = frozenset({"verify.grounded"})
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -28,8 +35,10 @@ class Metrics:
         self.errors = Counter("llmrec_errors_total", "Requests answered with an error, by kind "
                               "(invalid_json, invalid_input, node_failed, deadline_exceeded, overloaded, ...).",
                               ("kind",), registry=r)
-        self.in_flight = Gauge("llmrec_requests_in_flight", "Spec runs in progress.", registry=r)
-        self.ready = Gauge("llmrec_ready", "1 once resources are loaded and the spec can answer.", registry=r)
+        self.in_flight = Gauge("llmrec_requests_in_flight", "Spec runs in progress.", registry=r,
+                               multiprocess_mode="livesum")
+        self.ready = Gauge("llmrec_ready", "1 once resources are loaded and the spec can answer (every worker).",
+                           registry=r, multiprocess_mode="livemin")
         self.reloads = Counter("llmrec_spec_reloads_total", "Spec reloads, by outcome (ok, invalid, failed).",
                                ("outcome",), registry=r)
         self.runs = Counter("llmrec_runs_total", "Spec runs, by outcome (ok, degraded, failed).", ("outcome",),
@@ -96,4 +105,10 @@ class Metrics:
                 self.grounding.labels(node_id, kind).inc(n)
 
     def render(self) -> bytes:
+        if os.environ.get(MULTIPROC_ENV):  # every worker's samples, summed
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

@@ -105,6 +105,39 @@ def test_llmrec_serve_answers_reloads_on_sighup_and_finishes_in_flight_requests_
             proc.wait()
 
 
+def test_with_two_workers_metrics_add_up_over_both(tmp_path: Path) -> None:
+    spec = write(tmp_path, TOOLS % {"seconds": 0})
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in _env().items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    proc = subprocess.Popen([*LLMREC, "serve", str(spec), "--port", str(port), "--workers", "2",
+                             "--reload-interval", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT)
+    try:
+        _wait_ready(url, proc, timeout=60)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for _ in range(12):  # new connections: the kernel spreads them over the workers
+                with httpx.Client(base_url=url, timeout=10) as one:
+                    assert one.post("/v1/recommend", json={"items": ["a"]}).status_code == 200
+            counts = set()
+            for _ in range(6):  # whichever worker answers /metrics, it reports both workers' requests
+                with httpx.Client(base_url=url, timeout=10) as one:
+                    text = one.get("/metrics").text
+                line = next(x for x in text.splitlines()
+                            if x.startswith('llmrec_requests_total{') and 'endpoint="recommend"' in x
+                            and 'code="200"' in x)
+                counts.add(float(line.rsplit(" ", 1)[1]))
+            assert counts == {12.0}
+            assert client.get("/healthz").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")
 def test_playground_in_a_real_browser(tmp_path: Path) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
