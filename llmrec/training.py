@@ -445,9 +445,9 @@ def llmrec_register_commands(cli: Any) -> None:
         for r in reports:
             metrics = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items()) or "no validation part"
             state = "wrote" if r.written else "up to date (same config and data; --force rewrites)"
-            labels = "" if label_node(graph, r.node_id) is None else (
-                f"; labels: {r.node_labelled} cases from node '{label_node(graph, r.node_id)}', "
-                f"{r.cases - r.node_labelled} from the dataset")
+            labeler = label_node(graph, r.node_id)
+            labels = "" if labeler is None else (f"; labels: {r.node_labelled} cases from node '{labeler}', "
+                                                 f"{r.cases - r.node_labelled} from the dataset")
             sys.stdout.write(f"trained node '{r.node_id}' ({r.node_type}) on {r.cases} cases, {r.rows} rows in "
                              f"{r.seconds:.1f}s{labels}; validation: {metrics}\n  {state}: "
                              f"{os.path.normpath(r.folder)}\n")
