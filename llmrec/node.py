@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -105,6 +106,39 @@ class CheckContext:
     inputs: dict[str, Any] = field(default_factory=dict)  # the node's inputs as written (values or ${...} text)
 
 
+@dataclass
+class StartContext:
+    """What ``NodeType.start(ctx)`` receives when it declares a parameter: who the node is, its graph, and its
+    trained artifact (trainable node types; see :mod:`llmrec.training`)."""
+
+    node_id: str
+    graph: Any
+    base_dir: Path | None
+    #: ``await ctx.artifact()``: the verified artifact, trained first when the config says train_on_first_use;
+    #: raises ModelNotTrainedError / ArtifactError naming the command otherwise
+    artifact: Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class LoadContext:
+    """What ``ResourceType.load(ctx)`` receives when it declares a parameter: its name, the graph, other
+    resources' values (``await ctx.resource("ml")``) and its trained artifact (trainable resource types)."""
+
+    name: str
+    graph: Any
+    base_dir: Path | None
+    resource: Callable[[str], Awaitable[Any]]
+    artifact: Callable[[], Awaitable[Any]]
+
+
+def wants_context(method: Any) -> bool:
+    """Whether a ``start``/``load`` method takes a context parameter (older plugins' take none)."""
+    try:
+        return len(inspect.signature(method).parameters) > 0
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return False
+
+
 def read_signature(fn: Any) -> Signature:
     """Declared inputs and output of a ``run`` method, from its annotations."""
     sig = inspect.signature(fn)
@@ -148,7 +182,9 @@ class NodeType:
         self.config = config
 
     async def start(self) -> None:
-        """Called once before the first run (load a model, open a connection). Default: nothing."""
+        """Called once before the first run (load a model, open a connection). Default: nothing.
+
+        Declare a parameter, ``async def start(self, ctx: StartContext)``, to receive the node's context."""
 
     async def warm(self, **inputs: Any) -> None:
         """Called once at start with the inputs already known then: those bound to resources or literals.

@@ -1,24 +1,29 @@
-"""``llmrec train``: fit the trainable nodes of a spec on its dataset's training cases, and the artifact store.
+"""``llmrec train``: the one training contract every trainer follows, and the command.
 
-A node type is *trainable* when it has a ``fit`` classmethod (a generic protocol: nothing here names a node
-type)::
+A node type or resource type is *trainable* when it has a ``fit`` classmethod. It declares, as data and small
+classmethods (a protocol, not a base class; nothing here names a node type)::
 
+    trains_on: ClassVar[str] = "cases"        # "cases": fit gets the node's collected inputs per training case
+                                               # "dataset": fit gets the dataset split (e.g. a sequence model)
     @classmethod
-    def fit(cls, config, examples: list[TrainingExample], *, node_id: str) -> Artifact: ...
+    def training_params(cls, config, inputs: frozenset[str]) -> dict: ...   # what the artifact depends on
     @classmethod
-    def artifact_status(cls, config) -> str | None: ...   # None when a current artifact exists, else why not
+    def artifact_path(cls, config) -> Path: ...     # optional; default: config.model_path
     @classmethod
-    def bind(cls, config, *, node_id: str, graph: Graph) -> None: ...  # optional: learn its id and graph
+    def fit(cls, config, ctx: TrainContext) -> TrainOutput: ...   # writes its files into ctx.staging
+    @classmethod
+    def is_trainable(cls, config) -> bool: ...      # optional (resources whose provider may or may not train)
 
-A config with ``train_on_first_use: true`` trains itself at start, so ``llmrec validate`` does not warn about its
-missing artifact.
+and, to use what it learned, ``start(self, ctx: StartContext)`` (nodes) or ``load(self, ctx: LoadContext)``
+(resources): ``await ctx.artifact()`` returns the verified :class:`~llmrec.artifacts.Artifact`, training it
+first when the config says ``train_on_first_use: true``, and otherwise raises :class:`ModelNotTrainedError`
+with the exact command. No node reaches into training through its config.
 
-Training a node: the spec's ``dataset`` resource (a resource whose type provides :class:`~llmrec.data.Dataset`)
-is loaded once; a *derived* spec keeps only the node's ancestors and has the node's ``inputs:`` expressions as
-its outputs, so running it once per training case yields exactly what the node would receive (the node itself
-does not run). Each case's resolved inputs plus its ``relevant`` set make one :class:`TrainingExample`.
-``fit`` returns an :class:`Artifact`, written atomically to ``<model_path>/<node id>-<hash>/`` (a temporary
-folder, then ``os.replace``) with a ``latest`` pointer file beside it.
+What training sees (:class:`TrainContext`): the dataset resource's split. When it has ``train_cases`` (a user
+split) those are the validation cases; otherwise (the temporal protocol) a validation split is carved from
+each user's *training* events exactly as the test split was (PROTOCOLS.md: tuning never sees test), and
+upstream nodes learn from the carved training log. Artifacts are written through
+:mod:`llmrec.artifacts` (versioned, atomic, metadata with a data content hash and checksums).
 """
 
 from __future__ import annotations
@@ -29,24 +34,23 @@ import hashlib
 import json
 import os
 import re
-import shutil
+import signal
 import sys
+import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
+from .artifacts import Artifact, ArtifactError, ArtifactStore, Staging, digest, params_hash, read_meta
 from .errors import InputError, LlmrecError, RunError
+from .node import LoadContext, StartContext
 from .hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import Dataset, EvalCase
     from .graph.build import Graph
-
-LATEST = "latest"
-META = "meta.json"
 
 
 class ModelNotTrainedError(RunError):
@@ -55,6 +59,14 @@ class ModelNotTrainedError(RunError):
 
 class TrainingError(LlmrecError):
     """``llmrec train`` cannot train: no trainable node, no dataset, no training cases, a failing case."""
+
+
+class TrainingInterrupted(LlmrecError):
+    """Training was stopped (Ctrl-C); ``resume`` says how to continue."""
+
+    def __init__(self, message: str, resume: str = "") -> None:
+        self.resume = resume
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -68,84 +80,36 @@ class TrainingExample:
     labelled_by: str = "dataset"  # or "node": the spec's label node (e.g. an LLM) gave this case's labels
 
 
-@dataclass
-class Artifact:
-    """What ``fit`` returns: files to write under ``<model_path>/<name>-<digest>/`` plus a summary."""
+@dataclass(frozen=True)
+class TrainOutput:
+    """What ``fit`` returns after writing its files into ``ctx.staging``."""
 
-    model_path: Path
-    name: str
-    digest: str
-    files: dict[str, bytes | str]
-    meta: dict[str, Any] = field(default_factory=dict)
+    data_hash: str  # content hash of exactly what was learned from (versions the artifact)
+    metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics, training time...
+    meta: dict[str, Any] = field(default_factory=dict)  # anything else worth keeping in meta.json
+    rows: int = 0  # training rows / sequences / examples, for the report
+
+
+@dataclass
+class TrainContext:
+    """Everything ``fit`` may use, handed to it as one typed parameter."""
+
+    name: str  # the node id or resource name being trained
+    trainer: str  # its registered type name
+    dataset: Dataset  # the split to learn from: ``train`` is what may be learned, ``train_cases`` validate
+    examples: list[TrainingExample]  # trains_on == "cases": the node's inputs per training case; else []
+    inputs: frozenset[str]  # the input names the node is given (nodes; empty for resources)
+    params: dict[str, Any]  # training_params(config, inputs): what the artifact is versioned by
+    staging: Staging  # write the artifact's files here
+    checkpoint_dir: Path  # survives an interrupted run with the same params (resumable trainers)
+    seed: int = 0
+    device: str = "cpu"  # "cuda" when torch sees a GPU and the config does not say otherwise
+    progress: Callable[[str], None] = lambda _: None  # one line of progress for the user
+    should_stop: Callable[[], bool] = lambda: False  # True after Ctrl-C: stop at the next safe point
 
     @property
-    def folder(self) -> Path:
-        return self.model_path / f"{self.name}-{self.digest}"
-
-    def save(self, force: bool = False) -> bool:
-        """Write atomically and point ``latest`` at it; returns False when it already existed (and not forced)."""
-        folder = self.folder
-        self.model_path.mkdir(parents=True, exist_ok=True)
-        written = True
-        if folder.exists() and not force:
-            written = False
-        else:
-            tmp = self.model_path / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
-            try:
-                for name, content in {**self.files, META: json.dumps(self.meta, indent=2, sort_keys=True)}.items():
-                    mode = "wb" if isinstance(content, bytes) else "w"
-                    with open(tmp / name, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as fh:
-                        fh.write(content)
-                if folder.exists():  # --force over an existing folder: a directory rename needs an empty target
-                    old = self.model_path / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
-                    os.replace(folder, old)
-                    os.replace(tmp, folder)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    os.replace(tmp, folder)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        pointer = self.model_path / f".{LATEST}-{uuid.uuid4().hex[:8]}"
-        pointer.write_text(folder.name + "\n", encoding="utf-8")
-        os.replace(pointer, self.model_path / LATEST)
-        return written
-
-
-def digest(value: Any, length: int = 12) -> str:
-    """A short, stable hash of JSON-able data (or bytes)."""
-    data = value if isinstance(value, bytes) else json.dumps(value, sort_keys=True, default=str).encode()
-    return hashlib.sha256(data).hexdigest()[:length]
-
-
-def find_artifact(model_path: Path, config_hash: str) -> Path | None:
-    """The artifact folder trained with ``config_hash``: the ``latest`` one if it matches, else the newest that
-    does; None when there is none."""
-    if not model_path.is_dir():
-        return None
-    pointer = model_path / LATEST
-    if pointer.is_file():
-        folder = model_path / pointer.read_text(encoding="utf-8").strip()
-        if read_meta(folder).get("config_hash") == config_hash:
-            return folder
-    best: tuple[float, Path] | None = None
-    for meta_file in model_path.glob(f"*/{META}"):
-        meta = read_meta(meta_file.parent)
-        if meta.get("config_hash") == config_hash and not meta_file.parent.name.startswith("."):
-            created = float(meta.get("created", 0))
-            if best is None or created > best[0]:
-                best = (created, meta_file.parent)
-    return best[1] if best else None
-
-
-def read_meta(folder: Path) -> dict[str, Any]:
-    """An artifact's meta.json, or {} when missing or unreadable."""
-    try:
-        data = json.loads((folder / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    def validation(self) -> tuple[EvalCase, ...]:
+        return tuple(self.dataset.train_cases)
 
 
 def train_command(spec_display: str, node_id: str | None = None) -> str:
@@ -156,13 +120,100 @@ def train_command(spec_display: str, node_id: str | None = None) -> str:
 # -- finding what to train --------------------------------------------------------------------------------------
 
 
-def is_trainable(cls: Any) -> bool:
-    return callable(getattr(cls, "fit", None))
+@dataclass(frozen=True)
+class Target:
+    """One trainable thing of a graph: a node or a resource, with what its artifact is versioned by."""
+
+    kind: str  # "node" or "resource"
+    name: str
+    cls: Any
+    config: Any
+    inputs: frozenset[str]
+
+    @property
+    def trains_on(self) -> str:
+        return getattr(self.cls, "trains_on", "cases")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.cls.training_params(self.config, self.inputs))
+
+    @property
+    def first_use(self) -> bool:
+        return bool(getattr(self.config, "train_on_first_use", False))
+
+    def store(self, hint: str | None = None) -> ArtifactStore:
+        where = getattr(self.cls, "artifact_path", None)
+        root = where(self.config) if callable(where) else self.config.model_path
+        return ArtifactStore(root, self.name, hint)
+
+
+def is_trainable(cls: Any, config: Any = None) -> bool:
+    if not callable(getattr(cls, "fit", None)):
+        return False
+    check = getattr(cls, "is_trainable", None)
+    return not callable(check) or config is None or bool(check(config))
+
+
+def targets(graph: Graph) -> list[Target]:
+    """The graph's trainable resources, then its trainable nodes upstream first."""
+    out = [Target("resource", n, r.cls, r.config, frozenset()) for n, r in graph.resources.items()
+           if is_trainable(r.cls, r.config)]
+    for n in graph.order:
+        node = graph.nodes.get(n)
+        if node is not None and is_trainable(node.cls, node.config):
+            out.append(Target("node", n, node.cls, node.config, frozenset(node.spec.inputs)))
+    return out
 
 
 def trainable_nodes(graph: Graph) -> list[str]:
-    """Ids of the graph's trainable nodes, upstream first (a trainable node feeding another trains first)."""
-    return [n for n in graph.order if n in graph.nodes and is_trainable(graph.nodes[n].cls)]
+    """Names of the graph's trainable resources and nodes, in training order."""
+    return [t.name for t in targets(graph)]
+
+
+def _target(graph: Graph, name: str) -> Target:
+    for t in targets(graph):
+        if t.name == name:
+            return t
+    raise TrainingError(f"'{name}' is not a trainable node or resource of spec '{graph.name}'")
+
+
+def _command_for(graph: Graph, name: str) -> str:
+    display = graph.document.display if getattr(graph, "document", None) is not None else "<spec file>"
+    return train_command(display, name if len(targets(graph)) > 1 else None)
+
+
+async def ensure_artifact(graph: Graph, name: str, resource: Callable[[str], Awaitable[Any]] | None = None,
+                          log: Callable[[str], None] | None = None) -> Artifact:
+    """The verified artifact of trainable ``name``; trains it first when its config says train_on_first_use.
+
+    A missing, stale or corrupt artifact without train_on_first_use raises :class:`ModelNotTrainedError` /
+    :class:`~llmrec.artifacts.ArtifactError` naming the command that (re)trains it."""
+    t = _target(graph, name)
+    command = _command_for(graph, name)
+    store = t.store(f"Retrain it: `{command} --force`")
+    params = t.params
+    try:
+        found = store.load(params)
+    except ArtifactError:
+        if not t.first_use:
+            raise
+        found = None  # corrupt: train_on_first_use trains a fresh copy
+    if found is not None:
+        return found
+    problem = store.status(params) or "the model is corrupt"
+    if not t.first_use:
+        raise ModelNotTrainedError(f"{problem}; run `{command}` first (or set train_on_first_use: true)",
+                                   name if t.kind == "node" else None)
+    say = log or (lambda text: sys.stderr.write(text + "\n"))
+    say(f"{t.kind} '{name}' ({t.cls.name}): {problem}; training it now (train_on_first_use)")
+    preset: dict[str, Any] = {}
+    if resource is not None:
+        names = dataset_resources(graph)
+        if len(names) == 1:
+            preset[names[0]] = await resource(names[0])
+    await atrain(graph, [name], resources=preset, force=True, log=say)
+    return store.open(store.find(params_hash(params)) or store.root)
 
 
 def dataset_resources(graph: Graph) -> list[str]:
@@ -182,6 +233,8 @@ LABELS_OUTPUT = "labels__"
 
 def label_node(graph: Graph, node_id: str) -> str | None:
     """The node whose output labels ``node_id``'s training cases (its config's ``labels``), if any."""
+    if node_id not in graph.nodes:
+        return None
     name = getattr(graph.nodes[node_id].config, "labels", None)
     if name is None:
         return None
@@ -294,6 +347,106 @@ async def collect_examples(
         await rt.close()
 
 
+def validation_dataset(data: Dataset) -> Dataset:
+    """The split training learns from: ``data`` itself when it has training cases (a user split), else a
+    validation split carved from each user's training events with the dataset's own temporal protocol."""
+    from .data.splits import split_interactions
+
+    if data.train_cases or data.split not in ("temporal", "leave-last"):
+        return data
+    train, held, cases, _ = split_interactions(data.train, data.split)  # type: ignore[arg-type]
+    return dataclasses.replace(data, train=train, test=held, test_cases=(), train_cases=cases,
+                               split=f"{data.split}-validation",
+                               description=f"validation split carved from the training events of {data.name}")
+
+
+_HASHES: dict[int, tuple[Any, str]] = {}
+
+
+def data_hash(data: Dataset) -> str:
+    """A content hash of what a dataset trainer learns from: the catalog's ids and titles, the training events
+    and the validation cases (memoised per object)."""
+    hit = _HASHES.get(id(data))
+    if hit is not None and hit[0] is data:
+        return hit[1]
+    h = hashlib.sha256()
+    for item in data.catalog:
+        h.update(f"{item.id}\x1f{item.title}\x1f{item.category}\x1e".encode())
+    for it in data.train:
+        h.update(f"{it.user_id}\x1f{it.item_id}\x1f{it.event}\x1f{it.rating}\x1f{it.timestamp}\x1e".encode())
+    for case in data.train_cases:
+        h.update(f"{case.id}\x1f{sorted(case.relevant)}\x1e".encode())
+    value = h.hexdigest()[:16]
+    if len(_HASHES) > 64:
+        _HASHES.clear()
+    _HASHES[id(data)] = (data, value)
+    return value
+
+
+def default_device(config: Any) -> str:
+    wanted = getattr(config, "device", "auto") or "auto"
+    if wanted != "auto":
+        return str(wanted)
+    if "torch" in sys.modules or os.environ.get("LLMREC_PROBE_CUDA"):
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except Exception:  # pragma: no cover - torch missing or broken
+            return "cpu"
+    return "cpu"
+
+
+class _StopFlag:
+    """Set by Ctrl-C while a trainer runs in a worker thread; trainers poll it through ctx.should_stop."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+
+def fit_target(t: Target, *, dataset: Dataset | None = None, examples: list[TrainingExample] | None = None,
+               force: bool = False, store: ArtifactStore | None = None, log: Callable[[str], None] | None = None,
+               stop: Callable[[], bool] | None = None) -> tuple[Artifact, bool, TrainOutput]:
+    """Fit one trainable on what it trains on and commit its artifact: returns the verified artifact, whether
+    it was written, and the trainer's output. ``llmrec train`` calls this; so can tests and plugin authors."""
+    from .data import Catalog, Dataset, Interactions
+
+    started = time.perf_counter()
+    store = store or t.store()
+    params = t.params
+    data = dataset if dataset is not None else Dataset("none", Catalog([]), Interactions([]), Interactions([]))
+    with store.staging() as staging:
+        ctx = TrainContext(
+            name=t.name, trainer=t.cls.name, dataset=data, examples=list(examples or []), inputs=t.inputs,
+            params=params, staging=staging, checkpoint_dir=store.checkpoint_dir(params),
+            seed=int(getattr(t.config, "seed", 0) or 0), device=default_device(t.config),
+            progress=log or (lambda _: None), should_stop=stop or (lambda: False),
+        )
+        output: TrainOutput = t.cls.fit(t.config, ctx)
+        metrics = {**output.metrics, "train_seconds": round(time.perf_counter() - started, 3)}
+        folder, written = store.commit(staging, params=params, data_hash=output.data_hash, trainer=t.cls.name,
+                                       metrics=metrics, extra={**output.meta, "rows": output.rows,
+                                                               "cases": len(ctx.examples) or len(data.train_cases)},
+                                       force=force)
+    return store.open(folder), written, output
+
+
+def standalone_start(t: Target) -> StartContext:
+    """A StartContext for a node used outside a spec (tests, notebooks): its artifact must already exist."""
+
+    async def artifact() -> Artifact:
+        store = t.store()
+        found = store.load(t.params)
+        if found is None:
+            raise ModelNotTrainedError(f"{store.status(t.params)}; train it first", t.name)
+        return found
+
+    return StartContext(node_id=t.name, graph=None, base_dir=None, artifact=artifact)
+
+
 async def atrain(
     graph: Graph,
     nodes: list[str] | None = None,
@@ -303,47 +456,61 @@ async def atrain(
     resources: dict[str, Any] | None = None,
     max_cases: int | None = None,
     log: Callable[[str], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[TrainReport]:
-    """Train the graph's trainable nodes (or ``nodes``), upstream first; returns one report per node.
+    """Train the graph's trainable resources and nodes (or those named), in order; one report each.
 
     ``resources`` may hold already loaded resource values by name (the dataset, a model), which are reused.
     """
     say = log or (lambda _: None)
-    trainable = trainable_nodes(graph)
-    if not trainable:
-        raise TrainingError(f"spec '{graph.name}' has no trainable node (a node type with a 'fit' method, such "
-                            "as rank.lambdamart); nothing to train")
+    found = targets(graph)
+    if not found:
+        raise TrainingError(f"spec '{graph.name}' has nothing to train (a node or resource type with a 'fit' "
+                            "method, such as rank.lambdamart or an llm resource with provider reclm)")
     if nodes:
-        unknown = [n for n in nodes if n not in trainable]
+        names = [t.name for t in found]
+        unknown = [n for n in nodes if n not in names]
         if unknown:
-            raise TrainingError(f"no trainable node {', '.join(repr(n) for n in unknown)} in spec "
-                                f"'{graph.name}' (trainable: {', '.join(trainable)})")
-        trainable = [n for n in trainable if n in nodes]
+            raise TrainingError(f"no trainable node or resource {', '.join(repr(n) for n in unknown)} in spec "
+                                f"'{graph.name}' (trainable: {', '.join(names)})")
+        found = [t for t in found if t.name in nodes]
     dataset_name = _pick_dataset(graph, dataset)
     loaded = dict(resources or {})
     if dataset_name not in loaded:
         say(f"loading dataset resource '{dataset_name}'")
         loaded[dataset_name] = await graph.resources[dataset_name].cls(graph.resources[dataset_name].config).load()
-    data: Dataset = loaded[dataset_name]
-    cases = list(getattr(data, "train_cases", ()) or ())
+    data = validation_dataset(loaded[dataset_name])
+    if not len(data.train):
+        raise TrainingError(f"dataset resource '{dataset_name}' has no training interactions to learn from")
+    cases = list(data.train_cases)
     if not cases:
         raise TrainingError(
-            f"dataset resource '{dataset_name}' has no training cases (split {getattr(data, 'split', '?')!r})",
+            f"dataset resource '{dataset_name}' has no training cases (split {data.split!r}); use split "
+            "'user' or 'temporal', and a dataset with more than one event per user",
         )
     if max_cases is not None:
         cases = cases[:max_cases]
+        data = dataclasses.replace(data, train_cases=tuple(cases))
+    loaded[dataset_name] = data  # upstream nodes learn from the (carved) training events only
+    should_stop = stop or (lambda: False)
     reports = []
-    for node_id in trainable:
-        node = graph.nodes[node_id]
+    for t in found:
         started = time.perf_counter()
-        say(f"collecting inputs of node '{node_id}' ({node.cls.name}) on {len(cases)} training cases")
-        examples = await collect_examples(graph, node_id, cases, loaded)
-        artifact = await asyncio.to_thread(node.cls.fit, node.config, examples, node_id=node_id)  # type: ignore[attr-defined]
-        written = artifact.save(force=force)
+        command = _command_for(graph, t.name)
+        store = t.store(f"Retrain it: `{command} --force`")
+        examples: list[TrainingExample] = []
+        if t.trains_on == "cases":
+            say(f"collecting inputs of node '{t.name}' ({t.cls.name}) on {len(cases)} training cases")
+            examples = await collect_examples(graph, t.name, cases, loaded)
+        else:
+            say(f"training {t.kind} '{t.name}' ({t.cls.name}) on {len(data.train)} events of "
+                f"{len(data.train.users())} users, validating on {len(cases)} cases ({data.split})")
+        artifact, written, output = await asyncio.to_thread(
+            fit_target, t, dataset=data, examples=examples, force=force, store=store, log=say, stop=should_stop)
+        folder = artifact.folder
         reports.append(TrainReport(
-            node_id=node_id, node_type=node.cls.name, cases=len(examples),
-            rows=int(artifact.meta.get("rows", 0)), folder=artifact.folder, written=written,
-            metrics=dict(artifact.meta.get("metrics", {})), seconds=time.perf_counter() - started,
+            node_id=t.name, node_type=t.cls.name, cases=len(examples) or len(cases), rows=output.rows,
+            folder=folder, written=written, metrics=dict(output.metrics), seconds=time.perf_counter() - started,
             node_labelled=sum(e.labelled_by == "node" for e in examples),
         ))
     return reports
@@ -379,37 +546,34 @@ def train(path: str | os.PathLike[str], nodes: list[str] | None = None, **kwargs
 
 @hookimpl
 def llmrec_validate_graph(graph: Any, document: Any) -> list[Any]:
-    """Warn about trainable nodes without a current artifact, and tell them their id and graph."""
+    """Warn about trainable nodes and resources without a current artifact, naming the command."""
     from .errors import SpecWarning
 
-    trainable = trainable_nodes(graph)
+    found = targets(graph)
     warnings = []
-    for node_id in trainable:
-        node = graph.nodes[node_id]
-        bind = getattr(node.cls, "bind", None)
-        if callable(bind):
-            bind(node.config, node_id=node_id, graph=graph)
-        labels = getattr(node.config, "labels", None)
-        if labels is not None and (labels not in graph.nodes or labels == node_id):
-            from difflib import get_close_matches
+    for t in found:
+        if t.kind == "node":
+            labels = getattr(t.config, "labels", None)
+            if labels is not None and (labels not in graph.nodes or labels == t.name):
+                from difflib import get_close_matches
 
-            from .errors import DanglingReferenceError
+                from .errors import DanglingReferenceError
 
-            close = get_close_matches(str(labels), list(graph.nodes), n=1)
-            loc = document.positions.value(("nodes", node_id, "config", "labels")) or document.at(("nodes", node_id),
-                                                                                                 key=True)
-            warnings.append(DanglingReferenceError(
-                f"'labels' names '{labels}', which is not another node of this spec", loc, node_id,
-                f"Did you mean '{close[0]}'?" if close else f"Nodes: {', '.join(graph.nodes)}."))
-        if getattr(node.config, "train_on_first_use", False):
+                close = get_close_matches(str(labels), list(graph.nodes), n=1)
+                loc = (document.positions.value(("nodes", t.name, "config", "labels"))
+                       or document.at(("nodes", t.name), key=True))
+                warnings.append(DanglingReferenceError(
+                    f"'labels' names '{labels}', which is not another node of this spec", loc, t.name,
+                    f"Did you mean '{close[0]}'?" if close else f"Nodes: {', '.join(graph.nodes)}."))
+        if t.first_use:
             continue  # asked to train itself at start: nothing to warn about
-        status = getattr(node.cls, "artifact_status", None)
-        problem = status(node.config) if callable(status) else None
+        problem = t.store().status(t.params)
         if problem:
-            command = train_command(document.display, node_id if len(trainable) > 1 else None)
-            where = ("nodes", node_id, "config", "model_path")
-            loc = document.positions.value(where) or document.at(("nodes", node_id), key=True)
-            warnings.append(SpecWarning(f"{problem}; run `{command}`", loc, node_id,
+            command = train_command(document.display, t.name if len(found) > 1 else None)
+            section = "nodes" if t.kind == "node" else "resources"
+            loc = (document.positions.value((section, t.name, "config", "model_path"))
+                   or document.at((section, t.name), key=True))
+            warnings.append(SpecWarning(f"{problem}; run `{command}`", loc, t.name if t.kind == "node" else None,
                                         "Until then the spec validates but does not run."))
     return warnings
 
@@ -436,37 +600,65 @@ def llmrec_register_commands(cli: Any) -> None:
 
         graph = _load_graph(spec)
         say = lambda text: sys.stderr.write(text + "\n")  # noqa: E731
+        flag = _StopFlag()
+        previous = signal.getsignal(signal.SIGINT)
+
+        def interrupt(signum: int, frame: Any) -> None:
+            if flag.event.is_set():  # a second Ctrl-C: stop now
+                signal.signal(signal.SIGINT, previous)
+                raise KeyboardInterrupt
+            flag.event.set()
+            say("stopping at the next safe point (Ctrl-C again to stop now)")
+
+        signal.signal(signal.SIGINT, interrupt)
+        resume = train_command(str(spec)) + "".join(f" --node {n}" for n in node or ())
         try:
             reports = asyncio.run(atrain(graph, node or None, force=force, dataset=dataset, max_cases=max_cases,
-                                         log=say))
+                                         log=say, stop=flag))
         except TrainingError as exc:
             say(f"error: {exc}")
             raise Exit(1) from None
+        except (TrainingInterrupted, KeyboardInterrupt) as exc:
+            where = f" {exc}" if isinstance(exc, TrainingInterrupted) and str(exc) else ""
+            say(f"interrupted:{where} nothing half-written was kept; resume with `{resume}`")
+            raise Exit(130) from None
+        finally:
+            signal.signal(signal.SIGINT, previous)
         for r in reports:
-            metrics = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items()) or "no validation part"
+            metrics = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in r.metrics.items()) or "no validation part"
             state = "wrote" if r.written else "up to date (same config and data; --force rewrites)"
             labeler = label_node(graph, r.node_id)
             labels = "" if labeler is None else (f"; labels: {r.node_labelled} cases from node '{labeler}', "
                                                  f"{r.cases - r.node_labelled} from the dataset")
-            sys.stdout.write(f"trained node '{r.node_id}' ({r.node_type}) on {r.cases} cases, {r.rows} rows in "
+            kind = "node" if r.node_id in graph.nodes else "resource"
+            sys.stdout.write(f"trained {kind} '{r.node_id}' ({r.node_type}) on {r.cases} cases, {r.rows} rows in "
                              f"{r.seconds:.1f}s{labels}; validation: {metrics}\n  {state}: "
                              f"{os.path.normpath(r.folder)}\n")
 
 
 __all__ = [
-    "Artifact",
+    "LoadContext",
     "ModelNotTrainedError",
+    "StartContext",
+    "Target",
+    "TrainContext",
+    "TrainOutput",
     "TrainReport",
     "TrainingError",
     "TrainingExample",
+    "TrainingInterrupted",
     "atrain",
     "collect_examples",
+    "data_hash",
     "dataset_resources",
     "derived_graph",
-    "digest",
-    "find_artifact",
-    "read_meta",
+    "ensure_artifact",
+    "fit_target",
+    "standalone_start",
+    "targets",
     "train",
     "train_command",
     "trainable_nodes",
+    "validation_dataset",
 ]

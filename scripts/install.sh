@@ -6,16 +6,18 @@
 #
 # torch is installed first and CPU-only, so that nothing later pulls a multi-GB CUDA build:
 #   1. a torch wheel pip can see without an index (its find-links, e.g. a local wheelhouse) is used when present;
-#   2. otherwise the CPU build comes from PyTorch's CPU index (set LLMREC_TORCH_INDEX_URL to change it);
+#   2. otherwise `pip install torch==VERSION` from pip's configured index, or from LLMREC_TORCH_INDEX_URL when set
+#      (point it at a CPU-only index to avoid a multi-GB CUDA build);
 #   3. LLMREC_TORCH=skip leaves torch alone (e.g. you installed a CUDA build on purpose).
-# Environment: PYTHON (default python3), VENV (default .venv), TORCH_VERSION (default 2.13.0).
+# Environment: PYTHON (default python3), VENV (default .venv), TORCH_VERSION (default 2.13.0),
+# LLMREC_UNPINNED=1 (ignore constraints.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-TORCH_INDEX=${LLMREC_TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+TORCH_INDEX=${LLMREC_TORCH_INDEX_URL:-}
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
@@ -34,11 +36,19 @@ if [ "${LLMREC_TORCH:-}" != "skip" ] && ! "$VENV/bin/python" -c "import torch" 2
     echo "torch $TORCH_VERSION: using the wheel found locally: $(ls "$probe")"
     pip install "$probe"/torch-*.whl
   else
-    echo "torch $TORCH_VERSION: installing the CPU build from $TORCH_INDEX"
-    pip install "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple
+    if [ -n "$TORCH_INDEX" ]; then
+      echo "torch $TORCH_VERSION: installing from $TORCH_INDEX"
+      pip install "torch==$TORCH_VERSION" --extra-index-url "$TORCH_INDEX"
+    else
+      echo "torch $TORCH_VERSION: installing from pip's configured index"
+      pip install "torch==$TORCH_VERSION"
+    fi
   fi
   rm -rf "$probe"
 fi
 
-pip install -e ".$extras"
+# the versions the suite was verified with (constraints.txt); LLMREC_UNPINNED=1 takes the newest allowed
+pins=(-c constraints.txt)
+[ "${LLMREC_UNPINNED:-}" = "1" ] && pins=()
+pip install "${pins[@]}" -e ".$extras"
 "$VENV/bin/llmrec" version

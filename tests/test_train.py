@@ -111,10 +111,32 @@ def test_train_on_first_use(tmp_path):
     assert (tmp_path / "models" / "latest").is_file()
 
 
+def test_a_temporal_split_trains_on_a_validation_split_carved_from_training(tmp_path, capsys):
+    """PROTOCOLS.md: tuning never sees test; upstream nodes learn from the carved training events only."""
+    import asyncio
+
+    from llmrec.api import validate
+    from llmrec.training import validation_dataset
+
+    spec = _spec(tmp_path, text=SPEC.replace("split: user", "split: temporal"))
+    graph = validate(spec)
+    data = asyncio.run(graph.resources["data"].cls(graph.resources["data"].config).load())
+    carved = validation_dataset(data)
+    assert carved.split == "temporal-validation" and carved.train_cases and not carved.test_cases
+    assert len(carved.train) + len(carved.test) == len(data.train)
+    test_items = {(it.user_id, it.item_id) for it in data.test}
+    held = {(it.user_id, it.item_id) for it in carved.test}
+    assert not held & test_items and not held & {(it.user_id, it.item_id) for it in carved.train}
+    assert validation_dataset(carved) is carved  # carving once
+    code, out, err = cli(capsys, "train", str(spec))
+    assert code == 0, err
+    assert "temporal-validation" not in err and f"on {len(carved.train_cases)} cases" in out
+
+
 def test_train_errors(tmp_path, capsys):
     spec = _spec(tmp_path)
     code, _, err = cli(capsys, "train", str(spec), "--node", "profile")
-    assert code == 1 and "no trainable node 'profile'" in err and "trainable: ranked" in err
+    assert code == 1 and "no trainable node or resource 'profile'" in err and "trainable: ranked" in err
 
     no_model = write_spec(tmp_path, """
         name: plain
@@ -125,15 +147,15 @@ def test_train_errors(tmp_path, capsys):
         outputs: {items: "${popular}"}
     """, "plain.yaml")
     code, _, err = cli(capsys, "train", str(no_model))
-    assert code == 1 and "has no trainable node" in err
+    assert code == 1 and "has nothing to train" in err
 
     no_dataset = _spec(tmp_path, text=SPEC.replace("type: dataset\n        config: {name: demo, split: user, options: {n_users: 60}}",
                                                    "type: demo.dataset").replace("data.train", "data.interactions"))
     code, _, err = cli(capsys, "train", str(no_dataset))
     assert code == 1 and "has no dataset resource" in err
 
-    temporal = _spec(tmp_path, text=SPEC.replace("split: user", "split: temporal"))
-    code, _, err = cli(capsys, "train", str(temporal))
+    no_cases = _spec(tmp_path, text=SPEC.replace("split: user", "split: none"))
+    code, _, err = cli(capsys, "train", str(no_cases))
     assert code == 1 and "has no training cases" in err and "Traceback" not in err
 
     with pytest.raises(RunError, match="llmrec train"):

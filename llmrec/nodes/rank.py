@@ -48,22 +48,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Catalog, Interactions
 from ..embed import Embedder
 from ..hookspecs import hookimpl
 from ..node import CheckContext, NodeType, Problem, SpecPath
-from ..training import (
-    Artifact,
-    ModelNotTrainedError,
-    TrainingError,
-    TrainingExample,
-    digest,
-    find_artifact,
-    read_meta,
-    train_command,
-)
+from ..artifacts import Artifact, ArtifactError, digest
+from ..errors import RunError
+from ..node import StartContext
+from ..training import TrainContext, TrainingError, TrainingExample, TrainOutput
 from ..types import Candidates, ScoredItem, UserProfile
 from .recsys import _candidates, _count, _PerObjects
 
@@ -116,18 +110,10 @@ class LambdaMARTConfig(BaseModel):
     k: int | None = Field(None, ge=1, description="Keep this many items (default: all), unless the 'k' input says.")
     source: str = Field("lambdamart", min_length=1, description="Name of the model's score in ScoredItem.sources.")
 
-    # set by llmrec.training's validate hook: the node's id and graph (for messages and train_on_first_use)
-    _node_id: str | None = PrivateAttr(None)
-    _graph: Any = PrivateAttr(None)
-
 
 def training_config(config: LambdaMARTConfig) -> dict[str, Any]:
     """The config fields that shape the model (model_path, k and the rest do not)."""
     return {name: getattr(config, name) for name in TRAINING_FIELDS}
-
-
-def _config_hash(config: LambdaMARTConfig) -> str:
-    return digest(training_config(config))
 
 
 # -- features ----------------------------------------------------------------------------------------------------
@@ -359,9 +345,11 @@ class LambdaMART(NodeType):
         self.artifact: Path | None = None
 
     # -- validation and artifacts ----------------------------------------------------------------------------
+    #: what ``llmrec train`` hands to fit: the node's collected inputs per training case
+    trains_on = "cases"
+
     @classmethod
     def check(cls, config: LambdaMARTConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
-        config._node_id = ctx.node_id
         problems: list[str | tuple[str, str] | Problem] = []
         if config.features is not None:
             if not config.features:
@@ -390,62 +378,32 @@ class LambdaMART(NodeType):
         return problems
 
     @classmethod
-    def bind(cls, config: LambdaMARTConfig, *, node_id: str, graph: Any) -> None:
-        config._node_id = node_id
-        config._graph = graph
+    def training_params(cls, config: LambdaMARTConfig, inputs: frozenset[str]) -> dict[str, Any]:
+        """What the model depends on: the training fields, and (default features) whether the node has a
+        'model' input, since that decides whether embedding features are learned."""
+        params = training_config(config)
+        if config.features is None:
+            params["embedding_features"] = "model" in inputs
+        return params
 
-    @classmethod
-    def artifact_status(cls, config: LambdaMARTConfig) -> str | None:
-        """None when a model trained with this config (and the node's inputs) exists, else what is wrong."""
-        folder = find_artifact(config.model_path, _config_hash(config))
-        if folder is not None:
-            return _input_mismatch(config, folder)
-        latest = config.model_path / "latest"
-        where = os.path.normpath(config.model_path)
-        if latest.is_file():
-            meta = read_meta(config.model_path / latest.read_text(encoding="utf-8").strip())
-            old = meta.get("config", {})
-            changed = sorted(k for k, v in training_config(config).items() if old.get(k) != v)
-            return (f"the model in {where} is stale: trained with another "
-                    f"{', '.join(changed) or 'config'}")
-        return f"no trained model in {where}"
+    async def start(self, ctx: StartContext) -> None:
+        self.load(await ctx.artifact(), ctx.node_id)
 
-    def _not_trained(self, problem: str) -> ModelNotTrainedError:
-        graph = self.config._graph
-        command = train_command(graph.document.display if graph is not None else "<spec file>",
-                                self.config._node_id if graph is not None and _several_trainable(graph) else None)
-        return ModelNotTrainedError(
-            f"{problem}; run `{command}` first (or set train_on_first_use: true)", self.config._node_id
-        )
-
-    async def start(self) -> None:
-        cfg = self.config
-        folder = find_artifact(cfg.model_path, _config_hash(cfg))
-        if folder is None or _input_mismatch(cfg, folder):
-            problem = self.artifact_status(cfg) or "no trained model"
-            if not cfg.train_on_first_use:
-                raise self._not_trained(problem)
-            if cfg._graph is None or cfg._node_id is None:
-                raise self._not_trained(problem + " (train_on_first_use needs the node to come from a spec)")
-            from ..training import atrain
-
-            await atrain(cfg._graph, [cfg._node_id])
-            folder = find_artifact(cfg.model_path, _config_hash(cfg))
-            if folder is None or _input_mismatch(cfg, folder):  # pragma: no cover - atrain wrote it
-                raise self._not_trained(problem)
-        self.load(folder)
-
-    def load(self, folder: Path) -> None:
-        """Load an artifact folder (model.txt + meta.json)."""
+    def load(self, artifact: Artifact, node_id: str | None = None) -> None:
+        """Load a verified artifact (model.txt + meta.json)."""
         import lightgbm
 
-        meta = read_meta(folder)
-        features = meta.get("features")
+        hint = "Retrain it with `llmrec train SPEC --force`."
+        features = artifact.meta.get("features")
         if not isinstance(features, list) or unknown_features(features):
-            raise self._not_trained(f"the artifact in {folder} has no valid feature list (meta.json)")
-        self._booster = lightgbm.Booster(model_file=str(folder / MODEL_FILE))
+            raise ArtifactError("meta.json has no valid feature list", artifact.folder, node_id, hint)
+        try:
+            self._booster = lightgbm.Booster(model_file=str(artifact.path(MODEL_FILE)))
+        except lightgbm.basic.LightGBMError as exc:
+            raise ArtifactError(f"LightGBM cannot read the model: {exc}", artifact.path(MODEL_FILE), node_id,
+                                hint) from None
         self._features = list(features)
-        self.artifact = folder
+        self.artifact = artifact.folder
 
     # -- prediction ------------------------------------------------------------------------------------------
     def predict(
@@ -458,9 +416,9 @@ class LambdaMART(NodeType):
     ) -> np.ndarray:
         """The model's score of every candidate, in input order."""
         if self._booster is None:
-            raise self._not_trained("the model is not loaded")
+            raise RunError("the model is not loaded (the node was not started)")
         if model is None and uses_model(self._features):
-            raise self._not_trained(f"the model in {self.artifact} was trained with embedding features, but the "
+            raise RunError(f"the model in {self.artifact} was trained with embedding features, but the "
                                     "node was given no 'model' input; give it the same embedder, or retrain")
         if not candidates.items:
             return np.zeros(0)
@@ -502,10 +460,11 @@ class LambdaMART(NodeType):
         return [config.labels] if config.labels else []
 
     @classmethod
-    def fit(cls, config: LambdaMARTConfig, examples: list[TrainingExample], *, node_id: str = "lambdamart") -> Artifact:
-        """Train on the examples (one query group per case) and return the artifact to write."""
+    def fit(cls, config: LambdaMARTConfig, ctx: TrainContext) -> TrainOutput:
+        """Train on the collected examples (one query group per case); writes model.txt into the staging folder."""
         import lightgbm
 
+        examples, node_id = ctx.examples, ctx.name
         features = list(config.features) if config.features else default_features(examples)
         featurizer = Featurizer()
         groups = []
@@ -551,45 +510,10 @@ class LambdaMART(NodeType):
             booster = train([groups[i] for i in order[n_val:]])
             metrics = _validation_metrics(booster, val)
         booster = train(groups)  # the model to keep sees every case
-        model_text = booster.model_to_string()
-        config_hash = _config_hash(config)
-        meta = {
-            "node_id": node_id,
-            "node_type": cls.name,
-            "features": features,
-            "uses_model": uses_model(features),
-            "config": training_config(config),
-            "config_hash": config_hash,
-            "data_fingerprint": data_fp,
-            "cases": len(groups),
-            "rows": int(len(y_all)),
-            "positives": int(y_all.sum()),
-            "validation_cases": n_val,
-            "metrics": metrics,
-            "created": time.time(),
-            "llmrec_version": _llmrec_version(),
-            "lightgbm_version": lightgbm.__version__,
-        }
-        return Artifact(model_path=Path(config.model_path), name=node_id,
-                        digest=digest([config_hash, features, data_fp]), files={MODEL_FILE: model_text}, meta=meta)
-
-
-def _input_mismatch(config: LambdaMARTConfig, folder: Path) -> str | None:
-    """Why an artifact with default features does not fit the node's inputs: trained with embedding features
-    the node can no longer compute, or without the ones it now could (None when it fits or nothing is known)."""
-    graph, node_id = config._graph, config._node_id
-    if config.features is not None or graph is None or node_id not in getattr(graph, "nodes", {}):
-        return None
-    has_model = "model" in graph.nodes[node_id].spec.inputs
-    trained_with = uses_model([f for f in read_meta(folder).get("features", []) if isinstance(f, str)])
-    if trained_with == has_model:
-        return None
-    where = os.path.normpath(config.model_path)
-    if trained_with:
-        return (f"the model in {where} is stale: trained with the 'model' input (embedding features), which the "
-                "node no longer has")
-    return (f"the model in {where} is stale: trained without the 'model' input the node now has "
-            "(no embedding features)")
+        ctx.staging.write(MODEL_FILE, booster.model_to_string())
+        meta = {"features": features, "uses_model": uses_model(features), "positives": int(y_all.sum()),
+                "validation_cases": n_val, "lightgbm_version": lightgbm.__version__}
+        return TrainOutput(data_hash=data_fp, metrics=metrics, meta=meta, rows=int(len(y_all)))
 
 
 def _label(item_id: str, ex: TrainingExample) -> int:
@@ -611,18 +535,6 @@ def _validation_metrics(booster: Any, val: list[Any]) -> dict[str, float]:
         model.append(ndcg_at_k(ranked, ex.relevant, 10))
         baseline.append(ndcg_at_k(cands.ids, ex.relevant, 10))
     return {"ndcg@10": round(sum(model) / len(model), 6), "input_order_ndcg@10": round(sum(baseline) / len(baseline), 6)}
-
-
-def _several_trainable(graph: Any) -> bool:
-    from ..training import trainable_nodes
-
-    return len(trainable_nodes(graph)) > 1
-
-
-def _llmrec_version() -> str:
-    from ..plugins import _version
-
-    return _version()
 
 
 NODE_TYPES: tuple[type[NodeType], ...] = (LambdaMART,)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import DeadlineExceededError, FallbackExhaustedError, InputError, NodeTimeoutError, RunError
 from ..graph.build import BuiltNode, Graph
-from ..node import NodeType, RunContext
+from ..node import LoadContext, NodeType, RunContext, StartContext, wants_context
 from ..spec.refs import RefExpr, get_attr
 from .trace import NodeRecord, RunResult, Trace
 
@@ -278,10 +278,26 @@ class Runtime:
             if self._started:
                 return
             names = [n for n in self._resource_types if n not in self._preset]
-            loaded = await asyncio.gather(*(self._resource_types[n].load() for n in names))
+            loading: dict[str, asyncio.Future[Any]] = {}
+
+            async def resource(name: str) -> Any:  # a resource's value for another resource's load(ctx)
+                if name in self._preset:
+                    return self._preset[name]
+                if name not in loading:
+                    raise KeyError(f"no resource named '{name}' in spec '{self._name}'")
+                return await asyncio.shield(loading[name])
+
+            for n in names:
+                loading[n] = asyncio.ensure_future(self._load_resource(n, resource))
+            try:
+                loaded = await asyncio.gather(*(loading[n] for n in names))
+            except BaseException:
+                for fut in loading.values():
+                    fut.cancel()
+                raise
             self.resources.update(self._preset)
             self.resources.update(zip(names, loaded))
-            await asyncio.gather(*(p.instance.start() for p in self._plans.values()))
+            await asyncio.gather(*(self._start_node(p) for p in self._plans.values()))
             static = {node_id: self._static_inputs(p) for node_id, p in self._plans.items()}
             # cache keys name resource values (and their attributes) instead of hashing them
             self._tokens = {id(v): f"resource:{n}" for n, v in self.resources.items()}
@@ -306,6 +322,33 @@ class Runtime:
             # warming is an optimisation: a node that cannot warm up fails (or falls back) when it runs
             self.warm_errors = {p.id: r for p, r in zip(warming, results) if isinstance(r, Exception)}
             self._started = True
+
+    def _artifact(self, name: str, resource: Any = None) -> Any:
+        async def artifact() -> Any:
+            from ..training import ensure_artifact  # trainable types only: the training module loads lazily
+
+            async def value(n: str) -> Any:
+                return self.resources[n] if n in self.resources else await resource(n)
+
+            return await ensure_artifact(self.graph, name, resource=value)
+
+        return artifact
+
+    async def _load_resource(self, name: str, resource: Any) -> Any:
+        rt = self._resource_types[name]
+        if not wants_context(rt.load):
+            return await rt.load()
+        base = self.graph.document.base_dir if self.graph.document is not None else None
+        return await rt.load(LoadContext(name=name, graph=self.graph, base_dir=base, resource=resource,
+                                         artifact=self._artifact(name, resource)))
+
+    async def _start_node(self, p: _Plan) -> None:
+        if not wants_context(p.instance.start):
+            await p.instance.start()
+            return
+        base = self.graph.document.base_dir if self.graph.document is not None else None
+        await p.instance.start(StartContext(node_id=p.id, graph=self.graph, base_dir=base,
+                                            artifact=self._artifact(p.id)))
 
     def _static_inputs(self, p: _Plan) -> dict[str, Any]:
         """Inputs known before any request: those that reference only resources (or nothing)."""

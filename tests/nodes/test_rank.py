@@ -24,7 +24,8 @@ from llmrec.nodes.rank import (
 )
 from llmrec.nodes.recsys import FilterSeen, Popular, Profile
 from llmrec.testing import errors_of, write_spec
-from llmrec.training import Artifact, ModelNotTrainedError, TrainingError, TrainingExample, find_artifact
+from llmrec.artifacts import ArtifactError, ArtifactStore
+from llmrec.training import ModelNotTrainedError, Target, TrainingError, TrainingExample, fit_target, standalone_start
 from llmrec.types import Candidates, ScoredItem, UserProfile
 
 
@@ -57,6 +58,21 @@ def _config(tmp_path: Path, **kw) -> LambdaMARTConfig:
     return LambdaMARTConfig(model_path=tmp_path / "models", n_estimators=40, min_data_in_leaf=10, **kw)
 
 
+def _target(cfg: LambdaMARTConfig, inputs=()) -> Target:
+    return Target("node", "ranked", LambdaMART, cfg, frozenset(inputs))
+
+
+def _fit(cfg: LambdaMARTConfig, examples, force: bool = False, inputs=()):
+    """Train outside a spec, as `llmrec train` does: (verified artifact, written?)."""
+    artifact, written, _ = fit_target(_target(cfg, inputs), examples=examples, force=force)
+    return artifact, written
+
+
+def _start(node: LambdaMART, inputs=()) -> LambdaMART:
+    asyncio.run(node.start(standalone_start(_target(node.config, inputs))))
+    return node
+
+
 def test_features_are_deterministic_and_mean_what_they_say(examples):
     ex = examples[0][0]
     features = default_features([ex])
@@ -80,12 +96,10 @@ def test_features_are_deterministic_and_mean_what_they_say(examples):
 def test_fit_then_predict_ranks_relevant_items_first(tmp_path, examples):
     train, test = examples
     cfg = _config(tmp_path)
-    artifact = LambdaMART.fit(cfg, train, node_id="ranked")
-    assert artifact.meta["rows"] > 1000 and artifact.meta["positives"] > 0
-    assert set(artifact.meta["metrics"]) == {"ndcg@10", "input_order_ndcg@10"}
-    assert artifact.save()
-    node = LambdaMART(cfg)
-    asyncio.run(node.start())
+    artifact, written = _fit(cfg, train)
+    assert written and artifact.meta["rows"] > 1000 and artifact.meta["positives"] > 0
+    assert set(artifact.metrics) == {"ndcg@10", "input_order_ndcg@10", "train_seconds"}
+    node = _start(LambdaMART(cfg))
     model, baseline = [], []
     for ex in test:
         out = asyncio.run(node.run(**ex.inputs))
@@ -102,48 +116,74 @@ def test_fit_then_predict_ranks_relevant_items_first(tmp_path, examples):
 
 def test_artifact_is_written_atomically_and_reloads(tmp_path, examples):
     cfg = _config(tmp_path)
-    artifact = LambdaMART.fit(cfg, examples[0][:30], node_id="ranked")
-    assert artifact.save() is True
+    artifact, written = _fit(cfg, examples[0][:30])
+    assert written is True
     folder = artifact.folder
     assert folder.name.startswith("ranked-") and sorted(p.name for p in folder.iterdir()) == ["meta.json", "model.txt"]
     assert (cfg.model_path / "latest").read_text().strip() == folder.name
     meta = json.loads((folder / "meta.json").read_text())
-    assert meta["features"] == artifact.meta["features"] and meta["config"]["n_estimators"] == 40
-    assert {"data_fingerprint", "created", "llmrec_version", "metrics"} <= set(meta)
-    assert artifact.save() is False  # same config and data: already there
-    assert artifact.save(force=True) is True
+    assert meta["features"] == artifact.meta["features"] and meta["params"]["n_estimators"] == 40
+    assert {"data_hash", "params_hash", "created", "llmrec_version", "metrics", "files", "trainer"} <= set(meta)
+    assert meta["files"]["model.txt"]["bytes"] == (folder / "model.txt").stat().st_size
+    assert _fit(cfg, examples[0][:30])[1] is False  # same config and data: already there
+    assert _fit(cfg, examples[0][:30], force=True)[1] is True
     assert not [p for p in cfg.model_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
-    node = LambdaMART(cfg)
-    asyncio.run(node.start())
+    node = _start(LambdaMART(cfg))
     assert node.artifact == folder
     ex = examples[1][0]
     first = node.predict(ex.inputs["candidates"], ex.inputs["catalog"], ex.inputs["profile"], ex.inputs["interactions"])
-    again = LambdaMART(cfg)
-    asyncio.run(again.start())
+    again = _start(LambdaMART(cfg))
     np.testing.assert_array_equal(first, again.predict(**{k: ex.inputs[k] for k in ("candidates", "catalog", "profile",
                                                                                      "interactions")}))
-    # a write that fails half-way leaves neither a folder nor a temporary one behind
-    broken = Artifact(model_path=cfg.model_path, name="broken", digest="x", files={"model.txt": object()})  # type: ignore[dict-item]
-    with pytest.raises(TypeError):
-        broken.save()
-    assert not (cfg.model_path / "broken-x").exists()
+    # a trainer that fails half-way leaves neither a folder nor a staging one behind, and latest untouched
+    store = ArtifactStore(cfg.model_path, "broken")
+    with pytest.raises(RuntimeError):
+        with store.staging() as staging:
+            staging.write("model.txt", "half")
+            raise RuntimeError("trainer died")
+    assert not list(cfg.model_path.glob("broken-*"))
     assert not [p for p in cfg.model_path.iterdir() if p.name.startswith(".")]
     assert (cfg.model_path / "latest").read_text().strip() == folder.name
 
 
+@pytest.mark.parametrize("damage", ["truncate", "garbage_meta", "edit", "delete"])
+def test_a_corrupt_artifact_is_an_error_naming_the_file_never_an_abort(tmp_path, examples, damage):
+    """A truncated LightGBM model file used to kill the process with SIGABRT inside LightGBM."""
+    cfg = _config(tmp_path)
+    artifact, _ = _fit(cfg, examples[0][:20])
+    model, meta = artifact.folder / "model.txt", artifact.folder / "meta.json"
+    if damage == "truncate":
+        model.write_bytes(model.read_bytes()[: model.stat().st_size // 3])
+    elif damage == "garbage_meta":
+        meta.write_bytes(b"\x00\xffnot json")
+    elif damage == "edit":
+        text = model.read_text()
+        model.write_text(text.replace("Tree=0", "Tree=9", 1))
+    else:
+        model.unlink()
+    with pytest.raises(ArtifactError) as info:
+        _start(LambdaMART(cfg))
+    message = str(info.value)
+    culprit = "meta.json" if damage == "garbage_meta" else ("ranked-" if damage == "delete" else "model.txt")
+    assert culprit in message and "Retrain" not in message or "train" in message
+    assert isinstance(info.value, RunError)
+
+
 def test_missing_and_stale_artifacts(tmp_path, examples):
     cfg = _config(tmp_path)
-    assert "no trained model" in LambdaMART.artifact_status(cfg)
-    with pytest.raises(ModelNotTrainedError, match="llmrec train") as info:
-        asyncio.run(LambdaMART(cfg).start())
+    store = _target(cfg).store()
+    assert "no trained model" in store.status(_target(cfg).params)
+    with pytest.raises(ModelNotTrainedError, match="train it first") as info:
+        _start(LambdaMART(cfg))
     assert isinstance(info.value, RunError)
-    LambdaMART.fit(cfg, examples[0][:20], node_id="ranked").save()
-    assert LambdaMART.artifact_status(cfg) is None
-    changed = _config(tmp_path, num_leaves=7)
-    assert "stale" in LambdaMART.artifact_status(changed) and "num_leaves" in LambdaMART.artifact_status(changed)
-    assert find_artifact(changed.model_path, "nope") is None
+    _fit(cfg, examples[0][:20])
+    assert store.status(_target(cfg).params) is None
+    changed = _target(_config(tmp_path, num_leaves=7))
+    problem = changed.store().status(changed.params)
+    assert "stale" in problem and "num_leaves" in problem
+    assert store.find("nope") is None
     # k and model-independent settings do not make it stale
-    assert LambdaMART.artifact_status(_config(tmp_path, k=3)) is None
+    assert store.status(_target(_config(tmp_path, k=3)).params) is None
 
 
 def test_config_errors(tmp_path):
@@ -261,43 +301,35 @@ def test_model_input_adds_embedding_features_and_is_required_at_run(tmp_path, ex
     features = default_features(with_model[:3])
     assert features[len(BASE_FEATURES): len(BASE_FEATURES) + len(EMBEDDING_FEATURES)] == list(EMBEDDING_FEATURES)
     cfg = _config(tmp_path)
-    artifact = LambdaMART.fit(cfg, with_model, node_id="ranked")
+    artifact, _ = _fit(cfg, with_model, inputs={"model"})
     assert artifact.meta["uses_model"] is True and artifact.meta["features"] == features
-    artifact.save()
-    node = LambdaMART(cfg)
-    asyncio.run(node.start())
+    node = _start(LambdaMART(cfg), inputs={"model"})
     ex = test[0]
     asyncio.run(node.warm(interactions=ex.inputs["interactions"], catalog=ex.inputs["catalog"], model=demo_model))
     out = asyncio.run(node.run(**ex.inputs, model=demo_model))
     assert sorted(out.ids) == sorted(ex.inputs["candidates"].ids)
-    with pytest.raises(ModelNotTrainedError, match="trained with embedding features.*'model' input"):
+    with pytest.raises(RunError, match="trained with embedding features.*'model' input"):
         asyncio.run(node.run(**ex.inputs))
     # asking for embedding features without giving a model is a training error, not NaN columns
     explicit = _config(tmp_path / "b", features=["rank", "history_max_cosine"])
     with pytest.raises(TrainingError, match="need the 'model' input"):
-        LambdaMART.fit(explicit, train[:20], node_id="ranked")
+        _fit(explicit, train[:20])
 
 
 def test_artifact_is_stale_when_the_model_input_changes(tmp_path, examples, demo_model):
-    from types import SimpleNamespace
-
-    def bound(has_model: bool) -> LambdaMARTConfig:
-        cfg = _config(tmp_path)
-        inputs = {"candidates": "${popular}", **({"model": "${resources.minilm}"} if has_model else {})}
-        graph = SimpleNamespace(nodes={"ranked": SimpleNamespace(spec=SimpleNamespace(inputs=inputs))}, order=[],
-                                document=SimpleNamespace(display="spec.yaml"))
-        LambdaMART.bind(cfg, node_id="ranked", graph=graph)
-        return cfg
-
-    LambdaMART.fit(_config(tmp_path), examples[0][:30], node_id="ranked").save()
-    assert bound(False) and LambdaMART.artifact_status(bound(False)) is None
-    problem = LambdaMART.artifact_status(bound(True))
-    assert "stale" in problem and "without the 'model' input" in problem
-    with pytest.raises(ModelNotTrainedError, match="stale.*run `llmrec train spec.yaml`"):
-        asyncio.run(LambdaMART(bound(True)).start())
-    LambdaMART.fit(_config(tmp_path), _with_model(examples[0][:30], demo_model), node_id="ranked").save(force=True)
-    assert LambdaMART.artifact_status(bound(True)) is None
-    assert "with the 'model' input" in LambdaMART.artifact_status(bound(False))
+    cfg = _config(tmp_path)
+    _fit(cfg, examples[0][:30])
+    without, with_model = _target(cfg), _target(cfg, {"model"})
+    assert without.store().status(without.params) is None
+    problem = with_model.store().status(with_model.params)
+    assert "stale" in problem and "embedding_features" in problem
+    with pytest.raises(ModelNotTrainedError, match="stale"):
+        _start(LambdaMART(cfg), inputs={"model"})
+    _fit(cfg, _with_model(examples[0][:30], demo_model), force=True, inputs={"model"})
+    assert with_model.store().status(with_model.params) is None
+    # the version trained without the model input is kept: switching back reuses it
+    assert without.store().status(without.params) is None
+    assert with_model.store().find(__import__("llmrec.artifacts").artifacts.params_hash(with_model.params))
 
 
 def test_embedding_features_need_the_model_input(tmp_path):
