@@ -1,8 +1,10 @@
 """Deterministic train/test splits of an interaction log, and the evaluation cases they produce.
 
 The protocols are those of ../shared/PROTOCOLS.md (and the book): per-user temporal 90/10, user-wise 80/20,
-leave-last-out. Every split orders each user's history by (timestamp, item id), so the same log and seed
-always give the same split, whatever order the file listed the events in.
+leave-last-out. Every split orders each user's history by (timestamp, item id), the item ids in natural order
+(``Interactions``; numbers compared as numbers, so MovieLens's item 2 comes before item 1000 at the same
+second, as PROTOCOLS.md requires), so the same log and seed always give the same split, whatever order the file
+listed the events in.
 
 - ``temporal``: each user's last ``round(test_fraction * n)`` events (at least one, and never the user's only
   event) are held out; every user with a held-out event is a test case.
