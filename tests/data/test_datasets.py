@@ -67,8 +67,9 @@ def test_movielens_100k_shape_and_temporal_protocol(ml100k: Dataset) -> None:
     good = {it.item_id for it in held if it.rating >= 4}
     assert case.relevant == (good or {it.item_id for it in held})
     assert case.exclude == ml100k.train.seen("1")
-    last_train = max((it.timestamp, it.item_id) for it in ml100k.train.history("1"))
-    assert all((it.timestamp, it.item_id) > last_train for it in held)
+    # PROTOCOLS.md: (timestamp, item id) with the id compared as a number
+    last_train = max((it.timestamp, int(it.item_id)) for it in ml100k.train.history("1"))
+    assert all((it.timestamp, int(it.item_id)) > last_train for it in held)
 
 
 def test_movielens_100k_loads_fast() -> None:
