@@ -315,6 +315,7 @@ async def collect_examples(
     cases: list[EvalCase],
     resources: dict[str, Any],
     concurrency: int = 8,
+    stop: Callable[[], bool] | None = None,
 ) -> list[TrainingExample]:
     """Run the derived graph of ``node_id`` once per case; each case's outputs are the node's inputs."""
     from .runtime.executor import Runtime
@@ -327,6 +328,8 @@ async def collect_examples(
     async def one(case: EvalCase) -> TrainingExample:
         inputs = {k: v for k, v in case.inputs.items() if k in declared}
         async with sem:
+            if stop is not None and stop():
+                raise TrainingInterrupted(f"while collecting the inputs of node '{node_id}'")
             try:
                 result = await rt.run(inputs)
             except InputError as exc:
@@ -501,7 +504,7 @@ async def atrain(
         examples: list[TrainingExample] = []
         if t.trains_on == "cases":
             say(f"collecting inputs of node '{t.name}' ({t.cls.name}) on {len(cases)} training cases")
-            examples = await collect_examples(graph, t.name, cases, loaded)
+            examples = await collect_examples(graph, t.name, cases, loaded, stop=should_stop)
         else:
             say(f"training {t.kind} '{t.name}' ({t.cls.name}) on {len(data.train)} events of "
                 f"{len(data.train.users())} users, validating on {len(cases)} cases ({data.split})")
@@ -603,15 +606,17 @@ def llmrec_register_commands(cli: Any) -> None:
         flag = _StopFlag()
         previous = signal.getsignal(signal.SIGINT)
 
+        resume = train_command(str(spec)) + "".join(f" --node {n}" for n in node or ())
+
         def interrupt(signum: int, frame: Any) -> None:
-            if flag.event.is_set():  # a second Ctrl-C: stop now
-                signal.signal(signal.SIGINT, previous)
-                raise KeyboardInterrupt
+            if flag.event.is_set():  # a second Ctrl-C: stop now (a worker thread cannot be interrupted)
+                say(f"interrupted: stopped at once; nothing half-written is used; resume with `{resume}`")
+                sys.stderr.flush()
+                os._exit(130)
             flag.event.set()
             say("stopping at the next safe point (Ctrl-C again to stop now)")
 
         signal.signal(signal.SIGINT, interrupt)
-        resume = train_command(str(spec)) + "".join(f" --node {n}" for n in node or ())
         try:
             reports = asyncio.run(atrain(graph, node or None, force=force, dataset=dataset, max_cases=max_cases,
                                          log=say, stop=flag))
