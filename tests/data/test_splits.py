@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+from operator import attrgetter
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +99,49 @@ def test_bad_arguments() -> None:
         split_interactions(_log({"u": 3}), "random")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="test_fraction must be between 0 and 1"):
         split_interactions(_log({"u": 3, "v": 3}), "user", test_fraction=1.5)
+
+
+# -- the (timestamp, item id) tie-break: item ids in natural order (PROTOCOLS.md: 2 before 1000) -----------------
+
+
+def _rated(user: str, item: str, timestamp: int, rating: float = 5.0) -> Interaction:
+    return Interaction(user_id=user, item_id=item, event="rating", rating=rating, timestamp=timestamp)
+
+
+def test_same_second_items_compare_as_numbers() -> None:
+    # as text "1000" < "2", which would hold out item 2; as numbers 2 < 1000, so 1000 is the last event
+    for events in ([_rated("u", "2", 50), _rated("u", "1000", 50)], [_rated("u", "1000", 50), _rated("u", "2", 50)]):
+        log = Interactions(events)
+        assert [it.item_id for it in log.history("u")] == ["2", "1000"]
+        for split in ("temporal", "leave-last"):
+            train, test, cases, _ = split_interactions(log, split)
+            assert [it.item_id for it in test] == ["1000"] and [it.item_id for it in train] == ["2"]
+            assert cases[0].relevant == {"1000"} and cases[0].exclude == {"2"}
+
+
+def test_tie_break_is_natural_for_mixed_ids_and_stable_for_equal_keys() -> None:
+    log = Interactions([_rated("u", i, 7) for i in ("i10", "i2", "10", "9", "01", "1", "b")] + [_rated("u", "0", 3)])
+    # the earlier timestamp first; then natural order ("01" and "1" have the same natural key: the text decides)
+    assert [it.item_id for it in log.history("u")] == ["0", "01", "1", "9", "10", "b", "i2", "i10"]
+    numeric = Interactions([_rated("u", i, 7) for i in ("10", "01", "9", "1")])
+    assert [it.item_id for it in numeric.history("u")] == ["01", "1", "9", "10"]
+
+
+def test_movielens_100k_users_moved_by_the_tie_break() -> None:
+    """On the real u.data, ordering same-second ratings by the id's text instead of its number changes the held-out
+    set of 212 users and the relevant set (held-out items rated >= 4, what the metrics score) of 169."""
+    data = os.environ.get("LLMREC_DATA_DIR")
+    if not data or not (Path(data) / "ml-100k" / "u.data").is_file():
+        pytest.skip("LLMREC_DATA_DIR does not hold ml-100k/u.data")
+    rows = [line.split("\t") for line in (Path(data) / "ml-100k" / "u.data").read_text().splitlines()]
+    log = Interactions([_rated(u, i, int(t), float(r)) for u, i, r, t in rows])
+    _, test, cases, _ = split_interactions(log, "temporal")
+    relevant = {c.id: c.relevant for c in cases}
+    held_changed = relevant_changed = 0
+    for user in log.users():
+        as_text = sorted(log.history(user), key=attrgetter("timestamp", "item_id"))
+        held = as_text[len(as_text) - len(test.history(user)):]
+        held_ids = {it.item_id for it in held}
+        held_changed += held_ids != {it.item_id for it in test.history(user)}
+        relevant_changed += relevant[user] != ({it.item_id for it in held if it.rating >= 4} or held_ids)
+    assert (held_changed, relevant_changed) == (212, 169)
