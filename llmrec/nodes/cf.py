@@ -12,6 +12,14 @@ and ``retrieve.item_knn`` scores items by their summed cosine similarity (top ``
 user's items. Models are fitted once per interaction log (in ``warm``, or on first use), so a request costs one
 vector-matrix product and an ``argpartition``. Users the log does not know are cold starts: empty Candidates.
 Only items that occur in the log can be recommended.
+
+``decay`` (both node types) weights each cell by how recent it is in the user's history: ``0.5 ** (age /
+half_life)``, the age counted in events (0 = the user's latest) and/or in days before the user's latest event.
+``apply_to: query`` (the default) fits on the plain matrix and decays only the user's row that a request scores
+(``x_u B`` with a decayed ``x_u``; PureSVD ``x_u V V^T``; ALS re-solves the user's factors against the fitted
+item factors); ``fit`` fits the item model on the decayed matrix and scores plain rows; ``both`` does both.
+On MovieLens 100K (benchmarks/results/movielens_cf.md) decaying the query row helped EASE, decaying the fit did
+not.
 """
 
 from __future__ import annotations
@@ -19,11 +27,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data import EVENT_WEIGHTS, Interactions
 from ..data.catalog import natural_key
@@ -56,30 +64,83 @@ class _Matrix:
     items: list[str]  # column -> item id
     item_index: dict[str, int]  # item id -> column
     X: scipy.sparse.csr_matrix  # float64, users x items
+    #: per stored cell of X (aligned with X.data): how many of the user's events have a later timestamp than the
+    #: cell's latest event (0: the user's most recent second), and how many seconds before the user's latest event
+    #: it happened
+    age_events: np.ndarray | None = None
+    age_seconds: np.ndarray | None = None
+
+    def decayed(self, decay: DecayConfig) -> scipy.sparse.csr_matrix:
+        """X with every cell multiplied by its recency weight (same sparsity pattern)."""
+        X = self.X.copy()
+        X.data = X.data * recency_weights(self, decay)
+        return X
+
+
+SECONDS_PER_DAY = 86_400.0
+
+
+def recency_weights(matrix: _Matrix, decay: DecayConfig) -> np.ndarray:
+    """``0.5 ** (age_events / half_life) * 0.5 ** (age_days / half_life_days)`` per stored cell of X."""
+    assert matrix.age_events is not None and matrix.age_seconds is not None
+    exponent = np.zeros(len(matrix.age_events))
+    if decay.half_life is not None:
+        exponent += matrix.age_events / decay.half_life
+    if decay.half_life_days is not None:
+        exponent += matrix.age_seconds / (SECONDS_PER_DAY * decay.half_life_days)
+    return np.exp2(-exponent)
 
 
 def _matrix(interactions: Interactions, weighting: str) -> _Matrix:
     """``binary``: 1 per (user, item) pair; ``rating``: the user's latest rating of the item (an event without a
-    rating counts its EVENT_WEIGHTS weight)."""
+    rating counts its EVENT_WEIGHTS weight). Each cell's age is that of the user's latest event on the item."""
     import scipy.sparse
 
     users = interactions.users()
     user_index = {u: i for i, u in enumerate(users)}
     item_ids = sorted({it.item_id for it in interactions}, key=natural_key)
     item_index = {item_id: j for j, item_id in enumerate(item_ids)}
-    cells: dict[tuple[int, int], float] = {}
-    for it in interactions:  # each user's history oldest first: a later event overwrites an earlier one
+    cells: dict[tuple[int, int], tuple[float, int]] = {}  # -> (value, timestamp)
+    event_rows: list[int] = []
+    event_stamps: list[int] = []
+    for it in interactions:  # user by user in row order, each history oldest first: later events overwrite
         value = 1.0
         if weighting == "rating":
             value = float(it.rating) if it.rating is not None else EVENT_WEIGHTS[it.event]
-        cells[(user_index[it.user_id], item_index[it.item_id])] = value
-    rows = np.fromiter((r for r, _ in cells), dtype=np.int64, count=len(cells))
-    cols = np.fromiter((c for _, c in cells), dtype=np.int64, count=len(cells))
-    vals = np.fromiter(cells.values(), dtype=np.float64, count=len(cells))
-    X = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(len(users), len(item_ids)))
-    X.sum_duplicates()
-    X.sort_indices()
-    return _Matrix(user_index, item_ids, item_index, X)
+        row = user_index[it.user_id]
+        cells[(row, item_index[it.item_id])] = (value, it.timestamp)
+        event_rows.append(row)
+        event_stamps.append(it.timestamp)
+    n = len(cells)
+    rows = np.fromiter((r for r, _ in cells), dtype=np.int64, count=n)
+    cols = np.fromiter((c for _, c in cells), dtype=np.int64, count=n)
+    vals = np.fromiter((v for v, _ in cells.values()), dtype=np.float64, count=n)
+    stamps = np.fromiter((t for _, t in cells.values()), dtype=np.int64, count=n)
+    order = np.lexsort((cols, rows))  # CSR order: by row, then column (the cells are distinct)
+    rows, cols, vals, stamps = rows[order], cols[order], vals[order], stamps[order]
+    indptr = np.zeros(len(users) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(users)), out=indptr[1:])
+    X = scipy.sparse.csr_matrix((vals, cols, indptr), shape=(len(users), len(item_ids)))
+    # ages: events sorted by (row, timestamp) already, so one searchsorted over row * T + rank(timestamp) counts,
+    # for each cell, the user's events up to its second; ties share an age (the order of events within one second
+    # is the item id's, not time's; most of MovieLens's ratings share their second with another)
+    age_events = np.zeros(n)
+    age_seconds = np.zeros(n)
+    if n:
+        distinct, event_rank = np.unique(np.asarray(event_stamps, dtype=np.int64), return_inverse=True)
+        span = len(distinct)
+        event_rows_a = np.asarray(event_rows, dtype=np.int64)
+        keys = event_rows_a * span + event_rank
+        per_row = np.bincount(event_rows_a, minlength=len(users))
+        starts = np.concatenate(([0], np.cumsum(per_row)))
+        cell_keys = rows * span + np.searchsorted(distinct, stamps)
+        up_to = np.searchsorted(keys, cell_keys, side="right") - starts[rows]
+        age_events = (per_row[rows] - up_to).astype(np.float64)
+        last_seen = distinct[event_rank[starts[1:][per_row > 0] - 1]]  # each user's latest timestamp
+        last = np.zeros(len(users), dtype=np.int64)
+        last[per_row > 0] = last_seen
+        age_seconds = (last[rows] - stamps).astype(np.float64)
+    return _Matrix(user_index, item_ids, item_index, X, age_events, age_seconds)
 
 
 # -- models: each one maps a user's row to a score per item -----------------------------------------------------
@@ -89,6 +150,8 @@ class _Model:
     def __init__(self, matrix: _Matrix, fit_seconds: float) -> None:
         self.matrix = matrix
         self.fit_seconds = fit_seconds
+        #: the rows a request scores: the fitted matrix's, or recency-weighted ones (``decay``)
+        self.query = matrix.X
 
     def scores(self, row: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -114,7 +177,7 @@ class _ItemItemModel(_Model):
         self.weights = weights
 
     def scores(self, row: int) -> np.ndarray:
-        X = self.matrix.X
+        X = self.query
         start, end = X.indptr[row], X.indptr[row + 1]
         cols, vals = X.indices[start:end], X.data[start:end]
         if isinstance(self.weights, np.ndarray):
@@ -164,6 +227,26 @@ def fit_als(
         )
         model.fit(matrix.X.tocsr().astype(np.float32), show_progress=False)
     return np.asarray(model.user_factors, dtype=np.float64), np.asarray(model.item_factors, dtype=np.float64)
+
+
+def als_user_factors(
+    item_factors: np.ndarray, X: scipy.sparse.csr_matrix, regularization: float, alpha: float,
+) -> np.ndarray:
+    """Each user's exact least-squares factors against fixed item factors Y, as implicit's ALS solves them
+    (confidence ``c = alpha * x_ui`` on stored cells, 1 elsewhere): ``(Y^T Y + lambda I + Y^T (C_u - I) Y)^-1
+    Y^T C_u p_u``. Used to score recency-weighted rows with a model fitted on plain ones."""
+    Y = np.asarray(item_factors, dtype=np.float64)
+    k = Y.shape[1]
+    base = Y.T @ Y + regularization * np.eye(k)
+    out = np.zeros((X.shape[0], k))
+    for u in range(X.shape[0]):
+        start, end = X.indptr[u], X.indptr[u + 1]
+        if start == end:
+            continue
+        Yu = Y[X.indices[start:end]]
+        c = alpha * X.data[start:end]
+        out[u] = np.linalg.solve(base + (Yu.T * (c - 1.0)) @ Yu, Yu.T @ c)
+    return out
 
 
 def fit_item_knn(matrix: _Matrix, neighbours: int, block: int = 1024) -> scipy.sparse.csr_matrix:
@@ -252,13 +335,30 @@ class _Retriever(NodeType):
     def _fit(self, matrix: _Matrix) -> _Model:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _set_query(self, model: _Model, rows: scipy.sparse.csr_matrix) -> None:
+        """Score ``rows`` (recency-weighted) instead of the matrix the model was fitted on."""
+        model.query = rows
+
     def model_for(self, interactions: Interactions) -> _Model:
         """The model fitted on ``interactions``, fitted now if needed (blocking)."""
         return self._models.get(interactions, lambda: self._fit_timed(interactions))
 
     def _fit_timed(self, interactions: Interactions) -> _Model:
         started = time.perf_counter()
-        model = self._fit(_matrix(interactions, self.config.weighting))
+        matrix = _matrix(interactions, self.config.weighting)
+        decay: DecayConfig | None = self.config.decay
+        if decay is None:
+            model = self._fit(matrix)
+        else:
+            weighted = matrix.decayed(decay)
+            if decay.apply_to == "query":
+                model = self._fit(matrix)
+                self._set_query(model, weighted)
+            else:  # fit, both: the model learns from recency-weighted cells (and 'both' scores those rows)
+                model = self._fit(replace(matrix, X=weighted))
+                model.matrix = matrix  # the plain matrix: ids, seen items
+                if decay.apply_to == "fit":
+                    self._set_query(model, matrix.X)
         model.fit_seconds = time.perf_counter() - started
         self.last_fit_seconds = model.fit_seconds
         X = model.matrix.X
@@ -312,6 +412,31 @@ class _Retriever(NodeType):
         return Candidates(items=items, source=source)
 
 
+class DecayConfig(_Config):
+    """``decay: {half_life: 20}``: recency weights ``0.5 ** (age / half-life)`` on the user-item matrix's cells."""
+
+    half_life: float | None = Field(
+        None, gt=0, description="Half-life in events: a cell's age is how many of the user's events came after it."
+    )
+    half_life_days: float | None = Field(
+        None, gt=0, description="Half-life in days before the user's latest event (both set: the weights multiply)."
+    )
+    apply_to: Literal["query", "fit", "both"] = Field(
+        "query", description="'query': weight the user's row a request scores (the model is fitted on plain "
+        "cells); 'fit': fit on weighted cells, score plain rows; 'both'."
+    )
+
+    @model_validator(mode="after")
+    def _a_half_life(self) -> DecayConfig:
+        if self.half_life is None and self.half_life_days is None:
+            raise ValueError("give half_life (events) and/or half_life_days")
+        return self
+
+
+_DECAY_DESCRIPTION = ("Recency weighting of the matrix cells, e.g. {half_life: 20} (events) or {half_life_days: 30}; "
+                      "none: every cell counts fully.")
+
+
 class CFConfig(_Config):
     algorithm: Literal["svd", "ease", "als"] = Field(
         "svd", description="'svd': PureSVD; 'ease': EASE (Steck 2019); 'als': implicit ALS (Hu, Koren, Volinsky)."
@@ -329,6 +454,7 @@ class CFConfig(_Config):
     exclude_seen: bool = Field(True, description="Leave out items the user has in the interaction log.")
     source: str = Field("cf", min_length=1, description="Name of this list in ScoredItem.sources.")
     seed: int = Field(0, description="Random seed (svd's starting vector, als's initial factors).")
+    decay: DecayConfig | None = Field(None, description=_DECAY_DESCRIPTION)
 
 
 class CF(_Retriever):
@@ -356,6 +482,15 @@ class CF(_Retriever):
         else:
             users, items = fit_svd(matrix, c.factors, c.seed)
         return _FactorModel(matrix, 0.0, users, items)
+
+    def _set_query(self, model: _Model, rows: scipy.sparse.csr_matrix) -> None:
+        super()._set_query(model, rows)
+        if isinstance(model, _FactorModel):  # user factors of the new rows, the item factors kept
+            if self.config.algorithm == "als":
+                model.user_factors = als_user_factors(model.item_factors, rows, self.regularization,
+                                                      self.config.alpha)
+            else:  # PureSVD: x_u V (= U S for the fitted rows)
+                model.user_factors = np.asarray(rows @ model.item_factors)
 
     @classmethod
     def check(cls, config: BaseModel, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
@@ -387,6 +522,7 @@ class ItemKNNConfig(_Config):
     k: int = Field(50, ge=1, description="How many items, unless the 'k' input says otherwise.")
     exclude_seen: bool = Field(True, description="Leave out items the user has in the interaction log.")
     source: str = Field("item_knn", min_length=1, description="Name of this list in ScoredItem.sources.")
+    decay: DecayConfig | None = Field(None, description=_DECAY_DESCRIPTION)
 
 
 class ItemKNN(_Retriever):
@@ -417,5 +553,5 @@ def llmrec_register_node_types(register: Any) -> None:
         register(cls)
 
 
-__all__ = ["CF", "DEFAULT_REGULARIZATION", "ItemKNN", "NODE_TYPES", "fit_als", "fit_ease", "fit_item_knn",
-           "fit_svd", "top_k"]
+__all__ = ["CF", "DEFAULT_REGULARIZATION", "DecayConfig", "ItemKNN", "NODE_TYPES", "als_user_factors", "fit_als",
+           "fit_ease", "fit_item_knn", "fit_svd", "recency_weights", "top_k"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,20 @@ from pydantic import ValidationError
 from llmrec.data import DemoDataset, Interaction, Interactions, generate_demo
 from llmrec.eval.metrics import ndcg_at_k
 from llmrec.node import read_signature
-from llmrec.nodes.cf import CF, NODE_TYPES, ItemKNN, _matrix, fit_als, fit_ease, fit_item_knn, fit_svd, top_k
+from llmrec.nodes.cf import (
+    CF,
+    NODE_TYPES,
+    DecayConfig,
+    ItemKNN,
+    _matrix,
+    als_user_factors,
+    fit_als,
+    fit_ease,
+    fit_item_knn,
+    fit_svd,
+    recency_weights,
+    top_k,
+)
 from llmrec.plugins import get_registry
 from llmrec.testing import errors_of, run_spec, write_spec
 from llmrec.types import Candidates
@@ -259,6 +273,165 @@ async def test_als_seed_changes_the_starting_point(demo: DemoDataset) -> None:
     a = CF(CF.Config(**config, seed=1)).model_for(demo.interactions)
     b = CF(CF.Config(**config, seed=2)).model_for(demo.interactions)
     assert not np.allclose(a.user_factors, b.user_factors)  # type: ignore[attr-defined]
+
+
+# -- recency decay -------------------------------------------------------------------------------------------------
+
+
+def _two_tastes() -> Interactions:
+    """Five users rated old-a and a-fan, five rated new-b and b-fan; user "me" rated old-a long ago, then new-b."""
+    events = []
+    for n in range(5):
+        events += [Interaction(user_id=f"v{n}", item_id=i, timestamp=100 + t) for t, i in enumerate(("old-a", "a-fan"))]
+        events += [Interaction(user_id=f"w{n}", item_id=i, timestamp=100 + t) for t, i in enumerate(("new-b", "b-fan"))]
+    events += [Interaction(user_id="me", item_id="old-a", timestamp=10),
+               Interaction(user_id="me", item_id="new-b", timestamp=10 + 86_400 * 30)]
+    return Interactions(events)
+
+
+DECAY_CONFIGS = {
+    "svd": (CF, {"algorithm": "svd", "factors": 2}),
+    "ease": (CF, {"algorithm": "ease", "regularization": 1}),
+    "als": (CF, {"algorithm": "als", "factors": 2, "regularization": 0.1, "alpha": 10, "iterations": 30}),
+    "item_knn": (ItemKNN, {"neighbours": 5}),
+}
+
+
+def _scores(cls: type, config: dict, log: Interactions, user: str = "me") -> dict[str, float]:
+    node = cls(cls.Config(**config))
+    out = node.recommend(node.model_for(log), user, 10)
+    return {item.id: item.score for item in out.items}
+
+
+@pytest.mark.parametrize("name", list(DECAY_CONFIGS))
+@pytest.mark.parametrize("decay", [{"half_life": 1}, {"half_life_days": 7}, {"half_life": 1, "apply_to": "both"}])
+def test_decay_raises_the_recent_items_neighbours(name: str, decay: dict) -> None:
+    cls, config = DECAY_CONFIGS[name]
+    log = _two_tastes()
+    plain = _scores(cls, config, log)
+    assert plain["b-fan"] == pytest.approx(plain["a-fan"], rel=1e-3, abs=1e-6)  # symmetric tastes: a tie
+    decayed = _scores(cls, {**config, "decay": decay}, log)
+    assert decayed["b-fan"] > decayed["a-fan"] + 1e-6, decayed  # the neighbour of the latest item rises
+    assert list(decayed)[0] == "b-fan"
+
+
+def test_decay_weights_and_ages() -> None:
+    log = Interactions([Interaction(user_id="a", item_id=i, timestamp=t) for i, t in
+                        (("x", 0), ("y", 86_400), ("z", 86_400), ("w", 3 * 86_400), ("x", 2 * 86_400))])
+    matrix = _matrix(log, "binary")
+    assert matrix.items == ["w", "x", "y", "z"]
+    # ages in events: how many of the user's events are later (y and z share their second, so their age);
+    # x's age is its latest event's
+    assert matrix.age_events.tolist() == [0, 1, 2, 2]
+    assert (matrix.age_seconds / 86_400).tolist() == [0, 1, 2, 2]
+    assert recency_weights(matrix, DecayConfig(half_life=2)).tolist() == pytest.approx([1, 0.5**0.5, 0.5, 0.5])
+    assert recency_weights(matrix, DecayConfig(half_life_days=1)).tolist() == pytest.approx([1, 0.5, 0.25, 0.25])
+    both = recency_weights(matrix, DecayConfig(half_life=2, half_life_days=1))
+    assert both.tolist() == pytest.approx([1, 0.5**1.5, 0.125, 0.125])  # the two weights multiply
+    assert matrix.decayed(DecayConfig(half_life=2)).toarray()[0].tolist() == pytest.approx([1, 0.5**0.5, 0.5, 0.5])
+    rated = _matrix(Interactions([Interaction(user_id="a", item_id="x", event="rating", rating=4, timestamp=0),
+                                  Interaction(user_id="a", item_id="y", event="rating", rating=2, timestamp=5)]),
+                    "rating")
+    assert rated.decayed(DecayConfig(half_life=1)).toarray().tolist() == [[2.0, 2.0]]  # rating x weight
+
+
+def test_query_decay_keeps_the_fitted_model_and_scores_weighted_rows() -> None:
+    log = _random_matrix(5)
+    decay = DecayConfig(half_life=3)
+    matrix = _matrix(log, "binary")
+    weighted = matrix.decayed(decay)
+    ease = CF(CF.Config(algorithm="ease", regularization=3, decay={"half_life": 3})).model_for(log)
+    B = fit_ease(matrix, 3)
+    assert np.allclose(ease.weights, B)  # fitted on the plain matrix
+    assert np.allclose(ease.scores(2), weighted[2].toarray().ravel() @ B)
+    svd = CF(CF.Config(algorithm="svd", factors=3, decay={"half_life": 3})).model_for(log)
+    V = fit_svd(matrix, 3, seed=0)[1]
+    assert np.allclose(svd.scores(2), weighted[2].toarray().ravel() @ V @ V.T)
+    fit_only = CF(CF.Config(algorithm="ease", regularization=3, decay={"half_life": 3, "apply_to": "fit"}))
+    model = fit_only.model_for(log)
+    assert np.allclose(model.weights, fit_ease(replace(matrix, X=weighted), 3))  # fitted on the weighted cells
+    assert model.query is model.matrix.X and np.allclose(model.matrix.X.toarray(), matrix.X.toarray())
+
+
+def test_als_user_factors_solve_what_implicit_solves() -> None:
+    matrix = _matrix(_random_matrix(6), "binary")
+    users, items = fit_als(matrix, 4, 0.5, 2.0, 30, seed=0)
+    again = als_user_factors(items, matrix.X, 0.5, 2.0)
+    # implicit's conjugate-gradient steps in float32 against the exact solve
+    assert np.allclose(users @ items.T, again @ items.T, atol=0.05)
+
+
+@pytest.mark.parametrize("name", list(DECAY_CONFIGS))
+def test_no_decay_is_unchanged(name: str) -> None:
+    cls, config = DECAY_CONFIGS[name]
+    log = _random_matrix(7)
+    node = cls(cls.Config(**config))
+    assert node.config.decay is None
+    model = node.model_for(log)
+    assert model.query is model.matrix.X  # scores the plain rows it was fitted on
+    plain = _matrix(log, "binary")
+    scores = np.vstack([model.scores(r) for r in range(plain.X.shape[0])])
+    if name == "ease":
+        assert np.allclose(scores, plain.X.toarray() @ fit_ease(plain, 1))
+    elif name == "svd":
+        users, items = fit_svd(plain, 2, seed=0)
+        assert np.allclose(scores, users @ items.T)
+    elif name == "item_knn":
+        assert np.allclose(scores, (plain.X @ fit_item_knn(plain, 5)).toarray())
+    # a half-life far beyond any history weighs every cell ~1: the same lists
+    far = cls(cls.Config(**config, decay={"half_life": 1e9}))
+    for user in ("u1", "u2", "u3"):
+        assert far.recommend(far.model_for(log), user, 5).ids == node.recommend(model, user, 5).ids
+
+
+async def test_decay_fits_once_per_log_and_differs_per_config(demo: DemoDataset) -> None:
+    plain = CF(CF.Config(algorithm="ease", regularization=20))
+    decayed = CF(CF.Config(algorithm="ease", regularization=20, decay={"half_life": 5}))
+    await decayed.warm(interactions=demo.interactions)
+    model = decayed.model_for(demo.interactions)
+    first = await decayed.run(interactions=demo.interactions, user_id="u4", k=10)
+    assert decayed.model_for(demo.interactions) is model  # warm's model serves the requests
+    assert first == decayed.recommend(model, "u4", 10)
+    assert first != await plain.run(interactions=demo.interactions, user_id="u4", k=10)
+    other = _log(("a", "x"), ("a", "y"), ("b", "x"), ("b", "z"))
+    assert (await decayed.run(interactions=other, user_id="a")).ids == ["z"]  # a new log: its own model
+    assert decayed.model_for(demo.interactions) is model
+
+
+def test_bad_decay_configs_are_positioned_spec_errors(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, """
+        version: 1
+        name: bad-decay
+        inputs: {user_id: {type: string}}
+        resources: {demo: {type: demo.dataset}}
+        nodes:
+          zero:
+            type: retrieve.cf
+            config:
+              algorithm: ease
+              decay: {half_life: 0}
+            inputs: {interactions: "${resources.demo.interactions}", user_id: "${inputs.user_id}"}
+          empty:
+            type: retrieve.item_knn
+            config:
+              decay: {apply_to: query}
+            inputs: {interactions: "${resources.demo.interactions}", user_id: "${inputs.user_id}"}
+          typo:
+            type: retrieve.cf
+            config:
+              decay:
+                half_lives: 10
+                apply_to: sometimes
+            inputs: {interactions: "${resources.demo.interactions}", user_id: "${inputs.user_id}"}
+        outputs: {a: "${zero}", b: "${empty}", c: "${typo}"}
+    """)
+    errors = errors_of(spec)
+    assert len(errors) == 4, errors
+    assert any("decay.half_life" in e and "greater than 0" in e and "spec.yaml:10:" in e for e in errors), errors
+    assert any("give half_life (events) and/or half_life_days" in e and "spec.yaml:15:" in e for e in errors), errors
+    assert any("unknown key 'half_lives'" in e and "Did you mean 'half_life'?" in e and "spec.yaml:21:" in e
+               for e in errors), errors
+    assert any("decay.apply_to" in e and "spec.yaml:22:" in e for e in errors), errors
 
 
 # -- through a spec ------------------------------------------------------------------------------------------------
