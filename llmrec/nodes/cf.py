@@ -5,8 +5,9 @@
 - ``svd``: PureSVD (Cremonesi et al. 2010): truncated SVD ``X ~ U S V^T``; a user's scores are ``x_u V V^T``;
 - ``ease``: EASE (Steck 2019): ``P = (X^T X + lambda I)^-1``, ``B = I - P / diag(P)`` (zero diagonal); scores
   ``x_u B``;
-- ``als``: implicit ALS (Hu, Koren, Volinsky 2008; the `implicit` library): confidence ``1 + alpha * r``, preference 1 on observed
-  cells, alternating exact least-squares solves; scores ``p_u Q^T``;
+- ``als``: implicit ALS (Hu, Koren, Volinsky 2008; the `implicit` library): preference 1 on observed cells with
+  confidence ``alpha * r`` (implicit 0.7's convention; 1 on unobserved cells), alternating least-squares solves;
+  scores ``p_u Q^T``;
 
 and ``retrieve.item_knn`` scores items by their summed cosine similarity (top ``neighbours`` per item) to the
 user's items. Models are fitted once per interaction log (in ``warm``, or on first use), so a request costs one
@@ -213,8 +214,9 @@ def fit_als(
     matrix: _Matrix, factors: int, regularization: float, alpha: float, iterations: int, seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Implicit ALS (Hu, Koren, Volinsky 2008) with the `implicit` library: minimises
-    ``sum c_ui (p_ui - x_u . y_i)^2 + lambda (|x|^2 + |y|^2)`` with ``p_ui = 1`` and ``c_ui = 1 + alpha r_ui`` on
-    observed cells (conjugate-gradient solves, compiled). Returns (user factors, item factors) as float64."""
+    ``sum c_ui (p_ui - x_u . y_i)^2 + lambda (|x|^2 + |y|^2)`` with ``p_ui = 1`` and ``c_ui = alpha r_ui`` on
+    observed cells (implicit 0.7 scales the cells by alpha and uses them as the confidence; 1 on unobserved ones),
+    conjugate-gradient solves, compiled. Returns (user factors, item factors) as float64."""
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
@@ -446,7 +448,7 @@ class CFConfig(_Config):
         None, description="EASE's lambda (default 500) or ALS's lambda (default 10); unused by svd."
     )
     iterations: int = Field(15, description="ALS sweeps (users then items).")
-    alpha: float = Field(1.0, description="ALS confidence: c = 1 + alpha * value.")
+    alpha: float = Field(1.0, description="ALS confidence on observed cells: c = alpha * value (1 elsewhere).")
     weighting: Literal["binary", "rating"] = Field(
         "binary", description="Matrix cells: 'binary' 1 per user-item pair, or 'rating' (event weight if unrated)."
     )
