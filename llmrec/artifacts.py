@@ -182,6 +182,9 @@ class ArtifactStore:
         if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
             raise ArtifactError("meta.json is corrupt (no valid 'files' table)", raw, hint=hint)
         for name, info in files.items():
+            if not isinstance(name, str) or not name or name != Path(name).name or name.startswith("."):
+                raise ArtifactError(f"meta.json is corrupt (file name {name!r} is not a plain file name)", raw,
+                                    hint=hint)
             path = folder / name
             if not path.is_file():
                 raise ArtifactError(f"file '{name}' is missing", folder, hint=hint)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-from .artifacts import Artifact, ArtifactError, ArtifactStore, Staging, digest, params_hash, read_meta
+from .artifacts import Artifact, ArtifactError, ArtifactStore, Staging, params_hash
 from .errors import InputError, LlmrecError, RunError
 from .node import LoadContext, StartContext
 from .hookspecs import hookimpl
@@ -62,11 +62,8 @@ class TrainingError(LlmrecError):
 
 
 class TrainingInterrupted(LlmrecError):
-    """Training was stopped (Ctrl-C); ``resume`` says how to continue."""
-
-    def __init__(self, message: str, resume: str = "") -> None:
-        self.resume = resume
-        super().__init__(message)
+    """Training was stopped at a safe point (Ctrl-C); the message says where. Trainers raise it (or a subclass)
+    when ``ctx.should_stop()`` turns true; ``llmrec train`` exits 130 with the resume command."""
 
 
 @dataclass(frozen=True)
@@ -390,7 +387,7 @@ def default_device(config: Any) -> str:
     wanted = getattr(config, "device", "auto") or "auto"
     if wanted != "auto":
         return str(wanted)
-    if "torch" in sys.modules or os.environ.get("LLMREC_PROBE_CUDA"):
+    if "torch" in sys.modules:  # only a trainer that uses torch can use a GPU; never import it just to ask
         try:
             import torch
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from llmrec import hookimpl
 from llmrec.node import NodeType, SpecPath, StartContext
-from llmrec.training import TrainContext, TrainOutput
+from llmrec.training import TrainContext, TrainOutput, data_hash
 from llmrec.types import Candidates, ScoredItem
 
 
@@ -49,7 +49,7 @@ class MostLiked(NodeType):
         kept = {k: v for k, v in counts.items() if v >= config.min_count}
         ctx.staging.write("counts.json", json.dumps(kept))
         ctx.progress(f"counted {len(kept)} items")
-        return TrainOutput(data_hash=str(len(ctx.dataset.train)), metrics={"items": len(kept)},
+        return TrainOutput(data_hash=data_hash(ctx.dataset), metrics={"items": len(kept)},
                            rows=len(ctx.dataset.train))
 
     async def start(self, ctx: StartContext) -> None:

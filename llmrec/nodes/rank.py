@@ -39,10 +39,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import random
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

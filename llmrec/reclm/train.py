@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmrec.errors import LlmrecError
+from llmrec.training import TrainingInterrupted as _TrainingInterrupted
 from llmrec.reclm.config import RecLMConfig, RecLMError
 from llmrec.reclm.model import (RecLM, count_parameters, gpt2_config, input_table, new_model, next_item_logprobs,
                                 pad_right, resolve_device, state_for_saving, composition_tensors, _atomic_write)
@@ -47,7 +47,7 @@ _RESUMABLE_CHANGES = frozenset({"max_epochs", "patience", "threads", "device"})
 VALIDATION_K = 10
 
 
-class TrainingInterrupted(LlmrecError):
+class TrainingInterrupted(_TrainingInterrupted):
     """``should_stop()`` asked training to stop; raised after the epoch finished and its checkpoint was written.
 
     ``checkpoint`` is the checkpoint file to resume from (None without a ``checkpoint_dir``), ``epoch`` the last

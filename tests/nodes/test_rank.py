@@ -354,3 +354,15 @@ def test_embedding_features_need_the_model_input(tmp_path):
     errors = "\n".join(errors_of(spec))
     assert "features 'history_max_cosine', 'category_centroid_cosine' need the 'model' input" in errors
     assert "unknown feature" not in errors
+
+
+def test_meta_json_naming_a_file_outside_the_artifact_is_corrupt(tmp_path, examples):
+    """A hostile meta.json cannot make llmrec read (hash) files outside the artifact folder."""
+    cfg = _config(tmp_path)
+    artifact, _ = _fit(cfg, examples[0][:20])
+    meta_file = artifact.folder / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["files"]["../../outside.txt"] = {"bytes": 1, "sha256": "0"}
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="not a plain file name"):
+        _start(LambdaMART(cfg))
