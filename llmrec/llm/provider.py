@@ -43,6 +43,20 @@ class Choices:
 
 
 @dataclass(frozen=True)
+class ItemContext:
+    """The items behind a request, for providers that model item ids rather than text (a rec-LM).
+
+    ``history`` is the user's (item id, rating or None) pairs, oldest first. ``path`` names the :class:`Choices`
+    whose values stand for items and ``ids`` gives the item id of each of its values, in the same order (the
+    values may be titles). Text providers ignore it; a provider that reads it answers from it.
+    """
+
+    history: tuple[tuple[str, float | None], ...]
+    path: str
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class CompletionRequest:
     messages: tuple[Message, ...]
     schema: type[BaseModel] | None = None  # None: free text
@@ -53,6 +67,7 @@ class CompletionRequest:
     timeout: float | None = None  # seconds for this call, all attempts together
     max_retries: int = 0  # re-asks on validation errors (remote) / retries on transient errors
     extra: dict[str, Any] = field(default_factory=dict)  # provider-specific parameters
+    items: ItemContext | None = None  # the user's history and the items behind the choices, when there are some
 
 
 @dataclass
@@ -79,6 +94,8 @@ class Completion:
     model: str = ""
     provider: str = ""
     cached: bool = False
+    #: the model's score of each value of the answer's choices it ranked (e.g. a log-probability), when it has one
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -93,4 +110,4 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
 
-__all__ = ["Choices", "Completion", "CompletionRequest", "Message", "Provider", "Role", "Usage"]
+__all__ = ["Choices", "Completion", "CompletionRequest", "ItemContext", "Message", "Provider", "Role", "Usage"]
