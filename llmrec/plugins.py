@@ -34,6 +34,7 @@ DEFAULT_PLUGINS = (
     "llmrec.nodes.dense",
     "llmrec.nodes.cf",
     "llmrec.nodes.rank",
+    "llmrec.nodes.blend",
     "llmrec.nodes.rerank",
     "llmrec.nodes.viz",
     "llmrec.nodes.llm",

@@ -500,7 +500,7 @@ async def atrain(
         store = t.store(f"Retrain it: `{command} --force`")
         examples: list[TrainingExample] = []
         if t.trains_on == "cases":
-            say(f"collecting inputs of node '{t.name}' ({t.cls.name}) on {len(cases)} training cases")
+            say(f"collecting inputs of node '{t.name}' ({t.cls.name}) on {len(cases)} training cases ({data.split})")
             examples = await collect_examples(graph, t.name, cases, loaded, stop=should_stop)
         else:
             say(f"training {t.kind} '{t.name}' ({t.cls.name}) on {len(data.train)} events of "

@@ -53,6 +53,12 @@ class UserProfile(_Value):
                              description="Ids the user rated at or above the profile's like threshold, latest last.")
     disliked: list[str] = Field(default_factory=list,
                                 description="Ids the user rated at or below the dislike threshold, latest last.")
+    ratings: dict[str, float] = Field(default_factory=dict,
+                                      description="The user's latest rating of each rated item of 'seen'.")
+
+    def events(self) -> list[tuple[str, float | None]]:
+        """The history as (item id, rating or None) pairs in the order of ``seen`` (first interaction first)."""
+        return [(i, self.ratings.get(i)) for i in self.seen]
 
 
 class Recommendation(_Value):

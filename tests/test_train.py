@@ -130,7 +130,7 @@ def test_a_temporal_split_trains_on_a_validation_split_carved_from_training(tmp_
     assert validation_dataset(carved) is carved  # carving once
     code, out, err = cli(capsys, "train", str(spec))
     assert code == 0, err
-    assert "temporal-validation" not in err and f"on {len(carved.train_cases)} cases" in out
+    assert "training cases (temporal-validation)" in err and f"on {len(carved.train_cases)} cases" in out
 
 
 def test_train_errors(tmp_path, capsys):

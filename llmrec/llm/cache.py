@@ -54,7 +54,7 @@ def schema_json(schema: Any) -> Any:
 
 def request_parts(request: CompletionRequest, provider: Any, version: str) -> dict[str, Any]:
     """Everything but the messages that shapes an answer to ``request``."""
-    return {
+    parts = {
         "format": FORMAT,
         "version": version,
         "provider": str(getattr(provider, "name", type(provider).__qualname__)),
@@ -65,6 +65,9 @@ def request_parts(request: CompletionRequest, provider: Any, version: str) -> di
         "sampling": {"temperature": request.temperature, "max_tokens": request.max_tokens, "seed": request.seed},
         "extra": request.extra,
     }
+    if request.items is not None:  # the history behind an item-id provider's answer (absent: keys unchanged)
+        parts["items"] = [[list(e) for e in request.items.history], request.items.path, list(request.items.ids)]
+    return parts
 
 
 def exact_key(request: CompletionRequest, provider: Any, version: str) -> str:
@@ -175,6 +178,8 @@ class PromptCache:
         parsed = completion.parsed.model_dump(mode="json") if completion.parsed is not None else None
         value = {"text": completion.text, "parsed": parsed, "model": completion.model,
                  "provider": completion.provider, "stored": time.time()}
+        if completion.scores:
+            value["scores"] = {str(k): float(v) for k, v in completion.scores.items()}
         key = token["key"]
         await self._set(key, value)
         vector = token.get("vector")
@@ -237,8 +242,9 @@ def _completion(value: Any, request: CompletionRequest) -> Completion | None:
             if value.get("parsed") is None:
                 return None
             parsed = request.schema.model_validate(value["parsed"])
+        scores = {str(k): float(v) for k, v in (value.get("scores") or {}).items()}
         return Completion(value["text"], parsed, Usage(), 0, value.get("model", ""), value.get("provider", ""),
-                          cached=True)
+                          cached=True, scores=scores)
     except Exception:
         return None
 

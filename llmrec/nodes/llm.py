@@ -39,7 +39,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -61,6 +61,7 @@ from ..hookspecs import hookimpl
 from ..llm.provider import Choices, Completion, CompletionRequest, Message, Provider
 from ..node import (
     CheckContext,
+    LoadContext,
     NodeType,
     OutputSchemaProblem,
     Param,
@@ -138,6 +139,12 @@ class LlmConfig(RouteConfig):
     model: str | None = Field(  # type: ignore[assignment]
         None, description=f"The model, e.g. 'openai/gpt-4o-mini' (litellm) or a local folder; default: "
                           f"${MODEL_ENV}. With neither, LLM nodes take their fallbacks (the response is degraded).")
+    embedded: RouteConfig | None = Field(
+        None, description=f"What answers when neither 'model' nor ${MODEL_ENV} is set: e.g. a rec-LM llmrec trains "
+                          "on the spec's dataset ({provider: reclm, model: ../runs/NAME/reclm}).")
+    train_on_first_use: bool = Field(
+        False, description="When the provider in use is one llmrec trains (reclm): train it at start if no current "
+                           "artifact exists, instead of refusing to run until `llmrec train`.")
     fallbacks: list[RouteConfig] = Field(
         default_factory=list,
         description="Other providers/models tried in order when this one fails, times out or cannot take the "
@@ -166,12 +173,57 @@ def _cache_backends(base_dir: Path | None) -> Any:
 
 
 class LlmResource(ResourceType):
-    """A language model behind a registered provider, built once per runtime."""
+    """A language model behind a registered provider, built once per runtime.
+
+    When the provider in use is one llmrec trains (its factory has ``fit``, e.g. ``reclm``), the resource is a
+    trainable of :mod:`llmrec.training`: ``training_params``, ``artifact_path`` and ``fit`` delegate to the
+    provider's factory with the route's options, and ``load`` builds the provider on the verified artifact."""
 
     name = "llm"
     description = "A language model through a registered provider (litellm, transformers, or a plugin's)."
     Config = LlmConfig
     provides = Provider
+    trains_on: ClassVar[str] = "dataset"
+
+    # -- the training contract, for providers llmrec trains -----------------------------------------------------
+    @classmethod
+    def _trainer(cls, config: LlmConfig) -> tuple[Any, dict[str, Any]] | None:
+        route = resolve_route(config)
+        if route is None:
+            return None
+        factory = _providers(config._base_dir).get(route.provider)
+        if factory is None or not callable(getattr(factory, "fit", None)):
+            return None
+        options = route_options(factory, route, config._base_dir)
+        check = getattr(factory, "is_trainable", None)
+        if callable(check) and not check(options):
+            return None
+        return factory, options
+
+    @classmethod
+    def is_trainable(cls, config: LlmConfig) -> bool:
+        return cls._trainer(config) is not None
+
+    @classmethod
+    def _need_trainer(cls, config: LlmConfig) -> tuple[Any, dict[str, Any]]:
+        found = cls._trainer(config)
+        if found is None:
+            raise LlmrecError("this llm resource's provider is not one llmrec trains")
+        return found
+
+    @classmethod
+    def training_params(cls, config: LlmConfig, inputs: frozenset[str]) -> dict[str, Any]:
+        factory, options = cls._need_trainer(config)
+        return dict(factory.training_params(options))
+
+    @classmethod
+    def artifact_path(cls, config: LlmConfig) -> Path:
+        return Path(cls._need_trainer(config)[1]["model"])
+
+    @classmethod
+    def fit(cls, config: LlmConfig, ctx: Any) -> Any:
+        factory, options = cls._need_trainer(config)
+        return factory.fit(options, ctx)
 
     @classmethod
     def check(cls, config: LlmConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
@@ -194,28 +246,40 @@ class LlmResource(ResourceType):
             problems.append(Problem(label, where, hint))
         return problems
 
-    async def load(self) -> Provider:
+    async def load(self, ctx: LoadContext | None = None) -> Provider:
         config: LlmConfig = self.config  # type: ignore[assignment]
         table = _providers(config._base_dir)
         resolved = resolve_route(config)
-        first = Unconfigured() if resolved is None else await self._build(table, resolved)
+        model_dir = None
+        if resolved is not None and self._trainer(config) is not None:
+            if ctx is None:
+                raise LlmrecError(f"provider '{resolved.provider}' needs its trained artifact: load this resource "
+                                  "through a runtime (llmrec run/eval/serve), after `llmrec train`")
+            model_dir = str((await ctx.artifact()).folder)
+        first = Unconfigured() if resolved is None else await self._build(table, resolved, config._base_dir,
+                                                                           model_dir)
         if not config.fallbacks and config.max_input_chars is None:
             return first
         from ..llm.routing import Route, RoutedProvider
 
         routes = [Route(first, config.timeout, config.max_input_chars)]
         for route in config.fallbacks:
-            routes.append(Route(await self._build(table, route), route.timeout, route.max_input_chars))
+            routes.append(Route(await self._build(table, route, config._base_dir), route.timeout,
+                                route.max_input_chars))
         return RoutedProvider(routes)  # type: ignore[return-value]
 
     @staticmethod
-    async def _build(table: Any, config: RouteConfig) -> Provider:
+    async def _build(table: Any, config: RouteConfig, base_dir: Path | None = None,
+                     model_dir: str | None = None) -> Provider:
         factory = table.get(config.provider)
         if factory is None:
             raise ProviderError(f"unknown provider '{config.provider}' (registered: {', '.join(table) or 'none'})")
+        kwargs = route_options(factory, config, base_dir)
+        if model_dir is not None:  # a trained provider: its verified artifact
+            kwargs["model"] = model_dir
         # factories may import heavy libraries or load weights: keep the event loop free
         try:
-            return await asyncio.to_thread(factory, **config.provider_kwargs())
+            return await asyncio.to_thread(factory, **kwargs)
         except LlmrecError:
             raise
         except Exception as exc:  # a bad option or a missing model: the spec's problem, said in one line
@@ -223,15 +287,29 @@ class LlmResource(ResourceType):
                                 f"{type(exc).__name__}: {exc}") from None
 
 
+def route_options(factory: Any, route: RouteConfig, base_dir: Path | None) -> dict[str, Any]:
+    """The keyword arguments of a provider factory for ``route``; a factory whose ``model`` is a path
+    (``model_is_path``) gets a relative one resolved against the spec's folder."""
+    kwargs = route.provider_kwargs()
+    if getattr(factory, "model_is_path", False):
+        path = Path(str(kwargs["model"])).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        kwargs["model"] = str(path)
+    return kwargs
+
+
 def resolve_route(config: LlmConfig) -> RouteConfig | None:
-    """The resource's own provider and model, ``$LLMREC_MODEL`` filling a missing model; None when neither is set."""
+    """The resource's own provider and model, ``$LLMREC_MODEL`` filling a missing model, else the ``embedded``
+    route; None when none is set."""
     model = config.model or os.environ.get(MODEL_ENV, "").strip() or None
     if model is None:
-        return None
+        return config.embedded
     provider = config.provider
     if provider is None:
         provider = "transformers" if Path(model).expanduser().is_dir() else "litellm"
-    data = {k: getattr(config, k) for k in config.model_fields_set if k in RouteConfig.model_fields}
+    data = {k: getattr(config, k) for k in config.model_fields_set
+            if k in RouteConfig.model_fields and k not in ("embedded", "train_on_first_use")}
     data.update(provider=provider, model=model)
     return RouteConfig.model_validate(data)
 
@@ -789,6 +867,9 @@ def _transformers(**config: Any) -> Any:
 def llmrec_register_providers(register: Any) -> None:
     register("litellm", _litellm)
     register("transformers", _transformers)
+    from ..llm.reclm_provider import RecLMProvider  # no torch import until a model is loaded
+
+    register("reclm", RecLMProvider)
 
 
 @hookimpl

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from ..data.catalog import Catalog, Item
 from ..errors import OutputValidationError
 from ..hookspecs import hookimpl
-from ..llm.provider import Choices, Completion, CompletionRequest, Provider
+from ..llm.provider import Choices, Completion, CompletionRequest, ItemContext, Provider
 from ..node import CheckContext, Param, Problem, RunContext, Signature, read_signature
 from ..types import Candidates, Labeled, LabelScore, Recommendations, ScoredItem, UserProfile
 from .llm import Prompt, PromptConfig, _resolve
@@ -265,6 +265,22 @@ def _unique(values: Any) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """A task's parsed answer with the model's score of each value it chose (``Completion.scores``; empty when the
+    provider has none, as text models do)."""
+
+    answer: Any
+    scores: dict[str, float]
+
+
+def item_context(profile: UserProfile | None, path: str, ids: Any) -> ItemContext:
+    """What a provider that models item ids needs (a rec-LM): the profile's (item, rating) history and the item
+    behind each value of the Choices at ``path``."""
+    history = tuple(profile.events()) if profile is not None else ()
+    return ItemContext(history=history, path=path, ids=tuple(ids))
+
+
 # -- the common base ---------------------------------------------------------------------------------------------
 
 
@@ -328,12 +344,21 @@ class _Task(Prompt):
         """The schema the model must answer in for these variables."""
         raise NotImplementedError
 
+    #: whether :meth:`ask` returns :class:`Scored` (the answer and the model's scores) instead of the answer
+    scored: ClassVar[bool] = False
+
+    def messages(self, inputs: dict[str, Any], provider: Any) -> Any:
+        # ``_name`` variables are for the request (allowed values, item context), never for the template
+        return super().messages({k: v for k, v in inputs.items() if not k.startswith("_")}, provider)
+
     def request(self, inputs: dict[str, Any], provider: Any, context: RunContext | None) -> tuple[CompletionRequest,
                                                                                                    dict[str, Any]]:
         req, info = super().request(inputs, provider, context)
         schema = self.answer_schema(inputs)
         if schema is not None:
             req = dataclasses.replace(req, schema=schema)
+        if inputs.get("_items") is not None:
+            req = dataclasses.replace(req, items=inputs["_items"])
         return req, info
 
     def result(self, completion: Completion, context: RunContext | None) -> Any:
@@ -342,6 +367,8 @@ class _Task(Prompt):
         if completion.parsed is None:
             raise OutputValidationError("the provider returned no parsed output for the schema",
                                         context.node_id if context else None, completion.attempts, completion.text)
+        if self.scored:
+            return Scored(completion.parsed, dict(completion.scores))
         return completion.parsed
 
     async def ask(self, model: Provider, context: RunContext | None, variables: dict[str, Any]) -> Any:
@@ -438,6 +465,7 @@ class Rank(_Task):
     description = "Re-rank candidates with an LLM: listwise, pointwise or pairwise; only candidates come back."
     Config = RankConfig
     provides = frozenset({"candidates", "item", "a", "b", "profile", "query"})
+    scored = True
 
     def answer_schema(self, variables: dict[str, Any]) -> type[BaseModel]:
         return {"listwise": RankAnswer, "pointwise": ScoreAnswer, "pairwise": PairAnswer}[self.config.mode]
@@ -465,20 +493,28 @@ class Rank(_Task):
         common = {**extra, "profile": profile_view(profile, catalog), "query": query or ""}
         llm_scores: dict[str, float] = {}
         if cfg.mode == "listwise":
-            answer = await self.ask(model, context, {**common, "candidates": views})
+            ids = [v["id"] for v in views]
+            out = await self.ask(model, context, {**common, "candidates": views,
+                                                  "_items": item_context(profile, "ranking[]", ids)})
+            answer = out.answer
             order = [i for i in _unique(answer.ranking) if i in shown]  # defence in depth: candidates only
             n = len(order)
-            llm_scores = {i: float(n - pos) / n for pos, i in enumerate(order)}
+            # the model's own scores when it has them (a rec-LM's log-probabilities), else rank-based
+            llm_scores = ({i: out.scores[i] for i in order if i in out.scores} if out.scores
+                          else {i: float(n - pos) / n for pos, i in enumerate(order)})
         elif cfg.mode == "pointwise":
             answers = await self.ask_many(model, context, [{**common, "item": v} for v in views], cfg.concurrency)
-            llm_scores = {v["id"]: float(a.score) for v, a in zip(views, answers)}
+            llm_scores = {v["id"]: float(a.answer.score) for v, a in zip(views, answers)}
             order = sorted(llm_scores, key=lambda i: -llm_scores[i])  # stable: ties keep the input order
         else:
             pairs = list(itertools.combinations(views, 2))
-            answers = await self.ask_many(model, context, [{**common, "a": a, "b": b} for a, b in pairs],
-                                          cfg.concurrency)
+            answers = await self.ask_many(
+                model, context, [{**common, "a": a, "b": b,
+                                  "_items": item_context(profile, "winner", (a["id"], b["id"]))} for a, b in pairs],
+                cfg.concurrency)
             wins = {v["id"]: 0.0 for v in views}
-            for (a, b), answer in zip(pairs, answers):
+            for (a, b), out in zip(pairs, answers):
+                answer = out.answer
                 if answer.winner in (a["id"], b["id"]):  # anything else counts for neither
                     wins[answer.winner] += 1.0
             llm_scores = wins
@@ -510,6 +546,9 @@ class RecommendConfig(TaskConfig):
         100, ge=0, description="List the options in the prompt when there are at most this many (candidates, "
                                "or the catalog); larger sets are enforced by Choices only.")
     source_name: str = Field("llm", min_length=1, description="The list's source name in its Candidates.")
+    score: Literal["rank", "model"] = Field(
+        "rank", description="Each item's score: 'rank' ((n - position) / n), or 'model': the model's own score "
+                            "when the provider gives one (a rec-LM's log-probability), for blending by score.")
     profile_items: int = Field(
         20, ge=0, description="Without liked/disliked inputs, the titles of the profile's last this many liked and "
                               "disliked items are used.")
@@ -527,15 +566,13 @@ class Recommend(_Task):
     description = "Recommend exactly n catalog items with an LLM (constrained to the catalog, mapped to ids)."
     Config = RecommendConfig
     provides = frozenset({"liked", "disliked", "profile", "n", "by", "options", "feedback"})
+    scored = True
 
     def answer_schema(self, variables: dict[str, Any]) -> type[BaseModel]:
         return recommend_answer(variables["n"])
 
     def choices(self, inputs: dict[str, Any]) -> tuple[Choices, ...]:
         return (Choices("items[]", inputs["_allowed"], unique=True),)
-
-    def messages(self, inputs: dict[str, Any], provider: Any) -> Any:
-        return super().messages({k: v for k, v in inputs.items() if k != "_allowed"}, provider)
 
     async def run(self, model: Provider, catalog: Catalog, liked: list[str] | None = None,
                   disliked: list[str] | None = None, profile: UserProfile | None = None, n: int | None = None,
@@ -564,15 +601,23 @@ class Recommend(_Task):
             disliked = [catalog[i].title for i in profile.disliked[-cfg.profile_items:] if i in catalog]
         variables = {**extra, "liked": list(liked or []), "disliked": list(disliked or []),
                      "profile": profile_view(profile, catalog), "n": n, "by": cfg.by, "options": options,
-                     "feedback": feedback_lines(feedback), "_allowed": allowed}
-        answer = await self.ask(model, context, variables)
-        chosen = _unique(to_id[v] for v in answer.items if v in to_id)[:n]  # defence in depth: allowed only
+                     "feedback": feedback_lines(feedback), "_allowed": allowed,
+                     "_items": item_context(profile, "items[]", (to_id[v] for v in allowed))}
+        out = await self.ask(model, context, variables)
+        chosen = _unique(to_id[v] for v in out.answer.items if v in to_id)[:n]  # defence in depth: allowed only
         filled = [to_id[v] for v in allowed if to_id[v] not in set(chosen)][: n - len(chosen)]
         if context is not None:
             context.extra["recommended"] = {"by_model": len(chosen), "filled": len(filled)}
-        ids = chosen + filled
-        return Candidates(items=[ScoredItem(id=i, score=float(n - pos) / n, sources={cfg.source_name: float(n - pos) / n})
-                                 for pos, i in enumerate(ids)], source=cfg.source_name)
+        by_value = {to_id[v]: score for v, score in out.scores.items() if v in to_id}
+        items = []
+        for pos, i in enumerate(chosen + filled):
+            rank_score = float(n - pos) / n
+            sources = {cfg.source_name: rank_score}
+            if i in by_value:  # the model's own score (a rec-LM's log-probability), beside the rank score
+                sources[f"{cfg.source_name}_logprob"] = by_value[i]
+            score = by_value[i] if cfg.score == "model" and i in by_value else rank_score
+            items.append(ScoredItem(id=i, score=score, sources=sources))
+        return Candidates(items=items, source=cfg.source_name)
 
 
 # -- llm.explain -----------------------------------------------------------------------------------------------

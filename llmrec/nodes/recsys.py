@@ -153,6 +153,7 @@ class Profile(NodeType):
             top_categories=top,
             liked=list(dict.fromkeys(it.item_id for it in rated if it.rating >= cfg.like_at)),
             disliked=list(dict.fromkeys(it.item_id for it in rated if it.rating <= cfg.dislike_at)),
+            ratings={it.item_id: float(it.rating) for it in rated},
         )
 
 
