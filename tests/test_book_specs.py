@@ -136,3 +136,30 @@ async def test_movielens_llm_a_model_naming_non_catalog_titles_never_reaches_the
     assert result.degraded and result.trace.node("pick").fallback == "node:candidates"
     assert len(ids) == 5 and all(i.isdigit() for i in ids)
     assert json.dumps(result.outputs_json()).count("Ignore previous") == 0
+
+
+def test_movielens_llm_without_a_model_runs_on_its_embedded_rec_lm(tmp_path, monkeypatch, capsys) -> None:
+    """No key, no model: the embedded route trains a rec-LM on first use (here a tiny one, one epoch) and the
+    answer comes from it, not from the fallback."""
+    import llmrec
+
+    _movielens()
+    monkeypatch.delenv("LLMREC_MODEL", raising=False)
+    text = (SPECS / "movielens_llm.yaml").read_text(encoding="utf-8")
+    small = "extra: {size: small, max_events: 100}"
+    assert small in text
+    (tmp_path / "specs").mkdir()
+    spec = tmp_path / "specs" / "movielens_llm.yaml"
+    spec.write_text(text.replace(small, "extra: {size: tiny, max_epochs: 1, max_events: 30, validation_users: 50}"),
+                    encoding="utf-8")
+    result = llmrec.run(spec, {"user_id": "1", "k": 5})
+    err = capsys.readouterr().err
+    assert "training it now (train_on_first_use)" in err and "rec-LM epoch 1/1" in err
+    assert not result.degraded and result.trace.node("pick").status == "ok"
+    assert result.trace.node("pick").model.startswith("reclm-tiny-")
+    recs = result.outputs["recommendations"].items
+    assert len(recs) == 5 and len({r.id for r in recs}) == 5
+    assert (tmp_path / "runs" / "movielens" / "reclm").is_dir()
+    again = llmrec.run(spec, {"user_id": "1", "k": 5})  # the artifact is reused: nothing is trained again
+    assert "training" not in capsys.readouterr().err
+    assert [r.id for r in again.outputs["recommendations"].items] == [r.id for r in recs]
