@@ -503,6 +503,14 @@ async def atrain(
             say(f"collecting inputs of node '{t.name}' ({t.cls.name}) on {len(cases)} training cases ({data.split})")
             examples = await collect_examples(graph, t.name, cases, loaded, stop=should_stop)
         else:
+            current = None if force else _current(store, t, data)
+            if current is not None:  # the same params and the same data: nothing to learn again
+                say(f"{t.kind} '{t.name}' ({t.cls.name}) is up to date ({current.version}); --force retrains it")
+                reports.append(TrainReport(
+                    node_id=t.name, node_type=t.cls.name, cases=len(cases), rows=int(current.meta.get("rows") or 0),
+                    folder=current.folder, written=False, metrics=current.metrics,
+                    seconds=time.perf_counter() - started))
+                continue
             say(f"training {t.kind} '{t.name}' ({t.cls.name}) on {len(data.train)} events of "
                 f"{len(data.train.users())} users, validating on {len(cases)} cases ({data.split})")
         artifact, written, output = await asyncio.to_thread(
@@ -514,6 +522,17 @@ async def atrain(
             node_labelled=sum(e.labelled_by == "node" for e in examples),
         ))
     return reports
+
+
+def _current(store: ArtifactStore, t: Target, data: Dataset) -> Artifact | None:
+    """A dataset trainer's verified artifact when it was trained with these params on exactly this data."""
+    try:
+        found = store.load(t.params)
+    except ArtifactError:
+        return None
+    if found is None or found.meta.get("data_hash") != data_hash(data):
+        return None
+    return found
 
 
 def _pick_dataset(graph: Graph, wanted: str | None) -> str:

@@ -104,6 +104,12 @@ def test_a_plugin_node_trains_through_the_same_contract(tmp_path, capsys) -> Non
     items = llmrec.run(spec, {}).outputs["items"].items
     assert len(items) == 5 and items[0].score >= items[-1].score
 
+    assert main(["train", str(spec)]) == 0  # same params, same data: not trained again
+    out, err = capsys.readouterr()
+    assert "is up to date" in err and "counted" not in err
+    assert main(["train", str(spec), "--force"]) == 0
+    assert "counted" in capsys.readouterr().err
+
     (folder / "counts.json").write_text("{}")  # edited by hand: the checksum no longer matches
     assert main(["run", str(spec)]) == 1
     err = capsys.readouterr().err
