@@ -49,7 +49,7 @@ from .node import LoadContext, StartContext
 from .hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .data import Dataset, EvalCase
+    from .data import Dataset, EvalCase, Interactions
     from .graph.build import Graph
 
 
@@ -103,6 +103,9 @@ class TrainContext:
     device: str = "cpu"  # "cuda" when torch sees a GPU and the config does not say otherwise
     progress: Callable[[str], None] = lambda _: None  # one line of progress for the user
     should_stop: Callable[[], bool] = lambda: False  # True after Ctrl-C: stop at the next safe point
+    #: every training event, the carved validation events included, when ``dataset`` is a validation split carved
+    #: from training (None otherwise): for a final refit once validation has picked the hyper-parameters
+    refit_train: Interactions | None = None
 
     @property
     def validation(self) -> tuple[EvalCase, ...]:
@@ -409,7 +412,8 @@ class _StopFlag:
 
 def fit_target(t: Target, *, dataset: Dataset | None = None, examples: list[TrainingExample] | None = None,
                force: bool = False, store: ArtifactStore | None = None, log: Callable[[str], None] | None = None,
-               stop: Callable[[], bool] | None = None) -> tuple[Artifact, bool, TrainOutput]:
+               stop: Callable[[], bool] | None = None,
+               refit_train: Interactions | None = None) -> tuple[Artifact, bool, TrainOutput]:
     """Fit one trainable on what it trains on and commit its artifact: returns the verified artifact, whether
     it was written, and the trainer's output. ``llmrec train`` calls this; so can tests and plugin authors."""
     from .data import Catalog, Dataset, Interactions
@@ -423,7 +427,7 @@ def fit_target(t: Target, *, dataset: Dataset | None = None, examples: list[Trai
             name=t.name, trainer=t.cls.name, dataset=data, examples=list(examples or []), inputs=t.inputs,
             params=params, staging=staging, checkpoint_dir=store.checkpoint_dir(params),
             seed=int(getattr(t.config, "seed", 0) or 0), device=default_device(t.config),
-            progress=log or (lambda _: None), should_stop=stop or (lambda: False),
+            progress=log or (lambda _: None), should_stop=stop or (lambda: False), refit_train=refit_train,
         )
         output: TrainOutput = t.cls.fit(t.config, ctx)
         metrics = {**output.metrics, "train_seconds": round(time.perf_counter() - started, 3)}
@@ -479,7 +483,9 @@ async def atrain(
     if dataset_name not in loaded:
         say(f"loading dataset resource '{dataset_name}'")
         loaded[dataset_name] = await graph.resources[dataset_name].cls(graph.resources[dataset_name].config).load()
-    data = validation_dataset(loaded[dataset_name])
+    original = loaded[dataset_name]
+    data = validation_dataset(original)
+    refit_train = original.train if data is not original else None
     if not len(data.train):
         raise TrainingError(f"dataset resource '{dataset_name}' has no training interactions to learn from")
     cases = list(data.train_cases)
@@ -514,7 +520,8 @@ async def atrain(
             say(f"training {t.kind} '{t.name}' ({t.cls.name}) on {len(data.train)} events of "
                 f"{len(data.train.users())} users, validating on {len(cases)} cases ({data.split})")
         artifact, written, output = await asyncio.to_thread(
-            fit_target, t, dataset=data, examples=examples, force=force, store=store, log=say, stop=should_stop)
+            fit_target, t, dataset=data, examples=examples, force=force, store=store, log=say, stop=should_stop,
+            refit_train=refit_train)
         folder = artifact.folder
         reports.append(TrainReport(
             node_id=t.name, node_type=t.cls.name, cases=len(examples) or len(cases), rows=output.rows,

@@ -21,7 +21,9 @@ takes its fallback and the response says it is degraded.
 
 Training follows llmrec's one training contract (:mod:`llmrec.training`): the ``llm`` resource delegates
 ``fit`` / ``training_params`` to this provider class, which learns from the dataset split (``trains_on:
-dataset``) and writes a versioned artifact. ``model`` may instead name a saved rec-LM folder (``RecLM.save`` or
+dataset``) and writes a versioned artifact. Early stopping picks the epoch count on the validation split carved
+from training; then (``refit: true``, the default) the model is trained again for that many epochs on every
+training event, the carved validation events included, as the CF benchmarks refit their picks. ``model`` may instead name a saved rec-LM folder (``RecLM.save`` or
 a distilled student): then nothing is trained.
 """
 
@@ -42,7 +44,7 @@ from .provider import Choices, Completion, CompletionRequest, Usage
 _MODEL_FILES = ("model.safetensors", "vocab.json", "config.json")
 #: provider options that are not RecLMConfig training fields
 _RUNTIME_KEYS = frozenset({"model", "timeout", "max_retries", "temperature", "max_tokens", "quantize", "api_base",
-                           "api_key"})
+                           "api_key", "refit"})
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -95,7 +97,7 @@ class RecLMProvider:
     def training_params(cls, options: dict[str, Any]) -> dict[str, Any]:
         """What the artifact depends on: the training config (device and threads change nothing learned)."""
         cfg = training_config(options).model_dump(exclude={"device", "threads"})
-        return {"provider": cls.name, **cfg}
+        return {"provider": cls.name, **cfg, "refit": _refit(options)}
 
     @classmethod
     def fit(cls, options: dict[str, Any], ctx: Any) -> Any:
@@ -114,21 +116,31 @@ class RecLMProvider:
 
         def progress(info: dict[str, Any]) -> None:
             eta = info.get("eta_seconds")
-            ctx.progress(f"rec-LM epoch {info['epoch']}/{info['max_epochs']}: loss {info['train_loss']:.3f}, "
-                         f"validation NDCG@10 {info['val_ndcg10']:.4f} (best epoch {info['best_epoch']}), "
-                         f"{info['seconds']:.0f} s" + (f", at most {eta:.0f} s left" if eta is not None else ""))
+            val = info.get("val_ndcg10")
+            shown = (f", validation NDCG@10 {val:.4f} (best epoch {info['best_epoch']})"
+                     if val is not None and math.isfinite(val) else "")
+            ctx.progress(f"rec-LM epoch {info['epoch']}/{info['max_epochs']}: loss {info['train_loss']:.3f}{shown}, "
+                         f"{info['seconds']:.0f} s" + (f", at most {eta:.0f} s left" if eta else ""))
 
         ctx.progress(f"training a rec-LM ({cfg.size}: layers/width/heads {cfg.dimensions}) on "
                      f"{len(data.train)} events of {users} users, validated on {len(ctx.validation)} cases")
         try:
             rec = train_reclm(data.catalog, data.train, ctx.validation, cfg, progress=progress,
                               should_stop=ctx.should_stop, checkpoint_dir=ctx.checkpoint_dir)
+            m = rec.metrics
+            metrics = {"val_ndcg10": round(float(m.get("val_ndcg10", 0.0)), 4), "best_epoch": m.get("best_epoch"),
+                       "epochs": m.get("epochs_run"), "parameters": rec.parameters}
+            full = ctx.refit_train
+            if _refit(options) and full is not None and len(full) > len(data.train):
+                epochs = int(m.get("best_epoch") or 1)
+                ctx.progress(f"refitting the rec-LM on all {len(full)} training events for {epochs} epochs (the "
+                             "best validation epoch), so that it also learns from each user's latest ratings")
+                rec = train_reclm(data.catalog, full, (), cfg, progress=progress, should_stop=ctx.should_stop,
+                                  checkpoint_dir=ctx.checkpoint_dir / "refit", epochs=epochs)
+                metrics["refit_events"] = len(full)
         except RecLMError as exc:
             raise TrainingError(str(exc)) from None
         rec.save(ctx.staging.folder)
-        m = rec.metrics
-        metrics = {"val_ndcg10": round(float(m.get("val_ndcg10", 0.0)), 4), "best_epoch": m.get("best_epoch"),
-                   "epochs": m.get("epochs_run"), "parameters": rec.parameters}
         return TrainOutput(data_hash=data_hash(data), metrics=metrics, meta={"model": rec.name},
                            rows=len(data.train))
 
@@ -182,6 +194,13 @@ class RecLMProvider:
 
     async def close(self) -> None:
         return None
+
+
+def _refit(options: dict[str, Any]) -> bool:
+    value = options.get("refit", True)
+    if not isinstance(value, bool):
+        raise ProviderError(f"reclm: 'refit' must be true or false, got {value!r}")
+    return value
 
 
 def _field(path: str) -> tuple[str, bool]:

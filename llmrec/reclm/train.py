@@ -248,6 +248,7 @@ def train_reclm(
     progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    epochs: int | None = None,
 ) -> TrainedRecLM:
     """Train a GPT-2 rec-LM on ``train`` and keep the epoch with the best validation NDCG@10.
 
@@ -256,6 +257,9 @@ def train_reclm(
     ``progress(info)`` is called after every epoch with {epoch, max_epochs, train_loss, val_ndcg10, best_epoch,
     seconds (elapsed in all), epoch_seconds, eta_seconds (upper bound: up to max_epochs)}. When ``should_stop()``
     returns True after an epoch, :class:`TrainingInterrupted` is raised (checkpoint written first).
+
+    ``epochs`` trains exactly that many epochs and keeps the last one, with no early stopping; ``validation``
+    may then be empty (the final refit on every training event, once validation has picked the epoch count).
     Raises :class:`RecLMError` for an empty catalog, an empty log (or one that names no catalog item) and no
     validation cases.
     """
@@ -271,7 +275,11 @@ def train_reclm(
     if len(train) == 0:
         raise RecLMError("cannot train a rec-LM on an empty training log (no interactions)")
     validation = list(validation)
-    if not validation:
+    if epochs is not None:
+        if epochs < 1:
+            raise RecLMError(f"epochs must be at least 1, got {epochs}")
+        config = config.model_copy(update={"max_epochs": epochs, "patience": epochs + 1})
+    elif not validation:
         raise RecLMError("a rec-LM needs validation cases for early stopping; none were given")
     vocab = Vocab.from_catalog(catalog)
     sequences = _sequences(vocab, train, config.max_events)
@@ -356,8 +364,10 @@ def _train(config: RecLMConfig, vocab: Vocab, sequences: list[list[int]], cases:
         model.eval()
         with torch.inference_mode():
             table = input_table(model.transformer.wte.weight, comp_idx, comp_w)
-        score = _validate(model, table, cases, vocab, device)
-        if score > best_score:
+        score = _validate(model, table, cases, vocab, device) if len(cases) else math.nan
+        if not len(cases):  # a fixed number of epochs: the last one is kept
+            best_epoch, best_state = epoch, {k: v.clone() for k, v in state_for_saving(model).items()}
+        elif score > best_score:
             best_score, best_epoch, stale = score, epoch, 0
             best_state = {k: v.clone() for k, v in state_for_saving(model).items()}
         else:

@@ -73,10 +73,12 @@ def test_train_then_recommend_and_rank_with_the_models_scores(tmp_path, capsys) 
     out, err = capsys.readouterr()
     assert "trained resource 'model' (llm)" in out
     assert "rec-LM epoch 1/2" in err and "temporal-validation" in err
+    assert "refitting the rec-LM on all" in err  # the epoch count picked on validation, then every training event
     folder = next((tmp_path / "models" / "reclm").glob("model-*"))
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["params"]["provider"] == "reclm" and meta["params"]["size"] == "tiny"
     assert {"model.safetensors", "vocab.json", "config.json"} <= set(meta["files"])
+    assert meta["params"]["refit"] is True and meta["metrics"]["refit_events"] > meta["rows"]
 
     result = llmrec.run(spec, {"user_id": "u1"})
     assert not result.degraded

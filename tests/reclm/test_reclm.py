@@ -159,6 +159,19 @@ def test_early_stopping_stops_before_max_epochs(data):
     assert seen[-1]["eta_seconds"] == 0
 
 
+def test_a_fixed_number_of_epochs_needs_no_validation_and_keeps_the_last(data):
+    catalog, train, _, validation, _ = data
+    seen = []
+    rec = train_reclm(catalog, train, (), RecLMConfig(**FAST, max_epochs=40, patience=1), progress=seen.append,
+                      epochs=2)
+    assert [p["epoch"] for p in seen] == [1, 2] and rec.metrics["best_epoch"] == 2
+    assert all(p["val_ndcg10"] != p["val_ndcg10"] for p in seen)  # nan: nothing was validated
+    same = train_reclm(catalog, train, validation, RecLMConfig(**FAST), epochs=2)  # cases given: still 2 epochs
+    assert same.metrics["epochs_run"] == 2
+    with pytest.raises(RecLMError, match="at least 1"):
+        train_reclm(catalog, train, (), RecLMConfig(**FAST), epochs=0)
+
+
 def test_same_seed_same_weights_other_seed_other_weights(data):
     catalog, train, _, validation, _ = data
     config = RecLMConfig(**FAST, max_epochs=2)
