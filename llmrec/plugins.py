@@ -45,6 +45,7 @@ DEFAULT_PLUGINS = (
     "llmrec.eval.commands",
     "llmrec.serve.commands",
     "llmrec.training",
+    "llmrec.distill.cli",
     "llmrec.finetune.cli",
 )
 LOCAL_PLUGIN_DIR = "plugins"
