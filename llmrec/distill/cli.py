@@ -112,7 +112,8 @@ def llmrec_register_commands(cli: Any) -> None:
         loss: Annotated[str, typer.Option("--loss", help="kl (teacher soft labels) or kl+ce (plus the true label).")] = "kl+ce",
         temperature: Annotated[float, typer.Option("--temperature", help="Distillation temperature.")] = 2.0,
         alpha: Annotated[float, typer.Option("--alpha", help="kl+ce: weight of the KL term.")] = 0.5,
-        init: Annotated[str, typer.Option("--init", help="next-item (start from a next-item rec-LM) or scratch.")] = "next-item",
+        init: Annotated[str, typer.Option("--init", help="scratch (random weights) or next-item (start from a "
+                                          "next-item rec-LM).")] = "scratch",
         epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Most pairwise epochs.")] = None,
         init_epochs: Annotated[Optional[int], typer.Option("--init-epochs", min=1, help="Most next-item epochs.")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of pairs, initialisation and order.")] = 0,

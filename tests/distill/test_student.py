@@ -55,7 +55,8 @@ def test_training_is_deterministic_by_seed(prepared, teacher_z):
 
 def test_kl_plus_ce_from_a_next_item_init(prepared, teacher_z):
     carved = prepared.carved
-    config = DistillConfig(**{**QUICK, "loss": "kl+ce", "alpha": 0.5, "temperature": 3.0, "epochs": 2})
+    config = DistillConfig(**{**QUICK, "init": "next-item", "loss": "kl+ce", "alpha": 0.5, "temperature": 3.0,
+                              "epochs": 2})
     result = train_student(carved.catalog, prepared.transfer, teacher_z, prepared.validation, "tiny", config,
                            init_data=(carved.train, list(carved.train_cases)))
     assert result.init is not None and result.init.metrics["epochs_run"] == QUICK["init_epochs"]
