@@ -22,8 +22,9 @@ takes its fallback and the response says it is degraded.
 Training follows llmrec's one training contract (:mod:`llmrec.training`): the ``llm`` resource delegates
 ``fit`` / ``training_params`` to this provider class, which learns from the dataset split (``trains_on:
 dataset``) and writes a versioned artifact. Early stopping picks the epoch count on the validation split carved
-from training; then (``refit: true``, the default) the model is trained again for that many epochs on every
-training event, the carved validation events included, as the CF benchmarks refit their picks. ``model`` may instead name a saved rec-LM folder (``RecLM.save`` or
+from training; with ``refit: true`` the model is then trained again for that many epochs on every training event,
+the carved validation events included (as the CF benchmarks refit their picks). It is off by default: on
+MovieLens 100K the refit cost a second training and did not help (benchmarks/RESULTS.md, rec-LM section). ``model`` may instead name a saved rec-LM folder (``RecLM.save`` or
 a distilled student): then nothing is trained.
 """
 
@@ -97,7 +98,7 @@ class RecLMProvider:
     def training_params(cls, options: dict[str, Any]) -> dict[str, Any]:
         """What the artifact depends on: the training config (device and threads change nothing learned)."""
         cfg = training_config(options).model_dump(exclude={"device", "threads"})
-        return {"provider": cls.name, **cfg, "refit": _refit(options)}
+        return {"provider": cls.name, **cfg, **({"refit": True} if _refit(options) else {})}
 
     @classmethod
     def fit(cls, options: dict[str, Any], ctx: Any) -> Any:
@@ -197,7 +198,7 @@ class RecLMProvider:
 
 
 def _refit(options: dict[str, Any]) -> bool:
-    value = options.get("refit", True)
+    value = options.get("refit", False)
     if not isinstance(value, bool):
         raise ProviderError(f"reclm: 'refit' must be true or false, got {value!r}")
     return value

@@ -277,6 +277,8 @@ class LlmResource(ResourceType):
         kwargs = route_options(factory, config, base_dir)
         if model_dir is not None:  # a trained provider: its verified artifact
             kwargs["model"] = model_dir
+        else:
+            kwargs["model"] = _latest_artifact(kwargs["model"])
         # factories may import heavy libraries or load weights: keep the event loop free
         try:
             return await asyncio.to_thread(factory, **kwargs)
@@ -287,6 +289,23 @@ class LlmResource(ResourceType):
                                 f"{type(exc).__name__}: {exc}") from None
 
 
+def _latest_artifact(model: Any) -> Any:
+    """A folder of versioned artifacts (``llmrec finetune``'s output: a ``latest`` pointer, no model files of its
+    own) stands for its latest version, verified against its checksums; anything else is returned as it is."""
+    if not isinstance(model, str):
+        return model
+    folder = Path(model).expanduser()
+    if not (folder / "latest").is_file() or (folder / "config.json").exists():
+        return model
+    from ..artifacts import ArtifactStore
+
+    store = ArtifactStore(folder, "", "Write it again with the command that made it (e.g. `llmrec finetune`).")
+    latest = store.latest_folder()
+    if latest is None:
+        raise ProviderError(f"{folder}: its 'latest' pointer names no folder; write the model again")
+    return str(store.open(latest).folder)
+
+
 def route_options(factory: Any, route: RouteConfig, base_dir: Path | None) -> dict[str, Any]:
     """The keyword arguments of a provider factory for ``route``; a factory whose ``model`` is a path
     (``model_is_path``) gets a relative one resolved against the spec's folder."""
@@ -295,7 +314,7 @@ def route_options(factory: Any, route: RouteConfig, base_dir: Path | None) -> di
         path = Path(str(kwargs["model"])).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        kwargs["model"] = str(path)
+        kwargs["model"] = os.path.normpath(path)
     return kwargs
 
 
@@ -305,6 +324,10 @@ def resolve_route(config: LlmConfig) -> RouteConfig | None:
     model = config.model or os.environ.get(MODEL_ENV, "").strip() or None
     if model is None:
         return config.embedded
+    if config.model and config._base_dir is not None and not Path(model).expanduser().is_absolute():
+        beside = config._base_dir / model  # a folder the spec names is relative to the spec, like every path
+        if beside.is_dir():
+            model = os.path.normpath(beside)
     provider = config.provider
     if provider is None:
         provider = "transformers" if Path(model).expanduser().is_dir() else "litellm"

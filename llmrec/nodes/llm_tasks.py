@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from ..data.catalog import Catalog, Item
+from ..data.catalog import Catalog, Interactions, Item
 from ..errors import OutputValidationError
 from ..hookspecs import hookimpl
 from ..llm.provider import Choices, Completion, CompletionRequest, ItemContext, Provider
@@ -263,6 +263,13 @@ def _ids_of(items: Any) -> list[str]:
 
 def _unique(values: Any) -> list[str]:
     return list(dict.fromkeys(values))
+
+
+def _describe(item: Item) -> str:
+    """``Title (year) [genres]``, as the book's fine-tuning prompts (and `llmrec finetune`) list items."""
+    from ..finetune.data import describe_item
+
+    return describe_item(item)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -552,6 +559,11 @@ class RecommendConfig(TaskConfig):
     profile_items: int = Field(
         20, ge=0, description="Without liked/disliked inputs, the titles of the profile's last this many liked and "
                               "disliked items are used.")
+    examples: int = Field(
+        0, ge=0, le=20, description="Few-shot: this many in-context examples drawn from other users of the "
+                                    "'interactions' input (their liked/disliked items before a cut, and the next "
+                                    "items they liked after it as the answer), rendered with the node's template.")
+    example_seed: int = Field(0, description="Seed of which users (and cuts) the examples are drawn from.")
 
 
 class Recommend(_Task):
@@ -565,8 +577,63 @@ class Recommend(_Task):
     name = "llm.recommend"
     description = "Recommend exactly n catalog items with an LLM (constrained to the catalog, mapped to ids)."
     Config = RecommendConfig
-    provides = frozenset({"liked", "disliked", "profile", "n", "by", "options", "feedback"})
+    provides = frozenset({"liked", "disliked", "liked_items", "disliked_items", "profile", "n", "by", "options",
+                          "feedback"})
     scored = True
+
+    @classmethod
+    def check(cls, config: RecommendConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
+        problems = list(super().check(config, ctx))
+        if config.examples and "interactions" not in ctx.declared_inputs:
+            problems.append(Problem("'examples' draws few-shot examples from other users, but the node has no "
+                                    "'interactions' input", "examples",
+                                    "Add inputs: {interactions: ${resources.NAME.train}}, or set examples: 0."))
+        return problems
+
+    def messages(self, inputs: dict[str, Any], provider: Any) -> Any:
+        messages, info = super().messages(inputs, provider)
+        shots = inputs.get("_examples") or ()
+        if not shots:
+            return messages, info
+        from ..llm.provider import Message
+
+        extra = []
+        for variables, answer in shots:
+            user, _ = super().messages({**inputs, **variables}, provider)
+            extra += [Message("user", user[-1].content), Message("assistant", answer)]
+        return (*messages[:-1], *extra, messages[-1]), info
+
+    def _examples(self, interactions: Any, catalog: Catalog, user_id: str | None) -> list[tuple[dict[str, Any], str]]:
+        """``examples`` (template variables, answer JSON) from other users, the same for every request of a user."""
+        import random
+
+        from ..finetune.data import PairConfig, build_pairs, feedback
+
+        cfg = self.config
+        cache = self.__dict__.setdefault("_pairs", {})
+        key = id(interactions)
+        if key not in cache:
+            cache.clear()
+            config = PairConfig(n=cfg.n, max_history=cfg.profile_items or 20, seed=cfg.example_seed)
+            ratings = {}
+            for it in interactions:
+                ratings[(it.user_id, it.item_id)] = feedback(it, config)
+            cache[key] = (interactions, build_pairs(interactions, catalog, config), ratings)
+        _, pairs, marks = cache[key]
+        others = [p for p in pairs if p.user_id != user_id]
+        rng = random.Random(f"{cfg.example_seed}:{user_id}")
+        out = []
+        for pair in rng.sample(others, min(cfg.examples, len(others))):
+            liked = [i for i in pair.history if marks.get((pair.user_id, i)) == "liked" and i in catalog]
+            disliked = [i for i in pair.history if marks.get((pair.user_id, i)) == "disliked" and i in catalog]
+            titles = [catalog[i].title for i in pair.targets]
+            key_of = (lambda i: catalog[i].title) if cfg.by == "title" else (lambda i: i)
+            variables = {"liked": [catalog[i].title for i in liked], "disliked": [catalog[i].title for i in disliked],
+                         "liked_items": [_describe(catalog[i]) for i in liked],
+                         "disliked_items": [_describe(catalog[i]) for i in disliked],
+                         "profile": None, "n": len(titles), "by": cfg.by, "options": [], "feedback": []}
+            out.append((variables, json.dumps({"items": [key_of(i) for i in pair.targets]}, ensure_ascii=False)))
+        return out
 
     def answer_schema(self, variables: dict[str, Any]) -> type[BaseModel]:
         return recommend_answer(variables["n"])
@@ -577,7 +644,8 @@ class Recommend(_Task):
     async def run(self, model: Provider, catalog: Catalog, liked: list[str] | None = None,
                   disliked: list[str] | None = None, profile: UserProfile | None = None, n: int | None = None,
                   candidates: Candidates | None = None, exclude: list[str] | None = None, feedback: Any = None,
-                  context: RunContext | None = None, **extra: Any) -> Candidates:
+                  interactions: Interactions | None = None, context: RunContext | None = None,
+                  **extra: Any) -> Candidates:
         cfg = self.config
         n = cfg.n if n is None else max(int(n), 0)
         banned = set(exclude or ())
@@ -595,11 +663,18 @@ class Recommend(_Task):
             return Candidates(items=[], source=cfg.source_name)
         options = [item_view(catalog[to_id[v]], cfg.description_chars) for v in allowed] \
             if len(allowed) <= cfg.list_options else []
+        liked_ids = [i for i in profile.liked[-cfg.profile_items:] if i in catalog] if profile is not None else []
+        disliked_ids = ([i for i in profile.disliked[-cfg.profile_items:] if i in catalog]
+                        if profile is not None else [])
         if liked is None and profile is not None:  # titles of the profile's rated items, most recent kept
-            liked = [catalog[i].title for i in profile.liked[-cfg.profile_items:] if i in catalog]
+            liked = [catalog[i].title for i in liked_ids]
         if disliked is None and profile is not None:
-            disliked = [catalog[i].title for i in profile.disliked[-cfg.profile_items:] if i in catalog]
+            disliked = [catalog[i].title for i in disliked_ids]
+        examples = (self._examples(interactions, catalog, profile.user_id if profile is not None else None)
+                    if cfg.examples and interactions is not None else [])
         variables = {**extra, "liked": list(liked or []), "disliked": list(disliked or []),
+                     "liked_items": [_describe(catalog[i]) for i in liked_ids],
+                     "disliked_items": [_describe(catalog[i]) for i in disliked_ids], "_examples": examples,
                      "profile": profile_view(profile, catalog), "n": n, "by": cfg.by, "options": options,
                      "feedback": feedback_lines(feedback), "_allowed": allowed,
                      "_items": item_context(profile, "items[]", (to_id[v] for v in allowed))}

@@ -16,6 +16,7 @@ from llmrec.llm.provider import Choices, CompletionRequest, ItemContext, Message
 from llmrec.testing import write_spec
 
 TRAINING = "{size: tiny, max_epochs: 2, patience: 1, seed: 0, threads: 1, batch_size: 16}"
+REFIT = "{size: tiny, max_epochs: 2, patience: 1, seed: 0, threads: 1, batch_size: 16, refit: true}"
 
 SPEC = """
     name: reclm-demo
@@ -63,7 +64,7 @@ def _no_env_model(monkeypatch):
 
 
 def test_train_then_recommend_and_rank_with_the_models_scores(tmp_path, capsys) -> None:
-    spec = _spec(tmp_path, "{provider: reclm, model: models/reclm, extra: " + TRAINING + "}")
+    spec = _spec(tmp_path, "{provider: reclm, model: models/reclm, extra: " + REFIT + "}")
     assert main(["validate", str(spec)]) == 0
     assert "no trained model" in capsys.readouterr().out  # a warning naming the command, not an error
     assert main(["run", str(spec)]) == 1
