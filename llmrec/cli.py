@@ -271,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``llmrec`` console script."""
     _register_plugin_commands()
     try:
-        app(args=argv, prog_name="llmrec", standalone_mode=False)
+        code = app(args=argv, prog_name="llmrec", standalone_mode=False)
+        if code == 130:  # click turned a Ctrl-C into its exit code instead of raising
+            _err("aborted")
+            return 130
     except Exit as exc:
         return exc.code
     except SpecErrors as exc:

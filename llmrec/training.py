@@ -498,7 +498,10 @@ async def atrain(
         cases = cases[:max_cases]
         data = dataclasses.replace(data, train_cases=tuple(cases))
     loaded[dataset_name] = data  # upstream nodes learn from the (carved) training events only
-    should_stop = stop or (lambda: False)
+    cancelled = threading.Event()  # set when the awaiting task is cancelled (Ctrl-C during `llmrec run`)
+
+    def should_stop() -> bool:
+        return cancelled.is_set() or (stop is not None and stop())
     reports = []
     for t in found:
         started = time.perf_counter()
@@ -519,9 +522,17 @@ async def atrain(
                 continue
             say(f"training {t.kind} '{t.name}' ({t.cls.name}) on {len(data.train)} events of "
                 f"{len(data.train.users())} users, validating on {len(cases)} cases ({data.split})")
-        artifact, written, output = await asyncio.to_thread(
-            fit_target, t, dataset=data, examples=examples, force=force, store=store, log=say, stop=should_stop,
-            refit_train=refit_train)
+        try:
+            artifact, written, output = await asyncio.to_thread(
+                fit_target, t, dataset=data, examples=examples, force=force, store=store, log=say, stop=should_stop,
+                refit_train=refit_train)
+        except asyncio.CancelledError:
+            # the worker thread cannot be killed: ask the trainer to stop at its next safe point (a resumable
+            # checkpoint), so that the process can exit instead of waiting for the whole training
+            cancelled.set()
+            say(f"interrupted: {t.kind} '{t.name}' stops training at its next safe point; run `{command}` (or "
+                "the same command again) to resume")
+            raise
         folder = artifact.folder
         reports.append(TrainReport(
             node_id=t.name, node_type=t.cls.name, cases=len(examples) or len(cases), rows=output.rows,

@@ -181,3 +181,42 @@ def test_item_context_must_match_its_choices(tmp_path) -> None:
                             items=ItemContext(history=(), path="items[]", ids=("1",)))
     with pytest.raises(ProviderError, match="item context"):
         asyncio.run(provider.complete(bad))
+
+
+def test_ctrl_c_during_training_on_first_use_stops_at_an_epoch_and_resumes(tmp_path) -> None:
+    """`llmrec run` that trains on first use: Ctrl-C stops the trainer at its next epoch (the worker thread is
+    asked to stop, so the process does not wait for the whole training), exits 130 and says how to resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    slow = "{size: tiny, max_epochs: 400, patience: 400, seed: 0, threads: 1, batch_size: 16}"
+    spec = _spec(tmp_path, "{provider: reclm, model: models/reclm, train_on_first_use: true, extra: " + slow + "}")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "llmrec", "run", str(spec)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.append(line)
+        if "rec-LM epoch 2/400" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _, rest = proc.communicate(timeout=120)
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 60 and "rec-LM epoch 400/400" not in err
+    assert "stops training at its next safe point" in err and f"llmrec train {spec}" in err
+    assert not list((tmp_path / "models" / "reclm").glob("model-*"))  # nothing half-written was committed
+    done = max(int(line.split("epoch ")[1].split("/")[0]) for line in err.splitlines() if "rec-LM epoch" in line)
+
+    resumed = subprocess.Popen([sys.executable, "-m", "llmrec", "train", str(spec)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    assert resumed.stderr is not None
+    first = next(line for line in resumed.stderr if "rec-LM epoch" in line)
+    resumed.send_signal(signal.SIGINT)
+    resumed.communicate(timeout=120)
+    assert int(first.split("epoch ")[1].split("/")[0]) == done + 1, (first, done)  # from the checkpoint
