@@ -220,3 +220,31 @@ def test_ctrl_c_during_training_on_first_use_stops_at_an_epoch_and_resumes(tmp_p
     resumed.send_signal(signal.SIGINT)
     resumed.communicate(timeout=120)
     assert int(first.split("epoch ")[1].split("/")[0]) == done + 1, (first, done)  # from the checkpoint
+
+
+def test_training_on_a_log_of_one_user_or_none_is_one_clear_message(tmp_path, capsys) -> None:
+    data = tmp_path / "one-user"
+    data.mkdir()
+    (data / "catalog.jsonl").write_text("".join(f'{{"id": "m{i}", "title": "Movie {i}"}}\n' for i in range(6)))
+    rows = "".join(f"u1,m{i},rating,{4 + i % 2},{i}\n" for i in range(6))
+    (data / "interactions.csv").write_text("user_id,item_id,event,rating,timestamp\n" + rows)
+    spec = write_spec(tmp_path, f"""
+        name: one-user
+        inputs: {{}}
+        resources:
+          data: {{type: dataset, config: {{name: {data}, split: temporal}}}}
+          model: {{type: llm, config: {{provider: reclm, model: models, extra: {TRAINING}}}}}
+        nodes:
+          pick:
+            type: llm.recommend
+            inputs: {{model: "${{resources.model}}", catalog: "${{resources.data.catalog}}"}}
+        outputs: {{items: "${{pick}}"}}
+    """)
+    assert main(["train", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "a rec-LM needs the histories of at least 2 users" in err and "has 1" in err and "Traceback" not in err
+    (data / "interactions.csv").write_text("user_id,item_id,event,rating,timestamp\n")
+    assert main(["train", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "no training interactions to learn from" in err and "Traceback" not in err
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").glob("model-*"))
