@@ -19,7 +19,10 @@ tightened so that a model, however bad, cannot misbehave:
   a value, or open more list elements than there are values left is rejected and another is sampled.
 
 Generation runs in a worker thread (the event loop is never blocked) and stops between tokens at the request's
-deadline or when the awaiting task is cancelled. torch, transformers and llguidance are imported lazily.
+deadline or when the awaiting task is cancelled. Calls that arrive together (``max_batch``, default 8) are
+decoded as one batch, each row with its own constraint state, sampler and stopping point and the same output it
+gets alone; ``quantize: int8`` makes the linear layers dynamic int8 (CPU). ``count_tokens`` counts with the
+model's tokenizer, for token budgets. torch, transformers and llguidance are imported lazily.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PROVIDER_NAME = "transformers"
 DEFAULT_MAX_NEW_TOKENS = 256
+DEFAULT_MAX_BATCH = 8  # calls decoded together at most (1: one at a time)
+DEFAULT_BATCH_WINDOW = 0.005  # seconds the worker waits after a call arrives for others to join its batch
 DEFAULT_MAX_STRING_LENGTH = 64  # characters, for string fields without maxLength
 DEFAULT_MAX_ITEMS = 10  # for list fields without maxItems
 DEFAULT_NUMBER_BOUND = 10**9  # |value| bound for numbers without minimum/maximum
@@ -104,6 +109,7 @@ class _Compiler:
         self.used: set[str] = set()
         self.kinds: dict[str, str] = {}  # choice path -> "string" | "integer"
         self.min_items: dict[str, int] = {}  # list path -> minItems
+        self.values: dict[str, tuple[Any, ...]] = {}  # choice path -> the values decoding may produce
 
     def node(self, s: dict[str, Any], path: str) -> tuple[dict[str, Any], int]:
         s = {k: v for k, v in s.items() if k not in ("title", "description", "examples", "default")}
@@ -122,7 +128,7 @@ class _Compiler:
             return s, len(_dump(s["const"]))
         if "enum" in s:
             if path in self.choices:
-                raise ProviderError(f"choices for '{path}': the field is already an enum in the schema")
+                return self.enum_choice(s, path)
             return s, max(len(_dump(v)) for v in s["enum"])
         kind = s.get("type")
         if isinstance(kind, list):
@@ -156,7 +162,28 @@ class _Compiler:
             raise ProviderError(f"choices for '{path}' are empty: nothing could be generated")
         self.used.add(path)
         self.kinds[path] = kind
+        self.values[path] = tuple(values)
         return {"enum": values}, max(len(_dump(v)) for v in values)
+
+    def enum_choice(self, s: dict[str, Any], path: str) -> tuple[dict[str, Any], int]:
+        """Choices on a field the schema already makes an enum (a ``Literal``): the values both allow, in the
+        schema's order; an error only when they share none."""
+        allowed = {str(v) for v in self.choices[path].values}
+        values = [v for v in s["enum"] if (v if isinstance(v, str) else _dump(v).decode()) in allowed]
+        if not values:
+            raise ProviderError(f"choices for '{path}' share no value with the field's enum in the schema "
+                                f"({', '.join(map(str, s['enum'][:5]))}{', ...' if len(s['enum']) > 5 else ''})")
+        if all(isinstance(v, str) for v in values):
+            kind = "string"
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            kind = "integer"
+        else:
+            raise ProviderError(f"choices for '{path}': the field's enum mixes types or is not of strings or "
+                                "integers")
+        self.used.add(path)
+        self.kinds[path] = kind
+        self.values[path] = tuple(values)
+        return {**s, "enum": values}, max(len(_dump(v)) for v in values)
 
     def string(self, s: dict[str, Any]) -> tuple[dict[str, Any], int]:
         if "maxLength" not in s:
@@ -194,7 +221,8 @@ class _Compiler:
             s["items"] = item
             if "maxItems" not in s:
                 s["maxItems"] = max(self.items_cap, int(s.get("minItems", 0)), len(prefix))
-            distinct = [len(set(c.values)) for p, c in self.choices.items() if c.unique and _array_of(p) == path]
+            distinct = [len(set(self.values.get(p, c.values))) for p, c in self.choices.items()
+                        if c.unique and _array_of(p) == path]
             if distinct:  # one distinct value per element: the list cannot be longer than the values
                 s["maxItems"] = max(min(int(s["maxItems"]), *distinct), int(s.get("minItems", 0)))
         n = int(s["maxItems"])
@@ -264,12 +292,15 @@ def compile_constraints(
     max_items: int = DEFAULT_MAX_ITEMS,
     number_bound: int = DEFAULT_NUMBER_BOUND,
     number_decimals: int = DEFAULT_NUMBER_DECIMALS,
+    grow: bool = False,
 ) -> ConstraintPlan:
     """Tighten ``schema`` (a pydantic model or a JSON Schema) for decoding within ``max_tokens``.
 
     Fields without bounds get ``max_string_length``/``max_items``, shrunk proportionally until the longest
     accepted output fits the budget. Raises ProviderError, before anything is generated, when a choice path
-    names no field, or when the schema cannot fit ``max_tokens`` even with the smallest caps.
+    names no field, or when the schema cannot fit ``max_tokens`` even with the smallest caps. With ``grow``
+    (``max_tokens`` is only a default) such a schema gets a plan anyway: its own bounds take the room they need
+    and the fields without bounds share ``max_tokens`` on top; ``max_bytes`` then exceeds ``max_tokens``.
     """
     raw = schema if isinstance(schema, dict) else schema.model_json_schema()
     base = _inline_refs(raw)
@@ -279,35 +310,47 @@ def compile_constraints(
             raise ProviderError(f"choices given twice for '{c.path}'")
         by_path[c.path] = c
     budget = max_tokens - 1  # the end-of-sequence token
-    smallest = None
+    plans = []
     for f in _SHRINK:
-        comp = _Compiler(by_path, max(1, round(max_string_length * f)), max(1, round(max_items * f)),
-                         number_bound, number_decimals)
-        tight, nbytes = comp.node(copy.deepcopy(base), "")
-        missing = set(by_path) - comp.used
-        if missing:
-            raise ProviderError(f"choices path {sorted(missing)[0]!r} names no string or integer field of the "
-                                f"schema (paths look like 'items[].id' or 'tags[]')")
-        smallest = nbytes
-        for path, c in by_path.items():
-            need = comp.min_items.get(_array_of(path) or "", 0)
-            if c.unique and _array_of(path) is not None and need > len(set(c.values)):
-                raise ProviderError(f"choices for '{path}': the list needs at least {need} distinct values but "
-                                    f"only {len(set(c.values))} are given")
-        if nbytes <= budget:
-            return ConstraintPlan(tight, nbytes, _uniques(by_path, comp.kinds), comp.string_cap, comp.items_cap)
+        plan = _compile_once(base, by_path, max(1, round(max_string_length * f)), max(1, round(max_items * f)),
+                             number_bound, number_decimals)
+        if plan.max_bytes <= budget:
+            return plan
+        plans.append(plan)
+    smallest = plans[-1].max_bytes
+    if grow:
+        return next(p for p in plans + [plans[-1]] if p.max_bytes <= budget + smallest)
     raise ProviderError(
         f"the output schema can take up to {smallest} tokens even with the smallest default bounds, but "
         f"max_tokens is {max_tokens}: generation could stop before the JSON is complete. Raise max_tokens, or "
         "lower maxLength/maxItems (pydantic: Field(max_length=...)) on the schema's fields")
 
 
-def _uniques(by_path: dict[str, Choices], kinds: dict[str, str]) -> tuple[UniqueValues, ...]:
+def _compile_once(base: dict[str, Any], by_path: dict[str, Choices], string_cap: int, items_cap: int,
+                  number_bound: int, number_decimals: int) -> ConstraintPlan:
+    comp = _Compiler(by_path, string_cap, items_cap, number_bound, number_decimals)
+    tight, nbytes = comp.node(copy.deepcopy(base), "")
+    missing = set(by_path) - comp.used
+    if missing:
+        raise ProviderError(f"choices path {sorted(missing)[0]!r} names no string or integer field of the "
+                            f"schema (paths look like 'items[].id' or 'tags[]')")
+    for path, c in by_path.items():
+        need = comp.min_items.get(_array_of(path) or "", 0)
+        distinct = len(set(comp.values.get(path, c.values)))
+        if c.unique and _array_of(path) is not None and need > distinct:
+            raise ProviderError(f"choices for '{path}': the list needs at least {need} distinct values but "
+                                f"only {distinct} are given")
+    return ConstraintPlan(tight, nbytes, _uniques(by_path, comp.kinds, comp.values), comp.string_cap,
+                          comp.items_cap)
+
+
+def _uniques(by_path: dict[str, Choices], kinds: dict[str, str],
+             narrowed: dict[str, tuple[Any, ...]]) -> tuple[UniqueValues, ...]:
     out = []
     for path, c in by_path.items():
         if not c.unique or _array_of(path) is None:
             continue
-        values = list(dict.fromkeys(c.values))
+        values = list(dict.fromkeys(narrowed.get(path, c.values)))
         if kinds[path] == "integer":
             values = [int(v) for v in values]
             pairs = sorted((str(v).encode(), v) for v in values)
@@ -513,15 +556,19 @@ def render_prompt(tokenizer: Any, messages: tuple[Message, ...]) -> tuple[str, b
 @dataclass
 class DecodeStats:
     """Counters since the provider was made: a forced token (fast-forwarded: the grammar allows only it) costs
-    no sampling and shares its forward pass with the tokens around it."""
+    no sampling and shares its forward pass with the tokens around it. ``batches`` counts decoding runs (one per
+    call when unbatched) and ``batched_calls`` the calls decoded together with another one."""
 
     calls: int = 0
     completion_tokens: int = 0
     sampled_tokens: int = 0
     forced_tokens: int = 0
     forward_passes: int = 0
+    batches: int = 0
+    batched_calls: int = 0
+    largest_batch: int = 0
     model_seconds: float = 0.0  # forward passes
-    prefill_seconds: float = 0.0  # the first forward pass of each call (the whole prompt): part of model_seconds
+    prefill_seconds: float = 0.0  # the first forward pass of each batch (the whole prompts): part of model_seconds
     constraint_seconds: float = 0.0  # grammar masks, forced tokens, advancing the matcher
     sample_seconds: float = 0.0  # sampling (with the uniqueness check's rejections)
 
@@ -534,6 +581,105 @@ class _Loaded:
     context: int | None = None
     eos: frozenset[int] = frozenset()
     cache_arg: str = "past_key_values"  # transformers >= 5.x names the KV cache argument `cache`
+    keep_arg: str | None = None  # the forward argument that computes logits for some positions only
+    pad: int = 0  # the token id that fills the short rows of a batch (masked out: its value does not matter)
+    quantization: dict[str, Any] | None = None
+
+
+@dataclass
+class _Job:
+    """One ``complete`` call waiting for, or inside, a batch; the worker thread settles ``future`` on ``loop``."""
+
+    request: CompletionRequest
+    deadline: float | None
+    cancel: threading.Event
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Completion]
+    queued: float = field(default_factory=time.monotonic)
+
+
+class _Seq:
+    """One request being decoded: its tokens, constraint state and sampler. Every row of a batch is one, and
+    decodes exactly as it would alone: its own matcher, uniqueness tracker, generator and stopping point."""
+
+    def __init__(self, job: _Job, prompt: list[int], max_new: int, matcher: Any, tracker: UniqueTracker | None,
+                 gen: Any, temperature: float, ignore_eos: bool) -> None:
+        self.job = job
+        self.prompt = prompt
+        self.max_new = max_new
+        self.matcher = matcher
+        self.tracker = tracker
+        self.gen = gen
+        self.temperature = temperature
+        self.ignore_eos = ignore_eos
+        self.out: list[int] = []
+        self.pending = list(prompt)  # tokens the model has not seen yet: fed together in the next forward pass
+        self.seen = 0  # tokens of this row in the KV cache (its next position id)
+        self.finished = False  # the output is complete (the grammar accepts it, or free text ended)
+        self.done = False  # nothing more to generate
+        self.failed = False  # its call got an error: it leaves the batch
+
+    def advance(self, stats: DecodeStats, fast_forward: bool, ll_tok: Any) -> bool:
+        """Take the tokens the grammar forces; True when the next token needs the model, False when done."""
+        matcher = self.matcher
+        while not self.done:
+            if matcher is not None:
+                if matcher.is_stopped():
+                    self.finished = self.done = True
+                    break
+                t0 = time.perf_counter()
+                forced = matcher.compute_ff_tokens()[: self.max_new - len(self.out)] if fast_forward else []
+                stats.constraint_seconds += time.perf_counter() - t0
+                if forced:  # tokens the grammar forces (keys, punctuation): no sampling, one forward for all
+                    if self.tracker is not None and not self.tracker.feed(ll_tok.decode_bytes(forced)):
+                        raise ProviderError("constrained decoding reached a dead end: the grammar forces "
+                                            "a repeated value")
+                    if not matcher.consume_tokens(forced):
+                        raise ProviderError(f"constrained decoding failed: {matcher.get_error()}")
+                    self.out += forced
+                    self.pending += forced
+                    stats.forced_tokens += len(forced)
+                    stats.constraint_seconds += time.perf_counter() - t0
+                    continue
+            if len(self.out) >= self.max_new:
+                self.finished = matcher is None or matcher.is_accepting()
+                self.done = True
+                break
+            return True
+        return False
+
+    def feed(self, logits: Any, stats: DecodeStats, eos: frozenset[int], ll_tok: Any) -> None:
+        """Mask ``logits`` (this row's, after its pending tokens), pick the next token and take it."""
+        matcher = self.matcher
+        t1 = time.perf_counter()
+        if matcher is not None:
+            bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+            n = min(len(logits), ll_tok.vocab_size)
+            allowed = np.zeros(len(logits), dtype=bool)
+            allowed[:n] = bits[:n].astype(bool)
+            import torch
+
+            logits.masked_fill_(~torch.from_numpy(allowed), -math.inf)
+        elif self.ignore_eos:
+            logits[list(eos)] = -math.inf
+        t2 = time.perf_counter()
+        token, self.tracker = TransformersProvider._pick(logits, self.temperature, self.gen, self.tracker, ll_tok)
+        t3 = time.perf_counter()
+        stats.constraint_seconds += t2 - t1
+        stats.sample_seconds += t3 - t2
+        self.pending = []
+        if token in eos and (matcher is None or matcher.is_accepting()):
+            self.finished = self.done = True
+            return
+        if matcher is not None and not matcher.consume_token(token):
+            raise ProviderError(f"constrained decoding failed: {matcher.get_error()}")
+        stats.constraint_seconds += time.perf_counter() - t3
+        stats.sampled_tokens += 1
+        self.out.append(token)
+        self.pending = [token]
+
+
+_QUANTIZE = ("none", "int8")
 
 
 class TransformersProvider:
@@ -544,6 +690,16 @@ class TransformersProvider:
     thread. ``seed`` is the default sampling seed; ``max_string_length``/``max_items`` the caps for schema fields
     that declare no bound (shrunk to fit ``max_tokens``). ``fast_forward`` feeds the tokens a grammar forces
     (keys, punctuation) in one forward pass instead of one pass each.
+
+    ``max_new_tokens`` (the resource's ``max_tokens``) bounds every call that sets no ``max_tokens`` of its own;
+    when neither is set, a schema whose own bounds (``maxLength``, ``maxItems``) need more than the default 256
+    tokens gets the room they need, within the model's context.
+
+    Calls that arrive together (within ``batch_window`` seconds of the first, up to ``max_batch``; 1 disables
+    batching) are decoded in one batch: the prompts share every forward pass (each row padded, masked and given
+    its own position ids), while each row keeps its own grammar, uniqueness tracker, sampler, deadline and
+    stopping point, so that its output is the one it gets alone. ``quantize: int8`` applies dynamic int8
+    quantization (``torch.ao.quantization.quantize_dynamic``) to every linear layer; CPU only.
     """
 
     name = PROVIDER_NAME
@@ -553,12 +709,15 @@ class TransformersProvider:
         model: str,
         device: str = "cpu",
         dtype: str = "auto",
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        max_new_tokens: int | None = None,
         seed: int | None = None,
         max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
         max_items: int = DEFAULT_MAX_ITEMS,
         trust_remote_code: bool = False,
         fast_forward: bool = True,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        batch_window: float = DEFAULT_BATCH_WINDOW,
+        quantize: str | None = None,
         timeout: float | None = None,
         temperature: float | None = None,
         max_retries: int = 0,
@@ -567,25 +726,45 @@ class TransformersProvider:
             raise ValueError("the transformers provider needs 'model': a model folder or a cached model name")
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
-        if int(max_new_tokens) < 1:
+        if max_new_tokens is not None and int(max_new_tokens) < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if int(max_batch) < 1:
+            raise ValueError("max_batch must be at least 1 (1: no batching)")
+        if float(batch_window) < 0:
+            raise ValueError("batch_window must not be negative")
+        quantize = "none" if quantize in (None, False) else str(quantize).lower()
+        if quantize not in _QUANTIZE:
+            raise ValueError(f"unknown quantize {quantize!r}; use one of {', '.join(_QUANTIZE)}")
+        if quantize == "int8" and (device != "cpu" or dtype not in ("auto", "float32")):
+            raise ValueError("quantize: int8 runs on CPU in float32 only (device: cpu, dtype: auto or float32)")
         self.model = model
         self.device = device
         self.dtype = dtype
-        self.max_new_tokens = int(max_new_tokens)
+        self.max_new_tokens = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else int(max_new_tokens)
+        self._max_tokens_set = max_new_tokens is not None
         self.seed = seed
         self.max_string_length = int(max_string_length)
         self.max_items = int(max_items)
         self.trust_remote_code = bool(trust_remote_code)
         self.fast_forward = bool(fast_forward)
+        self.max_batch = int(max_batch)
+        self.batch_window = float(batch_window)
+        self.quantize = quantize
         self.timeout = timeout  # defaults for requests that leave them unset
         self.temperature = temperature
         self.max_retries = int(max_retries)  # accepted for the llm resource; constrained output needs no re-asks
         self.stats = DecodeStats()
         self._loaded: _Loaded | None = None
+        self._tokenizer: Any = None  # loaded alone by count_tokens, before the model is needed
         self._load_lock = threading.Lock()
-        self._run_lock = threading.Lock()  # one generation at a time: they compete for the same cores
+        self._tok_lock = threading.Lock()  # a fast tokenizer is not to be used by two threads at once
         self._plans: dict[tuple[Any, ...], tuple[ConstraintPlan, Any]] = {}
+        # one worker thread decodes, a batch at a time (calls compete for the same cores); it runs in the
+        # default executor of the loop whose call found no decoding under way, and returns when no call waits
+        self._cond = threading.Condition()
+        self._queue: list[_Job] = []
+        self._draining = False
+        self._drainer: Any = None  # that executor's future (kept referenced)
 
     # where the model is --------------------------------------------------------------------------------------
 
@@ -619,6 +798,34 @@ class TransformersProvider:
         """Raise DataError now, without loading anything, when the model is not where it should be."""
         self._source()
 
+    def _load_tokenizer(self, source: str) -> Any:
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(source, local_files_only=True,
+                                                 trust_remote_code=self.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot load the local model's tokenizer: {exc}", source,
+                            hint="The folder must hold a causal LM and its tokenizer as saved by "
+                                 "save_pretrained") from None
+
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (loaded alone, without the model, when the model is not loaded yet)."""
+        if self._loaded is not None:
+            return self._loaded.tokenizer
+        with self._load_lock:
+            if self._loaded is not None:
+                return self._loaded.tokenizer
+            if self._tokenizer is None:
+                self._tokenizer = self._load_tokenizer(self._source())
+            return self._tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens of this model's tokenizer ``text`` takes (no special tokens), for token budgets."""
+        tokenizer = self.tokenizer()
+        with self._tok_lock:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def load(self) -> None:
         """Load the tokenizer and model (once; thread-safe). Raises DataError when the model is missing."""
         if self._loaded is not None:
@@ -627,12 +834,11 @@ class TransformersProvider:
             if self._loaded is not None:
                 return
             source = self._source()
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
             import torch
 
+            tokenizer = self._tokenizer if self._tokenizer is not None else self._load_tokenizer(source)
             try:
-                tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True,
-                                                          trust_remote_code=self.trust_remote_code)
                 dtype = torch.float32 if self.dtype == "auto" and self.device == "cpu" else (
                     "auto" if self.dtype == "auto" else getattr(torch, self.dtype))
                 model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=dtype,
@@ -642,6 +848,7 @@ class TransformersProvider:
                                 hint="The folder must hold a causal LM and its tokenizer as saved by "
                                      "save_pretrained") from None
             model.to(self.device).eval()
+            report = quantize_int8(model) if self.quantize == "int8" else None
             eos = set()
             for ids in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
                 eos.update(ids if isinstance(ids, list) else [] if ids is None else [ids])
@@ -650,11 +857,19 @@ class TransformersProvider:
                             if isinstance(getattr(cfg, a, None), int)), None)
             params = inspect.signature(model.forward).parameters
             cache_arg = "cache" if "cache" in params else "past_key_values"
-            self._loaded = _Loaded(tokenizer, model, None, context, frozenset(eos), cache_arg)
+            keep_arg = next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in params), None)
+            pad = next((t for t in (tokenizer.pad_token_id, min(eos) if eos else None, 0) if t is not None), 0)
+            self._loaded = _Loaded(tokenizer, model, None, context, frozenset(eos), cache_arg, keep_arg, int(pad),
+                                   report)
             try:  # ~1 s for a large vocabulary: done here so that the first structured call does not pay it
                 self._ll_tokenizer()
             except ProviderError:  # only structured output needs it; that path reports it
                 pass
+
+    @property
+    def quantization(self) -> dict[str, Any] | None:
+        """What ``quantize: int8`` did to the loaded model (layers, bytes before and after); None otherwise."""
+        return None if self._loaded is None else self._loaded.quantization
 
     def _ll_tokenizer(self) -> Any:
         loaded = self._loaded
@@ -675,15 +890,18 @@ class TransformersProvider:
     # constraints ---------------------------------------------------------------------------------------------
 
     def plan(self, request: CompletionRequest) -> tuple[ConstraintPlan, Any]:
-        """The constraint plan and a fresh llguidance matcher for ``request`` (plans are cached)."""
+        """The constraint plan and a fresh llguidance matcher for ``request`` (plans are cached). When neither
+        the request nor the provider's config set ``max_tokens``, the plan may need more than the default
+        (``max_bytes``): the schema's own bounds decide."""
         import llguidance
 
         assert request.schema is not None
         max_new = request.max_tokens or self.max_new_tokens
-        key = (request.schema, request.choices, max_new)
+        grow = request.max_tokens is None and not self._max_tokens_set
+        key = (request.schema, request.choices, max_new, grow)
         hit = self._plans.get(key)
         if hit is None:
-            plan = compile_constraints(request.schema, request.choices, max_new,
+            plan = compile_constraints(request.schema, request.choices, max_new, grow=grow,
                                        max_string_length=self.max_string_length, max_items=self.max_items)
             ll_tok = self._ll_tokenizer()
             grammar = llguidance.LLMatcher.grammar_from_json_schema(plan.json_schema, overrides=_JSON_OPTIONS)
@@ -704,132 +922,212 @@ class TransformersProvider:
         if request.timeout is None and self.timeout is not None:
             request = replace(request, timeout=self.timeout)
         deadline = None if request.timeout is None else time.monotonic() + float(request.timeout)
-        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        job = _Job(request, deadline, threading.Event(), loop, loop.create_future())
+        with self._cond:
+            self._queue.append(job)
+            lead = not self._draining
+            self._draining = True
+            self._cond.notify_all()
+        if lead:  # no decoding is under way: this call starts it, in a worker thread of its loop
+            self._drainer = loop.run_in_executor(None, self._drain)
         try:
-            return await asyncio.to_thread(self._complete, request, deadline, cancel)
+            return await job.future
         except asyncio.CancelledError:
-            cancel.set()  # the worker stops at its next token
+            job.cancel.set()  # the worker drops it at its next token
             raise
 
-    def _check_time(self, deadline: float | None, cancel: threading.Event, request: CompletionRequest,
-                    done: int) -> None:
-        if cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
-            raise NodeTimeoutError(f"local model {self.model!r} did not finish within {request.timeout:g} s "
-                                   f"({done} tokens generated)" if request.timeout is not None else
-                                   f"local model {self.model!r}: generation cancelled after {done} tokens")
+    def _drain(self) -> None:
+        """Decode until no call waits: take the calls waiting (up to max_batch, waiting batch_window after the
+        first arrived for more to come), decode them together, repeat."""
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._draining = False
+                    return
+                if self.max_batch > 1:
+                    end = self._queue[0].queued + self.batch_window
+                    while len(self._queue) < self.max_batch and (left := end - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                jobs = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+            try:
+                self._run(jobs)
+            except Exception as exc:  # pragma: no cover - a bug: every call of the batch hears of it
+                for job in jobs:
+                    _settle(job, error=exc)
 
-    def _complete(self, request: CompletionRequest, deadline: float | None, cancel: threading.Event) -> Completion:
-        self.load()
-        self._check_time(deadline, cancel, request, 0)
-        while not self._run_lock.acquire(timeout=0.05):  # wait for the running generation, within the deadline
-            self._check_time(deadline, cancel, request, 0)
+    def _expire_queued(self) -> None:
+        """Fail the waiting calls whose deadline passed or whose caller gave up (checked between tokens)."""
+        with self._cond:
+            if not self._queue:
+                return
+            dead = [j for j in self._queue if j.cancel.is_set() or (j.deadline is not None
+                                                                    and time.monotonic() > j.deadline)]
+            if dead:
+                self._queue[:] = [j for j in self._queue if j not in dead]
+        for job in dead:
+            _settle(job, error=self._time_error(job, 0))
+
+    def _time_error(self, job: _Job, done: int) -> NodeTimeoutError:
+        timeout = job.request.timeout
+        return NodeTimeoutError(f"local model {self.model!r} did not finish within {timeout:g} s ({done} tokens "
+                                "generated)" if timeout is not None and not job.cancel.is_set() else
+                                f"local model {self.model!r}: generation cancelled after {done} tokens")
+
+    @staticmethod
+    def _late(job: _Job) -> bool:
+        return job.cancel.is_set() or (job.deadline is not None and time.monotonic() > job.deadline)
+
+    def _run(self, jobs: list[_Job]) -> None:
         try:
-            return self._generate(request, deadline, cancel)
-        finally:
-            self._run_lock.release()
+            self.load()
+        except Exception as exc:
+            for job in jobs:
+                _settle(job, error=exc)
+            return
+        seqs = []
+        for job in jobs:
+            try:
+                if self._late(job):
+                    raise self._time_error(job, 0)
+                seqs.append(self._start(job))
+            except Exception as exc:
+                _settle(job, error=exc)
+        if seqs:
+            self._decode(seqs)
 
-    def _generate(self, request: CompletionRequest, deadline: float | None, cancel: threading.Event) -> Completion:
+    def _start(self, job: _Job) -> _Seq:
+        """A request made ready to decode: its prompt tokens, budget, constraints and sampler."""
         import torch
 
+        request = job.request
         loaded = self._loaded
         assert loaded is not None
-        tokenizer, model = loaded.tokenizer, loaded.model
+        tokenizer = loaded.tokenizer
         max_new = request.max_tokens or self.max_new_tokens
+        if request.choices and request.schema is None:
+            raise ProviderError("choices need an output schema: without one the output is free text")
+        matcher = tracker = None
+        if request.schema is not None:
+            plan, matcher = self.plan(request)
+            max_new = max(max_new, plan.max_bytes + 1)  # more than the default only when the schema needs it
+            if plan.unique:
+                tracker = UniqueTracker(plan.unique)
         text, templated = render_prompt(tokenizer, request.messages)
-        prompt = list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+        with self._tok_lock:
+            prompt = list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
         if not prompt:
             prompt = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else min(loaded.eos)]
         if loaded.context is not None and len(prompt) + max_new > loaded.context:
             raise ProviderError(f"the prompt is {len(prompt)} tokens; with max_tokens {max_new} it exceeds the "
                                 f"context of {self.model!r} ({loaded.context} tokens)")
-        matcher = tracker = None
-        if request.choices and request.schema is None:
-            raise ProviderError("choices need an output schema: without one the output is free text")
-        if request.schema is not None:
-            plan, matcher = self.plan(request)
-            if plan.unique:
-                tracker = UniqueTracker(plan.unique)
-        ll_tok = loaded.ll_tokenizer
         seed = request.seed if request.seed is not None else self.seed
         gen = torch.Generator(device="cpu")
         gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
         temperature = float((request.temperature if request.temperature is not None else self.temperature) or 0.0)
         ignore_eos = bool(request.extra.get("ignore_eos"))  # free text of exactly max_tokens (benchmarks)
+        self.stats.calls += 1
+        return _Seq(job, prompt, max_new, matcher, tracker, gen, temperature, ignore_eos)
 
-        out: list[int] = []
-        pending = list(prompt)  # tokens the model has not seen yet: fed together in the next forward pass
-        past = None
-        finished = False
+    def _decode(self, seqs: list[_Seq]) -> None:
+        """Decode ``seqs`` together; settle each one's call as soon as it is done (or fails, or times out).
+
+        Row i of the KV cache is ``rows[i]``. Each forward pass feeds every row its pending tokens (one sampled
+        token, or more when the grammar forced some, or the whole prompt at first), right-padded to the longest;
+        the attention mask keeps the padding out of every row's attention and position ids count each row's own
+        tokens, so a row attends to exactly what it would alone. Finished rows leave the cache."""
+        import torch
+
+        loaded = self._loaded
+        assert loaded is not None
+        model, eos, ll_tok = loaded.model, loaded.eos, loaded.ll_tokenizer
         stats = self.stats
-        stats.calls += 1
-        first_pass = True
+        batched = len(seqs) > 1  # a lone call runs exactly as it always has: no mask, no position ids
+        stats.batches += 1
+        stats.largest_batch = max(stats.largest_batch, len(seqs))
+        if batched:
+            stats.batched_calls += len(seqs)
+        rows = list(seqs)
+        past = None
+        mask = None  # (rows, cache columns): 1 where a column holds one of the row's own tokens
+        first = True
         with torch.inference_mode():
-            while True:
-                if matcher is not None:
-                    if matcher.is_stopped():
-                        finished = True
-                        break
-                    t0 = time.perf_counter()
-                    forced = matcher.compute_ff_tokens()[: max_new - len(out)] if self.fast_forward else []
-                    stats.constraint_seconds += time.perf_counter() - t0
-                    if forced:  # tokens the grammar forces (keys, punctuation): no sampling, one forward for all
-                        if tracker is not None and not tracker.feed(ll_tok.decode_bytes(forced)):
-                            raise ProviderError("constrained decoding reached a dead end: the grammar forces "
-                                                "a repeated value")
-                        if not matcher.consume_tokens(forced):
-                            raise ProviderError(f"constrained decoding failed: {matcher.get_error()}")
-                        out += forced
-                        pending += forced
-                        stats.forced_tokens += len(forced)
-                        stats.constraint_seconds += time.perf_counter() - t0
+            while rows:
+                self._expire_queued()
+                live = []
+                for s in rows:
+                    if s.failed:
                         continue
-                if len(out) >= max_new:
-                    finished = matcher is None or matcher.is_accepting()
+                    try:
+                        if s.advance(stats, self.fast_forward, ll_tok):
+                            if self._late(s.job):
+                                raise self._time_error(s.job, len(s.out))
+                            live.append(s)
+                        else:
+                            _settle(s.job, result=self._completion(s, loaded))
+                    except Exception as exc:
+                        _settle(s.job, error=exc)
+                if not live:
                     break
-                self._check_time(deadline, cancel, request, len(out))
+                if len(live) < len(rows) and past is not None:
+                    keep = torch.tensor([i for i, s in enumerate(rows) if s in live], device=model.device)
+                    past = _select_rows(past, keep)
+                    mask = mask[keep] if mask is not None else None
+                rows = live
+                lengths = [len(s.pending) for s in rows]
+                width = max(lengths)
+                kwargs: dict[str, Any] = {loaded.cache_arg: past}
+                if not batched:
+                    ids = torch.tensor([rows[0].pending], device=model.device)
+                    cols = [width - 1]
+                    if loaded.keep_arg is not None:
+                        kwargs[loaded.keep_arg] = 1
+                        cols = [0]
+                else:
+                    ids = torch.tensor([s.pending + [loaded.pad] * (width - n) for s, n in zip(rows, lengths)],
+                                       device=model.device)
+                    new = torch.tensor([[1] * n + [0] * (width - n) for n in lengths], device=model.device)
+                    mask = new if mask is None else torch.cat([mask, new], dim=1)
+                    kwargs["attention_mask"] = mask
+                    kwargs["position_ids"] = torch.tensor(
+                        [[s.seen + min(j, n - 1) for j in range(width)] for s, n in zip(rows, lengths)],
+                        device=model.device)
+                    cols = [n - 1 for n in lengths]
+                    if loaded.keep_arg is not None:  # logits only where some row's next token is
+                        wanted = sorted(set(cols))
+                        kwargs[loaded.keep_arg] = torch.tensor(wanted, device=model.device)
+                        cols = [wanted.index(c) for c in cols]
                 t0 = time.perf_counter()
-                result = model(input_ids=torch.tensor([pending], device=model.device), use_cache=True,
-                               **{loaded.cache_arg: past})
+                result = model(input_ids=ids, use_cache=True, **kwargs)
                 past = getattr(result, loaded.cache_arg, None)
-                logits = result.logits[0, -1, :].float().cpu()
+                logits = result.logits.float().cpu()
                 t1 = time.perf_counter()
                 stats.forward_passes += 1
                 stats.model_seconds += t1 - t0
-                if first_pass:
+                if first:
                     stats.prefill_seconds += t1 - t0
-                    first_pass = False
-                if matcher is not None:
-                    bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8),
-                                         bitorder="little")
-                    n = min(len(logits), ll_tok.vocab_size)
-                    allowed = torch.zeros(len(logits), dtype=torch.bool)
-                    allowed[:n] = torch.from_numpy(bits[:n].astype(bool))
-                    logits.masked_fill_(~allowed, -math.inf)
-                elif ignore_eos:
-                    logits[list(loaded.eos)] = -math.inf
-                t2 = time.perf_counter()
-                token, tracker = self._pick(logits, temperature, gen, tracker, ll_tok)
-                t3 = time.perf_counter()
-                stats.constraint_seconds += t2 - t1
-                stats.sample_seconds += t3 - t2
-                if token in loaded.eos and (matcher is None or matcher.is_accepting()):
-                    finished = True
-                    break
-                if matcher is not None and not matcher.consume_token(token):
-                    raise ProviderError(f"constrained decoding failed: {matcher.get_error()}")
-                stats.constraint_seconds += time.perf_counter() - t3
-                stats.sampled_tokens += 1
-                out.append(token)
-                pending = [token]
-        stats.completion_tokens += len(out)
+                    first = False
+                for i, (s, n) in enumerate(zip(rows, lengths)):
+                    s.seen += n
+                    try:
+                        s.feed(logits[i, cols[i], :].clone(), stats, eos, ll_tok)
+                    except Exception as exc:  # this row only: it leaves the batch at the next step
+                        s.failed = True
+                        _settle(s.job, error=exc)
 
-        usage = Usage(prompt_tokens=len(prompt), completion_tokens=len(out))
+    def _completion(self, s: _Seq, loaded: _Loaded) -> Completion:
+        """The finished row's answer (free text, or the constrained JSON parsed into the schema)."""
+        request = s.job.request
+        self.stats.completion_tokens += len(s.out)
+        usage = Usage(prompt_tokens=len(s.prompt), completion_tokens=len(s.out))
         if request.schema is None:
-            return Completion(tokenizer.decode(out, skip_special_tokens=True), None, usage, 1, self.model,
-                              PROVIDER_NAME)
-        raw = ll_tok.decode_bytes(out).decode("utf-8", errors="replace")
-        if not finished:  # cannot happen when the plan's bound holds; kept as a guard
-            raise OutputValidationError(f"local model {self.model!r} hit max_tokens ({max_new}) before the "
+            with self._tok_lock:
+                text = loaded.tokenizer.decode(s.out, skip_special_tokens=True)
+            return Completion(text, None, usage, 1, self.model, PROVIDER_NAME)
+        raw = loaded.ll_tokenizer.decode_bytes(s.out).decode("utf-8", errors="replace")
+        if not s.finished:  # cannot happen when the plan's bound holds; kept as a guard
+            raise OutputValidationError(f"local model {self.model!r} hit max_tokens ({s.max_new}) before the "
                                         "JSON was complete", attempts=1, last_raw=raw)
         try:
             parsed = request.schema.model_validate_json(raw)
@@ -861,15 +1159,84 @@ class TransformersProvider:
             logits[token] = -math.inf
 
     async def close(self) -> None:
+        with self._cond:
+            waiting, self._queue[:] = list(self._queue), []
+        for job in waiting:
+            _settle(job, error=ProviderError(f"local model {self.model!r} was closed"))
         self._loaded = None
+        self._tokenizer = None
         self._plans.clear()
+
+
+def _settle(job: _Job, result: Completion | None = None, error: BaseException | None = None) -> None:
+    """Hand ``job``'s outcome to its event loop (nothing when the caller gave up or the loop is gone)."""
+
+    def settle() -> None:
+        if job.future.done():
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)  # type: ignore[arg-type]
+
+    try:
+        job.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop is closed: nobody waits for the answer
+        pass
+
+
+def _select_rows(past: Any, keep: Any) -> Any:
+    """The KV cache with only the batch rows ``keep``."""
+    if hasattr(past, "batch_select_indices"):
+        past.batch_select_indices(keep)
+        return past
+    return tuple(tuple(t[keep] for t in layer) for layer in past)  # the legacy tuple-of-tuples cache
+
+
+def quantize_int8(model: Any) -> dict[str, Any]:
+    """Dynamic int8 quantization of every linear layer of ``model``, in place (CPU; weights int8, activations
+    quantized on the fly). transformers' ``Conv1D`` (GPT-2 style ``x @ W + b``) is first turned into an
+    equivalent ``nn.Linear`` so that it is quantized too. Returns what was done (layers, bytes before/after)."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    from ..reclm.model import model_bytes as size
+
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover
+        Conv1D = ()  # type: ignore[assignment,misc]
+
+    before = size(model)
+    converted = 0
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if Conv1D and isinstance(child, Conv1D):
+                nx, nf = child.weight.shape
+                linear = nn.Linear(nx, nf)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.T)
+                    linear.bias.copy_(child.bias)
+                setattr(module, child_name, linear)
+                converted += 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+        from torch.ao.quantization import quantize_dynamic
+
+        quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    layers = [name for name, m in model.named_modules() if isinstance(m, DynamicQuantizedLinear)]
+    return {"method": "torch.ao.quantization.quantize_dynamic", "dtype": "qint8", "quantized_layers": len(layers),
+            "conv1d_converted_to_linear": converted, "bytes_before": before, "bytes_after": size(model)}
 
 
 def transformers_provider(**config: Any) -> TransformersProvider:
     """Provider factory, registered as ``transformers``: the ``llm`` resource's config (``model``; ``timeout``,
     ``temperature``, ``max_tokens`` and ``max_retries`` as defaults for requests; ``extra`` entries such as
-    ``device``, ``dtype``, ``seed``, ``max_string_length``, ``max_items``). Checks, without loading it, that the
-    model is there (DataError saying where to put it)."""
+    ``device``, ``dtype``, ``seed``, ``max_string_length``, ``max_items``, ``max_batch``, ``batch_window``,
+    ``quantize``). Checks, without loading it, that the model is there (DataError saying where to put it)."""
     config = dict(config)
     config.pop("provider", None)
     if "max_tokens" in config:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,6 +164,7 @@ class LiteLLMProvider:
         self.extra = {**(extra or {}), **params}
         self._client: Any = None
         self._litellm: Any = None
+        self._count_model: str | None = None  # the model name count_tokens hands litellm
 
     def __repr__(self) -> str:
         return f"LiteLLMProvider(model={self.model!r}, api_base={self.api_base!r})"
@@ -187,6 +189,22 @@ class LiteLLMProvider:
                 "Prefix the model with its provider, e.g. 'openai/gpt-4o-mini' or 'ollama/llama3' "
                 "(https://docs.litellm.ai/docs/providers)"
             ) from None
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes for this model, by ``litellm.token_counter`` (tiktoken, or the model's own
+        tokenizer where litellm ships one), for token budgets. Nothing is downloaded: for a model whose tokenizer
+        litellm would fetch from the Hugging Face Hub (Llama, Command R, ...) tiktoken counts instead, and when
+        counting fails ~4 characters make a token."""
+        if not text:
+            return 0
+        litellm = self._lib()
+        if self._count_model is None:
+            self._count_model = _TIKTOKEN_MODEL if _downloads_tokenizer(litellm, self.model) else self.model
+        try:
+            n = int(litellm.token_counter(model=self._count_model, text=text))
+        except Exception:  # a tokenizer that cannot load: the rough count
+            n = 0
+        return n if n > 0 else math.ceil(len(text) / 4)
 
     def _instructor(self) -> Any:
         if self._client is None:
@@ -309,6 +327,27 @@ class LiteLLMProvider:
 
     async def close(self) -> None:
         self._client = None
+
+
+#: a model litellm counts with tiktoken (cl100k_base, bundled with litellm: no download)
+_TIKTOKEN_MODEL = "gpt-3.5-turbo"
+
+
+def _downloads_tokenizer(litellm: Any, model: str) -> bool:
+    """Whether ``litellm.token_counter`` would fetch a tokenizer from the Hugging Face Hub for ``model`` (it
+    also starts a retry thread that outlives the call when offline). litellm's own rule when it has one."""
+    import litellm.utils as utils
+
+    kind_of = getattr(utils, "huggingface_tokenizer_kind", None)
+    if callable(kind_of):
+        try:
+            kind = kind_of(model)
+        except Exception:
+            return True
+        bundled = getattr(utils, "_BUNDLED_TOKENIZER_LOAD_LOCKS", None)
+        return kind is not None and kind not in (bundled if bundled is not None else ("anthropic", "deepseek"))
+    name = model.lower()  # older litellm: the names it picked a Hub tokenizer for
+    return any(s in name for s in ("llama-2", "llama-3", "replicate", "command-r", "cohere"))
 
 
 def _first_line(exc: BaseException) -> str:

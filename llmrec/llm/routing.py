@@ -11,6 +11,7 @@ attempt are summed, and the completion says which route answered (``Completion.p
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, replace
 
@@ -41,6 +42,14 @@ class RoutedProvider:
         self.model = routes[0].provider.model
         self.timeout = routes[0].timeout
         self.max_retries = getattr(routes[0].provider, "max_retries", 0)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes by the first route's tokenizer (its ``count_tokens``), else ~4 characters a
+        token: prompts are sized for the model tried first."""
+        count = getattr(self.routes[0].provider, "count_tokens", None)
+        if callable(count):
+            return int(count(text))
+        return math.ceil(len(text) / 4)
 
     def eligible(self, request: CompletionRequest) -> list[Route]:
         size = sum(len(m.content) for m in request.messages)
