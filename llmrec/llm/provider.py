@@ -100,7 +100,11 @@ class Completion:
 
 @runtime_checkable
 class Provider(Protocol):
-    """An LLM behind one interface. ``name`` is the registered provider name, ``model`` the model it calls."""
+    """An LLM behind one interface. ``name`` is the registered provider name, ``model`` the model it calls.
+
+    Optional: ``count_tokens(text) -> int`` (the model's own tokenizer; token budgets use it, else about 4
+    characters a token). A provider llmrec trains also has, on its registered factory, the training contract's
+    ``trains_on``, ``training_params(options)`` and ``fit(options, ctx)`` (see :mod:`llmrec.llm.reclm_provider`)."""
 
     name: str
     model: str

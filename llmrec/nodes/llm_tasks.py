@@ -135,7 +135,7 @@ class PairAnswer(_Answer):
 
 class Reason(_Answer):
     id: str
-    reason: str = Field(max_length=400)
+    reason: str = Field(max_length=200)  # one short reason: also what a local model's token budget can hold
 
 
 class ExplainAnswer(_Answer):
