@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -435,6 +436,8 @@ def fit_target(t: Target, *, dataset: Dataset | None = None, examples: list[Trai
                                        metrics=metrics, extra={**output.meta, "rows": output.rows,
                                                                "cases": len(ctx.examples) or len(data.train_cases)},
                                        force=force)
+    # the run finished: its resume checkpoint is spent (a later --force trains from the start, not from it)
+    shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
     return store.open(folder), written, output
 
 

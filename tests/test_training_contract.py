@@ -125,3 +125,29 @@ def test_train_on_first_use_trains_a_corrupt_or_missing_artifact_again(tmp_path,
     folder = next((tmp_path / "models").glob("liked-*"))
     (folder / "counts.json").write_bytes(b"\x00")
     assert llmrec.run(spec, {}).outputs["items"].ids == first
+
+
+def test_a_finished_training_leaves_no_resume_checkpoint(tmp_path) -> None:
+    """A checkpoint is for resuming an interrupted run; once the artifact is committed it is removed, so that
+    `llmrec train --force` trains from the start instead of resuming a finished run."""
+    from llmrec.api import validate
+    from llmrec.training import targets, train
+
+    spec = write_spec(tmp_path, """
+        name: ckpt
+        inputs: {user_id: {type: string, default: "u1"}}
+        resources:
+          data: {type: dataset, config: {name: demo, split: temporal, options: {n_users: 20, n_items: 40}}}
+          model: {type: llm, config: {provider: reclm, model: models, extra: {size: tiny, max_epochs: 2, threads: 1}}}
+        nodes:
+          pick:
+            type: llm.recommend
+            inputs: {model: "${resources.model}", catalog: "${resources.data.catalog}"}
+        outputs: {items: "${pick}"}
+    """)
+    train(spec)
+    t = targets(validate(spec))[0]
+    folder = t.store().checkpoint_dir(t.params)
+    assert not folder.exists()
+    reports = train(spec, force=True)
+    assert reports[0].metrics["epochs"] == 2  # trained again from epoch 1, not resumed at the end
