@@ -330,7 +330,11 @@ def resolve_route(config: LlmConfig) -> RouteConfig | None:
             model = os.path.normpath(beside)
     provider = config.provider
     if provider is None:
-        provider = "transformers" if Path(model).expanduser().is_dir() else "litellm"
+        looks_like_a_path = model.startswith(("/", "./", "../", "~"))  # never a litellm model name
+        provider = "transformers" if Path(model).expanduser().is_dir() or looks_like_a_path else "litellm"
+        if provider == "transformers" and config.model and config._base_dir is not None and \
+                not Path(model).expanduser().is_absolute():
+            model = os.path.normpath(config._base_dir / model)  # a missing folder is reported where it was looked for
     data = {k: getattr(config, k) for k in config.model_fields_set
             if k in RouteConfig.model_fields and k not in ("embedded", "train_on_first_use")}
     data.update(provider=provider, model=model)

@@ -74,3 +74,17 @@ def test_no_model_and_no_fallback_is_a_clear_run_error(tmp_path, monkeypatch) ->
     with pytest.raises(RunError) as info:
         run_spec_sync(path, {"text": "x"})
     assert "no model configured" in str(info.value)
+
+
+def test_a_model_folder_the_spec_names_is_relative_to_the_spec(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("LLMREC_MODEL", raising=False)
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    spec_dir = tmp_path / "specs"
+    spec_dir.mkdir()
+    route = resolve_route(LlmConfig.model_validate({"model": "../models/tiny"}, context={"base_dir": spec_dir}))
+    assert route.provider == "transformers" and route.model == str(tmp_path / "models" / "tiny")
+    # a path that does not exist yet is still a local folder (reported where it was looked for), never a
+    # litellm model name
+    missing = resolve_route(LlmConfig.model_validate({"model": "../runs/none"}, context={"base_dir": spec_dir}))
+    assert missing.provider == "transformers" and missing.model == str(tmp_path / "runs" / "none")
+    assert resolve_route(LlmConfig(model="openai/gpt-4o-mini")).provider == "litellm"
