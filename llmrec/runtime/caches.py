@@ -7,12 +7,8 @@ The node-level ``cache:`` policy and ``llm.prompt``'s ``prompt_cache`` both use 
 
 from __future__ import annotations
 
-import io
-import importlib
 import os
-import pickle
 import sqlite3
-import sys
 import threading
 import time
 import warnings
@@ -21,9 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from ..hookspecs import hookimpl
+from . import codec
 
 _MISS = (False, None)
 
@@ -72,7 +67,8 @@ def default_cache_root() -> Path:
 
 
 #: every stored value starts with this; anything else (another version, a torn write) reads as a miss
-_FORMAT = b"llmrec-cache/1\n"
+#: (version 1 entries were pickles: they are never read)
+_FORMAT = b"llmrec-cache/2\n"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -85,43 +81,16 @@ CREATE INDEX IF NOT EXISTS entries_lru ON entries (ns, accessed);
 """
 
 
-def _find_class(module: str, qualname: str) -> Any:
-    obj: Any = sys.modules.get(module)
-    if obj is None:
-        obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _restore_model(module: str, qualname: str, data: Any) -> BaseModel:
-    """Unpickle a pydantic model: find its class (schema modules a spec loaded are in ``sys.modules``) and
-    validate the stored fields, so a schema that changed shape reads as a miss, not as a half-built object."""
-    return _find_class(module, qualname).model_validate(data)  # type: ignore[no-any-return]
-
-
-class _Pickler(pickle.Pickler):
-    """Pickles pydantic models as (class path, fields): schema classes a spec loads from its own files are not
-    importable by pickle's usual route, and fields survive a class's methods changing."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, BaseModel):
-            cls = type(obj)
-            try:
-                found = _find_class(cls.__module__, cls.__qualname__)
-            except Exception:
-                found = None
-            if found is not cls:
-                raise pickle.PicklingError(f"class {cls.__qualname__} cannot be found again by its name")
-            return _restore_model, (cls.__module__, cls.__qualname__, obj.model_dump(round_trip=True))
-        return NotImplemented
-
-
 def _dumps(value: Any) -> bytes:
-    buf = io.BytesIO()
-    buf.write(_FORMAT)
-    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
-    return buf.getvalue()
+    return _FORMAT + codec.encode(value)
+
+
+def _loads(blob: bytes) -> Any:
+    """A stored value; anything but this version's tagged JSON raises (and reads as a miss). Never unpickles:
+    the file lives where a spec says, so its bytes are not trusted (see :mod:`llmrec.runtime.codec`)."""
+    if bytes(blob[:len(_FORMAT)]) != _FORMAT:
+        raise codec.CodecError("unknown format (another llmrec version, or not a cache entry)")
+    return codec.decode(bytes(blob[len(_FORMAT):]))
 
 
 def _namespace(key: str) -> str:
@@ -134,8 +103,9 @@ def _namespace(key: str) -> str:
 class DiskCache:
     """A persistent cache in one sqlite3 file (WAL mode): shared by runtimes and processes, survives restarts.
 
-    Values are pickled behind a format header; entries expire after their TTL (wall-clock time, so it holds
-    across processes) and each namespace (one node's version, or one prompt cache) keeps at most
+    Values are stored as tagged JSON behind a format header (:mod:`llmrec.runtime.codec`: data, numpy arrays and
+    pydantic models; never pickle, so a cache file someone else wrote cannot run code); entries expire after their
+    TTL (wall-clock time, so it holds across processes) and each namespace (one node's version, or one prompt cache) keeps at most
     ``max_entries``, the least recently read evicted first. A corrupt file is moved aside and started afresh;
     an unreadable entry or a file that cannot be opened is a miss with a :class:`CacheWarning`, never an error.
 
@@ -236,9 +206,7 @@ class DiskCache:
             conn.execute("DELETE FROM entries WHERE key = ?", (key,))
             return _MISS
         try:
-            if not bytes(blob[:len(_FORMAT)]) == _FORMAT:
-                raise ValueError("unknown format")
-            value = pickle.loads(blob[len(_FORMAT):])
+            value = _loads(blob)
         except Exception as exc:  # another version's entry, a class that moved: drop it and miss
             warnings.warn(f"cache {self.file}: unreadable entry dropped ({type(exc).__name__}: {exc})",
                           CacheWarning, stacklevel=5)
@@ -254,7 +222,7 @@ class DiskCache:
         self.put(key, value, ttl)
 
     def put(self, key: str, value: Any, ttl: float | None) -> None:
-        """The synchronous store behind ``set``; a value that cannot be pickled is skipped with a warning."""
+        """The synchronous store behind ``set``; a value the codec cannot represent is skipped with a warning."""
         try:
             blob = _dumps(value)
         except Exception as exc:
@@ -292,10 +260,10 @@ class DiskCache:
 
         for key, blob in self._run(rows, []):
             try:
-                if bytes(blob[:len(_FORMAT)]) == _FORMAT:
-                    yield key, pickle.loads(blob[len(_FORMAT):])
+                value = _loads(blob)
             except Exception:
                 continue
+            yield key, value
 
     def __len__(self) -> int:
         return self._run(lambda conn: conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0], 0)  # type: ignore[no-any-return]
