@@ -267,8 +267,16 @@ def _register_plugin_commands() -> None:
         _err(f"error: {exc}")
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``llmrec`` console script."""
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # a user reads what happened, not the source line that warned
     _register_plugin_commands()
     try:
         code = app(args=argv, prog_name="llmrec", standalone_mode=False)

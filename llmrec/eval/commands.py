@@ -146,9 +146,18 @@ def eval_command(
         name = slug(Path(dataset).name if dataset is not None else Path(specs[0]).stem)
         out = Path("runs") / "eval" / f"{name}-{key[:10]}"
     data = _load_dataset(dataset, split, seed) if dataset is not None else None
-    report = evaluate(targets, data, ks=ks, users=users, concurrency=concurrency, output=output,
-                      progress=sys.stderr.isatty(), results_path=results, metrics=metric_names, judge=model,
-                      judge_rubric=rubric, judge_reason=reason, out=out, fresh=fresh, log=_err)
+    try:
+        report = evaluate(targets, data, ks=ks, users=users, concurrency=concurrency, output=output,
+                          progress=sys.stderr.isatty(), results_path=results, metrics=metric_names, judge=model,
+                          judge_rubric=rubric, judge_reason=reason, out=out, fresh=fresh, log=_err)
+    except KeyboardInterrupt:
+        kept = 0
+        for file in Path(out).glob("*.jsonl") if Path(out).is_dir() else ():
+            with file.open(encoding="utf-8", errors="replace") as f:  # the first line is the store's header
+                kept += sum(1 for line in f if line.strip() and not line.startswith('{"header"'))
+        _err(f"interrupted: {kept} case result{'s' if kept != 1 else ''} kept in {out}; run the same command "
+             "again (without --fresh) to resume from them")
+        raise typer.Exit(130) from None
     paths = iter(str(spec) for spec in specs)
     for result in report.results:
         if result.variant is None:

@@ -334,3 +334,72 @@ def test_cli_report_and_resume(blend: Path, tmp_path: Path, capsys: pytest.Captu
     assert main([*args, "--judge-rubric", str(rubric)]) == 1
     _, err = capsys.readouterr()
     assert "must map criterion names" in err and "Traceback" not in err
+
+
+SLOW_PLUGIN = '''
+import asyncio
+from llmrec import hookimpl
+from llmrec.node import NodeType
+from llmrec.types import Candidates
+
+
+class Slow(NodeType):
+    name = "test.slow"
+
+    async def run(self, items: Candidates) -> Candidates:
+        await asyncio.sleep(0.2)
+        return items
+
+
+@hookimpl
+def llmrec_register_node_types(register):
+    register(Slow)
+'''
+
+SLOW_SPEC = """
+name: slow
+inputs:
+  user_id: {type: string}
+  k: {type: integer, default: 10}
+resources:
+  shop: {type: dataset, config: {name: demo, split: temporal, options: {n_users: 30}}}
+nodes:
+  popular:
+    type: retrieve.popular
+    inputs: {interactions: "${resources.shop.train}"}
+  slow:
+    type: test.slow
+    inputs: {items: "${popular}"}
+outputs: {items: "${slow}"}
+"""
+
+
+def test_ctrl_c_during_eval_exits_130_says_what_was_kept_and_resumes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "slow.py").write_text(SLOW_PLUGIN)
+    spec = write_spec(tmp_path, SLOW_SPEC)
+    out_dir = tmp_path / "evalout"
+    cmd = [sys.executable, "-m", "llmrec", "eval", str(spec), "--concurrency", "1", "--out", str(out_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until a few cases are stored
+        files = list(out_dir.glob("*.jsonl"))
+        if files and sum(1 for _ in files[0].open()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted:" in stderr and "case results kept in" in stderr and "to resume" in stderr
+    assert "Traceback" not in stderr and "ndcg" not in stdout.lower()  # no report as if it had finished
+    kept = sum(1 for _ in next(out_dir.glob("*.jsonl")).open()) - 1  # the header line
+    assert f"interrupted: {kept} case result" in stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0 and f"resumed {kept} of 30 cases" in again.stdout + again.stderr
