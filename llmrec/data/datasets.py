@@ -565,10 +565,14 @@ def list_datasets() -> list[DatasetInfo]:
 
 def is_path(name_or_path: str) -> bool:
     """Whether a dataset name is meant as a folder rather than a DATASETS name."""
-    return name_or_path not in DATASETS and (
-        "/" in name_or_path or os.sep in name_or_path or name_or_path.startswith((".", "~"))
-        or Path(name_or_path).expanduser().is_dir()
-    )
+    if name_or_path in DATASETS:
+        return False
+    if "/" in name_or_path or os.sep in name_or_path or name_or_path.startswith((".", "~")):
+        return True
+    try:
+        return Path(name_or_path).expanduser().is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a folder
+        return False
 
 
 def problems(name_or_path: str, split: str = "none", options: dict[str, Any] | None = None) -> list[tuple[str, str, str | None]]:

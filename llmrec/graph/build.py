@@ -144,7 +144,12 @@ class _Checker:
             if config is None:
                 continue
             ctx = self._check_context(path, name, {})
-            for problem in cls.check(config, ctx):
+            try:
+                found = cls.check(config, ctx)
+            except (OSError, OverflowError, RecursionError, UnicodeError) as exc:
+                self._hostile(exc, path, None, f"resource type '{rspec.type}'")
+                continue
+            for problem in found:
                 self._check_problem(problem, rspec.config, path, None)
             self.resources[name] = BuiltResource(name, rspec, cls, config)
 
@@ -169,6 +174,17 @@ class _Checker:
                 pydantic_errors(exc, self.doc, path + ("config",), cls.Config, node_id=node, what=f"config of {what}")
             )
             return None
+        except (OSError, OverflowError, RecursionError, UnicodeError) as exc:
+            self._hostile(exc, path, node, what)
+            return None
+
+    def _hostile(self, exc: BaseException, path: Path_, node: str | None, what: str) -> None:
+        """A config whose validation or check touched the file system with a hostile path (too long, a NUL byte)
+        or converted a number too large: the spec's problem, said at its config, never a crash."""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        where = path + ("config",) if self.doc.at(path + ("config",)) is not None else path
+        self.err(SpecValidationError, f"invalid config of {what}: {reason}", where, node,
+                 "Check the config's paths (each part at most 255 characters) and numbers.")
 
     def _check_context(self, path: Path_, node_id: str, inputs: dict[str, Any]) -> CheckContext:
         return CheckContext(
@@ -220,6 +236,9 @@ class _Checker:
                 problems = cls.check(config, ctx)
             except (TemplateProblem, OutputSchemaProblem) as exc:
                 self._node_problem(exc, path, node_id)
+                continue
+            except (OSError, OverflowError, RecursionError, UnicodeError) as exc:
+                self._hostile(exc, path, node_id, f"node type '{nspec.type}'")
                 continue
             for problem in problems:
                 self._check_problem(problem, nspec.config, path, node_id)

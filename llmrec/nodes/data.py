@@ -177,6 +177,9 @@ class DatasetConfig(_Config):
         """A folder name is relative to the spec, like every path in a spec."""
         from ..data.datasets import is_path
 
+        if len(value) > 4096 or any(len(part) > 255 for part in value.replace("\\", "/").split("/")):
+            raise ValueError("is too long for a dataset name or folder (a path part may have at most 255 "
+                             "characters)")
         base = (info.context or {}).get("base_dir")
         if base is not None and is_path(value) and not os.path.isabs(os.path.expanduser(value)):
             candidate = Path(base) / value

@@ -6,6 +6,7 @@ one precise error instead of one per union member.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -21,14 +22,20 @@ def parse_duration(value: Any) -> float:
     """Seconds from a number or a string such as ``250ms``, ``2s``, ``1.5m``, ``1h``, ``1d``."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 2, 2.5, '250ms', '2s' or '1m'")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError(f"expected a duration such as 2, 2.5, '250ms', '2s' or '1m', got {value!r}")
+    try:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION.match(value)):
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        else:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise ValueError(f"expected a duration such as 2, 2.5, '250ms', '2s' or '1m', got {shown}")
+    except OverflowError:
+        raise ValueError("the duration is too large") from None
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds) or seconds > 10 * 365 * 86400:
+        raise ValueError("the duration is too large (at most 10 years)")
     return seconds
 
 

@@ -21,6 +21,8 @@ from ..errors import Location, SpecSyntaxError
 
 #: Values (scalars, lists, mappings) one document may expand to, aliases included.
 MAX_VALUES = 100_000
+#: nesting levels a document may have (PyYAML composes recursively; specs are a few levels deep)
+MAX_DEPTH = 64
 #: Bytes one spec file may hold.
 MAX_FILE_BYTES = 4 * 1024 * 1024
 
@@ -98,6 +100,9 @@ class _Builder:
                 hint="Anchors and aliases that refer to each other multiply; write the values out instead.",
             )
         self.positions.values[path] = _loc(self.display, node)
+        if len(path) > MAX_DEPTH:  # aliases of aliases can nest deeper than the text does
+            raise SpecSyntaxError(f"the document nests more than {MAX_DEPTH} levels deep", _loc(self.display, node),
+                                  hint="Specs are shallow data; flatten the structure.")
         if isinstance(node, ScalarNode):
             return self._scalar(node, path)
         if id(node) in self.stack:
@@ -135,6 +140,10 @@ class _Builder:
             value = self.constructor.construct_object(node, deep=True)
         except ConstructorError as exc:  # pragma: no cover - safe tags only reach here
             raise SpecSyntaxError(str(exc.problem), _loc(self.display, node)) from None
+        except (ValueError, KeyError, TypeError, OverflowError):  # `!!float x`, `!!bool maybe`, `!!int x`
+            raise SpecSyntaxError(f"'{node.value[:80]}' is not a valid {_tag(node.tag)[2:]}",
+                                  _loc(self.display, node),
+                                  hint=f"Remove the {_tag(node.tag)} tag, or write a valid value.") from None
         if isinstance(value, str) and node.style is None and node.start_mark.line == node.end_mark.line:
             self.positions.plain.add(path)
         if isinstance(value, (datetime.date, datetime.datetime)):
@@ -175,10 +184,40 @@ class _Builder:
         return result
 
 
+def _check_depth(text: str, display: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before composing (PyYAML's composer recurses per level), from the
+    event stream, which is parsed iteratively."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise SpecSyntaxError(f"the document nests more than {MAX_DEPTH} levels deep",
+                                      Location(display, mark.line + 1, mark.column + 1),
+                                      hint="Specs are shallow data; flatten the structure.")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _reader_location(exc: yaml.reader.ReaderError, text: str, display: str) -> Location:
+    position = max(int(exc.position), 0)
+    line = text.count("\n", 0, position) + 1
+    return Location(display, line, position - (text.rfind("\n", 0, position) + 1) + 1)
+
+
 def load_yaml_text(text: str, display: str) -> tuple[Any, Positions]:
     """Parse one YAML document held in ``text``; ``display`` names it in error messages."""
     try:
+        _check_depth(text, display)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as exc:  # a control character: say where, on one line
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        raise SpecSyntaxError(f"YAML does not allow the control character U+{ord(char):04X}",
+                              _reader_location(exc, text, display),
+                              hint="Remove it (or write it as an escape inside double quotes: \"\\x01\").") from None
+    except RecursionError:  # pragma: no cover - _check_depth refuses deep documents first
+        raise SpecSyntaxError("the document nests too deep", Location(display, 1, 1)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Location(display, mark.line + 1, mark.column + 1) if mark else Location(display)
