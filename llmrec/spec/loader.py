@@ -34,6 +34,8 @@ class SpecDocument:
     base_dirs: dict[str, Path] = field(default_factory=dict)
     #: every name written in each section, valid or not
     declared: dict[str, set[str]] = field(default_factory=dict)
+    #: paths of values that hold an expanded secret: never shown in an error
+    secret_paths: set[tuple[Any, ...]] = field(default_factory=set)
 
     @property
     def base_dir(self) -> Path:
@@ -223,8 +225,28 @@ def _merge_includes(
                 positions.keys[(key, name)] = frag_pos.key((key, name)) or Location(shown)
 
 
+#: a variable whose name says it holds a secret
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|PRIVATE|SESSION|COOKIE)", re.I)
+#: config keys that are secret slots: the only places a secret may be expanded into
+_SECRET_SLOT = re.compile(r"(^|_)(api_key|key|token|password|secret)$", re.I)
+#: the user's own allow-list (never the spec's): variables that may expand anywhere, comma-separated
+ENV_ALLOW = "LLMREC_ENV_ALLOW"
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable's name says it holds a secret (unless the user allowed it by name)."""
+    allowed = {v.strip() for v in os.environ.get(ENV_ALLOW, "").split(",") if v.strip()}
+    return name not in allowed and bool(_SECRET_NAME.search(name))
+
+
 def _expand_env(doc: SpecDocument, value: Any, path: Path_) -> Any:
-    """Replace ``${env:VAR}`` / ``${env:VAR:-default}`` in every string, in place."""
+    """Replace ``${env:VAR}`` / ``${env:VAR:-default}`` in every string, in place.
+
+    A variable whose name says it is a secret (``*_KEY``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``, ...) expands
+    only into a secret slot, a config key such as ``api_key``, ``token`` or ``password`` holding nothing but the
+    reference; anywhere else (a template, an output, an ``api_base``, a literal) it is an error, so a spec cannot
+    copy a secret into text it controls. ``$LLMREC_ENV_ALLOW`` (the user's environment, never the spec) names
+    variables that may expand anywhere. Paths holding an expanded secret are recorded so errors never show them."""
     if isinstance(value, dict):
         for k, v in value.items():
             value[k] = _expand_env(doc, v, path + (k,))
@@ -236,6 +258,9 @@ def _expand_env(doc: SpecDocument, value: Any, path: Path_) -> Any:
     if not isinstance(value, str) or "${env:" not in value:
         return value
 
+    slot = bool(path) and isinstance(path[-1], str) and bool(_SECRET_SLOT.search(path[-1])) and \
+        _ENV.fullmatch(value.strip()) is not None
+
     def sub(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
@@ -243,6 +268,18 @@ def _expand_env(doc: SpecDocument, value: Any, path: Path_) -> Any:
                 SpecValidationError(f"invalid environment variable name '{name}'", offset_location(doc, path, m.start()))
             )
             return ""
+        if is_secret_name(name):
+            if not slot:
+                field_name = ".".join(str(p) for p in path)
+                doc.errors.append(SpecValidationError(
+                    f"'{field_name}' reads environment variable '{name}', whose name says it is a secret; a secret "
+                    "may only fill a secret field (api_key, token, password), written as nothing but the reference",
+                    offset_location(doc, path, m.start()),
+                    node_id=path[1] if len(path) > 1 and path[0] == "nodes" else None,
+                    hint=f"Put it in the llm resource's api_key: \"${{env:{name}}}\". If it is not a secret, allow "
+                         f"it in your own environment: {ENV_ALLOW}={name}."))
+                return ""
+            doc.secret_paths.add(path)
         if name in os.environ:
             return os.environ[name]
         if default is not None:
@@ -391,7 +428,10 @@ def pydantic_errors(
             msg = re.sub(r" or instance of \w+$", "", msg)
             value = err.get("input")
             named = isinstance(value, str) and ":" in value and os.path.basename(value.split(":")[0]) in msg
-            if "input" in err and not isinstance(value, (dict, list)) and "got " not in msg and not named:
+            secret = any(full[:len(sp)] == sp or sp[:len(full)] == full for sp in doc.secret_paths)
+            if secret:  # an expanded secret is never echoed
+                msg = msg.replace(str(value), "****") if isinstance(value, str) and value else msg
+            elif "input" in err and not isinstance(value, (dict, list)) and "got " not in msg and not named:
                 msg += f" (got {_short(err['input'])})"
             label = f"'{dotted}'" if dotted else (what or "value")
             if what and dotted:
