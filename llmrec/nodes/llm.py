@@ -369,17 +369,23 @@ class FewShot(_Config):
 
 
 def _template_path(value: str | None, info: ValidationInfo) -> str | None:
-    """A template file: relative to the spec, then the spec's prompts/ folder, then llmrec's own prompts/."""
+    """A template file: relative to the spec, then the spec's prompts/ folder, then llmrec's own prompts/.
+
+    It must be inside the spec's folder (or be a built-in template): a template's text becomes the prompt, and
+    through it the output, so a spec may not name ``/etc/passwd`` or ``../../secrets.txt`` (docs/security.md)."""
     if value is None:
         return None
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return str(path)
-    base = Path((info.context or {}).get("base_dir") or Path.cwd())
-    for candidate in (base / path, base / "prompts" / path, BUILTIN_PROMPTS / path):
-        if candidate.is_file():
-            return str(candidate)
-    return str(base / path)
+    base = Path((info.context or {}).get("base_dir") or Path.cwd()).resolve()
+    try:
+        path = Path(value)
+        found = next((c for c in (base / path, base / "prompts" / path, BUILTIN_PROMPTS / path) if c.is_file()),
+                     base / path).resolve()
+    except (OSError, ValueError, RuntimeError):
+        raise ValueError("is not a valid file path") from None
+    if not (found.is_relative_to(base) or found.is_relative_to(BUILTIN_PROMPTS)):
+        raise ValueError(f"'{value[:200]}' is outside the spec's folder; a template file must be in the spec's "
+                         f"folder (or be a built-in template: {', '.join(_builtin_prompts())})")
+    return str(found)
 
 
 class SemanticCacheConfig(_Config):

@@ -158,7 +158,17 @@ def _merge_includes(
         return
     for i, rel in enumerate(includes):
         where = positions.value(("include", i)) or positions.value(("include",))
-        target = (file.parent / rel).resolve()
+        try:
+            target = (file.parent / rel).resolve()
+        except (OSError, ValueError, RuntimeError):
+            doc.errors.append(SpecValidationError(f"'include' path '{rel[:80]}' is not a valid path", where))
+            continue
+        root = doc.path.parent
+        if not target.is_relative_to(root):  # an include is part of the spec: it lives in the spec's folder
+            doc.errors.append(SpecValidationError(
+                f"'include' may only name files inside the spec's folder; '{rel[:200]}' is outside it", where,
+                hint=f"Copy the file into {_display(root, Path.cwd())} (or a subfolder) and include it from there."))
+            continue
         if target in seen:
             doc.errors.append(SpecValidationError(f"'{rel}' is included in a loop", where))
             continue
