@@ -607,7 +607,10 @@ def llmrec_validate_graph(graph: Any, document: Any) -> list[Any]:
                     f"Did you mean '{close[0]}'?" if close else f"Nodes: {', '.join(graph.nodes)}."))
         if t.first_use:
             continue  # asked to train itself at start: nothing to warn about
-        problem = t.store().status(t.params)
+        try:
+            problem = t.store().status(t.params)
+        except (OSError, ValueError) as exc:  # a hostile model_path (a NUL byte, too long): say so, never crash
+            problem = f"model_path is not a usable folder ({exc.strerror if isinstance(exc, OSError) else exc})"
         if problem:
             command = train_command(document.display, t.name if len(found) > 1 else None)
             section = "nodes" if t.kind == "node" else "resources"

@@ -6,6 +6,8 @@ signatures and their ``check`` methods. Errors carry the position of the exact k
 
 from __future__ import annotations
 
+import math
+
 import re
 from pathlib import Path as Path_fs
 from dataclasses import dataclass, field
@@ -146,7 +148,7 @@ class _Checker:
             ctx = self._check_context(path, name, {})
             try:
                 found = cls.check(config, ctx)
-            except (OSError, OverflowError, RecursionError, UnicodeError) as exc:
+            except (OSError, ValueError, OverflowError, RecursionError) as exc:
                 self._hostile(exc, path, None, f"resource type '{rspec.type}'")
                 continue
             for problem in found:
@@ -174,14 +176,19 @@ class _Checker:
                 pydantic_errors(exc, self.doc, path + ("config",), cls.Config, node_id=node, what=f"config of {what}")
             )
             return None
-        except (OSError, OverflowError, RecursionError, UnicodeError) as exc:
+        except (OSError, ValueError, OverflowError, RecursionError) as exc:
             self._hostile(exc, path, node, what)
             return None
 
     def _hostile(self, exc: BaseException, path: Path_, node: str | None, what: str) -> None:
         """A config whose validation or check touched the file system with a hostile path (too long, a NUL byte)
         or converted a number too large: the spec's problem, said at its config, never a crash."""
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
+        elif isinstance(exc, ValueError) and str(exc):
+            reason = str(exc)[:160]
+        else:
+            reason = type(exc).__name__
         where = path + ("config",) if self.doc.at(path + ("config",)) is not None else path
         self.err(SpecValidationError, f"invalid config of {what}: {reason}", where, node,
                  "Check the config's paths (each part at most 255 characters) and numbers.")
@@ -237,7 +244,7 @@ class _Checker:
             except (TemplateProblem, OutputSchemaProblem) as exc:
                 self._node_problem(exc, path, node_id)
                 continue
-            except (OSError, OverflowError, RecursionError, UnicodeError) as exc:
+            except (OSError, ValueError, OverflowError, RecursionError) as exc:
                 self._hostile(exc, path, node_id, f"node type '{nspec.type}'")
                 continue
             for problem in problems:
@@ -653,7 +660,7 @@ def request_model(spec: Spec) -> type[BaseModel]:
             kwargs["examples"] = i.examples
         default = ... if i.is_required else i.default
         fields[name] = (_input_type(i), Field(default, **kwargs))
-    model_name = "".join(p.capitalize() for p in spec.name.replace("-", "_").split("_") if p) or "Spec"
+    model_name = "".join(p.capitalize() for p in re.split(r"[^0-9A-Za-z]+", spec.name) if p)[:60] or "Spec"
     return create_model(  # type: ignore[call-overload, no-any-return]
         f"{model_name}Request", __config__=ConfigDict(extra="forbid", strict=False), **fields
     )
@@ -661,6 +668,16 @@ def request_model(spec: Spec) -> type[BaseModel]:
 
 def _check_defaults(checker: _Checker) -> None:
     for name, i in checker.spec.inputs.items():
+        for bound in ("minimum", "maximum"):
+            value = getattr(i, bound)
+            if value is None:
+                continue
+            if not math.isfinite(value) or abs(value) > 2 ** 63:
+                checker.err(SpecValidationError, f"input '{name}': {bound} must be a finite number within "
+                            f"+-2^63", ("inputs", name, bound))
+            elif i.type == "integer" and value != int(value):
+                checker.err(SpecValidationError, f"input '{name}' is an integer: its {bound} must be a whole "
+                            f"number, got {value:g}", ("inputs", name, bound))
         if i.minimum is not None and i.maximum is not None and i.minimum > i.maximum:
             checker.err(SpecValidationError, f"input '{name}': minimum {i.minimum:g} is above maximum {i.maximum:g}",
                         ("inputs", name, "minimum"))
