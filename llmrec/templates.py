@@ -7,7 +7,9 @@ an empty string, and templates cannot reach Python internals or mutate their inp
 
 from __future__ import annotations
 
+import contextvars
 import re
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,9 +27,104 @@ class TemplateProblem(ValueError):
         self.field = field  # the config key holding the template, when a node type knows it
 
 
+#: what one render may cost: loop steps over range(), characters of output, seconds, and the size of a value
+#: built by '*' or '**' (a spec's template must not stall the event loop under `llmrec serve`)
+MAX_STEPS = 1_000_000
+MAX_OUTPUT = 2_000_000
+MAX_SECONDS = 2.0
+MAX_VALUE = 1_000_000
+
+
+class TemplateLimitError(jinja2.TemplateRuntimeError):
+    """A template exceeded a render budget (loop steps, output size, time or value size)."""
+
+
+class _Budget:
+    __slots__ = ("steps", "deadline")
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.deadline = time.monotonic() + MAX_SECONDS
+
+    def step(self, n: int = 1) -> None:
+        self.steps += n
+        if self.steps > MAX_STEPS:
+            raise TemplateLimitError(f"the template loops more than {MAX_STEPS:,} times in one render")
+        if self.steps % 4096 == 0 and time.monotonic() > self.deadline:
+            raise TemplateLimitError(f"the template took more than {MAX_SECONDS:g} s to render")
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("llmrec_template_budget", default=None)
+
+
+def _budget() -> _Budget:
+    budget = _BUDGET.get()
+    return budget if budget is not None else _Budget()  # outside render()/an expression: this call's own
+
+
+class _BoundedRange:
+    """``range`` whose iteration counts against the render's budget (nested loops multiply)."""
+
+    def __init__(self, *args: int) -> None:
+        self._range = range(*args)
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __iter__(self) -> Any:
+        budget = _budget()
+        for value in self._range:
+            budget.step()
+            yield value
+
+
+class BoundedTemplate(jinja2.Template):
+    """A template whose render is bounded by a budget (see MAX_*), rendered chunk by chunk."""
+
+    def render(self, *args: Any, **kwargs: Any) -> str:
+        token = _BUDGET.set(_Budget())
+        try:
+            out: list[str] = []
+            size = 0
+            for chunk in self.generate(*args, **kwargs):
+                size += len(chunk)
+                if size > MAX_OUTPUT:
+                    raise TemplateLimitError(f"the template renders more than {MAX_OUTPUT:,} characters")
+                out.append(chunk)
+                _BUDGET.get().step(0)  # type: ignore[union-attr]
+            return "".join(out)
+        finally:
+            _BUDGET.reset(token)
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, with range(), '*' and '**' bounded and every render on a budget."""
+
+    template_class = BoundedTemplate
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.globals["range"] = _BoundedRange
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(left, (int, float)) and isinstance(right, (int, float)) and abs(right) > 64 and abs(left) > 1:
+                raise TemplateLimitError("the template raises a number to a power over 64")
+            return left ** right
+        for seq, times in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_VALUE:
+                raise TemplateLimitError(f"the template builds a value longer than {MAX_VALUE:,}")
+        return left * right
+
+    def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _budget().step()
+        return super().call(__context, __obj, *args, **kwargs)
+
+
 def make_environment(filters: dict[str, Callable[..., Any]] | None = None) -> ImmutableSandboxedEnvironment:
-    """A sandboxed environment with StrictUndefined and the filters plugins registered."""
-    env = ImmutableSandboxedEnvironment(
+    """A sandboxed environment with StrictUndefined, render budgets, and the filters plugins registered."""
+    env = BoundedSandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -107,6 +204,15 @@ def compile_expression(source: str, env: jinja2.Environment | None = None) -> Ca
         return fast
     env = env or _DEFAULT
     try:
-        return env.compile_expression(source, undefined_to_none=False)
+        expression = env.compile_expression(source, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateProblem(f"expression syntax error: {exc.message}", exc.lineno) from None
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:  # one budget per evaluation, as per render
+        token = _BUDGET.set(_Budget())
+        try:
+            return expression(*args, **kwargs)
+        finally:
+            _BUDGET.reset(token)
+
+    return evaluate
