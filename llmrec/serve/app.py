@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import DeadlineExceededError, InputError, RunError, SpecErrors
 from ..runtime.executor import Runtime
@@ -552,6 +553,10 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
             response = await handler(request)
         except ApiError as exc:
             response = _error_response(exc, server)
+        except ClientDisconnect:  # the client went away mid-request: not a server error (nginx's 499)
+            log.info("client disconnected on %s", request.url.path)
+            response = _error_response(ApiError(499, "client_disconnected", "the client closed the connection"),
+                                       server)
         except Exception:  # a bug: answered as JSON, logged with its traceback, never sent to the client
             log.exception("internal error on %s", request.url.path)
             response = _error_response(ApiError(500, "internal", "internal error (logged on the server)"), server)

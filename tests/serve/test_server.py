@@ -189,3 +189,31 @@ def test_playground_in_a_real_browser(tmp_path: Path) -> None:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_a_client_that_disconnects_mid_body_is_not_a_server_error(tmp_path: Path) -> None:
+    """A real client that sends half a body and hangs up: logged as a disconnect and counted as 499, never as
+    an internal error with a traceback or a 500; the server keeps answering."""
+    import socket
+
+    spec = write(tmp_path, TOOLS % {"seconds": 0.0})
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([*LLMREC, "serve", str(spec), "--port", str(port), "--reload-interval", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    try:
+        _wait_ready(url, proc)
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 500\r\n\r\n{\"items\": [")
+            time.sleep(0.3)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert client.post("/v1/recommend", json={"items": ["a"]}).status_code == 200
+            metrics = client.get("/metrics").text
+        assert 'status="500"' not in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "internal error" not in err and "Traceback" not in err, err[-2000:]
+    assert "client disconnected" in err
