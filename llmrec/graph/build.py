@@ -678,6 +678,11 @@ def _check_defaults(checker: _Checker) -> None:
             elif i.type == "integer" and value != int(value):
                 checker.err(SpecValidationError, f"input '{name}' is an integer: its {bound} must be a whole "
                             f"number, got {value:g}", ("inputs", name, bound))
+        for bound in ("min_length", "max_length"):
+            value = getattr(i, bound)
+            if value is not None and value > 2 ** 62:
+                checker.err(SpecValidationError, f"input '{name}': {bound} is too large (at most 2^62)",
+                            ("inputs", name, bound))
         if i.minimum is not None and i.maximum is not None and i.minimum > i.maximum:
             checker.err(SpecValidationError, f"input '{name}': minimum {i.minimum:g} is above maximum {i.maximum:g}",
                         ("inputs", name, "minimum"))

@@ -826,6 +826,11 @@ class TransformersProvider:
         with self._tok_lock:
             return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def warm(self) -> None:
+        """Called when the ``llm`` resource loads (in a worker thread): load the weights now, so that the first
+        request's timeout is not spent loading them and `llmrec serve` is ready only once they are in memory."""
+        self.load()
+
     def load(self) -> None:
         """Load the tokenizer and model (once; thread-safe). Raises DataError when the model is missing."""
         if self._loaded is not None:

@@ -190,6 +190,11 @@ class LiteLLMProvider:
                 "(https://docs.litellm.ai/docs/providers)"
             ) from None
 
+    def warm(self) -> None:
+        """Called when the ``llm`` resource loads: import instructor and build the client now, so that a cold
+        process does not spend the first request's timeout on imports and setup."""
+        self._instructor()
+
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` takes for this model, by ``litellm.token_counter`` (tiktoken, or the model's own
         tokenizer where litellm ships one), for token budgets. Nothing is downloaded: for a model whose tokenizer

@@ -43,6 +43,12 @@ class RoutedProvider:
         self.timeout = routes[0].timeout
         self.max_retries = getattr(routes[0].provider, "max_retries", 0)
 
+    def warm(self) -> None:
+        for route in self.routes:
+            warm = getattr(route.provider, "warm", None)
+            if callable(warm):
+                warm()
+
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` takes by the first route's tokenizer (its ``count_tokens``), else ~4 characters a
         token: prompts are sized for the model tried first."""

@@ -259,14 +259,14 @@ class LlmResource(ResourceType):
         first = Unconfigured() if resolved is None else await self._build(table, resolved, config._base_dir,
                                                                            model_dir)
         if not config.fallbacks and config.max_input_chars is None:
-            return first
+            return await _warmed(first)
         from ..llm.routing import Route, RoutedProvider
 
         routes = [Route(first, config.timeout, config.max_input_chars)]
         for route in config.fallbacks:
             routes.append(Route(await self._build(table, route, config._base_dir), route.timeout,
                                 route.max_input_chars))
-        return RoutedProvider(routes)  # type: ignore[return-value]
+        return await _warmed(RoutedProvider(routes))  # type: ignore[return-value]
 
     @staticmethod
     async def _build(table: Any, config: RouteConfig, base_dir: Path | None = None,
@@ -304,6 +304,22 @@ def _latest_artifact(model: Any) -> Any:
     if latest is None:
         raise ProviderError(f"{folder}: its 'latest' pointer names no folder; write the model again")
     return str(store.open(latest).folder)
+
+
+async def _warmed(provider: Any) -> Any:
+    """A provider with an optional ``warm()`` (imports, weights, clients) gets it called now, in a worker thread,
+    so that a cold process does not count it against its first request's timeout (serve is ready after it)."""
+    warm = getattr(provider, "warm", None)
+    if callable(warm):
+        try:
+            await asyncio.to_thread(warm)
+        except Exception as exc:  # its calls will fail the same way, and nodes take their fallbacks: say so now
+            import warnings
+
+            warnings.warn(f"provider '{getattr(provider, 'name', '?')}' could not be warmed up "
+                          f"({type(exc).__name__}: {exc}); its calls will fail and LLM nodes take their fallbacks",
+                          RuntimeWarning, stacklevel=2)
+    return provider
 
 
 def route_options(factory: Any, route: RouteConfig, base_dir: Path | None) -> dict[str, Any]:
