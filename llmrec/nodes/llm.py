@@ -391,6 +391,8 @@ def _template_path(value: str | None, info: ValidationInfo) -> str | None:
     through it the output, so a spec may not name ``/etc/passwd`` or ``../../secrets.txt`` (docs/security.md)."""
     if value is None:
         return None
+    if not value.strip():
+        raise ValueError("is empty; name a template file (relative to the spec) or a built-in template")
     base = Path((info.context or {}).get("base_dir") or Path.cwd()).resolve()
     try:
         path = Path(value)
@@ -491,6 +493,11 @@ class PromptConfig(_Config):
         assert self.template_file is not None
         try:
             return Path(self.template_file).read_text(encoding="utf-8")
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+            reason = "is a folder" if isinstance(exc, IsADirectoryError) else (
+                "cannot be read" if isinstance(exc, PermissionError) else "is not UTF-8 text")
+            raise TemplateProblem(f"template file '{os.path.relpath(self.template_file)}' {reason}",
+                                  field="template_file") from None
         except FileNotFoundError:
             raise TemplateProblem(
                 f"template file '{os.path.relpath(self.template_file)}' not found (looked beside the spec, in its "

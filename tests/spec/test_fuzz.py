@@ -62,6 +62,10 @@ def test_structure_mutants_are_positioned_errors_or_a_pass(folder, name, edits) 
     "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"l{i}: &l{i} [{', '.join([f'*{p}'] * 10)}]\n" for i, p in zip(range(1, 10), ["a"] + [f"l{j}" for j in range(1, 9)])),
     "a: &a []\n" + "".join(f"b{i}: &b{i} [*{'a' if i == 0 else f'b{i - 1}'}]\n" for i in range(200)),
+    "name: t\ninputs: {}\nresources:\n  m: {type: llm}\nnodes:\n  p:\n    type: llm.prompt\n"
+    "    config: {template_file: ''}\n    inputs: {model: '${resources.m}'}\noutputs: {p: '${p}'}\n",
+    "name: t\ninputs: {}\nresources:\n  m: {type: llm}\nnodes:\n  p:\n    type: llm.prompt\n"
+    "    config: {template_file: prompts}\n    inputs: {model: '${resources.m}'}\noutputs: {p: '${p}'}\n",
 ])
 def test_the_known_crashers_are_positioned_errors(folder, text) -> None:
     _check(folder, text.encode("utf-8"))
