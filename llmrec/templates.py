@@ -144,9 +144,9 @@ def variables(source: str, env: jinja2.Environment | None = None) -> set[str]:
     env = env or _DEFAULT
     try:
         ast = env.parse(source)
-    except jinja2.TemplateSyntaxError as exc:
+        return set(meta.find_undeclared_variables(ast))  # compiles: an unknown filter or test fails here
+    except jinja2.TemplateSyntaxError as exc:  # TemplateAssertionError included
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno) from None
-    return set(meta.find_undeclared_variables(ast))
 
 
 def check(source: str, available: Iterable[str], env: jinja2.Environment | None = None) -> list[str]:

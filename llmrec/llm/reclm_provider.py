@@ -51,7 +51,10 @@ _RUNTIME_KEYS = frozenset({"model", "timeout", "max_retries", "temperature", "ma
 def is_model_folder(path: str | Path) -> bool:
     """Whether ``path`` is a saved rec-LM (its weights, vocabulary and config), not an artifact root."""
     folder = Path(path)
-    return all((folder / name).is_file() for name in _MODEL_FILES)
+    try:
+        return all((folder / name).is_file() for name in _MODEL_FILES)
+    except (OSError, ValueError):  # a path too long for the file system, a NUL byte: not a model folder
+        return False
 
 
 def training_config(options: dict[str, Any]) -> Any:

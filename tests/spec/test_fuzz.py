@@ -66,6 +66,10 @@ def test_structure_mutants_are_positioned_errors_or_a_pass(folder, name, edits) 
     "    config: {template_file: ''}\n    inputs: {model: '${resources.m}'}\noutputs: {p: '${p}'}\n",
     "name: t\ninputs: {}\nresources:\n  m: {type: llm}\nnodes:\n  p:\n    type: llm.prompt\n"
     "    config: {template_file: prompts}\n    inputs: {model: '${resources.m}'}\noutputs: {p: '${p}'}\n",
+    "name: t\ninputs: {x: string}\nnodes:\n  p:\n    type: text.template\n    config: {template: '{{ x | y }}'}\n"
+    "    inputs: {x: '${inputs.x}'}\noutputs: {p: '${p}'}\n",
+    "name: t\ninputs: {}\nresources:\n  m: {type: llm, config: {embedded: {provider: reclm, model: " + "x" * 5000
+    + "}, train_on_first_use: true}}\nnodes: {}\noutputs: {}\n",
 ])
 def test_the_known_crashers_are_positioned_errors(folder, text) -> None:
     _check(folder, text.encode("utf-8"))
