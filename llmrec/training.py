@@ -481,7 +481,7 @@ async def atrain(
             raise TrainingError(f"no trainable node or resource {', '.join(repr(n) for n in unknown)} in spec "
                                 f"'{graph.name}' (trainable: {', '.join(names)})")
         found = [t for t in found if t.name in nodes]
-    dataset_name = _pick_dataset(graph, dataset)
+    dataset_name = pick_dataset(graph, dataset)
     loaded = dict(resources or {})
     if dataset_name not in loaded:
         say(f"loading dataset resource '{dataset_name}'")
@@ -556,21 +556,23 @@ def _current(store: ArtifactStore, t: Target, data: Dataset) -> Artifact | None:
     return found
 
 
-def _pick_dataset(graph: Graph, wanted: str | None) -> str:
+def pick_dataset(graph: Graph, wanted: str | None, purpose: str = "train on",
+                 error: type[LlmrecError] = TrainingError,
+                 example: str = "{name: bbc-news-profiles, split: user}") -> str:
+    """The spec's dataset resource to use (``--dataset NAME`` when it has several); ``error`` names what is wrong.
+    Shared by every command that learns from a spec's dataset (train, finetune, distill)."""
     names = dataset_resources(graph)
     if wanted is not None:
         if wanted not in names:
-            raise TrainingError(f"no dataset resource '{wanted}' in spec '{graph.name}' "
-                                f"(dataset resources: {', '.join(names) or 'none'})")
+            raise error(f"no dataset resource '{wanted}' in spec '{graph.name}' "
+                        f"(dataset resources: {', '.join(names) or 'none'})")
         return wanted
     if not names:
-        raise TrainingError(
-            f"spec '{graph.name}' has no dataset resource to train on; declare one, e.g. "
-            "resources: {data: {type: dataset, config: {name: bbc-news-profiles, split: user}}}"
-        )
+        raise error(f"spec '{graph.name}' has no dataset resource to {purpose}; declare one, e.g. "
+                    f"resources: {{data: {{type: dataset, config: {example}}}}}")
     if len(names) > 1:
-        raise TrainingError(f"spec '{graph.name}' has several dataset resources ({', '.join(names)}); "
-                            "choose one with --dataset NAME")
+        raise error(f"spec '{graph.name}' has several dataset resources ({', '.join(names)}); "
+                    "choose one with --dataset NAME")
     return names[0]
 
 
@@ -697,6 +699,7 @@ __all__ = [
     "collect_examples",
     "data_hash",
     "dataset_resources",
+    "pick_dataset",
     "derived_graph",
     "ensure_artifact",
     "fit_target",

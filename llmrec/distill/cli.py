@@ -18,7 +18,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -69,29 +68,9 @@ def teacher_path(graph: Any, teacher: str, spec: Path) -> Path:
 
 def dataset_resource(graph: Any, wanted: str | None) -> str:
     from llmrec.distill.config import DistillError
-    from llmrec.training import dataset_resources
+    from llmrec.training import pick_dataset
 
-    names = dataset_resources(graph)
-    if wanted is not None:
-        if wanted not in names:
-            raise DistillError(f"no dataset resource '{wanted}' in spec '{graph.name}' "
-                               f"(dataset resources: {', '.join(names) or 'none'})")
-        return wanted
-    if not names:
-        raise DistillError(f"spec '{graph.name}' has no dataset resource to distil on; declare one, e.g. "
-                           "resources: {data: {type: dataset, config: {name: movielens-100k, split: temporal}}}")
-    if len(names) > 1:
-        raise DistillError(f"spec '{graph.name}' has several dataset resources ({', '.join(names)}); choose one "
-                           "with --dataset NAME")
-    return names[0]
-
-
-class _StopFlag:
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def __call__(self) -> bool:
-        return self.event.is_set()
+    return pick_dataset(graph, wanted, "distil on", DistillError, "{name: movielens-100k, split: temporal}")
 
 
 @hookimpl
@@ -160,6 +139,8 @@ def llmrec_register_commands(cli: Any) -> None:
             if value is not None:
                 command += [flag, str(value)]
         resume = " ".join(shlex.quote(c) for c in command)
+        from llmrec.training import _StopFlag
+
         flag = _StopFlag()
         previous = signal.getsignal(signal.SIGINT)
 

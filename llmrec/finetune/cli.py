@@ -59,22 +59,10 @@ def pick_resource(graph: Graph, wanted: str | None, base: str) -> str:
 
 
 def pick_dataset(graph: Graph, wanted: str | None) -> str:
-    from ..training import dataset_resources
+    from ..training import pick_dataset as pick
     from .data import FinetuneError
 
-    names = dataset_resources(graph)
-    if wanted is not None:
-        if wanted not in names:
-            raise FinetuneError(f"no dataset resource '{wanted}' in spec '{graph.name}' (dataset resources: "
-                                f"{', '.join(names) or 'none'})")
-        return wanted
-    if not names:
-        raise FinetuneError(f"spec '{graph.name}' has no dataset resource to learn from; declare one, e.g. "
-                            "resources: {data: {type: dataset, config: {name: movielens-100k, split: temporal}}}")
-    if len(names) > 1:
-        raise FinetuneError(f"spec '{graph.name}' has several dataset resources ({', '.join(names)}); choose one "
-                            "with --dataset NAME")
-    return names[0]
+    return pick(graph, wanted, "learn from", FinetuneError, "{name: movielens-100k, split: temporal}")
 
 
 def _resume_command(argv: list[str]) -> str:
