@@ -40,6 +40,7 @@ from llmrec.distill.config import DistillConfig, DistillError
 from llmrec.distill.pairs import PairSet, accuracy
 from llmrec.distill.scoring import Plan, composed_table, group_logits, make_plan, plan_logits, sigmoid
 from llmrec.reclm.config import RecLMConfig
+from llmrec.reclm.train import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from llmrec.data.catalog import Catalog, Interactions
@@ -117,51 +118,6 @@ def pairs_digest(pairs: PairSet) -> str:
     h.update("\x1f".join(pairs.first).encode())
     h.update("\x1e".join(pairs.second).encode())
     return h.hexdigest()[:16]
-
-
-def _save_checkpoint(path: Path, model: Any, best: dict[str, Any], optimizer: Any, scalars: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    from llmrec.reclm.model import _atomic_write, state_for_saving
-
-    tensors = {f"model.{k}": v for k, v in state_for_saving(model).items()}
-    tensors.update({f"best.{k}": v.contiguous() for k, v in best.items()})
-    for index, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            tensors[f"optim.{index}.{name}"] = value.detach().cpu().contiguous().reshape(value.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": CHECKPOINT_FORMAT,
-                                                                      "scalars": json.dumps(scalars)}))
-
-
-def _load_checkpoint(path: Path, fingerprint: str) -> tuple[dict[str, Any], dict, dict, dict[int, dict]] | None:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            meta = handle.metadata() or {}
-            if meta.get("format") != CHECKPOINT_FORMAT:
-                return None
-            scalars = json.loads(meta["scalars"])
-            if scalars.get("fingerprint") != fingerprint:
-                return None
-            model_state: dict[str, Any] = {}
-            best_state: dict[str, Any] = {}
-            optim: dict[int, dict[str, Any]] = {}
-            for key in handle.keys():
-                kind, _, rest = key.partition(".")
-                if kind == "model":
-                    model_state[rest] = handle.get_tensor(key)
-                elif kind == "best":
-                    best_state[rest] = handle.get_tensor(key)
-                elif kind == "optim":
-                    index, _, name = rest.partition(".")
-                    optim.setdefault(int(index), {})[name] = handle.get_tensor(key)
-    except Exception:  # a damaged checkpoint is not fatal: start afresh
-        return None
-    return scalars, model_state, best_state, optim
 
 
 def _pair_losses(z: Any, target_z: Any, y: Any, config: DistillConfig) -> tuple[Any, Any, Any]:
@@ -305,7 +261,7 @@ def _fit(model: Any, vocab: Any, device: str, plan: Plan, target_np: np.ndarray,
     target = torch.as_tensor(target_np, dtype=torch.float32, device=device)
     label = torch.as_tensor(label_np, dtype=torch.float32, device=device)
     checkpoint = ckpt_dir / CHECKPOINT_FILE if ckpt_dir is not None else None
-    loaded = _load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
+    loaded = load_checkpoint(checkpoint, fingerprint, CHECKPOINT_FORMAT) if checkpoint is not None else None
     if loaded is not None:
         scalars, model_state, best_state, optim_state = loaded
         model.load_state_dict(model_state, strict=False)
@@ -367,7 +323,7 @@ def _fit(model: Any, vocab: Any, device: str, plan: Plan, target_np: np.ndarray,
         say(f"distillation: epoch {epoch}/{config.epochs}, loss {loss_m:.4f} (KL {kl_m:.4f}, CE {ce_m:.4f}), "
             f"validation accuracy {val:.4f}{' (best)' if best_epoch == epoch else ''} ({seconds:.1f}s)")
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, best_state, optimizer, {
+            save_checkpoint(checkpoint, model, best_state, optimizer, fmt=CHECKPOINT_FORMAT, scalars={
                 "fingerprint": fingerprint, "epoch": epoch, "best_epoch": best_epoch, "best_score": best_score,
                 "stale": stale, "tuned": tuned, "seconds": elapsed, "history": history})
         if stop() and epoch < config.epochs and stale < config.patience:

@@ -172,7 +172,10 @@ def _fingerprint(config: RecLMConfig, vocab: Vocab, sequences: list[list[int]], 
     return h.hexdigest()
 
 
-def _save_checkpoint(path: Path, model: Any, best: dict[str, Any], optimizer: Any, scalars: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model: Any, best: dict[str, Any], optimizer: Any, scalars: dict[str, Any],
+                    fmt: str = CHECKPOINT_FORMAT) -> None:
+    """A resumable training state in one safetensors file (no pickle): the model, the best state so far, the
+    optimizer's tensors and JSON scalars under format ``fmt``. Also the distillation trainer's."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v for k, v in state_for_saving(model).items()}
@@ -180,13 +183,13 @@ def _save_checkpoint(path: Path, model: Any, best: dict[str, Any], optimizer: An
     for index, state in optimizer.state_dict()["state"].items():
         for name, value in state.items():
             tensors[f"optim.{index}.{name}"] = value.detach().cpu().contiguous().reshape(value.shape)
-    metadata = {"format": CHECKPOINT_FORMAT, "scalars": json.dumps(scalars)}
+    metadata = {"format": fmt, "scalars": json.dumps(scalars)}
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def _load_checkpoint(path: Path, fingerprint: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any],
-                                                            dict[int, dict[str, Any]]] | None:
+def load_checkpoint(path: Path, fingerprint: str, fmt: str = CHECKPOINT_FORMAT) -> tuple[
+        dict[str, Any], dict[str, Any], dict[str, Any], dict[int, dict[str, Any]]] | None:
     """``(scalars, model_state, best_state, optimizer_state)``, or None when absent, unreadable or from another
     run (different fingerprint)."""
     from safetensors import safe_open
@@ -196,7 +199,7 @@ def _load_checkpoint(path: Path, fingerprint: str) -> tuple[dict[str, Any], dict
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
-            if metadata.get("format") != CHECKPOINT_FORMAT:
+            if metadata.get("format") != fmt:
                 return None
             scalars = json.loads(metadata["scalars"])
             if scalars.get("fingerprint") != fingerprint:
@@ -324,7 +327,7 @@ def _train(config: RecLMConfig, vocab: Vocab, sequences: list[list[int]], cases:
     best_state = {k: v.clone() for k, v in state_for_saving(model).items()}
     checkpoint = checkpoint_dir / CHECKPOINT_FILE if checkpoint_dir is not None else None
     if checkpoint is not None:
-        loaded = _load_checkpoint(checkpoint, fingerprint)
+        loaded = load_checkpoint(checkpoint, fingerprint)
         if loaded is not None:
             scalars, model_state, best_loaded, optim_state = loaded
             model.load_state_dict(model_state, strict=False)
@@ -380,7 +383,7 @@ def _train(config: RecLMConfig, vocab: Vocab, sequences: list[list[int]], cases:
                 "eta_seconds": elapsed / max(len(history) + 1, 1) * remaining}
         history.append(info)
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, best_state, optimizer, {
+            save_checkpoint(checkpoint, model, best_state, optimizer, {
                 "fingerprint": fingerprint, "epoch": epoch, "best_epoch": best_epoch, "best_score": best_score,
                 "stale": stale, "seconds": elapsed, "history": history})
         if progress is not None:
