@@ -59,28 +59,31 @@ ROWS: list[tuple[str, Path, str | None]] = [
 ]
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = 0) -> tuple[float, float, float]:
-    """Mean of ``a - b`` and its 95% percentile interval over resamples of the users (the same for both)."""
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    picks = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
-    means = diff[picks].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(diff.mean()), float(low), float(high)
+def movielens_cf() -> Any:
+    """benchmarks/movielens_cf.py as a module: its scorers, ranking and paired bootstrap are reused here."""
+    import importlib.util
+
+    if "movielens_cf" in sys.modules:
+        return sys.modules["movielens_cf"]
+    spec = importlib.util.spec_from_file_location("movielens_cf", ROOT / "benchmarks" / "movielens_cf.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["movielens_cf"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """PROTOCOLS.md's paired bootstrap (1,000 resamples, default_rng(0)), as movielens_cf.py computes it."""
+    return movielens_cf().paired_bootstrap(a, b, BOOTSTRAP_RESAMPLES)
 
 
 def direct_baselines(dataset: Any) -> list[tuple[str, list[list[str]]]]:
     """Popularity and implicit's ALS exactly as benchmarks/movielens_cf.py scores them (ALS's regularization
     picked on the validation split carved from training, then refitted on all of it)."""
-    import importlib.util
-
     from llmrec.data import split_interactions
 
-    spec = importlib.util.spec_from_file_location("movielens_cf", ROOT / "benchmarks" / "movielens_cf.py")
-    assert spec is not None and spec.loader is not None
-    cf = importlib.util.module_from_spec(spec)
-    sys.modules["movielens_cf"] = cf
-    spec.loader.exec_module(cf)
+    cf = movielens_cf()
     fit_part, _, val_cases, _ = split_interactions(dataset.train, "temporal")
     val_matrix = cf._matrix(fit_part, "binary")
     best = max(cf.GRIDS["ALS"], key=lambda p: cf.ndcg10(cf.rank_all(val_matrix, cf.als_scores(val_matrix, p),

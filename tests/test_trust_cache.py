@@ -68,6 +68,7 @@ def test_a_poisoned_pickle_in_the_cache_file_is_a_miss_and_never_runs(tmp_path, 
     {"$m": ["subprocess", "Popen"], "v": ["true"]},
     {"$m": ["antigravity", "Anything"], "v": {}},           # a module not imported yet: never imported to decode
     {"$m": ["llmrec.types", "Candidates.__class__"], "v": {}},
+    {"$m": ["llmrec.reclm", "TrainedRecLM"], "v": {}},       # a lazy module attribute: never imported to decode
     {"$np": ["|O", [1], "gARdlC4="]},                       # an object array would unpickle
     {"$zz": 1},
 ])

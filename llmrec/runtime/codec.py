@@ -144,7 +144,7 @@ def _model_class(module: str, qualname: str) -> type[BaseModel] | None:
     for part in qualname.split("."):
         if part.startswith("__") or part == "<locals>":
             return None
-        obj = getattr(obj, part, None)
+        obj = vars(obj).get(part)  # not getattr: a module's lazy __getattr__ could import code
         if obj is None:
             return None
     return obj if isinstance(obj, type) and issubclass(obj, BaseModel) else None
