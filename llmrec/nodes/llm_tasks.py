@@ -672,9 +672,11 @@ class Recommend(_Task):
             disliked = [catalog[i].title for i in disliked_ids]
         examples = (self._examples(interactions, catalog, profile.user_id if profile is not None else None)
                     if cfg.examples and interactions is not None else [])
+        described = bool(self._r.names & {"liked_items", "disliked_items"})  # only a template that shows them
         variables = {**extra, "liked": list(liked or []), "disliked": list(disliked or []),
-                     "liked_items": [_describe(catalog[i]) for i in liked_ids],
-                     "disliked_items": [_describe(catalog[i]) for i in disliked_ids], "_examples": examples,
+                     "liked_items": [_describe(catalog[i]) for i in liked_ids] if described else [],
+                     "disliked_items": [_describe(catalog[i]) for i in disliked_ids] if described else [],
+                     "_examples": examples,
                      "profile": profile_view(profile, catalog), "n": n, "by": cfg.by, "options": options,
                      "feedback": feedback_lines(feedback), "_allowed": allowed,
                      "_items": item_context(profile, "items[]", (to_id[v] for v in allowed))}
