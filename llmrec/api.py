@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .errors import SpecError, SpecErrors
@@ -13,14 +14,38 @@ from .runtime.trace import RunResult
 from .spec.loader import SpecDocument, load_spec
 
 
-def check(path: str | os.PathLike[str], display: str | None = None) -> tuple[Graph | None, list[SpecError], list[SpecError]]:
-    """Load and check a spec without running anything: (graph or None, errors, warnings)."""
+def _trust(path: str | os.PathLike[str], trust: bool) -> None:
+    if trust:
+        from .trust import grant
+
+        grant(Path(path).expanduser().resolve().parent)
+
+
+def _skipped_plugins(doc: SpecDocument, registry: Any) -> list[SpecError]:
+    from .errors import Location, UntrustedCodeError
+    from .trust import HINT
+
+    where = Location(next(iter(doc.base_dirs), str(doc.path)), 1, 1)
+    return [UntrustedCodeError(f"plugins/{p.name} beside the spec is code, and the spec's folder is not trusted, "
+                               "so it was not imported", where, None, HINT.format(folder=doc.base_dir))
+            for p in registry.skipped_plugins]
+
+
+def check(path: str | os.PathLike[str], display: str | None = None,
+          trust: bool = False) -> tuple[Graph | None, list[SpecError], list[SpecError]]:
+    """Load and check a spec without running anything: (graph or None, errors, warnings).
+
+    Code the spec names (plugins/*.py, schema and check files, modules outside llmrec and its plugins) is
+    imported only when its folder is trusted; ``trust=True`` trusts it for this process (llmrec/trust.py)."""
+    _trust(path, trust)
     doc = load_spec(path, display)
     if doc.spec is None:
         return None, list(doc.errors), []
     registry = get_registry(doc.base_dir)
     graph, errors, warnings = check_graph(doc, registry)
-    errors = list(errors)
+    errors = sorted(list(errors) + _skipped_plugins(doc, registry), key=SpecError.sort_key)
+    if errors:
+        graph = None
     if graph is not None and doc.spec.variants:  # every variant must build too (`llmrec eval` runs them)
         from .spec.variants import apply_variant
 
@@ -39,9 +64,9 @@ def check(path: str | os.PathLike[str], display: str | None = None) -> tuple[Gra
     return graph, errors, list(warnings)
 
 
-def validate(path: str | os.PathLike[str], display: str | None = None) -> Graph:
+def validate(path: str | os.PathLike[str], display: str | None = None, trust: bool = False) -> Graph:
     """Load, build and check a spec; raises :class:`SpecErrors` listing every problem."""
-    graph, errors, _ = check(path, display)
+    graph, errors, _ = check(path, display, trust)
     if errors or graph is None:
         raise SpecErrors(errors)
     return graph
@@ -54,22 +79,24 @@ def build(doc: SpecDocument) -> Graph:
     return _build(doc, get_registry(doc.base_dir))
 
 
-def open_runtime(path: str | os.PathLike[str]) -> Runtime:
+def open_runtime(path: str | os.PathLike[str], trust: bool = False) -> Runtime:
     """Validate a spec and return a Runtime for it (resources load on first run or ``await rt.start()``)."""
-    return Runtime(validate(path))
+    return Runtime(validate(path, trust=trust))
 
 
-async def arun(path: str | os.PathLike[str], inputs: dict[str, Any] | None = None, **kwargs: Any) -> RunResult:
+async def arun(path: str | os.PathLike[str], inputs: dict[str, Any] | None = None, trust: bool = False,
+               **kwargs: Any) -> RunResult:
     """Validate and run a spec once, asynchronously."""
-    rt = open_runtime(path)
+    rt = open_runtime(path, trust)
     try:
         return await rt.run(inputs, **kwargs)
     finally:
         await rt.close()
 
 
-def run(path: str | os.PathLike[str], inputs: dict[str, Any] | None = None, **kwargs: Any) -> RunResult:
+def run(path: str | os.PathLike[str], inputs: dict[str, Any] | None = None, trust: bool = False,
+        **kwargs: Any) -> RunResult:
     """Validate and run a spec once (synchronous convenience wrapper around :func:`arun`)."""
     import asyncio
 
-    return asyncio.run(arun(path, inputs, **kwargs))
+    return asyncio.run(arun(path, inputs, trust, **kwargs))

@@ -38,15 +38,21 @@ def _err(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
-def _check(path: Path) -> tuple[Any, list[SpecError], list[SpecError]]:
+#: ``--trust`` on every command that loads a spec (llmrec/trust.py).
+TrustOption = Annotated[bool, typer.Option(
+    "--trust", help="Trust the spec's folder: import its plugins/*.py, schema and check files and the modules it "
+                    "names. Only for specs you have read (docs/security.md).")]
+
+
+def _check(path: Path, trust: bool = False) -> tuple[Any, list[SpecError], list[SpecError]]:
     from .api import check
 
-    return check(path, str(path))
+    return check(path, str(path), trust)
 
 
-def _load_graph(spec: Path) -> Any:
+def _load_graph(spec: Path, trust: bool = False) -> Any:
     """Validate or exit 1 printing every error, like `llmrec validate`."""
-    graph, errors, warnings = _check(spec)
+    graph, errors, warnings = _check(spec, trust)
     for w in warnings:
         _err(w.format())
     if errors or graph is None:
@@ -63,12 +69,15 @@ def validate(
     specs: Annotated[list[Path], typer.Argument(help="Spec files to check.", show_default=False)],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print problems only.")] = False,
     output_format: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    trust: TrustOption = False,
 ) -> None:
-    """Check specs without running anything; print every problem as file:line:col: node 'id': message."""
+    """Check specs without running anything; print every problem as file:line:col: node 'id': message.
+
+    Code in an untrusted spec's folder is never imported: each reference to it is an error saying so."""
     total = 0
     report = []
     for spec in specs:
-        graph, errors, warnings = _check(spec)
+        graph, errors, warnings = _check(spec, trust)
         total += len(errors)
         if output_format == "json":
             report.append({
@@ -143,11 +152,12 @@ def run(
     deadline: Annotated[
         Optional[float], typer.Option("--deadline", help="Seconds the whole request may take.")
     ] = None,
+    trust: TrustOption = False,
 ) -> None:
     """Run a spec once and print its outputs as JSON."""
     from .runtime.executor import Runtime
 
-    graph = _load_graph(spec)
+    graph = _load_graph(spec, trust)
     inputs = _read_input(input_)
     runtime = Runtime(graph)
     try:
@@ -174,6 +184,7 @@ def run(
 def graph(
     spec: Annotated[Path, typer.Argument(help="The spec to draw.", show_default=False)],
     output_format: Annotated[str, typer.Option("--format", "-f", help="mermaid or dot.")] = "mermaid",
+    trust: TrustOption = False,
 ) -> None:
     """Draw the spec's DAG as Mermaid or Graphviz DOT."""
     from .graph import draw
@@ -181,8 +192,22 @@ def graph(
     if output_format not in ("mermaid", "dot"):
         _err(f"error: unknown format '{output_format}'; use mermaid or dot")
         raise Exit(2)
-    g = _load_graph(spec)
+    g = _load_graph(spec, trust)
     sys.stdout.write(draw.mermaid(g) if output_format == "mermaid" else draw.dot(g))
+
+
+def _local_plugins(spec_dir: Path | None, trust: bool) -> None:
+    """``--spec-dir`` with ``--trust`` trusts that folder; without, say that its plugins/*.py are not imported."""
+    from . import trust as trust_
+    from .plugins import local_plugin_files
+
+    if spec_dir is None:
+        return
+    if trust:
+        trust_.grant(spec_dir)
+    elif local_plugin_files(spec_dir.resolve()) and not trust_.is_trusted(spec_dir):
+        _err(f"warning: {spec_dir}/plugins/*.py not imported: the folder is not trusted. "
+             + trust_.HINT.format(folder=spec_dir))
 
 
 @app.command()
@@ -191,11 +216,13 @@ def schema(
     spec_dir: Annotated[
         Optional[Path], typer.Option("--spec-dir", help="Also include plugins/*.py from this folder.")
     ] = None,
+    trust: TrustOption = False,
 ) -> None:
     """Write the JSON Schema of the spec language, with every registered node type's config."""
     from .plugins import get_registry
     from .spec.jsonschema import spec_json_schema
 
+    _local_plugins(spec_dir, trust)
     text = json.dumps(spec_json_schema(get_registry(spec_dir.resolve() if spec_dir else None)), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
@@ -213,10 +240,12 @@ def plugins(
         Optional[Path], typer.Option("--spec-dir", help="Also list plugins/*.py from this folder.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    trust: TrustOption = False,
 ) -> None:
     """List loaded plugins, their distribution and version, and what each provides."""
     from .plugins import get_registry
 
+    _local_plugins(spec_dir, trust)
     reg = get_registry(spec_dir.resolve() if spec_dir else None)
     rows = []
     for info in reg.plugins:
@@ -242,6 +271,35 @@ def plugins(
         provides = "\n".join(f"{kind}s: {', '.join(names)}" for kind, names in row["provides"].items()) or "-"
         table.add_row(row["name"], dist, provides)
     Console(width=max(100, Console().width)).print(table)
+
+
+@app.command("trust")
+def trust_command(
+    folders: Annotated[Optional[list[Path]], typer.Argument(help="Folders to trust.", show_default=False)] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Stop trusting these folders.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="Print every trusted folder and where it is trusted.")] = False,
+) -> None:
+    """Trust spec folders: their plugins/*.py, schema and check files and the modules their specs name may be
+    imported (docs/security.md). Kept in $XDG_CONFIG_HOME/llmrec/trusted (~/.config/llmrec/trusted)."""
+    from . import trust
+
+    for folder in folders or []:
+        try:
+            if remove:
+                _err(f"{'no longer trusted' if trust.forget(folder) else 'was not trusted'}: {folder.resolve()}")
+            else:
+                _err(f"trusted: {trust.remember(folder)}")
+        except (ValueError, OSError) as exc:
+            _err(f"error: {exc}")
+            raise Exit(1) from None
+    if list_ or not folders:
+        env = os.environ.get(trust.TRUST_ENV)
+        for line in trust.config_file().read_text(encoding="utf-8").splitlines() if trust.config_file().is_file() else []:
+            if line.strip() and not line.lstrip().startswith("#"):
+                _out(f"{line.strip()}\t({trust.config_file()})")
+        for part in (env or "").split(os.pathsep):
+            if part.strip():
+                _out(f"{part.strip()}\t(${trust.TRUST_ENV})")
 
 
 @app.command()

@@ -127,6 +127,11 @@ class OutputSchemaError(SpecError):
     pass
 
 
+class UntrustedCodeError(SpecError):
+    """The spec names code (a plugin, schema or check file, a module) that was not imported: its folder is not
+    trusted (llmrec/trust.py)."""
+
+
 class SpecErrors(LlmrecError):
     """Every problem found in one or more specs, sorted by position."""
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
+from . import hookspecs, trust
 from .errors import PluginError
 from .registry import PluginInfo, Registry
 
@@ -97,8 +97,11 @@ def _import_local(path: Path) -> ModuleType:
     return module
 
 
-def plugin_manager(spec_dir: Path | None = None) -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
-    """A PluginManager with the defaults, entry points and local plugin files registered."""
+def plugin_manager(spec_dir: Path | None = None,
+                   skipped: list[Path] | None = None) -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
+    """A PluginManager with the defaults, entry points and local plugin files registered. Local files of a folder
+    the user does not trust are not imported; they are appended to ``skipped``."""
+    skipped = [] if skipped is None else skipped
     pm = pluggy.PluginManager("llmrec")
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
@@ -121,7 +124,11 @@ def plugin_manager(spec_dir: Path | None = None) -> tuple[pluggy.PluginManager, 
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"invalid hook implementation: {exc}", ep.name, dist) from None
         infos[ep.name] = PluginInfo(ep.name, dist, dist_version, "entry point")
-    for path in local_plugin_files(spec_dir):
+    files = local_plugin_files(spec_dir)
+    if files and not trust.is_trusted(spec_dir):  # code beside a spec runs only when the user trusts the folder
+        skipped.extend(files)
+        files = []
+    for path in files:
         module = _import_local(path)
         name = f"{LOCAL_PLUGIN_DIR}/{path.name}"
         try:
@@ -196,11 +203,14 @@ def get_registry(spec_dir: Path | None = None, refresh: bool = False) -> Registr
         str(spec_dir) if files else None,
         tuple((str(p), p.stat().st_mtime_ns) for p in files),
         os.environ.get("LLMREC_LOAD_PLUGINS"),
+        bool(files) and trust.is_trusted(spec_dir),
     )
     with _lock:
         if not refresh and key in _cache:
             return _cache[key]
-        pm, infos = plugin_manager(spec_dir)
+        skipped: list[Path] = []
+        pm, infos = plugin_manager(spec_dir, skipped)
         reg = _build(pm, infos)
+        reg.skipped_plugins = skipped
         _cache[key] = reg
         return reg

@@ -119,6 +119,7 @@ class Registry:
     plugins: list[PluginInfo] = field(default_factory=list)
     hook: Any = None  # pluggy hook relay, for lifecycle hooks
     template_env: Any = None
+    skipped_plugins: list[Any] = field(default_factory=list)  # plugins/*.py not imported: folder not trusted
 
     def add_node_type(self, cls: Any, plugin: PluginInfo) -> None:
         if not (isinstance(cls, type) and issubclass(cls, NodeType)):

@@ -6,8 +6,10 @@ Forms accepted (relative paths resolve against the spec's folder, then its ``sch
 - ``mypackage.schemas:Recommendation`` -- an importable module (installed by the user);
 - ``schemas/recs.json`` -- a JSON Schema file.
 
-Importing a schema module executes it: that is the trust model (docs/security.md): only code the user
-installed or placed beside the spec runs.
+Importing a schema module executes it, so the trust rule applies (llmrec/trust.py, docs/security.md): a file
+beside the spec is imported only when the user trusts the spec's folder, a module only when it belongs to llmrec
+or an installed plugin (or the folder is trusted); a file outside the spec's folder is refused. A JSON Schema
+file is data, but it too must be inside the folder.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ValidationInfo, WithJsonSchema
 
+from . import trust
 from .node import OutputSchemaProblem
 
 
@@ -39,7 +42,19 @@ def _candidates(path: str, base_dir: Path) -> list[Path]:
     return [base_dir / p, base_dir / "schemas" / p]
 
 
+def _find(part: str, base_dir: Path, confine: bool) -> Path | None:
+    """The file ``part`` names (the spec's folder, then its schemas/ folder); with ``confine`` a ValueError when it
+    leaves the folder, checked before the file is opened."""
+    for candidate in _candidates(part, base_dir):
+        if confine:
+            candidate = trust.inside(base_dir, str(candidate), "a schema or check file", part)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _import_file(file: Path) -> Any:
+    trust.check_code_file(file)
     digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]
     modname = f"llmrec_local_schemas.{file.stem}_{digest}"
     mtime = file.stat().st_mtime_ns
@@ -59,19 +74,22 @@ def _import_file(file: Path) -> Any:
     return module
 
 
-def resolve_schema(ref: str, base_dir: Path, field: str = "schema") -> type[BaseModel] | dict[str, Any]:
-    """A pydantic model class, or a JSON Schema dict; raises OutputSchemaProblem naming what is wrong."""
+def resolve_schema(ref: str, base_dir: Path, field: str = "schema",
+                   confine: bool = False) -> type[BaseModel] | dict[str, Any]:
+    """A pydantic model class, or a JSON Schema dict; raises OutputSchemaProblem naming what is wrong, and
+    trust.UntrustedCode for code this process may not import. ``confine``: ``ref`` is as the spec wrote it, so a
+    file must be inside ``base_dir`` (validation); without it ``ref`` is the absolute path validation made."""
     ref = ref.strip()
     if ref.endswith(".json"):
-        for file in _candidates(ref, base_dir):
-            if file.is_file():
-                try:
-                    data = json.loads(file.read_text(encoding="utf-8"))
-                except (ValueError, UnicodeDecodeError) as exc:
-                    raise OutputSchemaProblem(f"schema file '{ref}' is not valid JSON: {exc}", field) from None
-                if not isinstance(data, dict):
-                    raise OutputSchemaProblem(f"schema file '{ref}' must hold a JSON object", field)
-                return data
+        file = _find(ref, base_dir, confine)
+        if file is not None:
+            try:
+                data = json.loads(file.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise OutputSchemaProblem(f"schema file '{ref}' is not valid JSON: {exc}", field) from None
+            if not isinstance(data, dict):
+                raise OutputSchemaProblem(f"schema file '{ref}' must hold a JSON object", field)
+            return data
         raise OutputSchemaProblem(f"schema file '{ref}' not found", field, f"Looked in {_rel(base_dir)} and {_rel(base_dir / 'schemas')}.")
     if ":" not in ref:
         raise OutputSchemaProblem(
@@ -79,15 +97,15 @@ def resolve_schema(ref: str, base_dir: Path, field: str = "schema") -> type[Base
         )
     module_part, _, attr = ref.rpartition(":")
     if module_part.endswith(".py"):
-        for file in _candidates(module_part, base_dir):
-            if file.is_file():
-                module = _import_file(file)
-                break
+        file = _find(module_part, base_dir, confine)
+        if file is not None:
+            module = _import_file(file)
         else:
             raise OutputSchemaProblem(
                 f"schema module '{module_part}' not found", field, f"Looked in {_rel(base_dir)} and {_rel(base_dir / 'schemas')}."
             )
     else:
+        trust.check_module(module_part, base_dir if confine else None)
         try:
             module = importlib.import_module(module_part)
         except ImportError as exc:
@@ -107,15 +125,15 @@ def _absolute_ref(value: str, info: ValidationInfo) -> str:
     ref = value.strip()
     resolved: Any
     try:
-        resolved = resolve_schema(ref, base)
+        resolved = resolve_schema(ref, base, confine=True)
     except OutputSchemaProblem as exc:
         raise ValueError(str(exc) + (f". {exc.hint}" if exc.hint else "")) from None
     del resolved
     module_part, sep, attr = ref.rpartition(":") if not ref.endswith(".json") else (ref, "", "")
     if module_part.endswith((".py", ".json")):
-        for file in _candidates(module_part, base):
-            if file.is_file():
-                return f"{file.resolve()}{sep}{attr}"
+        file = _find(module_part, base, True)
+        if file is not None:
+            return f"{file.resolve()}{sep}{attr}"
     return ref
 
 

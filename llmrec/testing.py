@@ -27,14 +27,16 @@ def write_spec(directory: Path, text: str, name: str = "spec.yaml") -> Path:
     return path
 
 
-async def run_spec(spec: str | Path, inputs: dict[str, Any] | None = None, **kwargs: Any) -> RunResult:
-    """Validate and run ``spec`` (a path) once."""
-    return await arun(spec, inputs, **kwargs)
+async def run_spec(spec: str | Path, inputs: dict[str, Any] | None = None, trust: bool = False,
+                   **kwargs: Any) -> RunResult:
+    """Validate and run ``spec`` (a path) once; ``trust=True`` trusts its folder (its plugins/*.py and the schema
+    and check files it names, llmrec/trust.py), as a plugin's own tests do."""
+    return await arun(spec, inputs, trust, **kwargs)
 
 
-def errors_of(spec: str | Path) -> list[str]:
-    """The formatted errors `llmrec validate` would print for ``spec``."""
-    _, errors, _ = check(spec)
+def errors_of(spec: str | Path, trust: bool = False) -> list[str]:
+    """The formatted errors `llmrec validate` would print for ``spec`` (``--trust`` with ``trust=True``)."""
+    _, errors, _ = check(spec, trust=trust)
     return [e.format() for e in errors]
 
 
@@ -176,12 +178,12 @@ class FakeProvider:
 
 
 async def run_with(spec: str | Path, inputs: dict[str, Any] | None = None, resources: dict[str, Any] | None = None,
-                   **kwargs: Any) -> RunResult:
+                   trust: bool = False, **kwargs: Any) -> RunResult:
     """Validate and run ``spec`` once with some resources supplied (``{"model": FakeProvider([...])}``)."""
     from .api import validate
     from .runtime.executor import Runtime
 
-    rt = Runtime(validate(spec), resources=resources)
+    rt = Runtime(validate(spec, trust=trust), resources=resources)
     try:
         return await rt.run(inputs, **kwargs)
     finally:

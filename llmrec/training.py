@@ -639,11 +639,12 @@ def llmrec_register_commands(cli: Any) -> None:
         max_cases: Annotated[
             Optional[int], typer.Option("--max-cases", min=1, help="Use only the first N training cases.")
         ] = None,
+        trust: Annotated[bool, typer.Option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
     ) -> None:
         """Fit the spec's trainable nodes (rank.lambdamart...) on its dataset's training cases."""
         from .cli import Exit, _load_graph
 
-        graph = _load_graph(spec)
+        graph = _load_graph(spec, trust)
         say = lambda text: sys.stderr.write(text + "\n")  # noqa: E731
         flag = _StopFlag()
         previous = signal.getsignal(signal.SIGINT)

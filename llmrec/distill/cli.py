@@ -104,6 +104,7 @@ def llmrec_register_commands(cli: Any) -> None:
                                                     "measurement (0: none).")] = 5,
         latency_samples: Annotated[int, typer.Option("--latency-samples", min=1, help="Test pairs per latency "
                                                      "round, each scored alone.")] = 100,
+        trust: Annotated[bool, typer.Option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
     ) -> None:
         """Distil a teacher's pairwise preferences into a small rec-LM, report both, save the student."""
         from pydantic import ValidationError
@@ -129,7 +130,7 @@ def llmrec_register_commands(cli: Any) -> None:
             _say(f"error: {problems}")
             raise Exit(2) from None
 
-        graph = _load_graph(spec)
+        graph = _load_graph(spec, trust)
         command = ["llmrec", "distill", str(spec), "--teacher", teacher, "--student", student, "--loss", loss,
                    "--temperature", f"{temperature:g}", "--alpha", f"{alpha:g}", "--init", init, "--seed", str(seed)]
         if hard_examples != 1.0:

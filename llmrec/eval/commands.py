@@ -98,6 +98,7 @@ def eval_command(
     out: Annotated[Optional[Path], typer_option(
         "--out", help="Folder of per-case results, resumed when run again (default: runs/eval/<dataset>-<hash>).")] = None,
     fresh: Annotated[bool, typer_option("--fresh", help="Discard stored case results and start over.")] = False,
+    trust: Annotated[bool, typer_option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
 ) -> None:
     """Run specs over a dataset's test cases and report ranking, beyond-accuracy, LLM, grounding and latency
     metrics (and LLM-as-judge scores with a judge model)."""
@@ -120,7 +121,7 @@ def eval_command(
         raise typer.BadParameter("applies to --dataset only; a spec's own dataset resource sets its split and "
                                  "seed in its config", param_hint="'--split' / '--seed'")
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None
-    graphs = [_load_graph(spec) for spec in specs]  # every spec valid before anything runs
+    graphs = [_load_graph(spec, trust) for spec in specs]  # every spec valid before anything runs
     wanted = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
     if wanted == ["none"]:
         wanted = []

@@ -102,6 +102,7 @@ def llmrec_register_commands(cli: Any) -> None:
         seed: Annotated[int, typer.Option("--seed")] = 0,
         device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
         dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")] = "float32",
+        trust: Annotated[bool, typer.Option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
     ) -> None:
         """LoRA-fine-tune a local causal LM on the spec's dataset (instruction pairs from training interactions)
         and write the adapter and a merged model folder for the spec's llm resource to load."""
@@ -147,7 +148,7 @@ def llmrec_register_commands(cli: Any) -> None:
         except FinetuneError as exc:
             say(f"error: {exc}")
             raise Exit(exc.exit_code) from None
-        graph = _load_graph(spec)
+        graph = _load_graph(spec, trust)
         flag = threading.Event()
         previous = signal.getsignal(signal.SIGINT)
 

@@ -120,6 +120,20 @@ class RouteConfig(_Config):
         out.update(self.extra)
         return out
 
+    @field_validator("extra")
+    @classmethod
+    def _remote_code_needs_trust(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """``trust_remote_code`` imports the Python files of the model's folder: the trust rule (llmrec/trust.py)
+        applies, as to any code a spec names."""
+        base = (info.context or {}).get("base_dir")
+        if value.get("trust_remote_code") and base is not None:
+            from ..trust import UntrustedCode, is_trusted
+
+            if not is_trusted(base):
+                raise UntrustedCode("'trust_remote_code' imports the Python files of the model's folder, and the "
+                                    "spec's folder is not trusted, so it is refused", Path(base))
+        return value
+
     @model_validator(mode="after")
     def _extra_does_not_shadow(self) -> RouteConfig:
         shadowed = sorted(set(self.extra) & set(type(self).model_fields))

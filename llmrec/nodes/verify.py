@@ -343,27 +343,28 @@ def _capacity(found: list[Entry], catalog: Catalog | None, attribute: str, room:
     return out
 
 
-def _resolve_check(ref: str, base_dir: Path) -> Callable[..., Any]:
-    """``file.py:function`` (beside the spec) or ``package.module:function``."""
+def _resolve_check(ref: str, base_dir: Path | None) -> Callable[..., Any]:
+    """``file.py:function`` (beside the spec) or ``package.module:function``; ``base_dir=None``: ``ref`` is the
+    absolute reference validation made. Imports follow the trust rule (llmrec/trust.py)."""
     import importlib
 
     from ..node import OutputSchemaProblem
-    from ..schemas import _candidates, _import_file
+    from ..schemas import _find, _import_file
+    from ..trust import check_module
 
     module_part, sep, attr = ref.strip().rpartition(":")
     if not sep or not module_part or not attr:
         raise ValueError(f"check '{ref}' must be 'file.py:function' or 'package.module:function'")
     if module_part.endswith(".py"):
-        for file in _candidates(module_part, base_dir):
-            if file.is_file():
-                try:
-                    module = _import_file(file)
-                except OutputSchemaProblem as exc:
-                    raise ValueError(str(exc).replace("schema module", "check module")) from None
-                break
-        else:
+        file = _find(module_part, base_dir or Path.cwd(), base_dir is not None)
+        if file is None:
             raise ValueError(f"check module '{module_part}' not found beside the spec")
+        try:
+            module = _import_file(file)
+        except OutputSchemaProblem as exc:
+            raise ValueError(str(exc).replace("schema module", "check module")) from None
     else:
+        check_module(module_part, base_dir)
         try:
             module = importlib.import_module(module_part)
         except ImportError as exc:
@@ -381,11 +382,11 @@ def _absolute_check(value: str, info: ValidationInfo) -> str:
     _resolve_check(value, base)  # fails validation with the reason
     module_part, _, attr = value.strip().rpartition(":")
     if module_part.endswith(".py"):
-        from ..schemas import _candidates
+        from ..schemas import _find
 
-        for file in _candidates(module_part, base):
-            if file.is_file():
-                return f"{file.resolve()}:{attr}"
+        file = _find(module_part, base, True)
+        if file is not None:
+            return f"{file.resolve()}:{attr}"
     return value.strip()
 
 
@@ -426,7 +427,7 @@ class VerifyConstraints(NodeType):
 
     def __init__(self, config: ConstraintsConfig) -> None:
         super().__init__(config)
-        self._checks = [(ref, _resolve_check(ref, Path.cwd())) for ref in config.check]
+        self._checks = [(ref, _resolve_check(ref, None)) for ref in config.check]
 
     @classmethod
     def check(cls, config: ConstraintsConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:

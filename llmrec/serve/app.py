@@ -62,6 +62,7 @@ class ServeOptions:
     session_max_bytes: int = 1_048_576  # oldest turns are dropped while a session's JSON is larger
     reload_interval: float = 2.0  # seconds between checks of the spec's mtime; 0 turns polling off
     log_level: str = "info"
+    trust: bool = False  # --trust: the spec's folder may load its code (llmrec/trust.py), in every worker
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -198,6 +199,10 @@ class Server:
 
         self.options = options
         self.path = Path(options.spec)
+        if options.trust:
+            from ..trust import grant
+
+            grant(self.path.resolve().parent)
         if graph is None:
             graph, errors, _ = check(self.path, str(self.path))
             if errors or graph is None:

@@ -54,6 +54,7 @@ def serve_command(
     graceful_timeout: Annotated[float, _opt(
         "--graceful-timeout", min=0.0, help="On SIGTERM/SIGINT, seconds to let in-flight requests finish.")] = 30.0,
     log_level: Annotated[str, _opt("--log-level", help="debug, info, warning or error.")] = "info",
+    trust: Annotated[bool, _opt("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
 ) -> None:
     """Serve a spec over HTTP: /v1/recommend (and /batch, /stream), /healthz, /readyz, /metrics, playground at /."""
     import typer
@@ -64,7 +65,7 @@ def serve_command(
     from .app import OPTIONS_ENV, ServeOptions, configure_logging, create_app
     from .metrics import MULTIPROC_ENV
 
-    graph = _load_graph(spec)  # refuses to start, printing every error, like `llmrec validate`
+    graph = _load_graph(spec, trust)  # refuses to start, printing every error, like `llmrec validate`
     stores = get_registry(spec.resolve().parent).session_stores
     if session_store not in stores:
         raise typer.BadParameter(f"unknown session store '{session_store}'; registered: {', '.join(stores)}",
@@ -74,7 +75,7 @@ def serve_command(
     options = ServeOptions(
         spec=str(spec), api_key=api_key or os.environ.get("LLMREC_API_KEY") or None, max_body_bytes=max_body,
         deadline=deadline, max_concurrency=max_concurrency, max_batch=max_batch, session_store=session_store,
-        session_ttl=session_ttl, reload_interval=reload_interval, log_level=log_level.lower(),
+        session_ttl=session_ttl, reload_interval=reload_interval, log_level=log_level.lower(), trust=trust,
     )
     configure_logging(log_level)
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level.lower(),

@@ -11,7 +11,7 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import Location, SpecError, SpecSyntaxError, SpecValidationError
+from ..errors import Location, SpecError, SpecSyntaxError, SpecValidationError, UntrustedCodeError
 from .models import NODE_ID, RESERVED_IDS, InputSpec, NodeSpec, ResourceSpec, Spec
 from .yamlpos import Path_, Positions, load_yaml_file
 
@@ -446,5 +446,9 @@ def pydantic_errors(
             label = f"'{dotted}'" if dotted else (what or "value")
             if what and dotted:
                 label = f"'{dotted}' in {what}"
+            cause = (err.get("ctx") or {}).get("error")
+            if type(cause).__name__ == "UntrustedCode":  # llmrec.trust: code the spec names, not imported
+                errors.append(UntrustedCodeError(f"'{dotted}': {msg}", doc.at(full), nid, getattr(cause, "hint", None)))
+                continue
             errors.append(SpecValidationError(f"invalid {label}: {msg}", doc.at(full), nid))
     return errors
