@@ -60,8 +60,9 @@ _CHUNK = 1024
 
 def default_cache_dir() -> Path:
     """``$LLMREC_CACHE_DIR`` or ``~/.cache/llmrec``."""
-    env = os.environ.get("LLMREC_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "llmrec"
+    from .paths import cache_root
+
+    return cache_root()
 
 
 def resolve_model_path(model: str) -> Path:

@@ -249,10 +249,13 @@ class ResourceType:
 def _resolve_spec_path(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir") if info.context else None
     value = Path(value).expanduser()
-    if base is None or value.is_absolute():
+    if base is None:  # a config built in Python, not from a spec
         return value
-    return Path(base) / value
+    from .paths import confine
+
+    return confine(Path(base), value, info.field_name or "path")
 
 
-#: A config field holding a file path: relative paths resolve against the folder of the spec that wrote them.
+#: A config field holding a file path: relative paths resolve against the folder of the spec that wrote them, and
+#: the path must stay inside the folders a spec may use (llmrec/paths.py).
 SpecPath = Annotated[Path, AfterValidator(_resolve_spec_path)]

@@ -258,9 +258,13 @@ class _Checker:
                 self._check_problem(problem, nspec.config, path, node_id)
             self._warn_config_refs(nspec.config, path + ("config",), node_id)
             if nspec.cache is not None and nspec.cache.path:  # a cache folder resolves from the spec's folder
-                folder = Path_fs(nspec.cache.path).expanduser()
-                if not folder.is_absolute():
-                    folder = Path_fs(self.doc.dir_for(path + ("cache",))) / folder
+                from ..paths import confine
+
+                try:  # and stays inside the folders a spec may use (llmrec/paths.py)
+                    folder = confine(Path_fs(self.doc.dir_for(path + ("cache",))), Path_fs(nspec.cache.path))
+                except ValueError as exc:
+                    self.err(SpecValidationError, f"invalid 'cache.path': {exc}", path + ("cache", "path"), node_id)
+                    continue
                 nspec = nspec.model_copy(update={"cache": nspec.cache.model_copy(update={"path": str(folder)})})
             self.nodes[node_id] = BuiltNode(node_id, nspec, cls, config, signature, bindings)
 

@@ -62,8 +62,9 @@ class MemoryCache:
 
 def default_cache_root() -> Path:
     """``$LLMREC_CACHE_DIR`` or ``~/.cache/llmrec`` (the same root the embedding cache uses)."""
-    env = os.environ.get("LLMREC_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "llmrec"
+    from ..paths import cache_root
+
+    return cache_root()
 
 
 #: every stored value starts with this; anything else (another version, a torn write) reads as a miss
