@@ -82,7 +82,7 @@ def main() -> int:
         *[f"| {k} | {counts.get(k, 0):,} |" for k in ("pass", "errors", "unpositioned", "crash")],
         "",
         f"- By kind: {', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()) if ':' in k)}.",
-        f"- Validation time: median {statistics.median(times) * 1000:.1f} ms, max {max(times) * 1000:.0f} ms; "
+        f"- Validation CPU time (the validating thread's): median {statistics.median(times) * 1000:.1f} ms, max {max(times) * 1000:.0f} ms; "
         f"{over} over 1 s. Slowest: " + "; ".join(f"{t * 1000:.0f} ms ({what})" for t, what in slowest) + ".",
         f"- Goal: 0 crashes and 0 errors without a position, none over 1 s: "
         f"{'met' if not counts['crash'] and not counts['unpositioned'] and not over else 'NOT met'} over "

@@ -181,13 +181,31 @@ def test_a_failing_keyword_search_falls_back_to_no_matches(monkeypatch) -> None:
 
 
 def test_semantic_search_finds_items_that_share_no_keyword_with_the_query(runtime, demo) -> None:
-    """all-MiniLM-L6-v2 at work: no item text contains "caffeine" or "fix", yet coffee things come first."""
+    """all-MiniLM-L6-v2 at work: no item text contains "caffeine" or "fix", yet coffee things come first.
+
+    What the spec promises (its `blend` comment) is that with a query the semantic matches lead and the ranker
+    orders them. The semantic list itself is asserted, then that the recommendations are drawn from it. Not
+    asserted: that all three are kitchen items, or which match comes first. An electronics item among the ten matches (8th-10th,
+    cosine ~0.21 vs ~0.28 for coffee) that the ranker also puts first for a newcomer gains 0.3/61 = 0.0049 in the
+    fusion, more than the 0.0042 between the 3rd kitchen match and it, so it can rightly come third. Which item
+    the ranker puts first depends on its trained model, whose features use cached catalog embeddings; those
+    differ by ~1e-7 with how the texts were first batched (single vs batch encode, measured), i.e. with which
+    test embedded them first on a fresh HOME. That was the fresh-clone failure ("an electronics item at #3")."""
     query = "caffeine fix"
     assert not any(word in item.text.lower() for item in demo.catalog for word in ("caffeine", "fix"))
     result = runtime.run_sync({"user_id": "newcomer", "query": query, "k": 3})
-    recs = result.outputs["recommendations"]
-    assert all(r.category == "kitchen" for r in recs.items)
-    assert "Coffee" in recs.items[0].title
-    assert recs.items[0].reason == f'matches your search "{query}"'
-    assert result.trace.node("semantic").status == "ok"
+    assert result.trace.node("semantic").status == "ok", result.trace.node("semantic")
     assert result.trace.node("keyword").status == "ok"  # it ran, and found nothing to match
+    model = runtime.resources["minilm"]
+    items = list(demo.catalog)
+    cosine = model.encode([item.text for item in items]) @ model.encode([query])[0]
+    matches = [items[i] for i in sorted(range(len(items)), key=lambda i: -cosine[i])[:10]]
+    assert all(m.category == "kitchen" and "Coffee" in m.title for m in matches[:3])
+    recs = result.outputs["recommendations"]
+    match_ids = [m.id for m in matches]
+    # any of the ten matches outscores an item only the ranker found (1/70 > 0.3/61), so all three are matches
+    assert all(r.id in match_ids for r in recs.items)
+    assert any("Coffee" in r.title for r in recs.items)
+    assert recs.items[0].reason == f'matches your search "{query}"'
+
+
