@@ -294,12 +294,18 @@ def trust_command(
             raise Exit(1) from None
     if list_ or not folders:
         env = os.environ.get(trust.TRUST_ENV)
+        listed = 0
         for line in trust.config_file().read_text(encoding="utf-8").splitlines() if trust.config_file().is_file() else []:
             if line.strip() and not line.lstrip().startswith("#"):
                 _out(f"{line.strip()}\t({trust.config_file()})")
+                listed += 1
         for part in (env or "").split(os.pathsep):
             if part.strip():
                 _out(f"{part.strip()}\t(${trust.TRUST_ENV})")
+                listed += 1
+        if not listed:
+            _err("no folder is trusted: the code of every spec folder is left unimported. Trust one with "
+                 "'llmrec trust FOLDER', or pass --trust to one command.")
 
 
 @app.command()
