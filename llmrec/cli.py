@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -23,6 +24,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .plugins import _version
+
+        sys.stdout.write(f"llmrec {_version()}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print llmrec's version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    """Declarative recommender systems with LLMs: validate, run, draw and inspect YAML specs."""
 
 
 class Exit(Exception):
@@ -119,9 +136,31 @@ def _diag(e: SpecError) -> dict[str, Any]:
     }
 
 
-def _read_input(value: str | None) -> dict[str, Any]:
-    if value is None:
+_PAIR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(:?=)(.*)$", re.S)
+
+
+def _read_input(values: list[str] | str | None) -> dict[str, Any]:
+    """``--input`` values merged in order: a JSON object, ``@file.json``, ``key=text`` or ``key:=json``."""
+    if values is None:
         return {}
+    merged: dict[str, Any] = {}
+    for value in [values] if isinstance(values, str) else values:
+        merged.update(_read_one_input(value))
+    return merged
+
+
+def _read_one_input(value: str) -> dict[str, Any]:
+    pair = _PAIR.match(value) if not value.lstrip().startswith(("{", "@")) else None
+    if pair is not None:
+        key, op, raw = pair.groups()
+        if op == "=":
+            return {key: raw}
+        try:
+            return {key: json.loads(raw)}
+        except json.JSONDecodeError as exc:
+            _err(f"error: --input {key}:= is not valid JSON: {exc.msg} at column {exc.colno}")
+            _err(f"hint: {key}:=3, {key}:='[\"a\", \"b\"]' or {key}:=true; for text use {key}=...")
+            raise Exit(1) from None
     text = value
     if value.startswith("@"):
         path = Path(value[1:])
@@ -134,10 +173,11 @@ def _read_input(value: str | None) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         _err(f"error: --input is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
-        _err("hint: quote it for the shell, e.g. --input '{\"user_id\": \"u1\"}', or pass @file.json")
+        _err("hint: quote it for the shell, e.g. --input '{\"user_id\": \"u1\"}', pass @file.json, or give "
+             "pairs: -i user_id=u1 -i k:=5")
         raise Exit(1) from None
     if not isinstance(data, dict):
-        _err("error: --input must be a JSON object, e.g. '{\"user_id\": \"u1\"}'")
+        _err("error: --input must be a JSON object, e.g. '{\"user_id\": \"u1\"}', or key=value pairs")
         raise Exit(1)
     return data
 
@@ -146,7 +186,9 @@ def _read_input(value: str | None) -> dict[str, Any]:
 def run(
     spec: Annotated[Path, typer.Argument(help="The spec to run.", show_default=False)],
     input_: Annotated[
-        Optional[str], typer.Option("--input", "-i", help="Request inputs as JSON, or @file.json.")
+        Optional[list[str]], typer.Option(
+            "--input", "-i", help="Request inputs: a JSON object, @file.json, or pairs key=text / key:=json "
+                                  "(repeatable, merged in order).")
     ] = None,
     trace: Annotated[bool, typer.Option("--trace", help="Also print the per-node trace.")] = False,
     deadline: Annotated[
@@ -154,7 +196,14 @@ def run(
     ] = None,
     trust: TrustOption = False,
 ) -> None:
-    """Run a spec once and print its outputs as JSON."""
+    """Run a spec once and print its outputs as JSON.
+
+    \b
+    Examples:
+      llmrec run specs/quickstart.yaml -i user_id=u1 -i k:=5
+      llmrec run specs/quickstart.yaml --input '{"user_id": "u1", "query": "coffee"}'
+      llmrec run specs/quickstart.yaml -i @request.json --trace
+    """
     from .runtime.executor import Runtime
 
     graph = _load_graph(spec, trust)
@@ -336,6 +385,28 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     return f"warning: {message}\n"
 
 
+def _command() -> Any:
+    """The click command typer builds, with boolean flags shown as flags in --help (typer 0.29, which vendors its
+    own click, prints a '<bool>' type after each)."""
+    root = typer.main.get_command(app)
+    stack = [root]
+    while stack:
+        cmd = stack.pop()
+        for param in cmd.params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+
+        def help_option(ctx: Any, _made: Any = cmd.get_help_option) -> Any:
+            option = _made(ctx)  # --help, made when help is shown
+            if option is not None and option.metavar is None:
+                option.metavar = ""
+            return option
+
+        cmd.get_help_option = help_option
+        stack.extend(getattr(cmd, "commands", {}).values())
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``llmrec`` console script."""
     import warnings
@@ -343,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning  # a user reads what happened, not the source line that warned
     _register_plugin_commands()
     try:
-        code = app(args=argv, prog_name="llmrec", standalone_mode=False)
+        code = _command()(args=argv, prog_name="llmrec", standalone_mode=False)
         if code == 130:  # click turned a Ctrl-C into its exit code instead of raising
             _err("aborted")
             return 130

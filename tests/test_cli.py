@@ -68,6 +68,21 @@ def test_bad_input_is_a_clear_error(spec, capsys, payload, message) -> None:
     assert code == 1 and message in err
 
 
+def test_inputs_as_key_value_pairs_merge_in_order(spec, tmp_path, capsys) -> None:
+    """-i key=text gives a string, -i key:=json a JSON value (httpie's convention); JSON objects and files mix in."""
+    (tmp_path / "req.json").write_text('{"user": "file", "k": 5}')
+    code, out, _ = run_cli(capsys, "run", str(spec), "-i", "user=ann", "-i", "k:=3")
+    assert code == 0 and json.loads(out) == {"text": "hello ann x3"}
+    code, out, _ = run_cli(capsys, "run", str(spec), "-i", f"@{tmp_path / 'req.json'}", "-i", "user=a=b c")
+    assert code == 0 and json.loads(out) == {"text": "hello a=b c x5"}
+    code, out, _ = run_cli(capsys, "run", str(spec), "-i", "user=ann", "-i", "k=4")  # numeric text, as over HTTP
+    assert code == 0 and json.loads(out) == {"text": "hello ann x4"}
+    code, _, err = run_cli(capsys, "run", str(spec), "-i", "user=ann", "-i", "k=four")
+    assert code == 1 and "error: input 'k'" in err
+    code, _, err = run_cli(capsys, "run", str(spec), "-i", "user=ann", "-i", "k:=three")
+    assert code == 1 and "--input k:= is not valid JSON" in err
+
+
 def test_missing_input_file(spec, capsys) -> None:
     code, _, err = run_cli(capsys, "run", str(spec), "--input", "@/no/such.json")
     assert code == 1 and "cannot read input file" in err
@@ -119,3 +134,11 @@ def test_console_script_runs_as_a_module(spec) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"text": "hello z x2"}
+
+
+def test_version_flag_and_flags_shown_as_flags(capsys) -> None:
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.startswith("llmrec ")
+    for command in ("run", "eval", "serve", "validate"):
+        code, out, _ = run_cli(capsys, command, "--help")
+        assert code == 0 and "--trust" in out and "<bool>" not in out, command
