@@ -23,11 +23,11 @@ def _trust(path: str | os.PathLike[str], trust: bool) -> None:
 
 def _skipped_plugins(doc: SpecDocument, registry: Any) -> list[SpecError]:
     from .errors import Location, UntrustedCodeError
-    from .trust import HINT
+    from .trust import hint
 
     where = Location(next(iter(doc.base_dirs), str(doc.path)), 1, 1)
     return [UntrustedCodeError(f"plugins/{p.name} beside the spec is code, and the spec's folder is not trusted, "
-                               "so it was not imported", where, None, HINT.format(folder=doc.base_dir))
+                               "so it was not imported", where, None, hint(doc.base_dir))
             for p in registry.skipped_plugins]
 
 

@@ -1,7 +1,14 @@
 """The ``llmrec`` command. The only place where errors become text and exit codes.
 
-Exit codes: 0 success; 1 the spec, the request or a run failed (a message says why); 2 bad command-line
-usage; 70 an internal error (a bug in llmrec or a plugin: set LLMREC_DEBUG=1 for the traceback).
+Exit codes (a message on stderr always says why):
+
+- 0 success;
+- 1 the spec is invalid, or a plugin is broken: nothing ran;
+- 2 bad command-line usage;
+- 3 the request's inputs do not fit the spec (``--input``): nothing ran;
+- 4 the work failed: a node failed with no fallback, a dataset or model is missing, training failed;
+- 70 an internal error (a bug in llmrec or a plugin: set LLMREC_DEBUG=1 for the traceback);
+- 130 interrupted (Ctrl-C), with a resume hint where the work can resume.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ def _root(
                                           callback=_print_version)] = False,
 ) -> None:
     """Declarative recommender systems with LLMs: validate, run, draw and inspect YAML specs."""
+
+
+EXIT_SPEC, EXIT_USAGE, EXIT_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 4, 70, 130
 
 
 class Exit(Exception):
@@ -160,7 +170,7 @@ def _read_one_input(value: str) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             _err(f"error: --input {key}:= is not valid JSON: {exc.msg} at column {exc.colno}")
             _err(f"hint: {key}:=3, {key}:='[\"a\", \"b\"]' or {key}:=true; for text use {key}=...")
-            raise Exit(1) from None
+            raise Exit(EXIT_INPUT) from None
     text = value
     if value.startswith("@"):
         path = Path(value[1:])
@@ -168,17 +178,17 @@ def _read_one_input(value: str) -> dict[str, Any]:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             _err(f"error: cannot read input file '{path}': {exc.strerror}")
-            raise Exit(1) from None
+            raise Exit(EXIT_INPUT) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         _err(f"error: --input is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
         _err("hint: quote it for the shell, e.g. --input '{\"user_id\": \"u1\"}', pass @file.json, or give "
              "pairs: -i user_id=u1 -i k:=5")
-        raise Exit(1) from None
+        raise Exit(EXIT_INPUT) from None
     if not isinstance(data, dict):
         _err("error: --input must be a JSON object, e.g. '{\"user_id\": \"u1\"}', or key=value pairs")
-        raise Exit(1)
+        raise Exit(EXIT_INPUT)
     return data
 
 
@@ -217,12 +227,12 @@ def run(
         declared = ", ".join(f"{n} ({i.type}{', required' if i.is_required else ''})"
                              for n, i in graph.spec.inputs.items())
         _err(f"hint: {spec} takes: {declared or 'no inputs'}")
-        raise Exit(1) from None
+        raise Exit(EXIT_INPUT) from None
     except RunError as exc:
         _err(f"error: {exc}")
         if trace and exc.trace is not None:
             _err(json.dumps(exc.trace.to_dict(), indent=2))
-        raise Exit(1) from None
+        raise Exit(EXIT_FAILED) from None
     data = result.to_dict(trace=trace)
     if not trace and not result.degraded:
         data = data["outputs"]
@@ -256,7 +266,7 @@ def _local_plugins(spec_dir: Path | None, trust: bool) -> None:
         trust_.grant(spec_dir)
     elif local_plugin_files(spec_dir.resolve()) and not trust_.is_trusted(spec_dir):
         _err(f"warning: {spec_dir}/plugins/*.py not imported: the folder is not trusted. "
-             + trust_.HINT.format(folder=spec_dir))
+             + trust_.hint(spec_dir))
 
 
 @app.command()
@@ -424,9 +434,12 @@ def main(argv: list[str] | None = None) -> int:
         for e in exc.errors:
             _err(e.format())
         return 1
-    except (PluginError, LlmrecError) as exc:
+    except PluginError as exc:
         _err(f"error: {exc}")
-        return 1
+        return EXIT_SPEC
+    except LlmrecError as exc:
+        _err(f"error: {exc}")
+        return EXIT_FAILED
     except (typer.Abort, KeyboardInterrupt):
         _err("aborted")
         return 130

@@ -642,7 +642,7 @@ def llmrec_register_commands(cli: Any) -> None:
         trust: Annotated[bool, typer.Option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
     ) -> None:
         """Fit the spec's trainable nodes (rank.lambdamart...) on its dataset's training cases."""
-        from .cli import Exit, _load_graph
+        from .cli import EXIT_FAILED, Exit, _load_graph
 
         graph = _load_graph(spec, trust)
         say = lambda text: sys.stderr.write(text + "\n")  # noqa: E731
@@ -665,7 +665,7 @@ def llmrec_register_commands(cli: Any) -> None:
                                          log=say, stop=flag))
         except TrainingError as exc:
             say(f"error: {exc}")
-            raise Exit(1) from None
+            raise Exit(EXIT_FAILED) from None
         except (TrainingInterrupted, KeyboardInterrupt) as exc:
             where = f" {exc}" if isinstance(exc, TrainingInterrupted) and str(exc) else ""
             say(f"interrupted:{where} nothing half-written was kept; resume with `{resume}`")

@@ -33,13 +33,18 @@ _granted: set[Path] = set()
 _file_cache: tuple[tuple[str, int], list[Path]] | None = None
 
 
+def hint(folder: str | os.PathLike[str] | None) -> str:
+    """How to trust ``folder``: the text every "not trusted" message ends with."""
+    return HINT.format(folder=_shown(Path(folder)) if folder is not None else "FOLDER")
+
+
 class UntrustedCode(ValueError):
     """A spec names code that this process may not import; ``hint`` says how to trust it."""
 
     def __init__(self, message: str, folder: Path | None = None) -> None:
         super().__init__(message)
         self.folder = folder
-        self.hint = HINT.format(folder=_shown(folder) if folder is not None else "FOLDER")
+        self.hint = hint(folder)
 
 
 def _shown(folder: Path) -> str:

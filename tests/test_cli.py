@@ -65,7 +65,7 @@ def test_run_with_input_file_and_trace(spec, tmp_path, capsys) -> None:
 ])
 def test_bad_input_is_a_clear_error(spec, capsys, payload, message) -> None:
     code, _, err = run_cli(capsys, "run", str(spec), "--input", payload)
-    assert code == 1 and message in err
+    assert code == 3 and message in err
 
 
 def test_inputs_as_key_value_pairs_merge_in_order(spec, tmp_path, capsys) -> None:
@@ -78,14 +78,14 @@ def test_inputs_as_key_value_pairs_merge_in_order(spec, tmp_path, capsys) -> Non
     code, out, _ = run_cli(capsys, "run", str(spec), "-i", "user=ann", "-i", "k=4")  # numeric text, as over HTTP
     assert code == 0 and json.loads(out) == {"text": "hello ann x4"}
     code, _, err = run_cli(capsys, "run", str(spec), "-i", "user=ann", "-i", "k=four")
-    assert code == 1 and "error: input 'k'" in err
+    assert code == 3 and "error: input 'k'" in err
     code, _, err = run_cli(capsys, "run", str(spec), "-i", "user=ann", "-i", "k:=three")
-    assert code == 1 and "--input k:= is not valid JSON" in err
+    assert code == 3 and "--input k:= is not valid JSON" in err
 
 
 def test_missing_input_file(spec, capsys) -> None:
     code, _, err = run_cli(capsys, "run", str(spec), "--input", "@/no/such.json")
-    assert code == 1 and "cannot read input file" in err
+    assert code == 3 and "cannot read input file" in err
 
 
 def test_run_refuses_an_invalid_spec_with_validate_messages(tmp_path, capsys) -> None:
@@ -120,7 +120,7 @@ def test_node_failure_is_reported_without_traceback(tmp_path, capsys) -> None:
         outputs: {v: "${t}"}
     """)
     code, out, err = run_cli(capsys, "run", str(failing), "--trace")
-    assert code == 1 and err.startswith("error: node 't': UndefinedError")
+    assert code == 4 and err.startswith("error: node 't': UndefinedError")
     assert '"status": "error"' in err
 
 

@@ -74,7 +74,7 @@ def test_validate_warns_run_refuses_train_then_run(tmp_path, capsys):
     assert not errors and any("llmrec train" in w.message for w in warnings)
 
     code, _, err = cli(capsys, "run", str(spec), "--input", '{"user_id": "u3"}')
-    assert code == 1
+    assert code == 4
     assert f"error: node 'ranked': no trained model in {tmp_path / 'models'}; run `llmrec train {spec}` first" in err
     assert "Traceback" not in err
 
@@ -136,7 +136,7 @@ def test_a_temporal_split_trains_on_a_validation_split_carved_from_training(tmp_
 def test_train_errors(tmp_path, capsys):
     spec = _spec(tmp_path)
     code, _, err = cli(capsys, "train", str(spec), "--node", "profile")
-    assert code == 1 and "no trainable node or resource 'profile'" in err and "trainable: ranked" in err
+    assert code == 4 and "no trainable node or resource 'profile'" in err and "trainable: ranked" in err
 
     no_model = write_spec(tmp_path, """
         name: plain
@@ -147,16 +147,16 @@ def test_train_errors(tmp_path, capsys):
         outputs: {items: "${popular}"}
     """, "plain.yaml")
     code, _, err = cli(capsys, "train", str(no_model))
-    assert code == 1 and "has nothing to train" in err
+    assert code == 4 and "has nothing to train" in err
 
     no_dataset = _spec(tmp_path, text=SPEC.replace("type: dataset\n        config: {name: demo, split: user, options: {n_users: 60}}",
                                                    "type: demo.dataset").replace("data.train", "data.interactions"))
     code, _, err = cli(capsys, "train", str(no_dataset))
-    assert code == 1 and "has no dataset resource" in err
+    assert code == 4 and "has no dataset resource" in err
 
     no_cases = _spec(tmp_path, text=SPEC.replace("split: user", "split: none"))
     code, _, err = cli(capsys, "train", str(no_cases))
-    assert code == 1 and "has no training cases" in err and "Traceback" not in err
+    assert code == 4 and "has no training cases" in err and "Traceback" not in err
 
     with pytest.raises(RunError, match="llmrec train"):
         run(spec, {"user_id": "u1"})

@@ -89,7 +89,7 @@ def test_a_plugin_node_trains_through_the_same_contract(tmp_path, capsys) -> Non
     spec = _setup(tmp_path, first_use=False)
     assert main(["validate", str(spec)]) == 0
     assert "no trained model" in capsys.readouterr().out
-    assert main(["run", str(spec)]) == 1
+    assert main(["run", str(spec)]) == 4
     assert f"run `llmrec train {spec}` first" in capsys.readouterr().err
 
     assert main(["train", str(spec)]) == 0
@@ -111,7 +111,7 @@ def test_a_plugin_node_trains_through_the_same_contract(tmp_path, capsys) -> Non
     assert "counted" in capsys.readouterr().err
 
     (folder / "counts.json").write_text("{}")  # edited by hand: the checksum no longer matches
-    assert main(["run", str(spec)]) == 1
+    assert main(["run", str(spec)]) == 4
     err = capsys.readouterr().err
     assert "counts.json" in err and "corrupt" in err and "--force" in err and "Traceback" not in err
 

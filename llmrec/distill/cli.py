@@ -109,7 +109,7 @@ def llmrec_register_commands(cli: Any) -> None:
         """Distil a teacher's pairwise preferences into a small rec-LM, report both, save the student."""
         from pydantic import ValidationError
 
-        from llmrec.cli import Exit, _load_graph
+        from llmrec.cli import EXIT_FAILED, Exit, _load_graph
         from llmrec.distill.config import DistillConfig, DistillError, PairConfig
         from llmrec.training import TrainingInterrupted
 
@@ -158,7 +158,7 @@ def llmrec_register_commands(cli: Any) -> None:
                  {"latency_rounds": latency_rounds, "latency_samples": latency_samples})
         except DistillError as exc:
             _say(f"error: {exc}")
-            raise Exit(1) from None
+            raise Exit(EXIT_FAILED) from None
         except TrainingInterrupted as exc:
             _say(f"interrupted: {exc}; nothing half-written was kept; resume with `{resume}`")
             raise Exit(130) from None

@@ -108,7 +108,7 @@ def llmrec_register_commands(cli: Any) -> None:
         and write the adapter and a merged model folder for the spec's llm resource to load."""
         from pydantic import ValidationError
 
-        from ..cli import Exit, _load_graph
+        from ..cli import EXIT_FAILED, Exit, _load_graph
         from ..errors import LlmrecError
         from ..training import TrainingInterrupted
         from .artifact import finetune
@@ -182,7 +182,7 @@ def llmrec_register_commands(cli: Any) -> None:
             raise Exit(130) from None
         except LlmrecError as exc:
             say(f"error: {exc}")
-            raise Exit(1) from None
+            raise Exit(EXIT_FAILED) from None
         finally:
             signal.signal(signal.SIGINT, previous)
         m = report.metrics

@@ -40,9 +40,9 @@ from ..errors import LlmrecError
 class FinetuneError(LlmrecError):
     """``llmrec finetune`` cannot run: a bad base model folder, a dataset it cannot learn from, no llm resource.
 
-    ``exit_code`` is what the command exits with: 2 for a bad ``--base`` argument, 1 otherwise."""
+    ``exit_code`` is what the command exits with: 2 for a bad ``--base`` argument, 4 (the work failed) otherwise."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    def __init__(self, message: str, exit_code: int = 4) -> None:
         self.exit_code = exit_code
         super().__init__(message)
 

@@ -162,11 +162,11 @@ class _Checker:
         close = table.suggest(type_)
         skipped = getattr(self.registry, "skipped_plugins", [])
         if skipped:
-            from ..trust import HINT
+            from ..trust import hint
 
             files = ", ".join(f"plugins/{p.name}" for p in skipped)
             hint = (f"{files} beside the spec may define it, but was not imported: the folder is not trusted. "
-                    + HINT.format(folder=self.doc.base_dir))
+                    + hint(self.doc.base_dir))
         elif close:
             names = " or ".join(f"'{e.name}' (from {e.plugin.label()})" for e in close)
             hint = f"Did you mean {names}? Run 'llmrec plugins' to list {kind}s."

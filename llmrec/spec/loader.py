@@ -323,7 +323,7 @@ def _check_endpoint(doc: SpecDocument, path: Path_, written: dict[str, Any], sec
     for key, raw in written.items():
         if raw is None or (isinstance(raw, str) and _ENV.fullmatch(raw.strip()) is not None):
             continue  # the user's environment names the server
-        from ..trust import HINT, is_trusted
+        from ..trust import hint, is_trusted
 
         if is_trusted(doc.base_dir):
             return
@@ -334,7 +334,7 @@ def _check_endpoint(doc: SpecDocument, path: Path_, written: dict[str, Any], sec
             doc.at(path + (key,)),
             node_id=path[1] if len(path) > 1 and path[0] == "nodes" else None,
             hint=f"Set the server from your environment too ({key}: \"${{env:MY_API_BASE}}\"). If you wrote this "
-                 "spec: " + HINT.format(folder=doc.base_dir)))
+                 "spec: " + hint(doc.base_dir)))
 
 
 def offset_location(doc: SpecDocument, path: Path_, offset: int) -> Location:

@@ -107,13 +107,13 @@ def test_a_provider_resource_as_teacher(tmp_path, capsys, data_folder):
 def test_refusals_are_one_line(tmp_path, capsys, data_folder, teacher_folder):
     spec = spec_for(tmp_path, data_folder)
     code, _, err = cli(capsys, "distill", spec, "--teacher", tmp_path / "no-such-model", *FAST)
-    assert code == 1 and "Traceback" not in err
+    assert code == 4 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == (f"error: teacher folder {tmp_path / 'no-such-model'} does not exist, and "
                                             f"'{tmp_path / 'no-such-model'}' is not a resource of spec 'distil' "
                                             "(resources: data)")
     (tmp_path / "empty").mkdir()
     code, _, err = cli(capsys, "distill", spec, "--teacher", tmp_path / "empty", *FAST)
-    assert code == 1 and f"error: {tmp_path / 'empty'} is not a rec-LM folder" in err
+    assert code == 4 and f"error: {tmp_path / 'empty'} is not a rec-LM folder" in err
 
     no_dataset = write_spec(tmp_path, """
         name: plain
@@ -125,7 +125,7 @@ def test_refusals_are_one_line(tmp_path, capsys, data_folder, teacher_folder):
     """, "plain.yaml")
     (tmp_path / "catalog.jsonl").write_text('{"id": "a", "title": "A"}\n')
     code, _, err = cli(capsys, "distill", no_dataset, "--teacher", teacher_folder)
-    assert code == 1 and "Traceback" not in err
+    assert code == 4 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: spec 'plain' has no dataset resource to distil on;")
 
     empty = tmp_path / "empty-data"
@@ -133,7 +133,7 @@ def test_refusals_are_one_line(tmp_path, capsys, data_folder, teacher_folder):
     (empty / "catalog.jsonl").write_text('{"id": "a", "title": "A"}\n{"id": "b", "title": "B"}\n')
     (empty / "interactions.csv").write_text("user_id,item_id,rating,timestamp\n")
     code, _, err = cli(capsys, "distill", spec_for(tmp_path, empty, name="empty.yaml"), "--teacher", teacher_folder)
-    assert code == 1 and "Traceback" not in err
+    assert code == 4 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == "error: dataset resource 'data' has no interactions to distil from"
 
     one = tmp_path / "one-user"
@@ -142,7 +142,7 @@ def test_refusals_are_one_line(tmp_path, capsys, data_folder, teacher_folder):
     (one / "interactions.csv").write_text("user_id,item_id,rating,timestamp\n" +
                                           "".join(f"u1,i{k},5,{k}\n" for k in range(4)))
     code, _, err = cli(capsys, "distill", spec_for(tmp_path, one, name="one.yaml"), "--teacher", teacher_folder)
-    assert code == 1 and "Traceback" not in err
+    assert code == 4 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: dataset resource 'data' has only one user ('u1'): ")
 
     code, _, err = cli(capsys, "distill", spec, "--teacher", teacher_folder, "--student", "huge")

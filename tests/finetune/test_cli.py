@@ -150,26 +150,26 @@ def test_bad_base_folders_are_one_message_with_exit_code_2(tiny_base, tmp_path, 
 def test_spec_and_dataset_problems_are_one_message(tiny_base, tmp_path, capsys):
     no_llm = write_spec(tmp_path, NO_LLM, "no-llm.yaml")
     code, _, err = cli(capsys, "finetune", no_llm, "--base", tiny_base)
-    assert code == 1 and "has no llm resource to fine-tune a model for; add one, e.g. resources: {model: " \
+    assert code == 4 and "has no llm resource to fine-tune a model for; add one, e.g. resources: {model: " \
                          "{type: llm, config: {provider: transformers, model: " in err
 
     spec = _spec(tmp_path, tiny_base)
     code, _, err = cli(capsys, "finetune", spec, "--base", tiny_base, "--resource", "nope")
-    assert code == 1 and "no llm resource 'nope'" in err and "(llm resources: model)" in err
+    assert code == 4 and "no llm resource 'nope'" in err and "(llm resources: model)" in err
 
     empty = tmp_path / "empty-data"
     empty.mkdir()
     (empty / "catalog.jsonl").write_text('{"id": "m1", "title": "A"}\n{"id": "m2", "title": "B"}\n')
     (empty / "interactions.csv").write_text("user_id,item_id,event,rating,timestamp\n")
     code, _, err = cli(capsys, "finetune", _spec(tmp_path, tiny_base, str(empty), "{}"), "--base", tiny_base)
-    assert code == 1 and "dataset resource 'data' has no training interactions to learn from" in err
+    assert code == 4 and "dataset resource 'data' has no training interactions to learn from" in err
 
     single = tmp_path / "one-user"
     shutil.copytree(empty, single)
     (single / "interactions.csv").write_text("user_id,item_id,event,rating,timestamp\n"
                                              "u1,m1,rating,5,1\nu1,m2,rating,4,2\n")
     code, _, err = cli(capsys, "finetune", _spec(tmp_path, tiny_base, str(single), "{}"), "--base", tiny_base)
-    assert code == 1 and "has interactions of a single user (u1)" in err
+    assert code == 4 and "has interactions of a single user (u1)" in err
 
     code, _, err = cli(capsys, "finetune", spec, "--base", tiny_base, "--dropout", "0.5", "--dtype", "int4")
     assert code == 2 and "error: --dtype:" in err
