@@ -135,15 +135,15 @@ def test_usage_errors_exit_2(specs: tuple[Path, Path], capsys: pytest.CaptureFix
     assert option in err
 
 
-def test_data_problems_exit_1(specs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_data_problems_exit_4(specs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
                               monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, err = run_cli(capsys, str(specs[0]), "--dataset", "nosuch")
-    assert code == 1 and "unknown dataset 'nosuch'" in err
+    assert code == 4 and "unknown dataset 'nosuch'" in err
     monkeypatch.setenv("LLMREC_DATA_DIR", str(tmp_path / "empty"))
     code, out, err = run_cli(capsys, str(specs[0]), "--dataset", "movielens-100k")
-    assert code == 1 and "ml-100k/u.data" in err and "LLMREC_DATA_DIR" in err
+    assert code == 4 and "ml-100k/u.data" in err and "LLMREC_DATA_DIR" in err
     code, out, err = run_cli(capsys, str(specs[0]), "--users", "2", "--output", "nope")
-    assert code == 1 and "no output 'nope'" in err and "recommendations" in err
+    assert code == 4 and "no output 'nope'" in err and "recommendations" in err
 
 
 def test_movielens_100k_popularity(specs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -331,7 +331,7 @@ def test_cli_report_and_resume(blend: Path, tmp_path: Path, capsys: pytest.Captu
     assert "resumed" not in err
     rubric = tmp_path / "r.yaml"
     rubric.write_text("criteria: [a]\n", encoding="utf-8")
-    assert main([*args, "--judge-rubric", str(rubric)]) == 1
+    assert main([*args, "--judge-rubric", str(rubric)]) == 4
     _, err = capsys.readouterr()
     assert "must map criterion names" in err and "Traceback" not in err
 
