@@ -256,7 +256,9 @@ def _metric_sort_key(name: str) -> tuple[int, str, int]:
 
 
 def _json_number(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else round(value, 6)
+    """A metric as JSON: exact (Python writes the shortest text that reads back as the same float, so two
+    reports compare number for number, e.g. a resumed run's and an uninterrupted one's); NaN as null."""
+    return None if value is None or math.isnan(value) else value
 
 
 def _cells(values: list[float | None], lower: bool, fmt: str, start: str, end: str) -> list[str]:
@@ -282,7 +284,7 @@ def _num(value: Any) -> float | None:
 
 
 def _json_clean(value: Any) -> Any:
-    """Floats rounded (NaN -> None), recursively."""
+    """Floats as :func:`_json_number` writes them (NaN -> None), recursively."""
     if isinstance(value, float):
         return _json_number(value)
     if isinstance(value, dict):
