@@ -111,7 +111,7 @@ def eval_command(
     from ..cli import _err, _load_graph, _out
     from ..spec.variants import variant_names
     from .judge import MODEL_ENV, load_rubric
-    from .runner import evaluate
+    from .runner import EvalInterrupted, evaluate
     from .store import fingerprint, slug
 
     ks = _parse_k(k)
@@ -151,11 +151,14 @@ def eval_command(
         report = evaluate(targets, data, ks=ks, users=users, concurrency=concurrency, output=output,
                           progress=sys.stderr.isatty(), results_path=results, metrics=metric_names, judge=model,
                           judge_rubric=rubric, judge_reason=reason, out=out, fresh=fresh, log=_err)
-    except KeyboardInterrupt:
-        kept = 0
-        for file in Path(out).glob("*.jsonl") if Path(out).is_dir() else ():
-            with file.open(encoding="utf-8", errors="replace") as f:  # the first line is the store's header
-                kept += sum(1 for line in f if line.strip() and not line.startswith('{"header"'))
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, EvalInterrupted) and exc.stores:
+            kept = exc.kept  # the cases in this evaluation's own files, not other runs' beside them
+        else:  # interrupted before a file was opened (while loading data): count what the folder holds
+            kept = 0
+            for file in Path(out).glob("*.jsonl") if Path(out).is_dir() else ():
+                with file.open(encoding="utf-8", errors="replace") as f:  # the first line is the store's header
+                    kept += sum(1 for line in f if line.endswith("\n") and not line.startswith('{"header"'))
         _err(f"interrupted: {kept} case result{'s' if kept != 1 else ''} kept in {out}; run the same command "
              "again (without --fresh) to resume from them")
         raise typer.Exit(130) from None

@@ -38,6 +38,20 @@ class EvalError(LlmrecError):
     """An evaluation that cannot be run as asked (no dataset, inputs the cases do not provide, ...)."""
 
 
+class EvalInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`evaluate`. ``stores`` maps each per-case file the evaluation had opened (with
+    ``out``) to the number of cases it holds: what the same evaluation run again reuses. Cases in flight when
+    the interrupt came are never stored; they run again on resume."""
+
+    def __init__(self, stores: Mapping[Path, int]) -> None:
+        super().__init__()
+        self.stores = dict(stores)
+
+    @property
+    def kept(self) -> int:
+        return sum(self.stores.values())
+
+
 @dataclass
 class _CaseOutcome:
     ids: list[str]
@@ -277,6 +291,37 @@ async def aevaluate(
     resources: Mapping[str, Any] | None = None,
 ) -> EvalReport:
     """:func:`evaluate`, for code already inside an event loop."""
+    return await _aevaluate(
+        specs, dataset, ks=ks, users=users, concurrency=concurrency, output=output, progress=progress,
+        results_path=results_path, metrics=metrics, item_vectors=item_vectors, variants=variants, judge=judge,
+        judge_rubric=judge_rubric, judge_reason=judge_reason, out=out, fresh=fresh, log=log, resources=resources,
+    )
+
+
+async def _aevaluate(
+    specs: Sequence[SpecLike],
+    dataset: Dataset | None = None,
+    *,
+    ks: Sequence[int] = (5, 10, 20),
+    users: int | None = None,
+    concurrency: int = 8,
+    output: str | None = None,
+    progress: bool = True,
+    results_path: str | os.PathLike[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    item_vectors: Mapping[str, Sequence[float]] | None = None,
+    variants: bool | Sequence[str] | None = None,
+    judge: Any = None,
+    judge_rubric: Mapping[str, str] | None = None,
+    judge_reason: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    fresh: bool = False,
+    log: Callable[[str], None] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    stores: list[Any] | None = None,
+) -> EvalReport:
+    """:func:`aevaluate`; ``stores`` (a list) receives each spec's :class:`~llmrec.eval.store.CaseStore` as it
+    is opened."""
     ks = tuple(sorted(set(ks)))
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
         raise ValueError(f"ks must be whole numbers of at least 1, got {list(ks)}")
@@ -304,7 +349,7 @@ async def aevaluate(
                     target, dataset, loaded, ks=ks, users=users, concurrency=concurrency, output=output,
                     bar=bar, handle=handle, metric_names=metrics, item_vectors=item_vectors, judge=evaluator,
                     judge_reason=judge_reason, out=Path(out) if out is not None else None, fresh=fresh, log=log,
-                    resources=resources,
+                    resources=resources, stores=stores,
                 ))
     finally:
         if handle is not None:
@@ -352,12 +397,22 @@ def evaluate(
     what an earlier identical run left there (``fresh`` discards it); ``log`` receives one-line notices.
     ``resources`` hands already-built values (a provider, a test double) to specs that declare a resource of
     that name.
+
+    Ctrl-C raises :class:`EvalInterrupted` (a KeyboardInterrupt) saying how many cases each per-case file keeps;
+    the same call again resumes from them, and its report equals an uninterrupted run's (docs/evaluation.md).
     """
-    return asyncio.run(aevaluate(
-        specs, dataset, ks=ks, users=users, concurrency=concurrency, output=output, progress=progress,
-        results_path=results_path, metrics=metrics, item_vectors=item_vectors, variants=variants, judge=judge,
-        judge_rubric=judge_rubric, judge_reason=judge_reason, out=out, fresh=fresh, log=log, resources=resources,
-    ))
+    stores: list[Any] = []
+    try:
+        return asyncio.run(_aevaluate(
+            specs, dataset, ks=ks, users=users, concurrency=concurrency, output=output, progress=progress,
+            results_path=results_path, metrics=metrics, item_vectors=item_vectors, variants=variants, judge=judge,
+            judge_rubric=judge_rubric, judge_reason=judge_reason, out=out, fresh=fresh, log=log,
+            resources=resources, stores=stores,
+        ))
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, EvalInterrupted):
+            raise
+        raise EvalInterrupted({store.path: store.count for store in stores}) from exc
 
 
 async def _spec_dataset(graph: Any, dataset: Dataset | None, loaded: dict[str, Dataset]) -> tuple[
@@ -413,6 +468,7 @@ async def _evaluate_spec(
     fresh: bool,
     log: Callable[[str], None] | None,
     resources: Mapping[str, Any] | None,
+    stores: list[Any] | None = None,
 ) -> SpecResult:
     from ..errors import InputError
     from ..runtime.executor import Runtime
@@ -455,6 +511,8 @@ async def _evaluate_spec(
         if fresh:
             store.reset()
         done_before = store.load()
+        if stores is not None:
+            stores.append(store)
         for i, case in enumerate(cases):
             rec = done_before.get(case.id)
             if rec is not None:
@@ -504,7 +562,13 @@ async def _evaluate_spec(
                 user = case.inputs.get("user_id")
                 past = [it.item_id for it in ds.train.history(user)] if isinstance(user, str) else []
                 judged = await judge.score(ids, ds.catalog, past)
-        outcome = _CaseOutcome(ids, latency, error, used, _case_metrics(metrics, ids, case, ks),
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Ctrl-C came while this case ran and something on the way turned the cancellation into an error
+            # or an answer (a fallback, a judge failure): never keep that; the case runs again on resume
+            raise asyncio.CancelledError
+        # the top `top` ids, as stored: a case computed now and one read back from the store are the same
+        outcome = _CaseOutcome(ids[:top], latency, error, used, _case_metrics(metrics, ids, case, ks),
                                case_llm(trace, llm_nodes), case_grounding(raw, ds.catalog, seen_of(case)), judged)
         outcomes[i] = outcome
         if store is not None:
@@ -572,4 +636,4 @@ async def _evaluate_spec(
     )
 
 
-__all__ = ["EvalError", "aevaluate", "answer_ids", "dataset_resources", "evaluate", "parse_ks"]
+__all__ = ["EvalError", "EvalInterrupted", "aevaluate", "answer_ids", "dataset_resources", "evaluate", "parse_ks"]

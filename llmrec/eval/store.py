@@ -6,6 +6,9 @@ applied), the variant, the dataset (name, split, the test cases' ids), the cutof
 the metrics and the judge; so results of different runs never mix. The first line is a header; each further
 line one case. A last line cut short (the process killed mid-write) is dropped and the file truncated to the last
 complete line before appending.
+
+:attr:`CaseStore.count` is how many cases the file holds (loaded plus written since), which is what a rerun of
+the same evaluation reuses; ``llmrec eval`` prints it when interrupted.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class CaseStore:
     def __init__(self, path: Path, header: Mapping[str, Any]) -> None:
         self.path = path
         self.header = dict(header)
+        self.count = 0  # cases in the file: loaded, plus written since
         self._handle: IO[str] | None = None
 
     def load(self) -> dict[str, dict[str, Any]]:
@@ -77,11 +81,13 @@ class CaseStore:
         if good < len(raw):
             with open(self.path, "r+b") as f:
                 f.truncate(good)
+        self.count = len(records)
         return records
 
     def reset(self) -> None:
         """Forget every stored case (``--fresh``)."""
         self.path.unlink(missing_ok=True)
+        self.count = 0
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append one case record and flush it to disk."""
@@ -93,6 +99,7 @@ class CaseStore:
                 self._handle.write(json.dumps({"header": {**self.header, "format": FORMAT}}, default=str) + "\n")
         self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         self._handle.flush()
+        self.count += 1
 
     def close(self) -> None:
         if self._handle is not None:
