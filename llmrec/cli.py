@@ -204,6 +204,10 @@ def run(
     deadline: Annotated[
         Optional[float], typer.Option("--deadline", help="Seconds the whole request may take.")
     ] = None,
+    output_format: Annotated[str, typer.Option(
+        "--format", help="How --trace prints: table (the outputs as JSON, then a table of nodes on stderr), json "
+                         "(one JSON object with outputs and trace), or auto: table on a terminal, else json.")
+    ] = "auto",
     trust: TrustOption = False,
 ) -> None:
     """Run a spec once and print its outputs as JSON.
@@ -233,10 +237,48 @@ def run(
         if trace and exc.trace is not None:
             _err(json.dumps(exc.trace.to_dict(), indent=2))
         raise Exit(EXIT_FAILED) from None
-    data = result.to_dict(trace=trace)
-    if not trace and not result.degraded:
+    if output_format not in ("auto", "json", "table"):
+        _err(f"error: unknown format '{output_format}'; use auto, json or table")
+        raise Exit(EXIT_USAGE)
+    table = trace and (output_format == "table" or (output_format == "auto" and sys.stdout.isatty()))
+    data = result.to_dict(trace=trace and not table)
+    if (not trace or table) and not result.degraded:
         data = data["outputs"]
     _out(json.dumps(data, indent=2, ensure_ascii=False))
+    if table:
+        _trace_table(result.trace)
+
+
+def _trace_table(trace: Any) -> None:
+    """The per-node trace as a table on stderr, in start order: what ran, how long, and what fell back."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {trace.run_id}: {trace.wall_ms:.1f} ms" + (" (degraded)" if trace.degraded else ""),
+                  title_justify="left")
+    for col, right in (("node", False), ("type", False), ("status", False), ("start ms", True), ("wall ms", True),
+                       ("notes", False)):
+        table.add_column(col, justify="right" if right else "left", overflow="fold")
+    for r in sorted(trace.nodes, key=lambda r: r.start_ms):
+        notes = []
+        if r.cache_hit or r.cache:
+            notes.append(f"cache: {r.cache or 'hit'}")
+        if r.retries:
+            notes.append(f"retries: {r.retries}")
+        if r.model:
+            notes.append(f"model: {r.model}")
+        if r.tokens:
+            notes.append("tokens: " + "/".join(str(v) for v in r.tokens.values()))
+        if r.cost:
+            notes.append(f"${r.cost:.5f}")
+        if r.fallback:
+            notes.append(f"fell back to {r.fallback}: {r.fallback_reason or ''}".rstrip(": "))
+        elif r.error:
+            notes.append(r.error)
+        style = {"fallback": "yellow", "error": "red", "skipped": "dim"}.get(r.status)
+        table.add_row(r.node_id, r.type, r.status, f"{r.start_ms:.1f}", f"{r.wall_ms:.1f}", "; ".join(notes),
+                      style=style)
+    Console(stderr=True, width=max(100, Console(stderr=True).width)).print(table)
 
 
 @app.command()

@@ -142,3 +142,15 @@ def test_version_flag_and_flags_shown_as_flags(capsys) -> None:
     for command in ("run", "eval", "serve", "validate"):
         code, out, _ = run_cli(capsys, command, "--help")
         assert code == 0 and "--trust" in out and "<bool>" not in out, command
+
+
+def test_trace_as_a_table_on_stderr(spec, capsys) -> None:
+    code, out, err = run_cli(capsys, "run", str(spec), "-i", "user=ann", "--trace", "--format", "table")
+    assert code == 0 and json.loads(out) == {"text": "hello ann x2"}  # stdout stays the outputs alone
+    rows = [line for line in err.splitlines() if line.startswith("│")]
+    assert [row.split("│")[1].strip() for row in rows] == ["hello", "shout"]
+    assert all("ok" in row and "text.template" in rows[0] for row in rows)
+    code, out, _ = run_cli(capsys, "run", str(spec), "-i", "user=ann", "--trace", "--format", "json")
+    assert code == 0 and [n["node_id"] for n in json.loads(out)["trace"]["nodes"]] == ["hello", "shout"]
+    code, _, err = run_cli(capsys, "run", str(spec), "-i", "user=ann", "--trace", "--format", "yaml")
+    assert code == 2 and "unknown format 'yaml'" in err
