@@ -108,7 +108,7 @@ def eval_command(
 
     import typer
 
-    from ..cli import _err, _load_graph, _out
+    from ..cli import EXIT_INTERRUPTED, Exit, _err, _load_graph, _out
     from ..spec.variants import variant_names
     from .judge import MODEL_ENV, load_rubric
     from .runner import EvalInterrupted, evaluate
@@ -161,7 +161,7 @@ def eval_command(
                     kept += sum(1 for line in f if line.endswith("\n") and not line.startswith('{"header"'))
         _err(f"interrupted: {kept} case result{'s' if kept != 1 else ''} kept in {out}; run the same command "
              "again (without --fresh) to resume from them")
-        raise typer.Exit(130) from None
+        raise Exit(EXIT_INTERRUPTED) from None  # the message above is the whole story: no extra "aborted"
     paths = iter(str(spec) for spec in specs)
     for result in report.results:
         if result.variant is None:
