@@ -151,6 +151,7 @@ def assert_interrupted(code: int, stderr: str, out: Path, kept: int) -> None:
     assert 0 < kept < CASES, f"the interrupt did not land mid-way ({kept} of {CASES} cases stored)"
     assert (f"interrupted: {kept} case results kept in {out}; run the same command again (without --fresh) "
             "to resume from them") in stderr
+    assert stderr.rstrip().endswith("to resume from them"), stderr  # the last word: no extra "aborted"
 
 
 VOLATILE = ("latency_ms", "wall_s", "reused_cases", "cases_file", "label", "spec", "path")
