@@ -139,6 +139,12 @@ def make_environment(filters: dict[str, Callable[..., Any]] | None = None) -> Im
 _DEFAULT = make_environment()
 
 
+#: Jinja's parser (and Python's compiler after it) recurses once per nested bracket, 'not' or operator: a template
+#: nested far beyond anything readable exhausts the stack, which is the spec's problem, said as such
+_TOO_DEEP = ("template nests too deeply (brackets, 'not' or operators inside each other, dozens of levels): "
+             "split it, or compute the value in a node")
+
+
 def variables(source: str, env: jinja2.Environment | None = None) -> set[str]:
     """Top-level names a template reads. Raises TemplateProblem on a syntax error."""
     env = env or _DEFAULT
@@ -147,6 +153,8 @@ def variables(source: str, env: jinja2.Environment | None = None) -> set[str]:
         return set(meta.find_undeclared_variables(ast))  # compiles: an unknown filter or test fails here
     except jinja2.TemplateSyntaxError as exc:  # TemplateAssertionError included
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno) from None
+    except (RecursionError, MemoryError, SyntaxError):
+        raise TemplateProblem(_TOO_DEEP) from None
 
 
 def check(source: str, available: Iterable[str], env: jinja2.Environment | None = None) -> list[str]:
@@ -168,6 +176,8 @@ def compile_template(source: str, env: jinja2.Environment | None = None) -> jinj
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno) from None
+    except (RecursionError, MemoryError, SyntaxError):
+        raise TemplateProblem(_TOO_DEEP) from None
 
 
 _SIMPLE = re.compile(r"^\s*(not\s+)?([A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*)\s*$")
@@ -207,6 +217,8 @@ def compile_expression(source: str, env: jinja2.Environment | None = None) -> Ca
         expression = env.compile_expression(source, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateProblem(f"expression syntax error: {exc.message}", exc.lineno) from None
+    except (RecursionError, MemoryError, SyntaxError):
+        raise TemplateProblem(_TOO_DEEP.replace("template", "expression", 1)) from None
 
     def evaluate(*args: Any, **kwargs: Any) -> Any:  # one budget per evaluation, as per render
         token = _BUDGET.set(_Budget())

@@ -12,6 +12,7 @@ import llmrec
 from llmrec.errors import RunError
 from llmrec.templates import TemplateLimitError, compile_expression, compile_template
 from llmrec.testing import write_spec
+from llmrec.api import check
 
 ATTACKS = [
     "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
@@ -54,3 +55,31 @@ def test_a_node_with_a_hostile_template_fails_within_its_timeout(tmp_path) -> No
     with pytest.raises(RunError, match="loops more than"):
         llmrec.run(spec, {})
     assert time.perf_counter() - started < 3.0
+
+
+@pytest.mark.parametrize("where", ["template", "when"])
+def test_a_template_nested_past_the_parsers_stack_is_a_positioned_error(tmp_path, where) -> None:
+    """Jinja's parser recurses per bracket: 100 nested parentheses exhausted Python's stack (RecursionError, a
+    crash of the validator found by benchmarks/fuzz_specs.py); now it is the spec's error, at its position."""
+    deep = "(" * 150 + "1" + ")" * 150
+    text = f"""
+        name: deep
+        inputs: {{}}
+        nodes:
+          t:
+            type: text.template
+            config: {{template: "{{{{ {deep} }}}}"}}
+        outputs: {{t: "${{t}}"}}
+    """ if where == "template" else f"""
+        name: deep
+        inputs: {{}}
+        nodes:
+          t:
+            type: text.template
+            config: {{template: "hi"}}
+            when: "{deep}"
+        outputs: {{t: "${{t}}"}}
+    """
+    errors = check(write_spec(tmp_path, text))[1]
+    line = 6 if where == "template" else 7
+    assert [e.location.line for e in errors] == [line] and "nests too deeply" in errors[0].message, errors
