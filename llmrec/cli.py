@@ -374,6 +374,44 @@ def plugins(
     Console(width=max(100, Console().width)).print(table)
 
 
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="Where to write the starter spec (created if missing).")] = Path("."),
+    name: Annotated[str, typer.Option("--name", help="File name of the spec.")] = "spec.yaml",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files that exist.")] = False,
+) -> None:
+    """Write a starter spec that runs offline on the demo shop, and the JSON Schema its first line names (so an
+    editor completes and checks it).
+
+    \b
+    Examples:
+      llmrec init myrec && cd myrec && llmrec run spec.yaml -i user_id=u1
+    """
+    from importlib.resources import files
+
+    from .plugins import get_registry
+    from .spec.jsonschema import spec_json_schema
+
+    spec_path, schema_path = folder / name, folder / SCHEMA_FILE
+    existing = [p for p in (spec_path, schema_path) if p.exists()]
+    if existing and not force:
+        _err(f"error: {', '.join(str(p) for p in existing)} already exist{'s' if len(existing) == 1 else ''}; "
+             "pass --force to overwrite, or choose another folder")
+        raise Exit(EXIT_USAGE)
+    text = files("llmrec").joinpath("starter/spec.yaml").read_text(encoding="utf-8")
+    schema = json.dumps(spec_json_schema(get_registry(None)), indent=2) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, content in ((spec_path, text), (schema_path, schema)):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(content, encoding="utf-8")
+        os.replace(tmp, path)
+    _err(f"wrote {spec_path} and {schema_path}")
+    _err(f"next: llmrec run {spec_path} -i user_id=u1")
+
+
+SCHEMA_FILE = "llmrec-spec.schema.json"
+
+
 @app.command("trust")
 def trust_command(
     folders: Annotated[Optional[list[Path]], typer.Argument(help="Folders to trust.", show_default=False)] = None,
