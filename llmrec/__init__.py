@@ -7,6 +7,7 @@
 """
 
 from .api import arun, build, check, open_runtime, run, validate
+from .data.catalog import Catalog, Interaction, Interactions, Item
 from .errors import (
     InputError,
     LlmrecError,
@@ -21,8 +22,20 @@ from .node import CheckContext, NodeType, OutputSchemaProblem, Problem, Resource
 from .runtime.executor import Runtime
 from .runtime.trace import NodeRecord, RunResult, Trace
 from .spec.loader import SpecDocument, load_spec
+from .types import Candidates, Recommendation, Recommendations, ScoredItem, UserProfile
 
 __all__ = [
+    # the values node types pass each other: what a plugin's run() takes and returns
+    "Candidates",
+    "Catalog",
+    "Interaction",
+    "Interactions",
+    "Item",
+    "Recommendation",
+    "Recommendations",
+    "ScoredItem",
+    "UserProfile",
+    # writing node and resource types, and running specs
     "CheckContext",
     "Graph",
     "InputError",

@@ -411,6 +411,36 @@ def init(
 
 SCHEMA_FILE = "llmrec-spec.schema.json"
 
+plugin_app = typer.Typer(name="plugin", help="Write llmrec plugins.", no_args_is_help=True)
+app.add_typer(plugin_app, name="plugin")
+
+
+@plugin_app.command("new")
+def plugin_new(
+    name: Annotated[str, typer.Argument(help="The plugin's name, e.g. price-cap (the package is llmrec-price-cap).",
+                                        show_default=False)],
+    folder: Annotated[Path, typer.Option("--dir", help="Where to create the package folder.")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing package's files.")] = False,
+) -> None:
+    """Create a plugin package (pyproject with the llmrec entry point, a node type, its tests, an example spec, a
+    README) that passes its own tests once installed.
+
+    \b
+    Examples:
+      llmrec plugin new price-cap && cd llmrec-price-cap && pip install -e '.[test]' && pytest
+    """
+    from .scaffold import ScaffoldError, write
+
+    try:
+        files = write(folder, name, force)
+    except ScaffoldError as exc:
+        _err(f"error: {exc}")
+        raise Exit(EXIT_USAGE) from None
+    root = files[0].parent
+    for path in files:
+        _err(f"wrote {path}")
+    _err(f"next: cd {root} && pip install -e '.[test]' && pytest")
+
 
 @app.command("trust")
 def trust_command(
