@@ -642,9 +642,9 @@ def llmrec_register_commands(cli: Any) -> None:
         trust: Annotated[bool, typer.Option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
     ) -> None:
         """Fit the spec's trainable nodes (rank.lambdamart...) on its dataset's training cases."""
-        from .cli import EXIT_FAILED, Exit, _load_graph
+        from .commands import EXIT_FAILED, Exit, load_graph
 
-        graph = _load_graph(spec, trust)
+        graph = load_graph(spec, trust)
         say = lambda text: sys.stderr.write(text + "\n")  # noqa: E731
         flag = _StopFlag()
         previous = signal.getsignal(signal.SIGINT)

@@ -109,7 +109,7 @@ def llmrec_register_commands(cli: Any) -> None:
         """Distil a teacher's pairwise preferences into a small rec-LM, report both, save the student."""
         from pydantic import ValidationError
 
-        from llmrec.cli import EXIT_FAILED, Exit, _load_graph
+        from llmrec.commands import EXIT_FAILED, Exit, load_graph
         from llmrec.distill.config import DistillConfig, DistillError, PairConfig
         from llmrec.training import TrainingInterrupted
 
@@ -130,7 +130,7 @@ def llmrec_register_commands(cli: Any) -> None:
             _say(f"error: {problems}")
             raise Exit(2) from None
 
-        graph = _load_graph(spec, trust)
+        graph = load_graph(spec, trust)
         command = ["llmrec", "distill", str(spec), "--teacher", teacher, "--student", student, "--loss", loss,
                    "--temperature", f"{temperature:g}", "--alpha", f"{alpha:g}", "--init", init, "--seed", str(seed)]
         if hard_examples != 1.0:

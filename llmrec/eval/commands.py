@@ -108,7 +108,7 @@ def eval_command(
 
     import typer
 
-    from ..cli import EXIT_INTERRUPTED, Exit, _err, _load_graph, _out
+    from ..commands import EXIT_INTERRUPTED, Exit, load_graph, out as _out, say as _err
     from ..spec.variants import variant_names
     from .judge import MODEL_ENV, load_rubric
     from .runner import EvalInterrupted, evaluate
@@ -121,7 +121,7 @@ def eval_command(
         raise typer.BadParameter("applies to --dataset only; a spec's own dataset resource sets its split and "
                                  "seed in its config", param_hint="'--split' / '--seed'")
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None
-    graphs = [_load_graph(spec, trust) for spec in specs]  # every spec valid before anything runs
+    graphs = [load_graph(spec, trust) for spec in specs]  # every spec valid before anything runs
     wanted = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
     if wanted == ["none"]:
         wanted = []

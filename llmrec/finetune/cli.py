@@ -108,7 +108,7 @@ def llmrec_register_commands(cli: Any) -> None:
         and write the adapter and a merged model folder for the spec's llm resource to load."""
         from pydantic import ValidationError
 
-        from ..cli import EXIT_FAILED, Exit, _load_graph
+        from ..commands import EXIT_FAILED, Exit, load_graph
         from ..errors import LlmrecError
         from ..training import TrainingInterrupted
         from .artifact import finetune
@@ -148,7 +148,7 @@ def llmrec_register_commands(cli: Any) -> None:
         except FinetuneError as exc:
             say(f"error: {exc}")
             raise Exit(exc.exit_code) from None
-        graph = _load_graph(spec, trust)
+        graph = load_graph(spec, trust)
         flag = threading.Event()
         previous = signal.getsignal(signal.SIGINT)
 
