@@ -154,3 +154,15 @@ def test_trace_as_a_table_on_stderr(spec, capsys) -> None:
     assert code == 0 and [n["node_id"] for n in json.loads(out)["trace"]["nodes"]] == ["hello", "shout"]
     code, _, err = run_cli(capsys, "run", str(spec), "-i", "user=ann", "--trace", "--format", "yaml")
     assert code == 2 and "unknown format 'yaml'" in err
+
+
+def test_llmrec_commands_is_what_a_command_plugin_uses(spec, tmp_path, capsys) -> None:
+    from llmrec import commands
+
+    assert commands.load_graph(spec).spec.name == "greet"
+    bad = write_spec(tmp_path, SPEC.replace("core.identity", "core.identy"), "bad.yaml")
+    with pytest.raises(commands.Exit) as raised:
+        commands.load_graph(bad)  # prints every error, as `llmrec validate` does, then exits 1
+    assert raised.value.code == commands.EXIT_SPEC == 1
+    assert "unknown node type 'core.identy'" in capsys.readouterr().err
+    assert (commands.EXIT_INPUT, commands.EXIT_FAILED, commands.EXIT_INTERRUPTED) == (3, 4, 130)
