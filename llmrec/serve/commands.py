@@ -16,6 +16,10 @@ from typing import Annotated, Any, Optional
 
 from ..hookspecs import hookimpl
 
+#: the default of --timeout-keep-alive: nginx's, above the 60 s idle timeouts of nginx upstreams and AWS load
+#: balancers and the 5 s of httpx (uvicorn's own default is 5 s, the same as httpx's: the two race)
+KEEP_ALIVE_SECONDS = 75.0
+
 
 def _opt(*names: str, **kwargs: Any) -> Any:
     import typer
@@ -51,6 +55,11 @@ def serve_command(
     reload_interval: Annotated[float, _opt(
         "--reload-interval", min=0.0, help="Seconds between checks of the spec file for changes (0: off; "
                                            "SIGHUP reloads too).")] = 2.0,
+    timeout_keep_alive: Annotated[float, _opt(
+        "--timeout-keep-alive", min=0.001, help="Seconds an idle keep-alive connection stays open. Keep it longer "
+                                                "than your clients' and proxies' idle timeouts (httpx 5 s, nginx "
+                                                "and AWS load balancers 60 s): a client reusing a connection just "
+                                                "as the server closes it sees a reset.")] = KEEP_ALIVE_SECONDS,
     graceful_timeout: Annotated[float, _opt(
         "--graceful-timeout", min=0.0, help="On SIGTERM/SIGINT, seconds to let in-flight requests finish.")] = 30.0,
     log_level: Annotated[str, _opt("--log-level", help="debug, info, warning or error.")] = "info",
@@ -64,6 +73,7 @@ def serve_command(
     from ..plugins import get_registry
     from .app import OPTIONS_ENV, ServeOptions, configure_logging, create_app
     from .metrics import MULTIPROC_ENV
+    from .protocol import LingeringHTTPProtocol
 
     graph = _load_graph(spec, trust)  # refuses to start, printing every error, like `llmrec validate`
     stores = get_registry(spec.resolve().parent).session_stores
@@ -79,7 +89,8 @@ def serve_command(
     )
     configure_logging(log_level)
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level.lower(),
-                              "timeout_graceful_shutdown": graceful_timeout, "access_log": False}
+                              "timeout_graceful_shutdown": graceful_timeout, "access_log": False,
+                              "timeout_keep_alive": timeout_keep_alive, "http": LingeringHTTPProtocol}
     if workers > 1:  # each worker builds its own app from the options in the environment
         os.environ[OPTIONS_ENV] = options.to_env()
         # Prometheus multiprocess mode: every worker writes its samples under one folder and /metrics, whichever

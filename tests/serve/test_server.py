@@ -217,3 +217,67 @@ def test_a_client_that_disconnects_mid_body_is_not_a_server_error(tmp_path: Path
         _, err = proc.communicate(timeout=30)
     assert "internal error" not in err and "Traceback" not in err, err[-2000:]
     assert "client disconnected" in err
+
+
+def _read_answer(sock: socket.socket) -> tuple[int, bytes]:
+    """One HTTP/1.1 answer from a blocking socket: (status, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection without an answer (got {data!r})"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+               if line.lower().startswith(b"content-length:")]
+    if not lengths:  # uvicorn's own 400 (Connection: close): the body runs to the end of the connection
+        while chunk := sock.recv(65536):
+            body += chunk
+        return int(head.split()[1]), body
+    while len(body) < lengths[0]:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection in the middle of an answer"
+        body += chunk
+    return int(head.split()[1]), body
+
+
+def test_connections_are_never_reset_under_a_client_still_sending_and_idle_ones_close_after_the_keep_alive(
+        tmp_path: Path) -> None:
+    """Real sockets. A request uvicorn cannot parse (a bad Content-Length) while its client still has a body to
+    send: the server answers 400 and then reads the rest before closing, so the client can send all of it and
+    read the 400 (closing at once made the kernel reset the connection: 'broken pipe' on the client's next
+    write, the answer lost). A body over --max-body with a Content-Length is a 413 on a connection that stays
+    open for the next request. An idle connection is closed (FIN, not a reset) after --timeout-keep-alive."""
+    import select
+
+    spec = write(tmp_path, TOOLS % {"seconds": 0.0})
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([*LLMREC, "serve", str(spec), "--port", str(port), "--reload-interval", "0",
+                             "--max-body", "1000", "--timeout-keep-alive", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    valid = b'{"items": ["a"]}'
+    try:
+        _wait_ready(url, proc)
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: abc\r\n\r\n")
+                assert select.select([sock], [], [], 30)[0]  # the 400 is on its way: the server is closing
+                sock.sendall(b"b" * 1_000_000)  # raised BrokenPipeError / ConnectionResetError before the fix
+                sock.shutdown(socket.SHUT_WR)
+                status, body = _read_answer(sock)
+                assert status == 400 and b"Invalid HTTP request" in body  # and then a clean end, not a reset
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            big = b'{"items": ["' + b"z" * 5000 + b'"]}'
+            for body, expected in ((big, 413), (valid, 200), (big, 413), (valid, 200)):  # one connection
+                sock.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                assert _read_answer(sock)[0] == expected
+            # idle: the server closes it after its keep-alive timeout, with a FIN
+            sock.settimeout(None)
+            assert select.select([sock], [], [], 30)[0]
+            assert sock.recv(65536) == b""
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err[-2000:]
