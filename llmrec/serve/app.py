@@ -440,10 +440,18 @@ class Server:
         turns.append({"inputs": inputs, "outputs": answer.get("outputs"), "at": round(time.time(), 3)})
         number = int(state.get("turn_count", len(turns) - 1)) + 1
         turns = turns[-self.options.session_turns:]
-        while len(turns) > 1 and len(json.dumps(turns, default=str)) > self.options.session_max_bytes:
+        limit = self.options.session_max_bytes
+        sizes = [_json_size(t) for t in turns]
+        if sizes[-1] + 2 > limit:  # this turn alone is over the limit: its time is kept, not its data
+            turns[-1] = {"at": turns[-1]["at"], "omitted": f"over the session limit of {limit} bytes"}
+            sizes[-1] = _json_size(turns[-1])
+        total = sum(sizes) + len(sizes) + 1  # and the list's brackets and commas
+        while len(turns) > 1 and total > limit:  # then the oldest turns go
             turns.pop(0)
+            total -= sizes.pop(0) + 1
         state = {**state, "turns": turns, "turn_count": number}
         await self.sessions.save(sid, state, self.options.session_ttl)
+        self.metrics.observe_sessions(self.sessions)  # fresh in every worker, whichever answers /metrics
         return number
 
 
@@ -490,6 +498,11 @@ def _lone_surrogate(value: Any, path: tuple[str, ...]) -> tuple[str, ...] | None
             if found is not None:
                 return found
     return None
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact UTF-8 JSON (what a session store keeps)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8"))
 
 
 def _json_type(value: Any) -> str:
@@ -664,6 +677,7 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
 
     async def metrics(request: Request) -> Response:
         server.authorize(request)
+        server.metrics.observe_sessions(server.sessions)
         return Response(server.metrics.render(), media_type=server.metrics.content_type)
 
     @app.post("/v1/recommend", responses={200: {"description": "The spec's outputs"}, **error_responses},

@@ -39,6 +39,10 @@ class Metrics:
                                multiprocess_mode="livesum")
         self.ready = Gauge("llmrec_ready", "1 once resources are loaded and the spec can answer (every worker).",
                            registry=r, multiprocess_mode="livemin")
+        self.sessions = Gauge("llmrec_sessions", "Sessions the session store holds (stores that can count them).",
+                              registry=r, multiprocess_mode="livesum")
+        self.session_bytes = Gauge("llmrec_session_bytes", "Bytes of session state the store holds (stores that "
+                                   "can tell, like the memory store).", registry=r, multiprocess_mode="livesum")
         self.reloads = Counter("llmrec_spec_reloads_total", "Spec reloads, by outcome (ok, invalid, failed).",
                                ("outcome",), registry=r)
         self.runs = Counter("llmrec_runs_total", "Spec runs, by outcome (ok, degraded, failed).", ("outcome",),
@@ -58,6 +62,10 @@ class Metrics:
         self.grounding = Counter("llmrec_grounding_violations_total", "Hallucinated or repeated items fixed by "
                                  "verify.grounded, by kind (dropped, repaired, duplicates).", ("node", "kind"),
                                  registry=r)
+        for outcome in ("ok", "invalid", "failed"):  # every outcome a series from the start, at 0
+            self.reloads.labels(outcome)
+        for outcome in ("ok", "degraded", "failed"):
+            self.runs.labels(outcome)
         self._node_children: dict[tuple[str, str, str], Any] = {}
         self._request_children: dict[tuple[str, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
@@ -103,6 +111,18 @@ class Metrics:
             n = getattr(value, kind, 0)
             if isinstance(n, int) and n > 0:
                 self.grounding.labels(node_id, kind).inc(n)
+
+    def observe_sessions(self, store: Any) -> None:
+        """The session store's size, when it can tell (``len(store)``, ``store.nbytes``)."""
+        try:
+            count = len(store)
+        except TypeError:
+            pass
+        else:
+            self.sessions.set(count)
+        nbytes = getattr(store, "nbytes", None)
+        if isinstance(nbytes, int):
+            self.session_bytes.set(nbytes)
 
     def render(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):  # every worker's samples, summed

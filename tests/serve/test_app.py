@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -203,6 +204,119 @@ async def test_sessions_expire_after_their_ttl(serve) -> None:
         now[0] += 61
         assert (await client.post("/v1/recommend", json={"user_id": "u1"}, headers={"X-Session-Id": "s"})
                 ).json()["turn"] == 1
+
+
+async def test_the_memory_store_is_bounded_by_the_bytes_it_holds_dropping_the_least_recently_used() -> None:
+    from llmrec.serve.sessions import MemorySessionStore
+
+    store = MemorySessionStore(max_sessions=100, max_bytes=1000)
+    state = {"turns": [{"inputs": {"user_id": "u1"}, "outputs": {"text": "x" * 150}}], "turn_count": 1}
+    size = len(json.dumps(state, separators=(",", ":")))
+    for i in range(10):
+        await store.save(f"s{i}", state, None)
+        assert store.nbytes <= 1000
+    assert len(store) == 1000 // size and store.nbytes == len(store) * size
+    assert await store.load("s0") is None  # the first ones went first
+    await store.load(f"s{10 - len(store)}")  # read: now the most recently used
+    await store.save("new", state, None)
+    assert await store.load(f"s{10 - len(store)}") == state  # a copy of what was saved, kept
+    assert await store.load(f"s{11 - len(store)}") is None  # the least recently used one went instead
+    await store.save("huge", {"text": "y" * 2000}, None)  # over the bound on its own: never kept
+    assert await store.load("huge") is None and store.nbytes <= 1000
+    await store.delete("new")
+    assert store.nbytes == len(store) * size
+    # values JSON cannot hold are kept as text; what is loaded is a new object each time
+    await store.save("odd", {"when": 3.5, "path": Path("/x")}, None)
+    loaded = await store.load("odd")
+    assert loaded == {"when": 3.5, "path": "/x"} and loaded is not await store.load("odd")
+
+
+async def test_the_memory_store_drops_expired_sessions_when_saving_not_only_when_reading() -> None:
+    from llmrec.serve.sessions import MemorySessionStore
+
+    store = MemorySessionStore()
+    now = [0.0]
+    store.clock = lambda: now[0]
+    for i in range(50):
+        await store.save(f"s{i}", {"turn_count": i}, 10)
+    now[0] = 11.0
+    await store.save("fresh", {"turn_count": 1}, 10)
+    assert len(store) == 1 and store.nbytes == len(b'{"turn_count":1}')
+
+
+async def test_a_turn_over_the_session_limit_is_kept_without_its_data_and_earlier_turns_stay(serve) -> None:
+    async with serve(session_max_bytes=20_000) as client:
+        hdrs = {"X-Session-Id": "big"}
+        assert (await client.post("/v1/recommend", json={"user_id": "u1", "k": 1}, headers=hdrs)).json()["turn"] == 1
+        huge = "guest-" + "y" * 30_000  # echoed in the outputs too: the turn alone is over 20,000 bytes
+        assert (await client.post("/v1/recommend", json={"user_id": huge, "k": 1}, headers=hdrs)).json()["turn"] == 2
+        third = await client.post("/v1/recommend", json={"user_id": "u2", "k": 1}, headers=hdrs)
+        assert third.json()["turn"] == 3 and third.json()["outputs"]["earlier_turns"] == "2"
+        state = await client.server.sessions.load("big")
+        assert [t.get("inputs") for t in state["turns"]] == [{"user_id": "u1", "k": 1}, None,
+                                                            {"user_id": "u2", "k": 1}]
+        assert "over the session limit" in state["turns"][1]["omitted"]
+        assert len(json.dumps(state["turns"], separators=(",", ":"))) <= 20_000
+        assert state["turn_count"] == 3
+        # /metrics says how much the store holds
+        text = (await client.get("/metrics")).text
+        assert "llmrec_sessions 1.0" in text
+        assert f"llmrec_session_bytes {float(client.server.sessions.nbytes)}" in text
+
+
+async def test_series_come_from_fixed_label_values_not_from_what_clients_send(serve) -> None:
+    def series(text: str) -> set[str]:
+        return {line.rpartition(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+    async with serve() as client:
+        text = (await client.get("/metrics")).text
+        assert 'llmrec_spec_reloads_total{outcome="invalid"} 0.0' in text  # outcomes are there before they happen
+        assert 'llmrec_runs_total{outcome="degraded"} 0.0' in text
+        rng = random.Random(3)
+        for _ in range(3):  # each kind of answer once, so that its series exist
+            await client.post("/v1/recommend", json={"user_id": "u1"})
+            await client.post("/v1/recommend", content=b"{nope")
+            await client.get(f"/no/such/{rng.random()}")
+            await client.post("/v1/recommend", json={"user_id": "u1", "colour": "red"})
+            await client.post("/v1/recommend", json={"user_id": "u1"}, headers={"X-Session-Id": "bad id!"})
+        before = series((await client.get("/metrics")).text)
+        for i in range(50):  # new paths, session ids, query strings, fields, error messages: no new series
+            await client.get(f"/no/such/{rng.random()}?{rng.random()}={i}")
+            await client.post(f"/v1/recommend?x{i}={rng.random()}", json={"user_id": f"guest{i}"},
+                              headers={"X-Session-Id": f"s{i}-{rng.random()}"})
+            await client.post("/v1/recommend", content=b'{"user_id": "u1", "f%d": 1}' % i)
+            await client.post("/v1/recommend", content=b"{nope %d" % i)
+            await client.post("/v1/recommend", json={"user_id": "u1"}, headers={"X-Session-Id": f"bad id {i}"})
+        assert series((await client.get("/metrics")).text) == before
+
+
+async def test_llmrec_serve_runs_uvicorn_with_the_lingering_protocol_and_a_long_keep_alive(tmp_path,
+                                                                                           monkeypatch) -> None:
+    import uvicorn
+
+    from llmrec.serve.commands import KEEP_ALIVE_SECONDS, serve_command
+    from llmrec.serve.protocol import LingeringHTTPProtocol
+
+    from .conftest import write
+
+    seen = {}
+
+    class FakeServer:
+        started = True
+
+        def __init__(self, config) -> None:
+            seen["config"] = config
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(uvicorn, "Server", FakeServer)
+    serve_command(write(tmp_path, SHOP))
+    config = seen["config"]
+    assert config.http is LingeringHTTPProtocol
+    assert config.timeout_keep_alive == KEEP_ALIVE_SECONDS > 5.0  # longer than httpx's 5 s keep-alive expiry
+    serve_command(write(tmp_path, SHOP), timeout_keep_alive=2.5)
+    assert seen["config"].timeout_keep_alive == 2.5
 
 
 async def test_api_key_is_required_except_for_health_checks(serve, monkeypatch) -> None:
