@@ -67,7 +67,7 @@ def test_train_then_recommend_and_rank_with_the_models_scores(tmp_path, capsys) 
     spec = _spec(tmp_path, "{provider: reclm, model: models/reclm, extra: " + REFIT + "}")
     assert main(["validate", str(spec)]) == 0
     assert "no trained model" in capsys.readouterr().out  # a warning naming the command, not an error
-    assert main(["run", str(spec)]) == 1
+    assert main(["run", str(spec)]) == 4
     assert f"run `llmrec train {spec}` first" in capsys.readouterr().err
 
     assert main(["train", str(spec)]) == 0
@@ -240,11 +240,11 @@ def test_training_on_a_log_of_one_user_or_none_is_one_clear_message(tmp_path, ca
             inputs: {{model: "${{resources.model}}", catalog: "${{resources.data.catalog}}"}}
         outputs: {{items: "${{pick}}"}}
     """)
-    assert main(["train", str(spec)]) == 1
+    assert main(["train", str(spec)]) == 4
     err = capsys.readouterr().err
     assert "a rec-LM needs the histories of at least 2 users" in err and "has 1" in err and "Traceback" not in err
     (data / "interactions.csv").write_text("user_id,item_id,event,rating,timestamp\n")
-    assert main(["train", str(spec)]) == 1
+    assert main(["train", str(spec)]) == 4
     err = capsys.readouterr().err
     assert "no training interactions to learn from" in err and "Traceback" not in err
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").glob("model-*"))

@@ -69,7 +69,7 @@ SPEC = """
 @pytest.mark.parametrize("method", ["zscore", "rrf"])
 def test_weights_are_fitted_on_validation_by_llmrec_train(tmp_path, capsys, method) -> None:
     spec = write_spec(tmp_path, SPEC.replace("METHOD", method))
-    assert main(["run", str(spec)]) == 1
+    assert main(["run", str(spec)]) == 4
     assert "llmrec train" in capsys.readouterr().err
     assert main(["train", str(spec)]) == 0
     out, err = capsys.readouterr()
@@ -84,6 +84,6 @@ def test_weights_are_fitted_on_validation_by_llmrec_train(tmp_path, capsys, meth
     assert len(items.items) == 10
 
     (folder / "weights.json").write_text('{"weights": "x"}')  # hand-edited: checksum mismatch, a clear error
-    assert main(["run", str(spec)]) == 1
+    assert main(["run", str(spec)]) == 4
     err = capsys.readouterr().err
     assert "weights.json" in err and "Traceback" not in err
