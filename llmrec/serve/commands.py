@@ -69,13 +69,13 @@ def serve_command(
     import typer
     import uvicorn
 
-    from ..cli import Exit, _err, _load_graph
+    from ..commands import EXIT_FAILED, Exit, load_graph, say as _err
     from ..plugins import get_registry
     from .app import OPTIONS_ENV, ServeOptions, configure_logging, create_app
     from .metrics import MULTIPROC_ENV
     from .protocol import LingeringHTTPProtocol
 
-    graph = _load_graph(spec, trust)  # refuses to start, printing every error, like `llmrec validate`
+    graph = load_graph(spec, trust)  # refuses to start, printing every error, like `llmrec validate`
     stores = get_registry(spec.resolve().parent).session_stores
     if session_store not in stores:
         raise typer.BadParameter(f"unknown session store '{session_store}'; registered: {', '.join(stores)}",
@@ -110,7 +110,7 @@ def serve_command(
     server.run()
     if not server.started:
         _err(f"error: could not serve on {host}:{port} (see above)")
-        raise Exit(1)
+        raise Exit(EXIT_FAILED)
 
 
 @hookimpl
