@@ -236,6 +236,7 @@ def run(
         _err(f"error: {exc}")
         if trace and exc.trace is not None:
             _err(json.dumps(exc.trace.to_dict(), indent=2))
+        _node_bug_hint(graph, exc)
         raise Exit(EXIT_FAILED) from None
     if output_format not in ("auto", "json", "table"):
         _err(f"error: unknown format '{output_format}'; use auto, json or table")
@@ -247,6 +248,27 @@ def run(
     _out(json.dumps(data, indent=2, ensure_ascii=False))
     if table:
         _trace_table(result.trace)
+
+
+def _node_bug_hint(graph: Any, exc: RunError) -> None:
+    """A node failed with an exception that is not one of llmrec's (a bug in its node type, not in the spec or
+    the data): name the type and its plugin, and the traceback with ``LLMREC_DEBUG=1``."""
+    cause = exc.__cause__
+    while isinstance(cause, RunError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if cause is None or isinstance(cause, LlmrecError) or exc.node_id not in getattr(graph, "nodes", {}):
+        return
+    if os.environ.get("LLMREC_DEBUG"):
+        import traceback
+
+        _err("".join(traceback.format_exception(cause)).rstrip())
+        return
+    type_name = graph.nodes[exc.node_id].spec.type
+    entry = graph.registry.node_types.entry(type_name)
+    if entry is None or entry.plugin.source == "built-in":  # llmrec's own types say what went wrong themselves
+        return
+    _err(f"hint: node type '{type_name}' (from {entry.plugin.label()}) raised {type(cause).__name__}; if the spec "
+         "and data are right, it may be a bug in that plugin: set LLMREC_DEBUG=1 to see the traceback")
 
 
 def _trace_table(trace: Any) -> None:

@@ -166,3 +166,40 @@ def test_llmrec_commands_is_what_a_command_plugin_uses(spec, tmp_path, capsys) -
     assert raised.value.code == commands.EXIT_SPEC == 1
     assert "unknown node type 'core.identy'" in capsys.readouterr().err
     assert (commands.EXIT_INPUT, commands.EXIT_FAILED, commands.EXIT_INTERRUPTED) == (3, 4, 130)
+
+
+BUGGY_PLUGIN = '''
+from llmrec import NodeType, hookimpl
+
+
+class Buggy(NodeType):
+    name = "buggy.lookup"
+
+    async def run(self, key: str) -> str:
+        return {"a": "found"}[key]
+
+
+@hookimpl
+def llmrec_register_node_types(register):
+    register(Buggy)
+'''
+
+
+def test_a_plugin_nodes_bug_points_at_the_plugin_and_llmrec_debug(tmp_path, capsys, monkeypatch) -> None:
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "buggy.py").write_text(BUGGY_PLUGIN)
+    spec = write_spec(tmp_path, """
+        name: buggy
+        inputs: {key: {type: string}}
+        nodes:
+          look: {type: buggy.lookup, inputs: {key: "${inputs.key}"}}
+        outputs: {v: "${look}"}
+    """)
+    monkeypatch.delenv("LLMREC_DEBUG", raising=False)
+    code, _, err = run_cli(capsys, "run", str(spec), "-i", "key=b")
+    assert code == 4 and err.startswith("error: node 'look': KeyError")
+    assert "hint: node type 'buggy.lookup' (from plugins/buggy.py) raised KeyError" in err and "LLMREC_DEBUG=1" in err
+    monkeypatch.setenv("LLMREC_DEBUG", "1")
+    assert main(["run", str(spec), "-i", "key=b"]) == 4
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and 'return {"a": "found"}[key]' in err
