@@ -289,39 +289,10 @@ async def aevaluate(
     fresh: bool = False,
     log: Callable[[str], None] | None = None,
     resources: Mapping[str, Any] | None = None,
-) -> EvalReport:
-    """:func:`evaluate`, for code already inside an event loop."""
-    return await _aevaluate(
-        specs, dataset, ks=ks, users=users, concurrency=concurrency, output=output, progress=progress,
-        results_path=results_path, metrics=metrics, item_vectors=item_vectors, variants=variants, judge=judge,
-        judge_rubric=judge_rubric, judge_reason=judge_reason, out=out, fresh=fresh, log=log, resources=resources,
-    )
-
-
-async def _aevaluate(
-    specs: Sequence[SpecLike],
-    dataset: Dataset | None = None,
-    *,
-    ks: Sequence[int] = (5, 10, 20),
-    users: int | None = None,
-    concurrency: int = 8,
-    output: str | None = None,
-    progress: bool = True,
-    results_path: str | os.PathLike[str] | None = None,
-    metrics: Sequence[str] | None = None,
-    item_vectors: Mapping[str, Sequence[float]] | None = None,
-    variants: bool | Sequence[str] | None = None,
-    judge: Any = None,
-    judge_rubric: Mapping[str, str] | None = None,
-    judge_reason: str | None = None,
-    out: str | os.PathLike[str] | None = None,
-    fresh: bool = False,
-    log: Callable[[str], None] | None = None,
-    resources: Mapping[str, Any] | None = None,
     stores: list[Any] | None = None,
 ) -> EvalReport:
-    """:func:`aevaluate`; ``stores`` (a list) receives each spec's :class:`~llmrec.eval.store.CaseStore` as it
-    is opened."""
+    """:func:`evaluate`, for code already inside an event loop; ``stores`` (a list) receives each spec's
+    :class:`~llmrec.eval.store.CaseStore` as it is opened."""
     ks = tuple(sorted(set(ks)))
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
         raise ValueError(f"ks must be whole numbers of at least 1, got {list(ks)}")
@@ -403,7 +374,7 @@ def evaluate(
     """
     stores: list[Any] = []
     try:
-        return asyncio.run(_aevaluate(
+        return asyncio.run(aevaluate(
             specs, dataset, ks=ks, users=users, concurrency=concurrency, output=output, progress=progress,
             results_path=results_path, metrics=metrics, item_vectors=item_vectors, variants=variants, judge=judge,
             judge_rubric=judge_rubric, judge_reason=judge_reason, out=out, fresh=fresh, log=log,
