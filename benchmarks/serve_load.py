@@ -189,6 +189,15 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (a graceful shutdown), then kill after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
@@ -221,11 +230,7 @@ def measure(name: str, clients: int, seconds: float, warmup: float) -> dict[str,
         out = subprocess.run([*load, "--seconds", str(seconds)], check=True, capture_output=True, text=True)
         rss = _rss_mb(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
     data = json.loads(out.stdout)
     results = data["results"]
     valid = [r for r in results if r[2]]

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import MALFORMED, QUICKSTART, ROOT, _free_port, _rss_mb, _wait_ready, request_bodies  # noqa: E402
+from serve_load import MALFORMED, QUICKSTART, ROOT, _free_port, _rss_mb, _stop, _wait_ready, request_bodies  # noqa: E402
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "serve_soak.md"
 CLIENT_EXPIRY = 5.0  # seconds an idle connection is reused for (httpx's default keepalive_expiry)
@@ -505,11 +505,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 total.hangups += tally.hangups
                 total.requests += tally.requests
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         log.seek(0)
         server_log = log.read()
         log.close()
