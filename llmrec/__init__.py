@@ -18,9 +18,20 @@ from .errors import (
 )
 from .graph.build import Graph
 from .hookspecs import hookimpl
-from .node import CheckContext, NodeType, OutputSchemaProblem, Problem, ResourceType, RunContext, SpecPath
+from .node import (
+    CheckContext,
+    LoadContext,
+    NodeType,
+    OutputSchemaProblem,
+    Problem,
+    Reports,
+    ResourceType,
+    RunContext,
+    SpecPath,
+    StartContext,
+)
 from .runtime.executor import Runtime
-from .runtime.trace import NodeRecord, RunResult, Trace
+from .runtime.trace import ModelUsage, NodeRecord, RunResult, Trace
 from .spec.loader import SpecDocument, load_spec
 from .types import Candidates, Recommendation, Recommendations, ScoredItem, UserProfile
 
@@ -40,11 +51,14 @@ __all__ = [
     "Graph",
     "InputError",
     "LlmrecError",
+    "LoadContext",
+    "ModelUsage",
     "NodeRecord",
     "NodeType",
     "OutputSchemaProblem",
     "Problem",
     "PluginError",
+    "Reports",
     "ResourceType",
     "RunContext",
     "RunError",
@@ -54,6 +68,7 @@ __all__ = [
     "SpecError",
     "SpecErrors",
     "SpecPath",
+    "StartContext",
     "Trace",
     "arun",
     "build",

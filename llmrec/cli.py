@@ -287,12 +287,13 @@ def _trace_table(trace: Any) -> None:
             notes.append(f"cache: {r.cache or 'hit'}")
         if r.retries:
             notes.append(f"retries: {r.retries}")
-        if r.model:
-            notes.append(f"model: {r.model}")
-        if r.tokens:
-            notes.append("tokens: " + "/".join(str(v) for v in r.tokens.values()))
-        if r.cost:
-            notes.append(f"${r.cost:.5f}")
+        if r.usage is not None:
+            u = r.usage
+            if u.model:
+                notes.append(f"model: {u.model}")
+            notes.append(f"calls: {u.calls}, tokens: {u.prompt_tokens}/{u.completion_tokens}")
+            if u.cost:
+                notes.append(f"${u.cost:.5f}")
         if r.fallback:
             notes.append(f"fell back to {r.fallback}: {r.fallback_reason or ''}".rstrip(": "))
         elif r.error:

@@ -61,6 +61,24 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class Reports:
+    """What a node type reports, declared as data (as simonw/llm's models declare ``supports_schema=True``):
+    ``llmrec eval`` and ``llmrec serve`` read these flags, never a type's name, so a plugin's node gets what a
+    built-in gets.
+
+    - ``model_usage``: it calls a model and fills ``context.record.usage`` (a
+      :class:`~llmrec.runtime.trace.ModelUsage`: calls, tokens, cost, model). eval reports LLM calls, tokens,
+      cost and cache hits for it; serve exports them as Prometheus series. (A node with a
+      :class:`~llmrec.llm.provider.Provider` input counts as one too.)
+    - ``grounding``: its output counts the grounding fixes it made, as int attributes ``dropped``, ``repaired``
+      and ``duplicates``; serve exports them (``llmrec_grounding_fixes_total``).
+    """
+
+    model_usage: bool = False
+    grounding: bool = False
+
+
+@dataclass(frozen=True)
 class Param:
     """One declared input of a node type."""
 
@@ -177,6 +195,8 @@ class NodeType:
     #: creating an asyncio task, which saves most of its per-node cost. Leave False for anything that awaits
     #: the network, sleeps, or enters asyncio.timeout / anyio cancel scopes.
     inline: ClassVar[bool] = False
+    #: what the node reports beyond its output (model usage, grounding fixes); see :class:`Reports`
+    reports: ClassVar[Reports] = Reports()
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config

@@ -156,7 +156,7 @@ def test_movielens_llm_without_a_model_runs_on_its_embedded_rec_lm(tmp_path, mon
     err = capsys.readouterr().err
     assert "training it now (train_on_first_use)" in err and "rec-LM epoch 1/1" in err
     assert not result.degraded and result.trace.node("pick").status == "ok"
-    assert result.trace.node("pick").model.startswith("reclm-tiny-")
+    assert result.trace.node("pick").usage.model.startswith("reclm-tiny-")
     recs = result.outputs["recommendations"].items
     assert len(recs) == 5 and len({r.id for r in recs}) == 5
     assert (tmp_path / "runs" / "movielens" / "reclm").is_dir()

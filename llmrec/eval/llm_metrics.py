@@ -25,13 +25,13 @@ _NOT_RUN = frozenset({"pending", "skipped", "cancelled"})
 
 
 def llm_node_ids(graph: Any) -> frozenset[str]:
-    """Ids of the graph's LLM nodes: ``llm.*`` node types and any node that takes a language model
-    (a :class:`~llmrec.llm.provider.Provider` input)."""
+    """Ids of the graph's LLM nodes: node types that declare ``Reports(model_usage=True)`` and any node that
+    takes a language model (a :class:`~llmrec.llm.provider.Provider` input)."""
     from ..llm.provider import Provider
 
     ids = set()
     for node_id, node in graph.nodes.items():
-        if node.cls.name.startswith("llm."):
+        if node.cls.reports.model_usage:
             ids.add(node_id)
             continue
         for param in node.signature.params.values():
@@ -55,11 +55,12 @@ def case_llm(trace: Any, llm_nodes: frozenset[str]) -> dict[str, Any]:
         out["runs"] += 1
         if rec.cache_hit or rec.cache is not None:
             out["cached"] += 1
-        out["calls"] += int(rec.attempts or 0)
-        tokens = rec.tokens or {}
-        out["prompt_tokens"] += int(tokens.get("prompt", 0))
-        out["completion_tokens"] += int(tokens.get("completion", 0))
-        out["cost"] += float(rec.cost or 0.0)
+        u = rec.usage
+        if u is not None:
+            out["calls"] += u.calls
+            out["prompt_tokens"] += u.prompt_tokens
+            out["completion_tokens"] += u.completion_tokens
+            out["cost"] += u.cost
     out["fallbacks"].sort()
     return out
 

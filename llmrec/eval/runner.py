@@ -117,11 +117,11 @@ def answer_ids(value: Any) -> list[str] | None:
 
 
 def dataset_resources(graph: Any) -> list[str]:
-    """Names of the spec's resources that provide a :class:`Dataset` (type ``dataset`` or any that says so)."""
+    """Names of the spec's resources whose type declares it provides a :class:`Dataset` (``provides``)."""
     names = []
     for name, res in graph.resources.items():
         provides = getattr(res.cls, "provides", None)
-        if res.cls.name == "dataset" or (isinstance(provides, type) and issubclass(provides, Dataset)):
+        if isinstance(provides, type) and issubclass(provides, Dataset):
             names.append(name)
     return names
 

@@ -59,6 +59,7 @@ from typing_extensions import Annotated
 from ..errors import LlmrecError, OutputValidationError, ProviderError, RunError
 from ..hookspecs import hookimpl
 from ..llm.provider import Choices, Completion, CompletionRequest, Message, Provider
+from ..runtime.trace import ModelUsage
 from ..node import (
     CheckContext,
     LoadContext,
@@ -66,6 +67,7 @@ from ..node import (
     OutputSchemaProblem,
     Param,
     Problem,
+    Reports,
     ResourceType,
     RunContext,
     Signature,
@@ -657,6 +659,7 @@ class Prompt(NodeType):
     name = "llm.prompt"
     description = "Ask an LLM: Jinja prompt from the inputs, optional output schema (validated, re-asked)."
     Config = PromptConfig
+    reports = Reports(model_usage=True)
 
     def __init__(self, config: PromptConfig) -> None:
         super().__init__(config)
@@ -888,14 +891,12 @@ def _record(context: RunContext | None, usage: Any, attempts: Any, provider: Any
     data.update(info)
     context.extra["llm"] = data
     record = getattr(context, "record", None)
-    if record is None:
+    if record is None or not hasattr(record, "usage"):
         return
-    if "tokens" in data:
-        record.tokens = data["tokens"]
-        record.cost = data["cost"]
-    for name in ("attempts", "model"):
-        if name in data and hasattr(record, name):
-            setattr(record, name, data[name])
+    tokens = data.get("tokens") or {}
+    record.usage = ModelUsage(model=data["model"] or None, calls=int(data.get("attempts") or 0),
+                              prompt_tokens=int(tokens.get("prompt", 0)),
+                              completion_tokens=int(tokens.get("completion", 0)), cost=float(data.get("cost") or 0.0))
 
 
 def _semantic(config: PromptConfig) -> bool:

@@ -33,6 +33,7 @@ from ..errors import OutputValidationError
 from ..hookspecs import hookimpl
 from ..llm.provider import Choices, Completion, CompletionRequest, ItemContext, Provider
 from ..node import CheckContext, Param, Problem, RunContext, Signature, read_signature
+from ..runtime.trace import ModelUsage
 from ..types import Candidates, Labeled, LabelScore, Recommendations, ScoredItem, UserProfile
 from .llm import Prompt, PromptConfig, _resolve
 
@@ -406,10 +407,10 @@ class _Task(Prompt):
                         cost=totals["cost"], attempts=totals["attempts"], calls=len(calls))
             context.extra["llm"] = data
             record = context.record
-            if record is not None:
-                record.tokens, record.cost = data["tokens"], data["cost"]
-                if hasattr(record, "attempts"):
-                    record.attempts = data["attempts"]
+            if record is not None and hasattr(record, "usage"):
+                record.usage = ModelUsage(model=data.get("model") or None, calls=totals["attempts"],
+                                          prompt_tokens=totals["prompt"], completion_tokens=totals["completion"],
+                                          cost=totals["cost"])
         return list(results)
 
 

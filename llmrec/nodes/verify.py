@@ -31,7 +31,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from ..data.catalog import Catalog
 from ..errors import OutputValidationError, RunError
 from ..hookspecs import hookimpl
-from ..node import CheckContext, NodeType, Problem, RunContext, Signature, read_signature
+from ..node import CheckContext, NodeType, Problem, Reports, RunContext, Signature, read_signature
 from ..schemas import SchemaRef, resolve_schema
 from ..types import Candidates, Recommendation, Recommendations, ScoredItem, UserProfile
 from .rerank import normalise_title
@@ -216,6 +216,7 @@ class VerifyGrounded(NodeType):
     inline = True
     description = "Check recommended items against the catalog: drop or repair hallucinations, drop duplicates."
     Config = GroundedConfig
+    reports = Reports(grounding=True)
 
     def __init__(self, config: GroundedConfig) -> None:
         super().__init__(config)

@@ -9,6 +9,25 @@ from pydantic_core import to_jsonable_python
 
 
 @dataclass(slots=True)
+class ModelUsage:
+    """What a node's model calls used, filled by node types that declare ``Reports(model_usage=True)``."""
+
+    model: str | None = None
+    calls: int = 0  # model calls made (re-asks and retries included); 0 when a cache inside the node answered
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0  # USD, every call included
+
+    def add(self, other: ModelUsage) -> None:
+        """Sum another call's usage into this one (a node making several calls)."""
+        self.calls += other.calls
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cost += other.cost
+        self.model = self.model or other.model
+
+
+@dataclass(slots=True)
 class NodeRecord:
     """One node's part of a run."""
 
@@ -22,14 +41,27 @@ class NodeRecord:
     fallback: str | None = None  # what the node fell back to: "node:<id>", "value" or "template"
     fallback_reason: str | None = None
     error: str | None = None
-    tokens: dict[str, int] | None = None  # filled by LLM nodes: {"prompt": n, "completion": n}
-    cost: float | None = None  # USD, every attempt included
-    attempts: int | None = None  # LLM calls made (re-asks and retries included)
-    model: str | None = None
-    cache: str | None = None  # which cache answered inside the node: "prompt" (exact) or "semantic"
+    usage: ModelUsage | None = None  # model calls, tokens and cost (node types that call a model)
+    cache: str | None = None  # which cache answered inside the node, e.g. "prompt" (exact) or "semantic"
+    #: anything else a node type reports about its run (JSON-compatible values; shown in the trace)
+    extra: dict[str, Any] | None = None
+
+    @property
+    def cost(self) -> float:
+        """USD spent by this node's model calls (0 when it made none)."""
+        return self.usage.cost if self.usage is not None else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items() if v is not None}
+        out: dict[str, Any] = {}
+        for k, v in asdict(self).items():
+            if v is None:
+                continue
+            if isinstance(v, float):
+                v = round(v, 3)
+            elif k == "usage":
+                v = {**v, "cost": round(v["cost"], 8)}
+            out[k] = v
+        return out
 
 
 @dataclass(slots=True)

@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 from ..errors import DeadlineExceededError, InputError, RunError, SpecErrors
 from ..runtime.executor import Runtime
 from ..spec.refs import RefExpr
-from .metrics import GROUNDED_TYPES, Metrics
+from .metrics import Metrics
 
 log = logging.getLogger("llmrec.serve")
 
@@ -112,7 +112,7 @@ class Service:
         self.runtime = Runtime(graph)
         self.mtime = mtime
         self.active = 0  # requests using this service now (an old version closes when they are done)
-        self.grounded = frozenset(n for n, b in graph.nodes.items() if b.cls.name in GROUNDED_TYPES)
+        self.grounded = frozenset(n for n, b in graph.nodes.items() if b.cls.reports.grounding)
         history = graph.spec.inputs.get("history")
         self.history_input = history is not None and history.type == "array"
         self.request_model = graph.request_model

@@ -15,13 +15,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 NODE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
-GROUNDED_TYPES = frozenset({"verify.grounded"})
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
     """Request and node metrics. ``observe_trace`` is called once per finished run with its trace; grounding
-    fixes come from the values of ``verify.grounded`` nodes (``observe_grounded``)."""
+    fixes come from the values of nodes whose type declares ``Reports(grounding=True)`` (``observe_grounded``)."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -60,7 +59,7 @@ class Metrics:
         self.llm_cost = Counter("llmrec_llm_cost_usd_total", "LLM cost in US dollars.", ("node", "model"),
                                 registry=r)
         self.grounding = Counter("llmrec_grounding_violations_total", "Hallucinated or repeated items fixed by "
-                                 "verify.grounded, by kind (dropped, repaired, duplicates).", ("node", "kind"),
+                                 "grounding nodes (verify.grounded and any declaring Reports(grounding=True)), by kind (dropped, repaired, duplicates).", ("node", "kind"),
                                  registry=r)
         for outcome in ("ok", "invalid", "failed"):  # every outcome a series from the start, at 0
             self.reloads.labels(outcome)
@@ -96,15 +95,16 @@ class Metrics:
                 self.cache_hits.labels(rec.node_id, rec.cache).inc()
             if rec.fallback is not None:
                 self.fallbacks.labels(rec.node_id, rec.fallback.split(":", 1)[0]).inc()
-            if rec.attempts or rec.tokens or rec.cost:
-                model = rec.model or "unknown"
-                if rec.attempts:
-                    self.llm_calls.labels(rec.node_id, model).inc(rec.attempts)
-                for kind, n in (rec.tokens or {}).items():
+            u = rec.usage
+            if u is not None:
+                model = u.model or "unknown"
+                if u.calls:
+                    self.llm_calls.labels(rec.node_id, model).inc(u.calls)
+                for kind, n in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens)):
                     if n:
                         self.llm_tokens.labels(rec.node_id, model, kind).inc(n)
-                if rec.cost:
-                    self.llm_cost.labels(rec.node_id, model).inc(rec.cost)
+                if u.cost:
+                    self.llm_cost.labels(rec.node_id, model).inc(u.cost)
 
     def observe_grounded(self, node_id: str, value: Any) -> None:
         for kind in ("dropped", "repaired", "duplicates"):

@@ -91,13 +91,13 @@ async def test_repeated_request_makes_no_provider_call_and_charges_nothing(tmp_p
     rt = Runtime(validate(_spec(tmp_path)), resources={"model": fake, "minilm": WordsEmbedder()})
     first = await rt.run({"liked": ["Alien"]})
     r1 = first.trace.node("pick")
-    assert fake.calls == 1 and r1.tokens["prompt"] > 0 and r1.cost > 0 and not r1.cache_hit and r1.cache is None
+    assert fake.calls == 1 and r1.usage.prompt_tokens > 0 and r1.cost > 0 and not r1.cache_hit and r1.cache is None
     second = await rt.run({"liked": ["Alien"]})
     r2 = second.trace.node("pick")
     assert fake.calls == 1  # the provider was not asked again
     assert second.outputs == first.outputs
     assert r2.cache_hit and r2.cache == "prompt" and r2.status == "ok"
-    assert r2.tokens == {"prompt": 0, "completion": 0} and r2.cost == 0.0 and r2.attempts == 0
+    assert (r2.usage.prompt_tokens, r2.usage.completion_tokens, r2.usage.calls) == (0, 0, 0) and r2.cost == 0.0
     assert second.trace.to_dict()["nodes"][0]["cache"] == "prompt"
     third = await rt.run({"liked": ["Heat"]})
     assert fake.calls == 2 and not third.trace.node("pick").cache_hit
@@ -169,7 +169,7 @@ async def test_semantic_hit_above_threshold_and_miss_below(tmp_path) -> None:
     first = await rt.run({"liked": ["Alien", "Heat", "Ran", "Up"]})
     near = await rt.run({"liked": ["Alien", "Heat", "Ran and Up"]})  # cosine 6/sqrt(42) = 0.93
     rec = near.trace.node("pick")
-    assert fake.calls == 1 and rec.cache_hit and rec.cache == "semantic" and rec.tokens["prompt"] == 0
+    assert fake.calls == 1 and rec.cache_hit and rec.cache == "semantic" and rec.usage.prompt_tokens == 0
     assert near.outputs == first.outputs
     far = await rt.run({"liked": ["Amelie"]})  # cosine 0.47
     assert fake.calls == 2 and not far.trace.node("pick").cache_hit

@@ -137,7 +137,7 @@ async def test_every_task_node_answers_through_constrained_decoding(tmp_path, pr
         rec = result.trace.node(name)
         assert rec.status == "ok", (name, rec.status, rec.error, rec.fallback_reason)
         assert rec.fallback is None and rec.error is None, name
-        assert rec.tokens and rec.tokens["completion"] > 0, name
+        assert rec.usage and rec.usage.completion_tokens > 0, name
     # 1 + 1 + 1 + 3 (pointwise) + 3 (pairwise) + 1 + 1 + 1 + 1 + 1 + 1 model calls
     assert provider.stats.calls - calls == 15
     out = result.outputs

@@ -128,9 +128,10 @@ async def test_prompt_runs_through_a_spec_with_a_fake_provider(tmp_path) -> None
     rec = result.trace.node("pick")
     assert rec is not None and rec.status == "ok"
     # the node reports its LLM usage into its trace record
-    assert rec.attempts == 1 and rec.model == fake.model and rec.cost == 0.0
-    assert rec.tokens is not None and rec.tokens.get("prompt", rec.tokens.get("prompt_tokens", 0)) > 0
-    assert {"attempts", "model", "tokens"} <= set(rec.to_dict())
+    u = rec.usage
+    assert u is not None and u.calls == 1 and u.model == fake.model and u.cost == 0.0 and rec.cost == 0.0
+    assert u.prompt_tokens > 0
+    assert {"calls", "model", "prompt_tokens", "completion_tokens", "cost"} <= set(rec.to_dict()["usage"])
 
 
 async def test_malformed_json_is_reasked_and_usage_summed(tmp_path) -> None:
@@ -150,7 +151,9 @@ async def test_malformed_json_is_reasked_and_usage_summed(tmp_path) -> None:
     single = [fake._usage(r.messages, "").prompt_tokens for r in fake.requests]
     assert info["tokens"]["prompt"] == sum(single)  # every attempt counted, re-ask messages included
     assert single[0] < single[1] < single[2]
-    assert ctx.record.tokens == info["tokens"] and ctx.record.cost == 0.0
+    u = ctx.record.usage
+    assert (u.prompt_tokens, u.completion_tokens) == (info["tokens"]["prompt"], info["tokens"]["completion"])
+    assert u.calls == 3 and u.cost == 0.0
     # the re-ask tells the model what was wrong
     assert "invalid" in fake.requests[1].messages[-1].content
 

@@ -90,7 +90,7 @@ def test_train_then_recommend_and_rank_with_the_models_scores(tmp_path, capsys) 
     logprobs = [it.sources["llm_logprob"] for it in pick.items]
     assert logprobs == sorted(logprobs, reverse=True) and all(lp < 0 for lp in logprobs)
     record = {r.node_id: r for r in result.trace.nodes}
-    assert record["pick"].model.startswith("reclm-tiny-") and record["pick"].status == "ok"
+    assert record["pick"].usage.model.startswith("reclm-tiny-") and record["pick"].status == "ok"
 
     # the answer is the rec-LM's own ranking of the allowed items
     from llmrec.reclm import RecLM
@@ -138,7 +138,7 @@ def test_the_embedded_route_answers_when_no_model_is_configured(tmp_path, capsys
     result = llmrec.run(spec, {"user_id": "u3"})
     assert not result.degraded and "training it now" in capsys.readouterr().err
     assert (tmp_path.parent / "runs" / "reclm").is_dir()  # relative to the spec's folder
-    assert {r.node_id: r for r in result.trace.nodes}["pick"].model.startswith("reclm-tiny-")
+    assert {r.node_id: r for r in result.trace.nodes}["pick"].usage.model.startswith("reclm-tiny-")
 
     # a configured model takes precedence over the embedded one
     from llmrec.nodes.llm import LlmConfig, resolve_route
@@ -169,7 +169,7 @@ def test_a_saved_reclm_folder_is_used_as_it_is_and_answers_are_cached(tmp_path) 
 
     first, second = asyncio.run(twice())
     assert not first.degraded
-    assert {r.node_id: r for r in first.trace.nodes}["pick"].model.endswith("-int8")
+    assert {r.node_id: r for r in first.trace.nodes}["pick"].usage.model.endswith("-int8")
     assert {r.node_id: r for r in second.trace.nodes}["pick"].cache_hit
     assert first.outputs["items"].model_dump() == second.outputs["items"].model_dump()  # scores kept by the cache
 

@@ -115,4 +115,4 @@ async def test_fallbacks_through_a_spec(tmp_path) -> None:
     result = await llmrec.Runtime(llmrec.validate(path)).run({})
     assert result.outputs["items"] == ["from-strong"]
     rec = result.trace.node("pick")
-    assert rec.model == "strong" and rec.attempts == 2
+    assert rec.usage.model == "strong" and rec.usage.calls == 2

@@ -183,7 +183,7 @@ async def test_listwise_rank_only_returns_candidates_and_appends_the_missing(tmp
     assert "more than once" in fake.requests[2].messages[-1].content
     prompt = fake.requests[0].messages[-1].content
     assert INJECTION in prompt and "49" not in prompt  # catalog text is data: verbatim, never evaluated
-    assert result.trace.node("ranked").attempts == 3
+    assert result.trace.node("ranked").usage.calls == 3
 
 
 async def test_listwise_rank_filters_itself_when_the_provider_ignores_choices(tmp_path) -> None:
@@ -208,7 +208,7 @@ async def test_pointwise_rank_scores_each_candidate(tmp_path) -> None:
     assert fake.calls == 4
     rec = result.trace.node("ranked")
     single = sum(fake._usage(r.messages, json.dumps({"score": 1})).prompt_tokens for r in fake.requests)
-    assert rec.tokens["prompt"] == single and rec.attempts == 4  # every call counted
+    assert rec.usage.prompt_tokens == single and rec.usage.calls == 4  # every call counted
 
 
 async def test_pairwise_rank_aggregates_wins(tmp_path) -> None:

@@ -30,14 +30,13 @@ class Sleep(llmrec.NodeType):
     """Waits, then passes its value on (and reports LLM-like usage when `tokens` is set)."""
     name = "servetest.sleep"
     Config = _Cfg
+    reports = llmrec.Reports(model_usage=True)
 
     async def run(self, value: Any = None, context: llmrec.RunContext | None = None) -> list[str]:
         await asyncio.sleep(self.config.seconds)
         if self.config.tokens and context is not None and context.record is not None:
-            context.record.tokens = {"prompt": self.config.tokens, "completion": 5}
-            context.record.cost = 0.001
-            context.record.attempts = 1
-            context.record.model = "fake-model"
+            context.record.usage = llmrec.ModelUsage(model="fake-model", calls=1, prompt_tokens=self.config.tokens,
+                                                     completion_tokens=5, cost=0.001)
         return list(value or [])
 
 
