@@ -122,6 +122,9 @@ class CheckContext:
     request_inputs: set[str]  # names declared in the spec's `inputs`
     template_env: Any = None
     inputs: dict[str, Any] = field(default_factory=dict)  # the node's inputs as written (values or ${...} text)
+    #: the :class:`~llmrec.registry.Registry` the graph is checked against (providers, cache backends, ...):
+    #: look registered things up here, never in a global registry
+    registry: Any = None
 
 
 @dataclass
@@ -135,6 +138,9 @@ class StartContext:
     #: ``await ctx.artifact()``: the verified artifact, trained first when the config says train_on_first_use;
     #: raises ModelNotTrainedError / ArtifactError naming the command otherwise
     artifact: Callable[[], Awaitable[Any]]
+    #: the registry the graph was checked against (``graph.registry``): the one to look providers and
+    #: backends up in, so that a graph checked with one registry runs against that registry
+    registry: Any = None
 
 
 @dataclass
@@ -147,6 +153,7 @@ class LoadContext:
     base_dir: Path | None
     resource: Callable[[str], Awaitable[Any]]
     artifact: Callable[[], Awaitable[Any]]
+    registry: Any = None  # as StartContext.registry
 
 
 def wants_context(method: Any) -> bool:

@@ -196,6 +196,25 @@ def _build(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registry:
     return reg
 
 
+def make_registry(*plugins: Any, spec_dir: Path | None = None) -> Registry:
+    """A fresh registry: the defaults, entry points and (trusted) local plugins, plus ``plugins`` (modules or
+    objects with ``@hookimpl`` functions). Not cached and not shared: an application or a test can hold two
+    registries in one process, and a graph checked with one (``llmrec.graph.build.build(doc, registry)``) starts
+    against that one; node and resource types receive it as ``ctx.registry``."""
+    skipped: list[Path] = []
+    pm, infos = plugin_manager(spec_dir, skipped)
+    for plugin in plugins:
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        try:
+            pm.register(plugin, name=name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            raise PluginError(f"cannot register: {exc}", name) from None
+        infos[name] = PluginInfo(name, None, None, "given")
+    reg = _build(pm, infos)
+    reg.skipped_plugins = skipped
+    return reg
+
+
 def get_registry(spec_dir: Path | None = None, refresh: bool = False) -> Registry:
     """The registry for specs in ``spec_dir`` (local plugins differ per folder). Cached until files change."""
     files = local_plugin_files(spec_dir)

@@ -208,6 +208,7 @@ class _Checker:
             request_inputs=set(self.spec.inputs),
             template_env=self.env,
             inputs=dict(inputs),
+            registry=self.registry,
         )
 
     # -- nodes -----------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ from ..node import (
     Reports,
     ResourceType,
     RunContext,
+    StartContext,
     Signature,
     SpecPath,
 )
@@ -243,7 +244,8 @@ class LlmResource(ResourceType):
 
     @classmethod
     def check(cls, config: LlmConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
-        table = _providers(Path(ctx.base_dir) if ctx.base_dir else None)
+        table = ctx.registry.providers if ctx.registry is not None else _providers(
+            Path(ctx.base_dir) if ctx.base_dir else None)
         problems: list[str | tuple[str, str] | Problem] = []
         if resolve_route(config) is None and not config.fallbacks:
             problems.append(Problem(
@@ -264,7 +266,9 @@ class LlmResource(ResourceType):
 
     async def load(self, ctx: LoadContext | None = None) -> Provider:
         config: LlmConfig = self.config  # type: ignore[assignment]
-        table = _providers(config._base_dir)
+        # the registry the graph was checked against; a resource loaded outside a runtime asks the global one
+        table = ctx.registry.providers if ctx is not None and ctx.registry is not None else _providers(
+            config._base_dir)
         resolved = resolve_route(config)
         model_dir = None
         if resolved is not None and self._trainer(config) is not None:
@@ -665,7 +669,11 @@ class Prompt(NodeType):
         super().__init__(config)
         self._r = _resolve(config)
         self._cache: Any = None
+        self._registry: Any = None  # the graph's registry, from start(ctx)
         self._version: str | None = None
+
+    async def start(self, ctx: StartContext) -> None:
+        self._registry = ctx.registry
 
     @classmethod
     def signature(cls, config: PromptConfig) -> Signature:  # type: ignore[override]
@@ -699,7 +707,8 @@ class Prompt(NodeType):
                                     "reasoning_field"))
         pc = config.prompt_cache
         if pc is not None and pc.enabled:
-            table = _cache_backends(Path(ctx.base_dir) if ctx.base_dir else None)
+            table = ctx.registry.cache_backends if ctx.registry is not None else _cache_backends(
+                Path(ctx.base_dir) if ctx.base_dir else None)
             if pc.backend not in table:
                 close = [e.name for e in table.suggest(pc.backend)]
                 hint = (f"Did you mean '{close[0]}'? " if close else "") + f"Available: {', '.join(table)}."
@@ -715,7 +724,8 @@ class Prompt(NodeType):
         if self._cache is None:
             from ..llm.cache import PromptCache
 
-            factory = _cache_backends(pc._base_dir)[pc.backend]
+            table = self._registry.cache_backends if self._registry is not None else _cache_backends(pc._base_dir)
+            factory = table[pc.backend]
             kwargs: dict[str, Any] = {"max_entries": pc.max_entries}
             if pc.path is not None or pc.backend == "disk":
                 try:

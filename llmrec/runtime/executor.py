@@ -340,7 +340,7 @@ class Runtime:
             return await rt.load()
         base = self.graph.document.base_dir if self.graph.document is not None else None
         return await rt.load(LoadContext(name=name, graph=self.graph, base_dir=base, resource=resource,
-                                         artifact=self._artifact(name, resource)))
+                                         artifact=self._artifact(name, resource), registry=self.graph.registry))
 
     async def _start_node(self, p: _Plan) -> None:
         if not wants_context(p.instance.start):
@@ -348,7 +348,7 @@ class Runtime:
             return
         base = self.graph.document.base_dir if self.graph.document is not None else None
         await p.instance.start(StartContext(node_id=p.id, graph=self.graph, base_dir=base,
-                                            artifact=self._artifact(p.id)))
+                                            artifact=self._artifact(p.id), registry=self.graph.registry))
 
     def _static_inputs(self, p: _Plan) -> dict[str, Any]:
         """Inputs known before any request: those that reference only resources (or nothing)."""
