@@ -6,32 +6,55 @@ invalid registrations fail with a PluginError that names the plugin.
 
 Lifecycle hooks are called by the executor around every node run; none is ``firstresult`` and their return
 values are ignored. They run on the event loop, so keep them quick.
+
+Every hook is typed (the annotations below are the contract; pluggy checks an implementation's parameter names
+against them when a plugin registers, and a misspelt hook name is refused by ``check_pending``). No hook is
+``historic`` (a registry is built once, with every plugin present) and only where said is one ``firstresult``.
+What a registration hook's ``register`` receives is validated by :class:`llmrec.registry.Registry` (a node type
+must subclass NodeType with a pydantic Config, names must be unique, ...), and a bad one is a PluginError naming
+the plugin.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:  # the types only; importing them at run time would make every module load the world
+    import typer
+
+    from .graph.build import Graph
+    from .node import NodeType, ResourceType, RunContext
+    from .runtime.trace import NodeRecord, RunResult, Trace
+    from .errors import SpecError
+    from .spec.loader import SpecDocument
 
 hookspec = pluggy.HookspecMarker("llmrec")
 hookimpl = pluggy.HookimplMarker("llmrec")
 
 
 @hookspec
-def llmrec_register_node_types(register: Callable[[type], None]) -> None:
-    """Register node types: ``register(MyNodeType)`` for each subclass of :class:`llmrec.NodeType`."""
+def llmrec_register_node_types(register: Callable[[type[NodeType]], None]) -> None:
+    """Register node types: ``register(MyNodeType)`` for each subclass of :class:`llmrec.NodeType`.
+
+    Called once per registry build; not firstresult; the return value is ignored."""
 
 
 @hookspec
-def llmrec_register_resource_types(register: Callable[[type], None]) -> None:
-    """Register resource types: ``register(MyResourceType)`` for each subclass of :class:`llmrec.ResourceType`."""
+def llmrec_register_resource_types(register: Callable[[type[ResourceType]], None]) -> None:
+    """Register resource types: ``register(MyResourceType)`` for each subclass of :class:`llmrec.ResourceType`.
+
+    Called once per registry build; not firstresult; the return value is ignored."""
 
 
 @hookspec
-def llmrec_register_providers(register: Callable[[str, Any], None]) -> None:
-    """Register LLM providers: ``register(name, factory)``; the factory builds a provider from its config."""
+def llmrec_register_providers(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register LLM providers: ``register(name, factory)``; ``factory(model=..., **options)`` returns an object
+    with ``async complete(CompletionRequest) -> Completion`` (:class:`llmrec.llm.provider.Provider`).
+
+    Called once per registry build; not firstresult."""
 
 
 @hookspec
@@ -63,30 +86,32 @@ def llmrec_register_template_filters(register: Callable[[str, Callable[..., Any]
 
 
 @hookspec
-def llmrec_register_commands(cli: Any) -> None:
-    """Add commands to the ``llmrec`` typer app."""
+def llmrec_register_commands(cli: typer.Typer) -> None:
+    """Add commands to the ``llmrec`` typer app (use :mod:`llmrec.commands` for loading specs, output and exit
+    codes). Called once when the CLI starts; not firstresult."""
 
 
 @hookspec
-def llmrec_validate_graph(graph: Any, document: Any) -> list[Any] | None:
-    """Extra validation of a built graph. Return SpecErrors; every implementation runs and errors are combined."""
+def llmrec_validate_graph(graph: Graph, document: SpecDocument) -> list[SpecError] | None:
+    """Extra validation of a built graph. Return SpecErrors; every implementation runs (not firstresult) and
+    their errors are combined."""
 
 
 @hookspec
-def llmrec_before_node_run(node_id: str, inputs: dict[str, Any], context: Any) -> None:
+def llmrec_before_node_run(node_id: str, inputs: dict[str, Any], context: RunContext) -> None:
     """Called before a node runs (after its cache missed), with its resolved inputs and a RunContext."""
 
 
 @hookspec
-def llmrec_after_node_run(node_id: str, output: Any, record: Any) -> None:
+def llmrec_after_node_run(node_id: str, output: Any, record: NodeRecord) -> None:
     """Called after a node produced its output (also for cache hits and fallbacks); ``record`` is its trace."""
 
 
 @hookspec
-def llmrec_on_node_error(node_id: str, error: BaseException, record: Any) -> None:
+def llmrec_on_node_error(node_id: str, error: BaseException, record: NodeRecord) -> None:
     """Called when a node attempt fails, before any retry or fallback."""
 
 
 @hookspec
-def llmrec_after_run(result: Any) -> None:
+def llmrec_after_run(result: RunResult | Trace) -> None:
     """Called when a whole run has finished, with its :class:`llmrec.RunResult` (or the failed trace)."""

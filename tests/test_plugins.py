@@ -655,3 +655,30 @@ def test_plugins_with_spec_dir_lists_local_plugins(tmp_path: Path, capsys) -> No
     }
     code, out, _ = run_cli(capsys, "plugins", "--spec-dir", str(tmp_path))
     assert code == 0 and "plugins/double.py" in out and "local file" in out and "local.double" in out
+
+
+def test_every_hookspec_is_typed_and_its_types_resolve() -> None:
+    """The hook specs are the plugin contract: every parameter and return annotated, and every annotation
+    names a real type (they are only imported for type checkers, so resolve them here)."""
+    import inspect
+    import typing
+
+    import typer
+
+    import llmrec.hookspecs as hs
+    from llmrec.errors import SpecError
+    from llmrec.graph.build import Graph
+    from llmrec.node import NodeType, ResourceType, RunContext
+    from llmrec.runtime.trace import NodeRecord, RunResult, Trace
+    from llmrec.spec.loader import SpecDocument
+
+    names = dict(vars(hs), typer=typer, Graph=Graph, SpecDocument=SpecDocument, SpecError=SpecError,
+                 NodeType=NodeType, ResourceType=ResourceType, RunContext=RunContext, NodeRecord=NodeRecord,
+                 RunResult=RunResult, Trace=Trace)
+    hooks = [getattr(hs, n) for n in dir(hs) if n.startswith("llmrec_")]
+    assert len(hooks) >= 13
+    for hook in hooks:
+        hints = typing.get_type_hints(hook, globalns=names)
+        params = list(inspect.signature(hook).parameters)
+        assert set(params) <= set(hints) and "return" in hints, hook.__name__
+        assert hook.__doc__, hook.__name__
