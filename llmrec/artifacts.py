@@ -226,7 +226,7 @@ class ArtifactStore:
 
         Returns the folder and whether it was written (False: an identical version existed and ``force`` was not
         given; ``latest`` points at it either way)."""
-        from .plugins import _version
+        from .plugins import llmrec_version
 
         p_hash = params_hash(params)
         folder = self.root / f"{self.name}-{digest([p_hash, data_hash])}"
@@ -237,7 +237,7 @@ class ArtifactStore:
             files[path.name] = {"bytes": path.stat().st_size, "sha256": file_digest(path)}
         meta = {**dict(extra or {}), "format": FORMAT, "name": self.name, "trainer": trainer, "params": dict(params),
                 "params_hash": p_hash, "data_hash": data_hash, "metrics": dict(metrics or {}), "files": files,
-                "created": time.time(), "llmrec_version": _version()}
+                "created": time.time(), "llmrec_version": llmrec_version()}
         (staging.folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str), encoding="utf-8")
         written = True
         if folder.exists() and not force:

@@ -35,9 +35,9 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from .plugins import _version
+        from .plugins import llmrec_version
 
-        sys.stdout.write(f"llmrec {_version()}\n")
+        sys.stdout.write(f"llmrec {llmrec_version()}\n")
         raise typer.Exit(0)
 
 
@@ -503,9 +503,9 @@ def trust_command(
 @app.command()
 def version() -> None:
     """Print llmrec's version."""
-    from .plugins import _version
+    from .plugins import llmrec_version
 
-    _out(f"llmrec {_version()}")
+    _out(f"llmrec {llmrec_version()}")
 
 
 def _register_plugin_commands() -> None:

@@ -54,14 +54,14 @@ _lock = threading.Lock()
 _cache: dict[Any, Registry] = {}
 
 
-def _version() -> str:
+def llmrec_version() -> str:
     try:
         return importlib.metadata.version("llmrec")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree
         return "0+unknown"
 
 
-def _entry_points() -> list[importlib.metadata.EntryPoint]:
+def plugin_entry_points() -> list[importlib.metadata.EntryPoint]:
     eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
     allow = os.environ.get("LLMREC_LOAD_PLUGINS")
     if allow is None:
@@ -105,12 +105,12 @@ def plugin_manager(spec_dir: Path | None = None,
     pm = pluggy.PluginManager("llmrec")
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
-    version = _version()
+    version = llmrec_version()
     for modname in DEFAULT_PLUGINS:
         module = importlib.import_module(modname)
         pm.register(module, name=modname)
         infos[modname] = PluginInfo(modname, "llmrec", version, "built-in")
-    for ep in _entry_points():
+    for ep in plugin_entry_points():
         dist = ep.dist.name if ep.dist else None
         dist_version = ep.dist.version if ep.dist else None
         try:

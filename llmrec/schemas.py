@@ -42,7 +42,7 @@ def _candidates(path: str, base_dir: Path) -> list[Path]:
     return [base_dir / p, base_dir / "schemas" / p]
 
 
-def _find(part: str, base_dir: Path, confine: bool) -> Path | None:
+def find_schema_file(part: str, base_dir: Path, confine: bool) -> Path | None:
     """The file ``part`` names (the spec's folder, then its schemas/ folder); with ``confine`` a ValueError when it
     leaves the folder, checked before the file is opened."""
     for candidate in _candidates(part, base_dir):
@@ -53,7 +53,7 @@ def _find(part: str, base_dir: Path, confine: bool) -> Path | None:
     return None
 
 
-def _import_file(file: Path) -> Any:
+def import_schema_file(file: Path) -> Any:
     trust.check_code_file(file)
     digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]
     modname = f"llmrec_local_schemas.{file.stem}_{digest}"
@@ -81,7 +81,7 @@ def resolve_schema(ref: str, base_dir: Path, field: str = "schema",
     file must be inside ``base_dir`` (validation); without it ``ref`` is the absolute path validation made."""
     ref = ref.strip()
     if ref.endswith(".json"):
-        file = _find(ref, base_dir, confine)
+        file = find_schema_file(ref, base_dir, confine)
         if file is not None:
             try:
                 data = json.loads(file.read_text(encoding="utf-8"))
@@ -97,9 +97,9 @@ def resolve_schema(ref: str, base_dir: Path, field: str = "schema",
         )
     module_part, _, attr = ref.rpartition(":")
     if module_part.endswith(".py"):
-        file = _find(module_part, base_dir, confine)
+        file = find_schema_file(module_part, base_dir, confine)
         if file is not None:
-            module = _import_file(file)
+            module = import_schema_file(file)
         else:
             raise OutputSchemaProblem(
                 f"schema module '{module_part}' not found", field, f"Looked in {_rel(base_dir)} and {_rel(base_dir / 'schemas')}."
@@ -131,7 +131,7 @@ def _absolute_ref(value: str, info: ValidationInfo) -> str:
     del resolved
     module_part, sep, attr = ref.rpartition(":") if not ref.endswith(".json") else (ref, "", "")
     if module_part.endswith((".py", ".json")):
-        file = _find(module_part, base, True)
+        file = find_schema_file(module_part, base, True)
         if file is not None:
             return f"{file.resolve()}{sep}{attr}"
     return ref

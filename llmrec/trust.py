@@ -159,10 +159,10 @@ def forget(folder: str | os.PathLike[str]) -> bool:
 
 def _plugin_packages() -> set[str]:
     """Top-level packages of llmrec and of the installed plugins this process loads."""
-    from .plugins import _entry_points
+    from .plugins import plugin_entry_points
 
     names = {"llmrec"}
-    dists = {ep.dist.name for ep in _entry_points() if ep.dist is not None}
+    dists = {ep.dist.name for ep in plugin_entry_points() if ep.dist is not None}
     try:
         mapping = importlib.metadata.packages_distributions()
     except Exception:  # pragma: no cover - broken metadata: only llmrec itself
@@ -171,7 +171,7 @@ def _plugin_packages() -> set[str]:
         if any(d in dists for d in owners):
             names.add(package)
     # a plugin whose entry point names a module directly (no metadata for its top-level package)
-    for ep in _entry_points():
+    for ep in plugin_entry_points():
         names.add(ep.value.split(":")[0].split(".")[0].strip())
     return names
 

@@ -20,7 +20,7 @@ import pytest
 
 import llmrec
 from llmrec.errors import PluginError, RunError, SpecError
-from llmrec.plugins import DEFAULT_PLUGINS, _version, get_registry, plugin_manager
+from llmrec.plugins import DEFAULT_PLUGINS, llmrec_version, get_registry, plugin_manager
 from llmrec.cli import main
 from llmrec.testing import errors_of, write_spec
 
@@ -106,7 +106,7 @@ def test_builtins_are_registered_through_the_same_hooks() -> None:
     for name in DEFAULT_PLUGINS:
         assert pm.get_plugin(name) is not None
         assert infos[name].source == "built-in"
-        assert infos[name].distribution == "llmrec" and infos[name].version == _version()
+        assert infos[name].distribution == "llmrec" and infos[name].version == llmrec_version()
     impls = [i.plugin_name for i in pm.hook.llmrec_register_node_types.get_hookimpls()]
     assert "llmrec.nodes.basic" in impls and "llmrec.nodes.recsys" in impls
 
@@ -628,7 +628,7 @@ def test_plugins_json_lists_builtins(capsys) -> None:
     rows = {row["name"]: row for row in json.loads(out)}
     assert list(rows) == list(DEFAULT_PLUGINS)
     for row in rows.values():
-        assert row["source"] == "built-in" and row["distribution"] == "llmrec" and row["version"] == _version()
+        assert row["source"] == "built-in" and row["distribution"] == "llmrec" and row["version"] == llmrec_version()
     assert rows["llmrec.nodes.basic"]["provides"]["node type"] == ["core.identity", "text.template"]
     assert "retrieve.popular" in rows["llmrec.nodes.recsys"]["provides"]["node type"]
     assert rows["llmrec.runtime.caches"]["provides"] == {"cache backend": ["disk", "memory"]}
@@ -637,7 +637,7 @@ def test_plugins_json_lists_builtins(capsys) -> None:
 def test_plugins_table_lists_builtins(capsys) -> None:
     code, out, _ = run_cli(capsys, "plugins")
     assert code == 0
-    assert "llmrec.nodes.basic" in out and f"llmrec {_version()}" in out
+    assert "llmrec.nodes.basic" in out and f"llmrec {llmrec_version()}" in out
     assert "core.identity" in out and "text.template" in out
 
 

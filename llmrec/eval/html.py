@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .report import EvalReport, _cells
+from .report import EvalReport, best_cells
 
 #: ranking metrics drawn against k, when present
 CURVE_METRICS = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate")
@@ -88,7 +88,7 @@ def _table(labels: list[str], rows: list[tuple[str, list[float | None], bool, st
     body = []
     for name, values, lower, fmt in rows:
         cells = []
-        for text in _cells(values, lower, fmt, "\0", "\0"):
+        for text in best_cells(values, lower, fmt, "\0", "\0"):
             if text == "n/a":
                 cells.append('<td class="na">n/a</td>')
             elif text.startswith("\0"):

@@ -217,7 +217,7 @@ class EvalReport:
             lines.append("| metric | " + " | ".join(_md(label) for label in labels) + " |")
             lines.append("|---|" + "---:|" * len(labels))
             for label, values, lower, fmt in rows:
-                lines.append(f"| {_md(label)} | " + " | ".join(_cells(values, lower, fmt, "**", "**")) + " |")
+                lines.append(f"| {_md(label)} | " + " | ".join(best_cells(values, lower, fmt, "**", "**")) + " |")
             lines.append("")
 
         lines += ["## Metrics", ""]
@@ -261,7 +261,7 @@ def _json_number(value: float) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def _cells(values: list[float | None], lower: bool, fmt: str, start: str, end: str) -> list[str]:
+def best_cells(values: list[float | None], lower: bool, fmt: str, start: str, end: str) -> list[str]:
     """Formatted cells, the best of two or more values wrapped in ``start``/``end``; n/a where absent."""
     present = [v for v in values if v is not None and not math.isnan(v)]
     best = (min(present) if lower else max(present)) if present and len(values) > 1 else None

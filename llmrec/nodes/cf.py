@@ -39,7 +39,7 @@ from ..data.catalog import natural_key
 from ..hookspecs import hookimpl
 from ..node import CheckContext, NodeType, Problem
 from ..types import Candidates, ScoredItem
-from .recsys import _count, _PerObjects
+from .recsys import count_or, PerObjects
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 DEFAULT_REGULARIZATION = {"ease": 500.0, "als": 10.0, "svd": 0.0}
 
 
-class _Config(BaseModel):
+class NoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -308,7 +308,7 @@ def top_k(scores: np.ndarray, n: int, blocked: np.ndarray | None = None) -> np.n
     return allowed[order]
 
 
-class _Models(_PerObjects[_Model]):
+class _Models(PerObjects[_Model]):
     """Fitted models per Interactions object; ``peek`` looks without fitting."""
 
     def peek(self, interactions: Interactions) -> _Model | None:  # type: ignore[override]
@@ -383,7 +383,7 @@ class _Retriever(NodeType):
         self, interactions: Interactions, user_id: str, exclude: list[str] | None = None, k: int | None = None
     ) -> Candidates:
         source = self.config.source
-        n = _count(k, self.config.k)
+        n = count_or(k, self.config.k)
         if n == 0 or not interactions.seen(user_id):  # cold start: nothing to go on
             return Candidates(source=source)
         model = self._models.peek(interactions)
@@ -414,7 +414,7 @@ class _Retriever(NodeType):
         return Candidates(items=items, source=source)
 
 
-class DecayConfig(_Config):
+class DecayConfig(NoConfig):
     """``decay: {half_life: 20}``: recency weights ``0.5 ** (age / half-life)`` on the user-item matrix's cells."""
 
     half_life: float | None = Field(
@@ -439,7 +439,7 @@ _DECAY_DESCRIPTION = ("Recency weighting of the matrix cells, e.g. {half_life: 2
                       "none: every cell counts fully.")
 
 
-class CFConfig(_Config):
+class CFConfig(NoConfig):
     algorithm: Literal["svd", "ease", "als"] = Field(
         "svd", description="'svd': PureSVD; 'ease': EASE (Steck 2019); 'als': implicit ALS (Hu, Koren, Volinsky)."
     )
@@ -515,7 +515,7 @@ class CF(_Retriever):
         return problems
 
 
-class ItemKNNConfig(_Config):
+class ItemKNNConfig(NoConfig):
     neighbours: int = Field(50, description="How many most similar items each item keeps.")
     similarity: Literal["cosine"] = Field("cosine", description="Item-item similarity on the user-item matrix.")
     weighting: Literal["binary", "rating"] = Field(

@@ -31,14 +31,14 @@ from ..data import Catalog
 from ..embed import DEFAULT_MODEL, MINILM_NAMES, Embedder
 from ..hookspecs import hookimpl
 from ..index import AUTO_EXACT_MAX, VectorIndex
-from ..node import CheckContext, NodeType, Problem, ResourceType, SpecPath
+from ..node import NoConfig, CheckContext, NodeType, Problem, ResourceType, SpecPath
 from ..types import Candidates, Labeled, LabelScore, ScoredItem
-from .recsys import _candidates, _Config, _count, _PerObjects
+from .recsys import as_candidates, count_or, PerObjects
 
 # -- resource --------------------------------------------------------------------------------------------------
 
 
-class EmbedderConfig(_Config):
+class EmbedderConfig(NoConfig):
     model: str = Field(
         DEFAULT_MODEL, min_length=1,
         description="'all-MiniLM-L6-v2' (the bundled model), a local sentence-transformers model folder "
@@ -132,7 +132,7 @@ def _mean_of(vectors: _Vectors, like: Sequence[str] | None) -> np.ndarray | None
 # -- node types ------------------------------------------------------------------------------------------------
 
 
-class DenseConfig(_Config):
+class DenseConfig(NoConfig):
     k: int = Field(50, ge=1, description="How many items, unless the 'k' input says otherwise.")
     index: Literal["auto", "exact", "faiss-ivf", "lancedb-flat", "lancedb-ann"] = Field(
         "auto", description="Vector index: exact (in memory), faiss-ivf (in-memory FAISS ANN), lancedb-flat or "
@@ -163,7 +163,7 @@ class Dense(NodeType):
 
     def __init__(self, config: DenseConfig) -> None:
         super().__init__(config)
-        self._states: _PerObjects[_State] = _PerObjects()
+        self._states: PerObjects[_State] = PerObjects()
         self._lock = threading.Lock()
 
     @classmethod
@@ -210,7 +210,7 @@ class Dense(NodeType):
         k: int | None = None,
     ) -> Candidates:
         source = self.config.source
-        n = _count(k, self.config.k)
+        n = count_or(k, self.config.k)
         has_query = bool(query and query.strip())
         if n == 0 or len(catalog) == 0 or (not has_query and not like):
             return Candidates(source=source)  # nothing to search with: a cold start, not an error
@@ -232,7 +232,7 @@ class Dense(NodeType):
         return Candidates(items=items, source=source)
 
 
-class SimilarityConfig(_Config):
+class SimilarityConfig(NoConfig):
     source: str = Field("cosine", min_length=1, description="Key the cosine is stored under in ScoredItem.sources.")
 
 
@@ -246,7 +246,7 @@ class Similarity(NodeType):
 
     def __init__(self, config: SimilarityConfig) -> None:
         super().__init__(config)
-        self._vectors: _PerObjects[_Vectors] = _PerObjects()
+        self._vectors: PerObjects[_Vectors] = PerObjects()
         self._lock = threading.Lock()
 
     def vectors_for(self, catalog: Catalog, model: Embedder) -> _Vectors:
@@ -260,7 +260,7 @@ class Similarity(NodeType):
     def run(
         self, candidates: Candidates, catalog: Catalog, model: Embedder, like: list[str] | None = None
     ) -> Candidates:
-        cands = _candidates(candidates)
+        cands = as_candidates(candidates)
         assert cands is not None
         if not like or not cands.items:
             return cands
@@ -283,7 +283,7 @@ class Similarity(NodeType):
 # -- zero-shot labeling and pair similarity --------------------------------------------------------------------
 
 
-class EmbeddingLabelConfig(_Config):
+class EmbeddingLabelConfig(NoConfig):
     labels: dict[str, str] = Field(
         min_length=2,
         description="Label -> the text its embedding is taken from (a short description; empty: the label itself).")
@@ -307,7 +307,7 @@ class EmbeddingLabel(NodeType):
 
     def __init__(self, config: EmbeddingLabelConfig) -> None:
         super().__init__(config)
-        self._labels: _PerObjects[np.ndarray] = _PerObjects()
+        self._labels: PerObjects[np.ndarray] = PerObjects()
         self._lock = threading.Lock()
 
     def label_vectors(self, model: Embedder) -> np.ndarray:
@@ -330,7 +330,7 @@ class EmbeddingLabel(NodeType):
         return Labeled(label=names[int(order[0])], top=top)
 
 
-class PairSimilarityConfig(_Config):
+class PairSimilarityConfig(NoConfig):
     pass
 
 

@@ -626,7 +626,7 @@ class _Resolved:
 _RESOLVED: dict[str, _Resolved] = {}
 
 
-def _resolve(config: PromptConfig) -> _Resolved:
+def resolve_prompt(config: PromptConfig) -> _Resolved:
     key = config.model_dump_json(by_alias=True)
     files = [config.template_file] if config.template_file else []
     if config.schema_:  # 'file.py:Model' or 'file.json': an edited file resolves again
@@ -667,7 +667,7 @@ class Prompt(NodeType):
 
     def __init__(self, config: PromptConfig) -> None:
         super().__init__(config)
-        self._r = _resolve(config)
+        self._r = resolve_prompt(config)
         self._cache: Any = None
         self._registry: Any = None  # the graph's registry, from start(ctx)
         self._version: str | None = None
@@ -677,7 +677,7 @@ class Prompt(NodeType):
 
     @classmethod
     def signature(cls, config: PromptConfig) -> Signature:  # type: ignore[override]
-        r = _resolve(config)
+        r = resolve_prompt(config)
         params = {name: Param(name, Any, True) for name in sorted(r.names)}
         params["model"] = Param("model", Provider, True)
         if _semantic(config):
@@ -688,7 +688,7 @@ class Prompt(NodeType):
 
     @classmethod
     def check(cls, config: PromptConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
-        r = _resolve(config)
+        r = resolve_prompt(config)
         problems: list[str | tuple[str, str] | Problem] = []
         for reserved in ("model", "context", *(("cache_model",) if _semantic(config) else ())):
             if reserved in r.names:

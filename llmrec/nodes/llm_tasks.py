@@ -35,7 +35,7 @@ from ..llm.provider import Choices, Completion, CompletionRequest, ItemContext, 
 from ..node import CheckContext, Param, Problem, RunContext, Signature, read_signature
 from ..runtime.trace import ModelUsage
 from ..types import Candidates, Labeled, LabelScore, Recommendations, ScoredItem, UserProfile
-from .llm import Prompt, PromptConfig, _resolve
+from .llm import Prompt, PromptConfig, resolve_prompt
 
 # -- output values ---------------------------------------------------------------------------------------------
 
@@ -321,7 +321,7 @@ class _Task(Prompt):
 
     @classmethod
     def signature(cls, config: TaskConfig) -> Signature:  # type: ignore[override]
-        r = _resolve(config)
+        r = resolve_prompt(config)
         base = read_signature(cls.run)
         params = dict(base.params)
         for name in sorted(r.names - cls.provides - set(params)):  # extra template variables are extra inputs
@@ -339,7 +339,7 @@ class _Task(Prompt):
         if config.schema_ and not cls.custom_schema:
             problems.append(Problem(f"{cls.name} has a fixed output schema", "schema",
                                     "Drop 'schema', or use llm.prompt for a free-form answer."))
-        r = _resolve(config)
+        r = resolve_prompt(config)
         shadowed = sorted((r.names & set(read_signature(cls.run).params)) - cls.provides - {"model"})
         for name in shadowed:  # an input the node turns into a computed variable of another shape
             problems.append(Problem(f"the template uses '{name}', an input {cls.name} does not pass to templates "
@@ -933,7 +933,7 @@ class PlanNode(_Task):
 
     @classmethod
     def output_type(cls, config: TaskConfig, declared: Any) -> Any:
-        return _resolve(config).output if config.schema_ else Plan
+        return resolve_prompt(config).output if config.schema_ else Plan
 
     def answer_schema(self, variables: dict[str, Any]) -> type[BaseModel] | None:
         return None if self.config.schema_ else Plan

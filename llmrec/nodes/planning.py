@@ -13,13 +13,12 @@ from pydantic import Field
 
 from ..data import Catalog, Item
 from ..hookspecs import hookimpl
-from ..node import NodeType
+from ..node import NoConfig, NodeType
 from .llm_tasks import Plan, PlanItem
-from .recsys import _Config
 from .verify import as_number
 
 
-class GreedyPlanConfig(_Config):
+class GreedyPlanConfig(NoConfig):
     capacity_attribute: str | None = Field(
         None, description="A numeric catalog attribute (e.g. 'footprint_m2') that must fit the 'capacity' input.")
     score_attribute: str | None = Field(

@@ -57,7 +57,7 @@ from ..errors import RunError
 from ..node import StartContext
 from ..training import TrainContext, TrainingError, TrainingExample, TrainOutput
 from ..types import Candidates, ScoredItem, UserProfile
-from .recsys import _candidates, _count, _PerObjects
+from .recsys import as_candidates, count_or, PerObjects
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightgbm
@@ -146,8 +146,8 @@ class Featurizer:
     """Feature rows for (user, candidate) pairs; deterministic, per-log statistics and vectors computed once."""
 
     def __init__(self) -> None:
-        self._stats: _PerObjects[_LogStats] = _PerObjects()
-        self._vectors: _PerObjects[_ItemVectors] = _PerObjects()
+        self._stats: PerObjects[_LogStats] = PerObjects()
+        self._vectors: PerObjects[_ItemVectors] = PerObjects()
 
     def stats(self, interactions: Interactions) -> _LogStats:
         return self._stats.get((interactions,), lambda: _LogStats(interactions))
@@ -317,7 +317,7 @@ def default_features(examples: list[TrainingExample]) -> list[str]:
     with_model = False
     for ex in examples:
         with_model = with_model or ex.inputs.get("model") is not None
-        cands = _candidates(ex.inputs.get("candidates"))
+        cands = as_candidates(ex.inputs.get("candidates"))
         for c in cands.items if cands is not None else ():
             sources.update(c.sources)
     return [*BASE_FEATURES, *(EMBEDDING_FEATURES if with_model else ()),
@@ -439,10 +439,10 @@ class LambdaMART(NodeType):
         model: Embedder | None = None,
         k: int | None = None,
     ) -> Candidates:
-        cands = _candidates(candidates)
+        cands = as_candidates(candidates)
         assert cands is not None
         source = self.config.source
-        n = _count(k, self.config.k if self.config.k is not None else len(cands.items))
+        n = count_or(k, self.config.k if self.config.k is not None else len(cands.items))
         scores = self.predict(cands, catalog, profile, interactions, model)
         order = sorted(range(len(cands.items)), key=lambda i: (-scores[i], i))[:n]
         items = []
@@ -467,7 +467,7 @@ class LambdaMART(NodeType):
         featurizer = Featurizer()
         groups = []
         for ex in examples:
-            cands = _candidates(ex.inputs.get("candidates"))
+            cands = as_candidates(ex.inputs.get("candidates"))
             if cands is None or not cands.items:
                 continue
             x = featurizer.matrix(features, cands, ex.inputs["catalog"], ex.inputs.get("profile"),

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data import Catalog, DemoDataset, Interactions, generate_demo
 from ..hookspecs import hookimpl
-from ..node import NodeType, ResourceType
+from ..node import NoConfig, NodeType, ResourceType
 from ..types import Candidates, Recommendation, Recommendations, ScoredItem, UserProfile
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,14 +33,10 @@ if TYPE_CHECKING:  # pragma: no cover
 V = TypeVar("V")
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
-class _PerObjects(Generic[V]):
+class PerObjects(Generic[V]):
     """Values derived from (immutable) dataset objects, computed once per combination of objects.
 
     Keyed by the objects' ids; the objects themselves are kept alongside, so an id reused after garbage
@@ -70,14 +66,14 @@ class _PerObjects(Generic[V]):
         return value
 
 
-def _candidates(value: Any) -> Candidates | None:
+def as_candidates(value: Any) -> Candidates | None:
     """A Candidates from a node's output; accepts the plain mapping a ``fallback: {value: ...}`` yields."""
     if value is None or isinstance(value, Candidates):
         return value
     return Candidates.model_validate(value)
 
 
-def _count(k: int | None, default: int) -> int:
+def count_or(k: int | None, default: int) -> int:
     return default if k is None else max(int(k), 0)
 
 
@@ -93,7 +89,7 @@ def _normalised_popularity(interactions: Interactions) -> dict[str, float]:
 # -- resources -------------------------------------------------------------------------------------------------
 
 
-class DemoDatasetConfig(_Config):
+class DemoDatasetConfig(NoConfig):
     seed: int = Field(7, description="Random seed; the same seed always gives the same data.")
     n_items: int = Field(300, ge=1, le=1_000_000, description="Catalog size.")
     n_users: int = Field(120, ge=1, le=1_000_000, description="Number of users u1..uN.")
@@ -115,7 +111,7 @@ class DemoDatasetResource(ResourceType):
 # -- user profile ----------------------------------------------------------------------------------------------
 
 
-class ProfileConfig(_Config):
+class ProfileConfig(NoConfig):
     max_top_categories: int = Field(3, ge=0, description="At most this many categories in top_categories.")
     min_share: float = Field(
         0.1, ge=0.0, le=1.0,
@@ -160,7 +156,7 @@ class Profile(NodeType):
 # -- retrievers ------------------------------------------------------------------------------------------------
 
 
-class PopularConfig(_Config):
+class PopularConfig(NoConfig):
     k: int = Field(50, ge=1, description="How many items, unless the 'k' input says otherwise.")
     source: str = Field("popular", min_length=1, description="Name of this list in ScoredItem.sources.")
 
@@ -175,7 +171,7 @@ class Popular(NodeType):
 
     def __init__(self, config: PopularConfig) -> None:
         super().__init__(config)
-        self._ranked: _PerObjects[list[ScoredItem]] = _PerObjects()
+        self._ranked: PerObjects[list[ScoredItem]] = PerObjects()
 
     def _rank(self, interactions: Interactions) -> list[ScoredItem]:
         source = self.config.source
@@ -190,10 +186,10 @@ class Popular(NodeType):
 
     async def run(self, interactions: Interactions, k: int | None = None) -> Candidates:
         ranked = self._ranked.get((interactions,), lambda: self._rank(interactions))
-        return Candidates(items=ranked[: _count(k, self.config.k)], source=self.config.source)
+        return Candidates(items=ranked[: count_or(k, self.config.k)], source=self.config.source)
 
 
-class BM25Config(_Config):
+class BM25Config(NoConfig):
     k: int = Field(50, ge=1, description="How many items at most, unless the 'k' input says otherwise.")
     k1: float = Field(1.5, ge=0.0, description="BM25 term-frequency saturation.")
     b: float = Field(0.75, ge=0.0, le=1.0, description="BM25 length normalisation.")
@@ -218,7 +214,7 @@ class BM25(NodeType):
 
     def __init__(self, config: BM25Config) -> None:
         super().__init__(config)
-        self._indexes: _PerObjects[_BM25Index] = _PerObjects()
+        self._indexes: PerObjects[_BM25Index] = PerObjects()
 
     def _tokenize(self, texts: list[str]) -> list[list[str]]:
         import bm25s
@@ -246,7 +242,7 @@ class BM25(NodeType):
 
     async def run(self, catalog: Catalog, query: str | None = None, k: int | None = None) -> Candidates:
         source = self.config.source
-        n = _count(k, self.config.k)
+        n = count_or(k, self.config.k)
         if not query or not query.strip() or n == 0 or len(catalog) == 0:
             return Candidates(source=source)
         index = self.index_for(catalog)
@@ -266,7 +262,7 @@ class BM25(NodeType):
         return Candidates(items=items, source=source)
 
 
-class AffinityConfig(_Config):
+class AffinityConfig(NoConfig):
     k: int = Field(50, ge=1, description="How many items, unless the 'k' input says otherwise.")
     exclude_seen: bool = Field(True, description="Leave out items in the profile's 'seen' list.")
     source: str = Field("affinity", min_length=1, description="Name of this list in ScoredItem.sources.")
@@ -283,7 +279,7 @@ class CategoryAffinity(NodeType):
 
     def __init__(self, config: AffinityConfig) -> None:
         super().__init__(config)
-        self._tables: _PerObjects[dict[str, list[tuple[str, float]]]] = _PerObjects()
+        self._tables: PerObjects[dict[str, list[tuple[str, float]]]] = PerObjects()
 
     @staticmethod
     def _table(catalog: Catalog, interactions: Interactions) -> dict[str, list[tuple[str, float]]]:
@@ -306,7 +302,7 @@ class CategoryAffinity(NodeType):
         self, catalog: Catalog, interactions: Interactions, profile: UserProfile, k: int | None = None
     ) -> Candidates:
         source = self.config.source
-        n = _count(k, self.config.k)
+        n = count_or(k, self.config.k)
         if not profile.known or not profile.top_categories or n == 0:
             return Candidates(source=source)
         table = self._tables.get((catalog, interactions), lambda: self._table(catalog, interactions))
@@ -335,7 +331,7 @@ class CategoryAffinity(NodeType):
 # -- fusion ----------------------------------------------------------------------------------------------------
 
 
-class FuseConfig(_Config):
+class FuseConfig(NoConfig):
     method: Literal["rrf", "weighted"] = Field(
         "rrf", description="'rrf': reciprocal rank fusion; 'weighted': min-max normalise each list, then weighted sum."
     )
@@ -370,7 +366,7 @@ class Fuse(NodeType):
         best: dict[str, tuple[int, int]] = {}  # id -> (best rank, first list index): tie-break
         used_names: set[str] = set()
         for i, raw in enumerate(lists):
-            cands = _candidates(raw)
+            cands = as_candidates(raw)
             if cands is None:
                 continue
             name = cands.source or f"list{i}"
@@ -416,7 +412,7 @@ class Fuse(NodeType):
 # -- rerankers -------------------------------------------------------------------------------------------------
 
 
-class FilterSeenConfig(_Config):
+class FilterSeenConfig(NoConfig):
     pass
 
 
@@ -429,7 +425,7 @@ class FilterSeen(NodeType):
     Config = FilterSeenConfig
 
     async def run(self, candidates: Candidates, profile: UserProfile) -> Candidates:
-        cands = _candidates(candidates)
+        cands = as_candidates(candidates)
         assert cands is not None
         if not profile.seen:
             return cands
@@ -437,7 +433,7 @@ class FilterSeen(NodeType):
         return cands.model_copy(update={"items": [c for c in cands.items if c.id not in seen]})
 
 
-class DiversifyConfig(_Config):
+class DiversifyConfig(NoConfig):
     max_per_category: int = Field(3, ge=1, description="At most this many items of one category, while others remain.")
     k: int = Field(10, ge=1, description="How many items, unless the 'k' input says otherwise.")
 
@@ -451,9 +447,9 @@ class Diversify(NodeType):
     Config = DiversifyConfig
 
     async def run(self, candidates: Candidates, catalog: Catalog, k: int | None = None) -> Candidates:
-        cands = _candidates(candidates)
+        cands = as_candidates(candidates)
         assert cands is not None
-        n = _count(k, self.config.k)
+        n = count_or(k, self.config.k)
         cap = self.config.max_per_category
         picked: list[ScoredItem] = []
         overflow: list[ScoredItem] = []
@@ -477,7 +473,7 @@ class Diversify(NodeType):
 # -- presentation ----------------------------------------------------------------------------------------------
 
 
-class PresentConfig(_Config):
+class PresentConfig(NoConfig):
     k: int = Field(10, ge=1, description="How many items, unless the 'k' input says otherwise.")
     query_sources: list[str] = Field(["bm25"], description="Source names that mean 'matched the query'.")
     affinity_sources: list[str] = Field(["affinity"], description="Source names that mean 'from a liked category'.")
@@ -506,9 +502,9 @@ class Present(NodeType):
         query: str | None = None,
         k: int | None = None,
     ) -> Recommendations:
-        cands = _candidates(candidates)
+        cands = as_candidates(candidates)
         assert cands is not None
-        n = _count(k, self.config.k)
+        n = count_or(k, self.config.k)
         query = (query or "").strip()
         liked = set(profile.top_categories)
         shown = list(itertools.islice(((c, item) for c in cands.items if (item := catalog.get(c.id)) is not None), n))

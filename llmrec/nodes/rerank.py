@@ -28,14 +28,14 @@ from ..embed import Embedder
 from ..hookspecs import hookimpl
 from ..node import CheckContext, NodeType, Problem
 from ..types import Candidates, ScoredItem
-from .recsys import _candidates, _count, _PerObjects
+from .recsys import as_candidates, count_or, PerObjects
 
 ITEM_FIELDS: tuple[str, ...] = ("id", "title", "description", "category", "price")
 _MISSING = object()
 Scalar = str | int | float | bool
 
 
-class _Config(BaseModel):
+class NoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -50,7 +50,7 @@ def field_value(item: Item, name: str) -> Any:
     return item.attributes.get(key, _MISSING)
 
 
-_KNOWN: _PerObjects[frozenset[str]] = _PerObjects()
+_KNOWN: PerObjects[frozenset[str]] = PerObjects()
 
 
 def known_fields(catalog: Catalog) -> frozenset[str]:
@@ -84,7 +84,7 @@ def _rescore(cands: Candidates, items: list[ScoredItem]) -> Candidates:
 # -- MMR ---------------------------------------------------------------------------------------------------------
 
 
-class MMRConfig(_Config):
+class MMRConfig(NoConfig):
     lambda_: float = Field(
         0.7, ge=0.0, le=1.0, alias="lambda",
         description="Weight of relevance against novelty: 1 keeps the input order, 0 only avoids similar items.",
@@ -109,7 +109,7 @@ class MMR(NodeType):
 
     def __init__(self, config: MMRConfig) -> None:
         super().__init__(config)
-        self._vectors: _PerObjects[dict[str, np.ndarray]] = _PerObjects()
+        self._vectors: PerObjects[dict[str, np.ndarray]] = PerObjects()
 
     @classmethod
     def check(cls, config: MMRConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
@@ -142,10 +142,10 @@ class MMR(NodeType):
         model: Embedder | None = None,
         k: int | None = None,
     ) -> Candidates:
-        cands = _candidates(candidates)
+        cands = as_candidates(candidates)
         assert cands is not None
         items = cands.items
-        n = min(_count(k, self.config.k), len(items))
+        n = min(count_or(k, self.config.k), len(items))
         if n == 0:
             return _rescore(cands, [])
         sim = self._similarity(items, catalog, embeddings, model)
@@ -194,7 +194,7 @@ class MMR(NodeType):
 # -- quota -------------------------------------------------------------------------------------------------------
 
 
-class QuotaRule(_Config):
+class QuotaRule(NoConfig):
     min: int | None = Field(None, ge=0, description="At least this many items (when the candidates have them).")
     max: int | None = Field(None, ge=0, description="At most this many items.")
     min_share: float | None = Field(None, ge=0.0, le=1.0, description="At least this share of k (rounded up).")
@@ -214,7 +214,7 @@ class QuotaRule(_Config):
         return lo, hi
 
 
-class QuotaConfig(_Config):
+class QuotaConfig(NoConfig):
     field: str = Field("category", min_length=1, description="Item field or attribute whose values get quotas.")
     quotas: dict[str, QuotaRule] = Field(default_factory=dict, description="Per value: min/max counts or shares.")
     default: QuotaRule = Field(default_factory=QuotaRule, description="The quota of every value not listed.")
@@ -244,10 +244,10 @@ class Quota(NodeType):
         return problems
 
     async def run(self, candidates: Candidates, catalog: Catalog, k: int | None = None) -> Candidates:
-        cands = _candidates(candidates)
+        cands = as_candidates(candidates)
         assert cands is not None
         cfg = self.config
-        n = _count(k, cfg.k)
+        n = count_or(k, cfg.k)
         check_fields(self.name, [cfg.field], catalog)
         values = []
         for c in cands.items:
@@ -277,7 +277,7 @@ class Quota(NodeType):
 # -- rules -------------------------------------------------------------------------------------------------------
 
 
-class Rule(_Config):
+class Rule(NoConfig):
     field: str = Field(min_length=1, description="Item field (id, title, description, category, price) or attribute.")
     op: Literal["eq", "ne", "in", "lt", "gt", "contains"] = "eq"
     value: Scalar | list[Scalar]
@@ -320,7 +320,7 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-class RulesConfig(_Config):
+class RulesConfig(NoConfig):
     rules: list[Rule] = Field(min_length=1, description="Applied in order to every candidate's score.")
     source: str = Field("rules", min_length=1, description="Name under which the adjusted score is recorded.")
 
@@ -336,7 +336,7 @@ class Rules(NodeType):
     Config = RulesConfig
 
     async def run(self, candidates: Candidates, catalog: Catalog) -> Candidates:
-        cands = _candidates(candidates)
+        cands = as_candidates(candidates)
         assert cands is not None
         rules = self.config.rules
         check_fields(self.name, [r.field for r in rules], catalog)
@@ -366,7 +366,7 @@ def normalise_title(title: str) -> str:
     return " ".join(_NON_WORD.sub(" ", title.casefold()).split())
 
 
-class DedupeConfig(_Config):
+class DedupeConfig(NoConfig):
     by_title: bool = Field(False, description="Also drop items whose normalised title was already seen (needs catalog).")
 
 
@@ -386,7 +386,7 @@ class Dedupe(NodeType):
         return []
 
     async def run(self, candidates: Candidates, catalog: Catalog | None = None) -> Candidates:
-        cands = _candidates(candidates)
+        cands = as_candidates(candidates)
         assert cands is not None
         if self.config.by_title and catalog is None:
             raise ValueError("rerank.dedupe: by_title needs the 'catalog' input")
@@ -409,7 +409,7 @@ class Dedupe(NodeType):
 # -- constraints -------------------------------------------------------------------------------------------------
 
 
-class ConstraintsConfig(_Config):
+class ConstraintsConfig(NoConfig):
     min_price: float | None = Field(None, ge=0, description="Drop items cheaper than this.")
     max_price: float | None = Field(None, ge=0, description="Drop items dearer than this.")
     keep_unpriced: bool = Field(False, description="With a price range, keep items that have no price.")
@@ -445,7 +445,7 @@ class Constraints(NodeType):
     async def run(
         self, candidates: Candidates, catalog: Catalog | None = None, exclude: list[str] | None = None
     ) -> Candidates:
-        cands = _candidates(candidates)
+        cands = as_candidates(candidates)
         assert cands is not None
         cfg = self.config
         excluded = set(cfg.exclude_ids) | set(exclude or ())

@@ -350,18 +350,18 @@ def _resolve_check(ref: str, base_dir: Path | None) -> Callable[..., Any]:
     import importlib
 
     from ..node import OutputSchemaProblem
-    from ..schemas import _find, _import_file
+    from ..schemas import find_schema_file, import_schema_file
     from ..trust import check_module
 
     module_part, sep, attr = ref.strip().rpartition(":")
     if not sep or not module_part or not attr:
         raise ValueError(f"check '{ref}' must be 'file.py:function' or 'package.module:function'")
     if module_part.endswith(".py"):
-        file = _find(module_part, base_dir or Path.cwd(), base_dir is not None)
+        file = find_schema_file(module_part, base_dir or Path.cwd(), base_dir is not None)
         if file is None:
             raise ValueError(f"check module '{module_part}' not found beside the spec")
         try:
-            module = _import_file(file)
+            module = import_schema_file(file)
         except OutputSchemaProblem as exc:
             raise ValueError(str(exc).replace("schema module", "check module")) from None
     else:
@@ -383,9 +383,9 @@ def _absolute_check(value: str, info: ValidationInfo) -> str:
     _resolve_check(value, base)  # fails validation with the reason
     module_part, _, attr = value.strip().rpartition(":")
     if module_part.endswith(".py"):
-        from ..schemas import _find
+        from ..schemas import find_schema_file
 
-        file = _find(module_part, base, True)
+        file = find_schema_file(module_part, base, True)
         if file is not None:
             return f"{file.resolve()}:{attr}"
     return value.strip()

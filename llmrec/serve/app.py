@@ -799,7 +799,7 @@ def _openapi(app: FastAPI, svc: Service) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from ..plugins import _version as v
+    from ..plugins import llmrec_version as v
 
     return v()
 

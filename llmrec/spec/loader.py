@@ -92,11 +92,11 @@ def load_spec(path: str | os.PathLike[str], display: str | None = None) -> SpecD
     doc.data.setdefault("name", p.stem)
     _expand_env(doc, doc.data, ())
     doc.errors.extend(_check_ids(doc))
-    doc.spec = _validate_sections(doc)
+    doc.spec = validate_sections(doc)
     return doc
 
 
-def _validate_sections(doc: SpecDocument) -> Spec | None:
+def validate_sections(doc: SpecDocument) -> Spec | None:
     """Validate entry by entry, so one bad node does not hide the problems of the others.
 
     Entries that fail are reported and left out; the names stay in ``doc.declared`` so that references to

@@ -22,7 +22,7 @@ import os
 from typing import Any
 
 from ..errors import Location, SpecError, SpecValidationError
-from .loader import SpecDocument, _validate_sections, load_spec
+from .loader import SpecDocument, validate_sections, load_spec
 from .yamlpos import Path_
 
 _MISSING = object()
@@ -126,7 +126,7 @@ def apply_variant(doc: SpecDocument, name: str) -> SpecDocument:
         positions.plain.discard(path)
     if any(isinstance(e, VariantError) for e in new.errors):
         return new
-    new.spec = _validate_sections(new)
+    new.spec = validate_sections(new)
     return new
 
 
