@@ -524,7 +524,7 @@ def _label(item_id: str, ex: TrainingExample) -> int:
 
 def _validation_metrics(booster: Any, val: list[Any]) -> dict[str, float]:
     """NDCG@10 of the model's order and of the input order, averaged over the validation cases."""
-    from ..eval.metrics import ndcg_at_k
+    from ..metrics import ndcg_at_k
 
     model, baseline = [], []
     for ex, cands, x, _ in val:

@@ -97,7 +97,7 @@ class _Cases:
 def _ndcg(logp: np.ndarray, cases: _Cases, offset: int, item_ids: Sequence[str], k: int) -> list[float]:
     import numpy as np
 
-    from llmrec.eval.metrics import ndcg_at_k
+    from llmrec.metrics import ndcg_at_k
 
     out = []
     for row in range(logp.shape[0]):
