@@ -33,7 +33,7 @@ KS = (5, 10, 20)
 
 async def handwritten(graph: object, ds: object) -> tuple[float, dict[str, float]]:
     """Seconds for the plain loop, and its metrics."""
-    from llmrec.eval.metrics import LIST_METRICS, RANKING_METRICS, ListContext
+    from llmrec.metrics import LIST_METRICS, RANKING_METRICS, ListContext
     from llmrec.eval.runner import answer_ids, dataset_resources
     from llmrec.runtime.executor import Runtime
 

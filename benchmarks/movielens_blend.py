@@ -37,7 +37,7 @@ import numpy as np
 
 from llmrec.api import validate
 from llmrec.data.datasets import load_dataset
-from llmrec.eval.metrics import ndcg_at_k
+from llmrec.metrics import ndcg_at_k
 from llmrec.runtime.executor import Runtime
 from llmrec.spec.variants import validate_variant
 from llmrec.training import atrain

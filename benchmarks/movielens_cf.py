@@ -45,7 +45,7 @@ import numpy as np
 from llmrec.api import validate
 from llmrec.data import Dataset, EvalCase, Interactions, split_interactions
 from llmrec.data.datasets import load_dataset
-from llmrec.eval.metrics import ndcg_at_k, precision_at_k, recall_at_k
+from llmrec.metrics import ndcg_at_k, precision_at_k, recall_at_k
 from llmrec.nodes.cf import CF, DecayConfig, _matrix, _Matrix, fit_als, fit_ease, fit_item_knn, fit_svd, top_k
 from llmrec.runtime.executor import Runtime
 

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 import llmrec
-from llmrec.eval.metrics import ndcg_at_k, precision_at_k, recall_at_k
+from llmrec.metrics import ndcg_at_k, precision_at_k, recall_at_k
 from llmrec.training import atrain
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Metric values on small examples computed by hand (llmrec/eval/metrics.py)."""
+"""Metric values on small examples computed by hand (llmrec/metrics.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from llmrec.data import Catalog, Interaction, Interactions, Item
-from llmrec.eval import metrics as m
+from llmrec import metrics as m
 from llmrec.plugins import get_registry
 
 

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from llmrec.data import Dataset, generate_demo, make_dataset
 from llmrec.errors import SpecErrors
-from llmrec.eval.metrics import ndcg_at_k, recall_at_k
+from llmrec.metrics import ndcg_at_k, recall_at_k
 from llmrec.eval.runner import EvalError, answer_ids, evaluate, parse_ks
 from llmrec.types import Candidates, Recommendation, Recommendations, ScoredItem
 

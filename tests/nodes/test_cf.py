@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from llmrec.data import DemoDataset, Interaction, Interactions, generate_demo
-from llmrec.eval.metrics import ndcg_at_k
+from llmrec.metrics import ndcg_at_k
 from llmrec.node import read_signature
 from llmrec.nodes.cf import (
     CF,

@@ -11,7 +11,7 @@ import pytest
 
 from llmrec.data import generate_demo, make_dataset
 from llmrec.errors import RunError
-from llmrec.eval.metrics import ndcg_at_k
+from llmrec.metrics import ndcg_at_k
 from llmrec.data import Catalog, Item
 from llmrec.nodes.rank import (
     BASE_FEATURES,

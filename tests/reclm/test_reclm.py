@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from llmrec.data import Catalog, EvalCase, Interaction, Interactions, Item
-from llmrec.eval.metrics import ndcg_at_k
+from llmrec.metrics import ndcg_at_k
 from llmrec.reclm import RecLM, RecLMConfig, RecLMError, TrainingInterrupted, Vocab, evaluate_ndcg, train_reclm
 from llmrec.reclm.tokens import rating_token
 
