@@ -52,7 +52,7 @@ def test_the_spec_runs_on_the_latest_fine_tuned_version(tiny_base, tmp_path, cap
     result = llmrec.run(spec, {"user_id": "u2"})
     node = result.trace.node("recs")
     assert node.status == "ok" and not result.degraded, node
-    assert node.model == str(latest)  # the latest version, resolved against the spec's folder
+    assert node.usage.model == str(latest)  # the latest version, resolved against the spec's folder
     assert len(result.outputs["recs"].ids) == 2
 
     meta = latest / "meta.json"
