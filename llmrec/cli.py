@@ -49,6 +49,11 @@ def _root(
     """Declarative recommender systems with LLMs: validate, run, draw and inspect YAML specs."""
 
 
+#: ``--quiet``/``-q`` on every command that may take long: no progress on stderr (llmrec/progress.py).
+QuietOption = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No progress on stderr (bars and step messages); errors and warnings still print.")]
+
+
 EXIT_SPEC, EXIT_USAGE, EXIT_INPUT, EXIT_FAILED, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 4, 70, 130
 
 
@@ -209,6 +214,7 @@ def run(
                          "(one JSON object with outputs and trace), or auto: table on a terminal, else json.")
     ] = "auto",
     trust: TrustOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run a spec once and print its outputs as JSON.
 
@@ -218,8 +224,11 @@ def run(
       llmrec run specs/quickstart.yaml --input '{"user_id": "u1", "query": "coffee"}'
       llmrec run specs/quickstart.yaml -i @request.json --trace
     """
+    from . import progress
     from .runtime.executor import Runtime
 
+    if quiet:
+        progress.set_quiet(True)
     graph = _load_graph(spec, trust)
     inputs = _read_input(input_)
     runtime = Runtime(graph)
@@ -554,8 +563,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``llmrec`` console script."""
     import warnings
 
+    from . import progress
+
     warnings.formatwarning = _one_line_warning  # a user reads what happened, not the source line that warned
     _register_plugin_commands()
+    was_quiet = progress.set_quiet(progress.is_quiet())  # --quiet lasts one command (main may run many times)
     try:
         code = _command()(args=argv, prog_name="llmrec", standalone_mode=False)
         if code == 130:  # click turned a Ctrl-C into its exit code instead of raising
@@ -588,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         _err(f"internal error: {type(exc).__name__}: {exc}")
         _err("This is a bug in llmrec or in a plugin, not in your spec. Set LLMREC_DEBUG=1 to see the traceback.")
         return 70
+    finally:
+        progress.set_quiet(was_quiet)
     return 0
 
 

