@@ -24,11 +24,20 @@ import typer
 
 from .errors import InputError, LlmrecError, PluginError, RunError, SpecError, SpecErrors
 
+ROOT_HELP = """Declarative recommender systems with LLMs: validate, run, draw and inspect YAML specs.
+
+\b
+Examples:
+  llmrec init myrec && llmrec run myrec/spec.yaml -i user_id=u1
+  llmrec run specs/quickstart.yaml -i user_id=u1 -i k:=5
+  llmrec eval specs/quickstart.yaml --users 50
+  llmrec --install-completion        # tab completion for bash, zsh, fish or PowerShell
+"""
+
 app = typer.Typer(
     name="llmrec",
-    help="Declarative recommender systems with LLMs: validate, run, draw and inspect YAML specs.",
+    help=ROOT_HELP,
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -105,7 +114,13 @@ def validate(
 ) -> None:
     """Check specs without running anything; print every problem as file:line:col: node 'id': message.
 
-    Code in an untrusted spec's folder is never imported: each reference to it is an error saying so."""
+    Code in an untrusted spec's folder is never imported: each reference to it is an error saying so.
+
+    \b
+    Examples:
+      llmrec validate specs/*.yaml -q
+      llmrec validate specs/quickstart.yaml --format json
+    """
     total = 0
     report = []
     for spec in specs:
@@ -222,7 +237,7 @@ def run(
     Examples:
       llmrec run specs/quickstart.yaml -i user_id=u1 -i k:=5
       llmrec run specs/quickstart.yaml --input '{"user_id": "u1", "query": "coffee"}'
-      llmrec run specs/quickstart.yaml -i @request.json --trace
+      llmrec run specs/quickstart.yaml -i user_id=u1 --trace -q
     """
     from . import progress
     from .runtime.executor import Runtime
@@ -319,7 +334,13 @@ def graph(
     output_format: Annotated[str, typer.Option("--format", "-f", help="mermaid or dot.")] = "mermaid",
     trust: TrustOption = False,
 ) -> None:
-    """Draw the spec's DAG as Mermaid or Graphviz DOT."""
+    """Draw the spec's DAG as Mermaid or Graphviz DOT.
+
+    \b
+    Examples:
+      llmrec graph specs/quickstart.yaml
+      llmrec graph specs/news_ltr.yaml --format dot | dot -Tsvg -o news_ltr.svg
+    """
     from .graph import draw
 
     if output_format not in ("mermaid", "dot"):
@@ -351,7 +372,13 @@ def schema(
     ] = None,
     trust: TrustOption = False,
 ) -> None:
-    """Write the JSON Schema of the spec language, with every registered node type's config."""
+    """Write the JSON Schema of the spec language, with every registered node type's config.
+
+    \b
+    Examples:
+      llmrec schema -o llmrec-spec.schema.json
+      llmrec schema | jq '.properties | keys'
+    """
     from .plugins import get_registry
     from .spec.jsonschema import spec_json_schema
 
@@ -375,7 +402,13 @@ def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     trust: TrustOption = False,
 ) -> None:
-    """List loaded plugins, their distribution and version, and what each provides."""
+    """List loaded plugins, their distribution and version, and what each provides.
+
+    \b
+    Examples:
+      llmrec plugins
+      llmrec plugins --json
+    """
     from .plugins import get_registry
 
     _local_plugins(spec_dir, trust)
@@ -443,7 +476,12 @@ def init(
 
 SCHEMA_FILE = "llmrec-spec.schema.json"
 
-plugin_app = typer.Typer(name="plugin", help="Write llmrec plugins.", no_args_is_help=True)
+plugin_app = typer.Typer(name="plugin", help="""Write llmrec plugins.
+
+\b
+Examples:
+  llmrec plugin new price-cap --dir plugins
+""", no_args_is_help=True)
 app.add_typer(plugin_app, name="plugin")
 
 
@@ -481,7 +519,14 @@ def trust_command(
     list_: Annotated[bool, typer.Option("--list", help="Print every trusted folder and where it is trusted.")] = False,
 ) -> None:
     """Trust spec folders: their plugins/*.py, schema and check files and the modules their specs name may be
-    imported (docs/security.md). Kept in $XDG_CONFIG_HOME/llmrec/trusted (~/.config/llmrec/trusted)."""
+    imported (docs/security.md). Kept in $XDG_CONFIG_HOME/llmrec/trusted (~/.config/llmrec/trusted).
+
+    \b
+    Examples:
+      llmrec trust specs
+      llmrec trust --list
+      llmrec trust specs --remove
+    """
     from . import trust
 
     for folder in folders or []:
@@ -511,7 +556,12 @@ def trust_command(
 
 @app.command()
 def version() -> None:
-    """Print llmrec's version."""
+    """Print llmrec's version.
+
+    \b
+    Examples:
+      llmrec version
+    """
     from .plugins import llmrec_version
 
     _out(f"llmrec {llmrec_version()}")
@@ -575,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     except Exit as exc:
         return exc.code
+    except SystemExit as exc:  # --show-completion / --install-completion, and shell completion itself, exit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SpecErrors as exc:
         for e in exc.errors:
             _err(e.format())

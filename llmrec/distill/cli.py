@@ -106,7 +106,13 @@ def llmrec_register_commands(cli: Any) -> None:
                                                      "round, each scored alone.")] = 100,
         trust: Annotated[bool, typer.Option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
     ) -> None:
-        """Distil a teacher's pairwise preferences into a small rec-LM, report both, save the student."""
+        """Distil a teacher's pairwise preferences into a small rec-LM, report both, save the student.
+
+        \b
+        Examples:
+          llmrec distill specs/movielens_llm.yaml --teacher model --student tiny
+          llmrec distill specs/movielens_llm.yaml --teacher model --student small --loss kl --temperature 4
+        """
         from pydantic import ValidationError
 
         from llmrec.commands import EXIT_FAILED, Exit, load_graph

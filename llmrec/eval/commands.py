@@ -103,7 +103,14 @@ def eval_command(
         "--quiet", "-q", help="No progress on stderr (bars and step messages); errors still print.")] = False,
 ) -> None:
     """Run specs over a dataset's test cases and report ranking, beyond-accuracy, LLM, grounding and latency
-    metrics (and LLM-as-judge scores with a judge model)."""
+    metrics (and LLM-as-judge scores with a judge model).
+
+    \b
+    Examples:
+      llmrec eval specs/quickstart.yaml --users 50
+      llmrec eval specs/movielens_cf.yaml specs/movielens_ease.yaml --k 5,10 --report runs/report
+      llmrec eval specs/quickstart.yaml --users 50 --json - -q > report.json
+    """
     import json
     import os
     import sys

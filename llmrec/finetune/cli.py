@@ -105,7 +105,13 @@ def llmrec_register_commands(cli: Any) -> None:
         trust: Annotated[bool, typer.Option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
     ) -> None:
         """LoRA-fine-tune a local causal LM on the spec's dataset (instruction pairs from training interactions)
-        and write the adapter and a merged model folder for the spec's llm resource to load."""
+        and write the adapter and a merged model folder for the spec's llm resource to load.
+
+        \b
+        Examples:
+          llmrec finetune specs/movielens_llm.yaml --base ~/models/Qwen2.5-0.5B-Instruct --max-users 500
+          llmrec finetune specs/movielens_llm.yaml --base ~/models/Qwen2.5-0.5B-Instruct --max-steps 20 --r 4
+        """
         from pydantic import ValidationError
 
         from ..commands import EXIT_FAILED, Exit, load_graph

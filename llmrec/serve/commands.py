@@ -65,7 +65,13 @@ def serve_command(
     log_level: Annotated[str, _opt("--log-level", help="debug, info, warning or error.")] = "info",
     trust: Annotated[bool, _opt("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
 ) -> None:
-    """Serve a spec over HTTP: /v1/recommend (and /batch, /stream), /healthz, /readyz, /metrics, playground at /."""
+    """Serve a spec over HTTP: /v1/recommend (and /batch, /stream), /healthz, /readyz, /metrics, playground at /.
+
+    \b
+    Examples:
+      llmrec serve specs/quickstart.yaml --port 8000
+      llmrec serve specs/quickstart.yaml --host 0.0.0.0 --workers 2 --api-key secret --deadline 2
+    """
     import typer
     import uvicorn
 
