@@ -71,11 +71,11 @@ class Exit(Exception):
         self.code = code
 
 
-def _out(text: str = "") -> None:
+def out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
-def _err(text: str) -> None:
+def say(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
@@ -91,16 +91,16 @@ def _check(path: Path, trust: bool = False) -> tuple[Any, list[SpecError], list[
     return check(path, str(path), trust)
 
 
-def _load_graph(spec: Path, trust: bool = False) -> Any:
+def load_graph(spec: Path, trust: bool = False) -> Any:
     """Validate or exit 1 printing every error, like `llmrec validate`."""
     graph, errors, warnings = _check(spec, trust)
     for w in warnings:
-        _err(w.format())
+        say(w.format())
     if errors or graph is None:
         for e in errors:
-            _err(e.format())
+            say(e.format())
         n = len(errors)
-        _err(f"{spec}: {n} error{'s' if n != 1 else ''}; nothing was run. Fix them and try again.")
+        say(f"{spec}: {n} error{'s' if n != 1 else ''}; nothing was run. Fix them and try again.")
         raise Exit(1)
     return graph
 
@@ -135,15 +135,15 @@ def validate(
             })
             continue
         for e in sorted(errors + warnings, key=SpecError.sort_key):
-            _out(e.format())
+            out(e.format())
         if errors:
             n = len(errors)
-            _out(f"{spec}: {n} error{'s' if n != 1 else ''}")
+            out(f"{spec}: {n} error{'s' if n != 1 else ''}")
         elif not quiet:
-            _out(f"{spec}: ok ({_n(len(graph.nodes), 'node')}, {_n(len(graph.resources), 'resource')}, "
+            out(f"{spec}: ok ({_n(len(graph.nodes), 'node')}, {_n(len(graph.resources), 'resource')}, "
                  f"{_n(len(graph.outputs), 'output')})")
     if output_format == "json":
-        _out(json.dumps(report, indent=2))
+        out(json.dumps(report, indent=2))
     if total:
         raise Exit(1)
 
@@ -188,8 +188,8 @@ def _read_one_input(value: str) -> dict[str, Any]:
         try:
             return {key: json.loads(raw)}
         except json.JSONDecodeError as exc:
-            _err(f"error: --input {key}:= is not valid JSON: {exc.msg} at column {exc.colno}")
-            _err(f"hint: {key}:=3, {key}:='[\"a\", \"b\"]' or {key}:=true; for text use {key}=...")
+            say(f"error: --input {key}:= is not valid JSON: {exc.msg} at column {exc.colno}")
+            say(f"hint: {key}:=3, {key}:='[\"a\", \"b\"]' or {key}:=true; for text use {key}=...")
             raise Exit(EXIT_INPUT) from None
     text = value
     if value.startswith("@"):
@@ -197,17 +197,17 @@ def _read_one_input(value: str) -> dict[str, Any]:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            _err(f"error: cannot read input file '{path}': {exc.strerror}")
+            say(f"error: cannot read input file '{path}': {exc.strerror}")
             raise Exit(EXIT_INPUT) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        _err(f"error: --input is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
-        _err("hint: quote it for the shell, e.g. --input '{\"user_id\": \"u1\"}', pass @file.json, or give "
+        say(f"error: --input is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        say("hint: quote it for the shell, e.g. --input '{\"user_id\": \"u1\"}', pass @file.json, or give "
              "pairs: -i user_id=u1 -i k:=5")
         raise Exit(EXIT_INPUT) from None
     if not isinstance(data, dict):
-        _err("error: --input must be a JSON object, e.g. '{\"user_id\": \"u1\"}', or key=value pairs")
+        say("error: --input must be a JSON object, e.g. '{\"user_id\": \"u1\"}', or key=value pairs")
         raise Exit(EXIT_INPUT)
     return data
 
@@ -244,32 +244,32 @@ def run(
 
     if quiet:
         progress.set_quiet(True)
-    graph = _load_graph(spec, trust)
+    graph = load_graph(spec, trust)
     inputs = _read_input(input_)
     runtime = Runtime(graph)
     try:
         result = runtime.run_sync(inputs, deadline=deadline)
     except InputError as exc:
         for e in exc.errors:
-            _err(f"error: input '{e['field']}': {e['message']}")
+            say(f"error: input '{e['field']}': {e['message']}")
         declared = ", ".join(f"{n} ({i.type}{', required' if i.is_required else ''})"
                              for n, i in graph.spec.inputs.items())
-        _err(f"hint: {spec} takes: {declared or 'no inputs'}")
+        say(f"hint: {spec} takes: {declared or 'no inputs'}")
         raise Exit(EXIT_INPUT) from None
     except RunError as exc:
-        _err(f"error: {exc}")
+        say(f"error: {exc}")
         if trace and exc.trace is not None:
-            _err(json.dumps(exc.trace.to_dict(), indent=2))
+            say(json.dumps(exc.trace.to_dict(), indent=2))
         _node_bug_hint(graph, exc)
         raise Exit(EXIT_FAILED) from None
     if output_format not in ("auto", "json", "table"):
-        _err(f"error: unknown format '{output_format}'; use auto, json or table")
+        say(f"error: unknown format '{output_format}'; use auto, json or table")
         raise Exit(EXIT_USAGE)
     table = trace and (output_format == "table" or (output_format == "auto" and sys.stdout.isatty()))
     data = result.to_dict(trace=trace and not table)
     if (not trace or table) and not result.degraded:
         data = data["outputs"]
-    _out(json.dumps(data, indent=2, ensure_ascii=False))
+    out(json.dumps(data, indent=2, ensure_ascii=False))
     if table:
         _trace_table(result.trace)
 
@@ -285,13 +285,13 @@ def _node_bug_hint(graph: Any, exc: RunError) -> None:
     if os.environ.get("LLMREC_DEBUG"):
         import traceback
 
-        _err("".join(traceback.format_exception(cause)).rstrip())
+        say("".join(traceback.format_exception(cause)).rstrip())
         return
     type_name = graph.nodes[exc.node_id].spec.type
     entry = graph.registry.node_types.entry(type_name)
     if entry is None or entry.plugin.source == "built-in":  # llmrec's own types say what went wrong themselves
         return
-    _err(f"hint: node type '{type_name}' (from {entry.plugin.label()}) raised {type(cause).__name__}; if the spec "
+    say(f"hint: node type '{type_name}' (from {entry.plugin.label()}) raised {type(cause).__name__}; if the spec "
          "and data are right, it may be a bug in that plugin: set LLMREC_DEBUG=1 to see the traceback")
 
 
@@ -344,9 +344,9 @@ def graph(
     from .graph import draw
 
     if output_format not in ("mermaid", "dot"):
-        _err(f"error: unknown format '{output_format}'; use mermaid or dot")
+        say(f"error: unknown format '{output_format}'; use mermaid or dot")
         raise Exit(2)
-    g = _load_graph(spec, trust)
+    g = load_graph(spec, trust)
     sys.stdout.write(draw.mermaid(g) if output_format == "mermaid" else draw.dot(g))
 
 
@@ -360,7 +360,7 @@ def _local_plugins(spec_dir: Path | None, trust: bool) -> None:
     if trust:
         trust_.grant(spec_dir)
     elif local_plugin_files(spec_dir.resolve()) and not trust_.is_trusted(spec_dir):
-        _err(f"warning: {spec_dir}/plugins/*.py not imported: the folder is not trusted. "
+        say(f"warning: {spec_dir}/plugins/*.py not imported: the folder is not trusted. "
              + trust_.hint(spec_dir))
 
 
@@ -391,7 +391,7 @@ def schema(
     tmp = output.with_suffix(output.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, output)
-    _err(f"wrote {output}")
+    say(f"wrote {output}")
 
 
 @app.command()
@@ -424,7 +424,7 @@ def plugins(
             "provides": provided,
         })
     if as_json:
-        _out(json.dumps(rows, indent=2))
+        out(json.dumps(rows, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -460,7 +460,7 @@ def init(
     spec_path, schema_path = folder / name, folder / SCHEMA_FILE
     existing = [p for p in (spec_path, schema_path) if p.exists()]
     if existing and not force:
-        _err(f"error: {', '.join(str(p) for p in existing)} already exist{'s' if len(existing) == 1 else ''}; "
+        say(f"error: {', '.join(str(p) for p in existing)} already exist{'s' if len(existing) == 1 else ''}; "
              "pass --force to overwrite, or choose another folder")
         raise Exit(EXIT_USAGE)
     text = files("llmrec").joinpath("starter/spec.yaml").read_text(encoding="utf-8")
@@ -470,8 +470,8 @@ def init(
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(content, encoding="utf-8")
         os.replace(tmp, path)
-    _err(f"wrote {spec_path} and {schema_path}")
-    _err(f"next: llmrec run {spec_path} -i user_id=u1")
+    say(f"wrote {spec_path} and {schema_path}")
+    say(f"next: llmrec run {spec_path} -i user_id=u1")
 
 
 SCHEMA_FILE = "llmrec-spec.schema.json"
@@ -504,12 +504,12 @@ def plugin_new(
     try:
         files = write(folder, name, force)
     except ScaffoldError as exc:
-        _err(f"error: {exc}")
+        say(f"error: {exc}")
         raise Exit(EXIT_USAGE) from None
     root = files[0].parent
     for path in files:
-        _err(f"wrote {path}")
-    _err(f"next: cd {root} && pip install -e '.[test]' && pytest")
+        say(f"wrote {path}")
+    say(f"next: cd {root} && pip install -e '.[test]' && pytest")
 
 
 @app.command("trust")
@@ -532,25 +532,25 @@ def trust_command(
     for folder in folders or []:
         try:
             if remove:
-                _err(f"{'no longer trusted' if trust.forget(folder) else 'was not trusted'}: {folder.resolve()}")
+                say(f"{'no longer trusted' if trust.forget(folder) else 'was not trusted'}: {folder.resolve()}")
             else:
-                _err(f"trusted: {trust.remember(folder)}")
+                say(f"trusted: {trust.remember(folder)}")
         except (ValueError, OSError) as exc:
-            _err(f"error: {exc}")
+            say(f"error: {exc}")
             raise Exit(1) from None
     if list_ or not folders:
         env = os.environ.get(trust.TRUST_ENV)
         listed = 0
         for line in trust.config_file().read_text(encoding="utf-8").splitlines() if trust.config_file().is_file() else []:
             if line.strip() and not line.lstrip().startswith("#"):
-                _out(f"{line.strip()}\t({trust.config_file()})")
+                out(f"{line.strip()}\t({trust.config_file()})")
                 listed += 1
         for part in (env or "").split(os.pathsep):
             if part.strip():
-                _out(f"{part.strip()}\t(${trust.TRUST_ENV})")
+                out(f"{part.strip()}\t(${trust.TRUST_ENV})")
                 listed += 1
         if not listed:
-            _err("no folder is trusted: the code of every spec folder is left unimported. Trust one with "
+            say("no folder is trusted: the code of every spec folder is left unimported. Trust one with "
                  "'llmrec trust FOLDER', or pass --trust to one command.")
 
 
@@ -564,7 +564,7 @@ def version() -> None:
     """
     from .plugins import llmrec_version
 
-    _out(f"llmrec {llmrec_version()}")
+    out(f"llmrec {llmrec_version()}")
 
 
 def _register_plugin_commands() -> None:
@@ -579,7 +579,7 @@ def _register_plugin_commands() -> None:
             latest[info.name or info.callback] = info
         app.registered_commands[:] = list(latest.values())
     except PluginError as exc:
-        _err(f"error: {exc}")
+        say(f"error: {exc}")
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _command()(args=argv, prog_name="llmrec", standalone_mode=False)
         if code == 130:  # click turned a Ctrl-C into its exit code instead of raising
-            _err("aborted")
+            say("aborted")
             return 130
     except Exit as exc:
         return exc.code
@@ -629,16 +629,16 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SpecErrors as exc:
         for e in exc.errors:
-            _err(e.format())
+            say(e.format())
         return 1
     except PluginError as exc:
-        _err(f"error: {exc}")
+        say(f"error: {exc}")
         return EXIT_SPEC
     except LlmrecError as exc:
-        _err(f"error: {exc}")
+        say(f"error: {exc}")
         return EXIT_FAILED
     except (typer.Abort, KeyboardInterrupt):
-        _err("aborted")
+        say("aborted")
         return 130
     except Exception as exc:
         # usage errors from typer's click carry their own message and exit code
@@ -649,8 +649,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(getattr(exc, "exit_code", 0) or 0)
         if os.environ.get("LLMREC_DEBUG"):
             raise
-        _err(f"internal error: {type(exc).__name__}: {exc}")
-        _err("This is a bug in llmrec or in a plugin, not in your spec. Set LLMREC_DEBUG=1 to see the traceback.")
+        say(f"internal error: {type(exc).__name__}: {exc}")
+        say("This is a bug in llmrec or in a plugin, not in your spec. Set LLMREC_DEBUG=1 to see the traceback.")
         return 70
     finally:
         progress.set_quiet(was_quiet)

@@ -25,9 +25,9 @@ from .cli import (
     EXIT_USAGE,
     Exit,
     TrustOption,
-    _err as say,
-    _load_graph as load_graph,
-    _out as out,
+    load_graph,
+    out,
+    say,
 )
 
 __all__ = ["EXIT_FAILED", "EXIT_INPUT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_SPEC", "EXIT_USAGE", "Exit",
