@@ -45,12 +45,27 @@ def ids_of(value: Any, exclude: frozenset[str]) -> list[str]:
     return [item.id for item in value.items if item.id not in exclude]
 
 
+async def lists_of(runtime: llmrec.Runtime, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The four methods' lists for one request. They are node values, not outputs (the spec's output is the
+    readable top k): ``on_node`` hands each node's value as it finishes."""
+    values: dict[str, Any] = {}
+
+    def keep(record: Any, value: Any) -> None:
+        if record.node_id in METHODS:
+            values[record.node_id] = value
+
+    await runtime.run(inputs, on_node=keep)
+    missing = set(METHODS) - set(values)
+    assert not missing, f"{SPEC.name} ran no node named {', '.join(sorted(missing))}"
+    return values
+
+
 async def run_cases(runtime: llmrec.Runtime, cases: list[EvalCase]) -> dict[str, list[list[str]]]:
     out: dict[str, list[list[str]]] = {m: [] for m in METHODS}
     for case in cases:
-        result = await runtime.run(case.inputs)
+        lists = await lists_of(runtime, case.inputs)
         for m in METHODS:
-            out[m].append(ids_of(result.outputs[m], case.exclude))
+            out[m].append(ids_of(lists[m], case.exclude))
     return out
 
 
@@ -111,9 +126,8 @@ async def main_async(args: argparse.Namespace) -> str:
     # validation grid over the bm25 weight, on the retrievers' own lists
     val = []
     for case in val_cases:
-        r = await runtime.run(case.inputs)
-        val.append((case, [(i.id, i.score) for i in r.outputs["bm25"].items],
-                    [(i.id, i.score) for i in r.outputs["dense"].items]))
+        r = await lists_of(runtime, case.inputs)
+        val.append((case, [(i.id, i.score) for i in r["bm25"].items], [(i.id, i.score) for i in r["dense"].items]))
     grid = [round(w, 2) for w in np.arange(0.0, 1.01, 0.1)]
     val_ndcg = {}
     for w in grid:
@@ -129,9 +143,9 @@ async def main_async(args: argparse.Namespace) -> str:
     # the validation pick, on the test queries (same retriever outputs)
     raw = []
     for case in test_cases:
-        r = await runtime.run(case.inputs)
-        raw.append([i for i in weighted([(i.id, i.score) for i in r.outputs["bm25"].items],
-                                        [(i.id, i.score) for i in r.outputs["dense"].items], best_w)
+        r = await lists_of(runtime, case.inputs)
+        raw.append([i for i in weighted([(i.id, i.score) for i in r["bm25"].items],
+                                        [(i.id, i.score) for i in r["dense"].items], best_w)
                     if i not in case.exclude])
     picked = score(raw, test_cases)
     spec_w = graph.nodes["hybrid"].config.weights
