@@ -58,9 +58,10 @@ class Metrics:
                                   ("node", "model", "kind"), registry=r)
         self.llm_cost = Counter("llmrec_llm_cost_usd_total", "LLM cost in US dollars.", ("node", "model"),
                                 registry=r)
-        self.grounding = Counter("llmrec_grounding_violations_total", "Hallucinated or repeated items fixed by "
-                                 "grounding nodes (verify.grounded and any declaring Reports(grounding=True)), by kind (dropped, repaired, duplicates).", ("node", "kind"),
-                                 registry=r)
+        self.grounding = Counter("llmrec_grounding_violations_total",
+                                 "Hallucinated or repeated items fixed by grounding nodes (node types declaring "
+                                 "Reports(grounding=True), e.g. verify.grounded), by kind (dropped, repaired, "
+                                 "duplicates).", ("node", "kind"), registry=r)
         for outcome in ("ok", "invalid", "failed"):  # every outcome a series from the start, at 0
             self.reloads.labels(outcome)
         for outcome in ("ok", "degraded", "failed"):
