@@ -92,6 +92,9 @@ def eval_command(
     judge_rubric: Annotated[Optional[Path], typer_option(
         "--judge-rubric", help="YAML file of judge criteria (name: what a 5 means). Default: relevance, "
                                "diversity, personalisation.")] = None,
+    judge_spec: Annotated[Optional[Path], typer_option(
+        "--judge-spec", help="Your own judge spec instead of the built-in llmrec/eval/judge.yaml (inputs subject "
+                             "and request, a resource model, an output judge with scores and overall).")] = None,
     no_judge: Annotated[bool, typer_option("--no-judge", help="Do not run the judge even if a model is set.")] = False,
     report_dir: Annotated[Optional[Path], typer_option(
         "--report", help="Write report.json, report.md (+ plots) and a self-contained report.html here.")] = None,
@@ -150,7 +153,13 @@ def eval_command(
         names = declared[str(spec)]
         targets += [(spec, v) for v in (names if wanted is None else [v for v in wanted if v in names])]
     rubric = load_rubric(judge_rubric) if judge_rubric is not None else None
-    model = None if no_judge else (judge_model or os.environ.get(MODEL_ENV, "").strip() or None)
+    model: str | bool | None = None if no_judge else (judge_model or os.environ.get(MODEL_ENV, "").strip() or None)
+    if judge_spec is not None and not no_judge:
+        if trust:
+            from ..trust import grant
+
+            grant(judge_spec.expanduser().resolve().parent)
+        model = model or True  # your judge spec, with the model its own `model` resource names
     reason = ("--no-judge was given" if no_judge else
               f"no judge model: pass --judge-model MODEL or set ${MODEL_ENV}")
     if out is None:
@@ -169,7 +178,7 @@ def eval_command(
     try:
         report = evaluate(targets, data, ks=ks, users=users, concurrency=concurrency, output=output,
                           progress=bar, results_path=results, metrics=metric_names, judge=model,
-                          judge_rubric=rubric, judge_reason=reason, out=out, fresh=fresh,
+                          judge_rubric=rubric, judge_reason=reason, judge_spec=judge_spec, out=out, fresh=fresh,
                           log=(lambda _: None) if quiet else _err)
     except KeyboardInterrupt as exc:
         if isinstance(exc, EvalInterrupted) and exc.stores:

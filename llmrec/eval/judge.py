@@ -1,44 +1,61 @@
-"""LLM-as-judge scores for ``llmrec eval``: each answer scored 1-5 per rubric criterion by the ``llm.judge`` node.
+"""LLM-as-judge scores for ``llmrec eval``: each answer scored 1-5 per rubric criterion by a judge spec.
 
-The judge sees the user's recent training history (titles and categories: what was asked) and the answer's top
-items (titles and categories), and scores each criterion of the rubric; the report gives the mean per criterion
-and of the overall score. The rubric defaults to :data:`DEFAULT_RUBRIC`; ``--judge-rubric FILE.yaml`` replaces it
-with a mapping ``criterion: what a 5 means`` (or ``{criteria: {...}}``).
-
-The judge model comes from ``--judge-model MODEL`` (default ``$LLMREC_MODEL``), built through the registry's
-``llm`` resource type (``{provider: litellm, model: MODEL}``, or ``transformers`` for a local folder), or is a
-provider object handed to :func:`llmrec.eval.runner.evaluate` (``judge=provider``). A case the judge fails on is
-counted and left out of the means; it never fails the evaluation.
+The judge is an ordinary spec run through a :class:`~llmrec.runtime.executor.Runtime`: by default
+``llmrec/eval/judge.yaml`` (one ``llm.judge`` node and an ``llm`` resource named ``model``), or any spec with the
+same contract given as ``--judge-spec FILE`` (inputs ``subject`` and ``request``, a resource ``model``, an output
+``judge`` with ``scores`` and ``overall``). The judge sees the user's recent training history (titles and
+categories: what was asked) and the answer's top items, and the report gives the mean per criterion and of the
+overall score. ``--judge-rubric FILE.yaml`` sets the criteria (a mapping ``criterion: what a 5 means``, or
+``{criteria: {...}}``); ``--judge-model MODEL`` the model (default ``$LLMREC_MODEL``), resolved by the ``llm``
+resource type as in any spec. A provider object handed to :func:`llmrec.eval.runner.evaluate` (``judge=provider``)
+is the ``model`` resource. A case the judge fails on (an error, or an answer from a fallback) is counted and left
+out of the means; it never fails the evaluation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import LlmrecError
+import yaml
 
-DEFAULT_RUBRIC: dict[str, str] = {
-    "relevance": "every recommended item fits what this user has liked; nothing looks out of place",
-    "diversity": "the list covers several different kinds of item instead of near-copies of one",
-    "personalisation": "the list is clearly made for this user's history, not a generic best-seller list",
-}
+from ..errors import LlmrecError, SpecError
+from ..graph.build import check_graph
+from ..plugins import get_registry
+from ..runtime.executor import Runtime
+from ..spec.loader import load_spec
+from ..spec.variants import apply_overrides
+
+#: the built-in judge spec (package data); ``--judge-spec`` replaces it
+JUDGE_SPEC = Path(__file__).with_name("judge.yaml")
 MODEL_ENV = "LLMREC_MODEL"
 #: items of the answer and of the user's history the judge is shown
 ANSWER_ITEMS = 10
 HISTORY_ITEMS = 20
+#: where the overrides go in a judge spec
+MODEL_PATH = "resources.model.config.model"
+CRITERIA_PATH = "nodes.judge.config.criteria"
+
+
+def _default_rubric() -> dict[str, str]:
+    node = yaml.safe_load(JUDGE_SPEC.read_text(encoding="utf-8"))["nodes"]["judge"]
+    return dict(node["config"]["criteria"])
+
+
+#: the built-in judge spec's criteria
+DEFAULT_RUBRIC: dict[str, str] = _default_rubric()
 
 
 class JudgeError(LlmrecError):
-    """A judge that cannot be set up: a bad rubric file or a model that cannot be built."""
+    """A judge that cannot be set up: a bad rubric file, an invalid judge spec or a model that cannot be built."""
 
 
 def load_rubric(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Criteria from a YAML file: ``name: what a 5 means`` per line, or the same under ``criteria:``."""
-    import yaml
-
+    """Criteria from a YAML file: ``name: what a 5 means`` per line, or the same under ``criteria:``; the names
+    are checked by the judge node's config when the judge spec is built."""
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
@@ -51,42 +68,7 @@ def load_rubric(path: str | os.PathLike[str]) -> dict[str, str]:
     if not isinstance(data, dict) or not data or not all(isinstance(v, str) for v in data.values()):
         raise JudgeError(f"judge rubric '{p}' must map criterion names to what a 5 means, e.g. "
                          "'relevance: the items fit the user'")
-    return check_rubric({str(k): v for k, v in data.items()}, str(p))
-
-
-def check_rubric(criteria: Mapping[str, str], where: str = "the rubric") -> dict[str, str]:
-    """The criteria, validated as ``llm.judge`` validates them (plain identifiers)."""
-    from pydantic import ValidationError
-
-    from ..nodes.llm_tasks import JudgeConfig
-
-    try:
-        JudgeConfig.model_validate({"criteria": dict(criteria)})
-    except ValidationError as exc:
-        msg = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
-        raise JudgeError(f"{where}: {msg}") from None
-    return dict(criteria)
-
-
-async def build_provider(model: str, base_dir: Path | None = None) -> Any:
-    """A provider for ``model`` through the registry's ``llm`` resource type (litellm; transformers for a folder)."""
-    from pydantic import ValidationError
-
-    from ..plugins import get_registry
-
-    cls = get_registry(base_dir).resource_types.get("llm")
-    if cls is None:  # pragma: no cover - the built-in plugin is always registered
-        raise JudgeError("no 'llm' resource type is registered to build the judge model with")
-    provider = "transformers" if Path(model).expanduser().is_dir() else "litellm"
-    try:
-        config = cls.Config.model_validate({"provider": provider, "model": model},
-                                           context={"base_dir": str(base_dir or Path.cwd())})
-    except ValidationError as exc:
-        raise JudgeError(f"judge model '{model}': {exc.errors(include_url=False)[0]['msg']}") from None
-    try:
-        return await cls(config).load()
-    except LlmrecError as exc:
-        raise JudgeError(f"judge model '{model}' cannot be used: {exc}") from None
+    return {str(k): v for k, v in data.items()}
 
 
 def _item(catalog: Any, item_id: str) -> dict[str, Any]:
@@ -99,35 +81,92 @@ def _item(catalog: Any, item_id: str) -> dict[str, Any]:
     return view
 
 
+def _problems(errors: Sequence[SpecError]) -> str:
+    return "\n".join(f"  {e.format()}" for e in sorted(errors, key=SpecError.sort_key))
+
+
 class EvalJudge:
-    """Scores answers with ``llm.judge`` through one provider; thread the same instance through every spec."""
+    """Scores answers by running a judge spec; open with :meth:`open`, share one instance across specs, close."""
 
-    def __init__(self, provider: Any, criteria: Mapping[str, str] | None = None) -> None:
-        from ..nodes.llm_tasks import Judge, JudgeConfig
+    def __init__(self, runtime: Runtime, spec: Path, criteria: Mapping[str, str], model: str) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.criteria = dict(criteria)
+        self.model = model
 
-        self.provider = provider
-        self.criteria = check_rubric(criteria or DEFAULT_RUBRIC)
-        self.model = str(getattr(provider, "model", "") or type(provider).__name__)
-        self._node = Judge(JudgeConfig.model_validate({"criteria": self.criteria}))
+    @classmethod
+    async def open(cls, *, spec: str | os.PathLike[str] | None = None, model: str | None = None,
+                   provider: Any = None, criteria: Mapping[str, str] | None = None) -> EvalJudge:
+        """Build and start the judge spec (``spec``, default the built-in one) with ``model`` or a ready
+        ``provider`` as its ``model`` resource and ``criteria`` as its rubric."""
+        path = Path(spec) if spec is not None else JUDGE_SPEC
+        doc = load_spec(path)
+        overrides: dict[str, Any] = {}
+        if model is not None and provider is None:
+            overrides[MODEL_PATH] = model
+        if criteria is not None:
+            overrides[CRITERIA_PATH] = dict(criteria)
+        flags = (("--judge-model", MODEL_PATH), ("--judge-rubric", CRITERIA_PATH))
+        origin = " and ".join(flag for flag, at in flags if at in overrides) or "the judge"
+        if doc.spec is not None and overrides:
+            doc = apply_overrides(doc, overrides, origin)
+        if doc.spec is None:
+            raise JudgeError(f"judge spec '{doc.display}' is not valid:\n{_problems(doc.errors)}")
+        graph, errors, _ = check_graph(doc, get_registry(doc.base_dir))
+        if errors or graph is None:
+            raise JudgeError(f"judge spec '{doc.display}' (with {origin}) is not valid:\n{_problems(errors)}")
+        missing = [n for n in ("subject", "request") if n not in graph.spec.inputs]
+        if missing or "judge" not in graph.spec.outputs or "model" not in graph.resources:
+            raise JudgeError(f"judge spec '{doc.display}' must declare the inputs 'subject' and 'request', a "
+                             "resource 'model' and an output 'judge' (see llmrec/eval/judge.yaml)")
+        runtime = Runtime(graph, resources={"model": provider} if provider is not None else None)
+        try:
+            await runtime.start()
+        except LlmrecError as exc:
+            await runtime.close()
+            shown = model or os.environ.get(MODEL_ENV, "").strip() or "(none configured)"
+            raise JudgeError(f"judge model {shown} cannot be used: {exc}") from None
+        loaded = runtime.resources["model"]
+        name = str(getattr(loaded, "model", "") or model or type(loaded).__name__)
+        written: Any = doc.data
+        for key in CRITERIA_PATH.split("."):
+            written = written.get(key) if isinstance(written, dict) else None
+        return cls(runtime, path, dict(written) if isinstance(written, dict) else {}, name)
+
+    async def close(self) -> None:
+        await self.runtime.close()
 
     def key(self) -> dict[str, Any]:
         """What identifies this judge in a run's fingerprint."""
-        return {"model": self.model, "criteria": self.criteria}
+        key: dict[str, Any] = {"model": self.model, "criteria": self.criteria}
+        if self.spec != JUDGE_SPEC:
+            key["spec"] = hashlib.sha256(self.spec.read_bytes()).hexdigest()[:16]
+        return key
 
     async def score(self, ids: Sequence[str], catalog: Any, history: Sequence[str]) -> dict[str, Any]:
         """``{"scores": {criterion: 1-5}, "overall", "tokens", "cost"}``, or ``{"error": message}``."""
-        from ..node import RunContext
-
         subject = {"recommendations": [_item(catalog, i) for i in ids[:ANSWER_ITEMS]]}
         request = {"user_history": [_item(catalog, i) for i in list(history)[-HISTORY_ITEMS:]]}
-        context = RunContext(run_id="eval-judge", node_id="judge", inputs={})
         try:
-            judgement = await self._node.run(model=self.provider, subject=subject, request=request, context=context)
+            result = await self.runtime.run({"subject": subject, "request": request})
         except Exception as exc:  # one judge failure must not stop the evaluation
             return {"error": str(exc) or type(exc).__name__}
-        info = context.extra.get("llm", {})
-        return {"scores": dict(judgement.scores), "overall": judgement.overall,
-                "tokens": sum((info.get("tokens") or {}).values()), "cost": float(info.get("cost") or 0.0)}
+        if result.degraded:
+            why = "; ".join(f"{f['node']}: {f['reason']}" for f in result.fallbacks())
+            return {"error": f"the judge answered from a fallback ({why})"}
+        judgement = result.outputs.get("judge")
+        scores = getattr(judgement, "scores", None)
+        if scores is None and isinstance(judgement, Mapping):
+            scores = judgement.get("scores")
+        overall = getattr(judgement, "overall", None)
+        if overall is None and isinstance(judgement, Mapping):
+            overall = judgement.get("overall")
+        if not isinstance(scores, Mapping) or overall is None:
+            return {"error": "the judge spec's output 'judge' has no 'scores' and 'overall'"}
+        usage = [r.usage for r in result.trace.nodes if r.usage is not None]
+        return {"scores": dict(scores), "overall": float(overall),
+                "tokens": sum(u.prompt_tokens + u.completion_tokens for u in usage),
+                "cost": float(sum(u.cost for u in usage))}
 
 
 def summarize_judge(cases: Sequence[Mapping[str, Any] | None], judge: EvalJudge | None,
@@ -137,12 +176,14 @@ def summarize_judge(cases: Sequence[Mapping[str, Any] | None], judge: EvalJudge 
         return {"run": False, "reason": reason or f"no judge model: pass --judge-model MODEL or set ${MODEL_ENV}"}
     scored = [c for c in cases if c is not None and "scores" in c]
     failed = [c for c in cases if c is not None and "error" in c]
-    means = {name: (sum(c["scores"][name] for c in scored) / len(scored) if scored else None)
-             for name in judge.criteria}
+    # a judge spec of one's own may name its criteria only in its node: take them from the scores
+    criteria = judge.criteria or dict.fromkeys(k for c in scored for k in c["scores"])
+    means = {name: (sum(c["scores"].get(name, 0) for c in scored) / len(scored) if scored else None)
+             for name in criteria}
     return {
         "run": True,
         "model": judge.model,
-        "criteria": dict(judge.criteria),
+        "criteria": dict(criteria),
         "judged": len(scored),
         "failed": len(failed),
         "first_error": failed[0]["error"] if failed else None,
@@ -153,5 +194,4 @@ def summarize_judge(cases: Sequence[Mapping[str, Any] | None], judge: EvalJudge 
     }
 
 
-__all__ = ["DEFAULT_RUBRIC", "EvalJudge", "JudgeError", "build_provider", "check_rubric", "load_rubric",
-           "summarize_judge"]
+__all__ = ["DEFAULT_RUBRIC", "JUDGE_SPEC", "EvalJudge", "JudgeError", "load_rubric", "summarize_judge"]

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..data.dataset import Dataset, EvalCase
 from ..errors import LlmrecError
+from .judge import EvalJudge, summarize_judge
 from .metrics import ListContext, higher_is_better, is_list_metric
 from .report import MAX_FAILURE_MESSAGES, EvalReport, SpecResult
 
@@ -285,6 +286,7 @@ async def aevaluate(
     judge: Any = None,
     judge_rubric: Mapping[str, str] | None = None,
     judge_reason: str | None = None,
+    judge_spec: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
     fresh: bool = False,
     log: Callable[[str], None] | None = None,
@@ -300,13 +302,16 @@ async def aevaluate(
         raise ValueError(f"users must be at least 1, got {users}")
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
-    from .judge import EvalJudge, build_provider
-
     targets = _targets(specs, variants)
-    built = isinstance(judge, str)
-    if built:
-        judge = await build_provider(judge)
-    evaluator = judge if isinstance(judge, EvalJudge) or judge is None else EvalJudge(judge, judge_rubric)
+    opened = judge is not None and not isinstance(judge, EvalJudge)
+    if judge is True:  # the judge spec's own model
+        evaluator = await EvalJudge.open(spec=judge_spec, criteria=judge_rubric)
+    elif isinstance(judge, str):
+        evaluator = await EvalJudge.open(spec=judge_spec, model=judge, criteria=judge_rubric)
+    elif opened:  # a provider object: the judge spec's `model` resource
+        evaluator = await EvalJudge.open(spec=judge_spec, provider=judge, criteria=judge_rubric)
+    else:
+        evaluator = judge
     loaded: dict[str, Dataset] = {}  # a spec's own dataset, by resource type and config: loaded once
     results = []
     handle: IO[str] | None = None
@@ -325,9 +330,8 @@ async def aevaluate(
     finally:
         if handle is not None:
             handle.close()
-        close = getattr(judge, "close", None) if built else None
-        if close is not None:  # a provider built here from a model name
-            await close()
+        if opened and evaluator is not None:  # a judge opened here, not one handed in
+            await evaluator.close()
     return EvalReport(results, ks)
 
 
@@ -347,6 +351,7 @@ def evaluate(
     judge: Any = None,
     judge_rubric: Mapping[str, str] | None = None,
     judge_reason: str | None = None,
+    judge_spec: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
     fresh: bool = False,
     log: Callable[[str], None] | None = None,
@@ -362,8 +367,10 @@ def evaluate(
     case; ``metrics`` restricts the registered metrics by name; ``item_vectors`` (id -> vector) makes
     intra-list diversity use cosine distance instead of categories.
 
-    ``judge`` (a provider, a model name, or an :class:`~llmrec.eval.judge.EvalJudge`) scores every answer with
-    ``llm.judge`` on ``judge_rubric`` (default :data:`~llmrec.eval.judge.DEFAULT_RUBRIC`); without one the
+    ``judge`` (a model name, a provider, True for the judge spec's own model, or an opened
+    :class:`~llmrec.eval.judge.EvalJudge`) scores every answer
+    by running the judge spec (``judge_spec``, default ``llmrec/eval/judge.yaml``: ``llm.judge``) with that model
+    and ``judge_rubric`` as its criteria (default :data:`~llmrec.eval.judge.DEFAULT_RUBRIC`); without one the
     report says so (``judge_reason``). ``out`` (a folder) persists each case as it completes and resumes from
     what an earlier identical run left there (``fresh`` discards it); ``log`` receives one-line notices.
     ``resources`` hands already-built values (a provider, a test double) to specs that declare a resource of
@@ -377,8 +384,8 @@ def evaluate(
         return asyncio.run(aevaluate(
             specs, dataset, ks=ks, users=users, concurrency=concurrency, output=output, progress=progress,
             results_path=results_path, metrics=metrics, item_vectors=item_vectors, variants=variants, judge=judge,
-            judge_rubric=judge_rubric, judge_reason=judge_reason, out=out, fresh=fresh, log=log,
-            resources=resources, stores=stores,
+            judge_rubric=judge_rubric, judge_reason=judge_reason, judge_spec=judge_spec, out=out, fresh=fresh,
+            log=log, resources=resources, stores=stores,
         ))
     except KeyboardInterrupt as exc:
         if isinstance(exc, EvalInterrupted):
@@ -443,7 +450,6 @@ async def _evaluate_spec(
 ) -> SpecResult:
     from ..errors import InputError
     from ..runtime.executor import Runtime
-    from .judge import summarize_judge
     from .llm_metrics import case_grounding, case_llm, llm_node_ids, summarize_grounding, summarize_llm
     from .store import CaseStore, cases_digest, fingerprint, slug
 

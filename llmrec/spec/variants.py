@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import Location, SpecError, SpecValidationError
@@ -86,36 +87,54 @@ def apply_variant(doc: SpecDocument, name: str) -> SpecDocument:
     """
     variants = doc.data.get("variants")
     declared = variants if isinstance(variants, dict) else {}
-    data = copy.deepcopy({k: v for k, v in doc.data.items()})
-    positions = copy.deepcopy(doc.positions)
-    new = SpecDocument(path=doc.path, display=doc.display, data=data, positions=positions,
-                       base_dirs=dict(doc.base_dirs))
-    new.errors.extend(doc.errors)
     if name not in declared:
         known = ", ".join(declared) or "none"
         where = doc.at(("variants",), key=True) if declared else Location(doc.display)
-        new.errors.append(VariantError(f"spec has no variant '{name}' (declared variants: {known})", where))
-        return new
+        return _with_error(doc, VariantError(f"spec has no variant '{name}' (declared variants: {known})", where))
     overrides = declared[name]
     if not isinstance(overrides, dict):
-        new.errors.append(VariantError(
+        return _with_error(doc, VariantError(
             f"variant '{name}' must map dotted paths to values, e.g. 'nodes.rank.config.k: 20'",
             doc.at(("variants", name))))
-        return new
+    return apply_overrides(doc, overrides, f"variant '{name}'", ("variants", name))
+
+
+def _copy(doc: SpecDocument) -> SpecDocument:
+    new = SpecDocument(path=doc.path, display=doc.display, data=copy.deepcopy(dict(doc.data)),
+                       positions=copy.deepcopy(doc.positions), base_dirs=dict(doc.base_dirs))
+    new.errors.extend(doc.errors)
+    return new
+
+
+def _with_error(doc: SpecDocument, error: SpecError) -> SpecDocument:
+    new = _copy(doc)
+    new.errors.append(error)
+    return new
+
+
+def apply_overrides(doc: SpecDocument, overrides: Mapping[str, Any], origin: str = "override",
+                    entries: Path_ | None = None) -> SpecDocument:
+    """A new document: ``doc``'s data with each dotted path in ``overrides`` set to its value, validated again.
+
+    ``origin`` names where the overrides come from in messages (``variant 'fast'``, ``--judge-model``);
+    ``entries`` is the path in ``doc`` of the mapping that wrote them (a variant), so errors about a new value
+    point at the entry that set it. Without it, such errors point at the value it replaced."""
+    new = _copy(doc)
+    data, positions = new.data, new.positions
     for dotted, value in overrides.items():
-        entry = ("variants", name, dotted)
+        entry = (*entries, dotted) if entries is not None else None
+        at = doc.at(entry, key=True) if entry is not None else Location(doc.display)
         resolved = set_path(data, str(dotted))
         if isinstance(resolved, str):
-            new.errors.append(VariantError(f"variant '{name}': path '{dotted}' does not exist in the spec: "
-                                           f"{resolved}", doc.at(entry, key=True)))
+            new.errors.append(VariantError(f"{origin}: path '{dotted}' does not exist in the spec: {resolved}", at))
             continue
         path, parent = resolved
         if path[0] == "variants":
-            new.errors.append(VariantError(f"variant '{name}': a variant cannot change 'variants'",
-                                           doc.at(entry, key=True)))
+            new.errors.append(VariantError(f"{origin}: cannot change 'variants'", at))
             continue
         parent[path[-1]] = copy.deepcopy(value)
-        # errors about the new value point at the variant entry that wrote it
+        if entry is None:
+            continue  # errors about the new value keep the position of the value it replaced
         loc = doc.positions.value(entry)
         for table in (positions.values, positions.keys):
             for key in [k for k in table if k[: len(path)] == path]:
@@ -155,4 +174,5 @@ def validate_variant(path: str | os.PathLike[str], variant: str | None, display:
     return graph
 
 
-__all__ = ["VariantError", "apply_variant", "check_variant", "set_path", "validate_variant", "variant_names"]
+__all__ = ["VariantError", "apply_overrides", "apply_variant", "check_variant", "set_path", "validate_variant",
+           "variant_names"]
