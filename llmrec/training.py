@@ -6,13 +6,18 @@ classmethods (a protocol, not a base class; nothing here names a node type)::
     trains_on: ClassVar[str] = "cases"        # "cases": fit gets the node's collected inputs per training case
                                                # "dataset": fit gets the dataset split (e.g. a sequence model)
     @classmethod
-    def training_params(cls, config, inputs: frozenset[str]) -> dict: ...   # what the artifact depends on
+    def training_params(cls, config, target: Target) -> dict: ...   # what the artifact depends on
     @classmethod
-    def artifact_path(cls, config) -> Path: ...     # optional; default: config.model_path
+    def artifact_path(cls, config, target: Target) -> Path: ...     # optional; default: config.model_path
     @classmethod
-    def fit(cls, config, ctx: TrainContext) -> TrainOutput: ...   # writes its files into ctx.staging
+    def fit(cls, config, ctx: TrainContext) -> TrainOutput: ...     # writes its files into ctx.staging
     @classmethod
-    def is_trainable(cls, config) -> bool: ...      # optional (resources whose provider may or may not train)
+    def is_trainable(cls, config, target: Target) -> bool: ...      # optional (a resource whose provider may
+                                                                    # or may not be one llmrec trains)
+
+Every classmethod gets its context as a typed parameter, :class:`Target`: which node or resource it is, the
+input names it is given, the registry the graph was checked against and the spec's folder; nothing reaches
+for a process-wide registry or a folder remembered on the config.
 
 and, to use what it learned, ``start(self, ctx: StartContext)`` (nodes) or ``load(self, ctx: LoadContext)``
 (resources): ``await ctx.artifact()`` returns the verified :class:`~llmrec.artifacts.Artifact`, training it
@@ -49,6 +54,7 @@ from .artifacts import Artifact, ArtifactError, ArtifactStore, Staging, params_h
 from .errors import InputError, LlmrecError, RunError
 from .node import LoadContext, StartContext
 from .hookspecs import hookimpl
+from .runtime.executor import load_resource
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import Dataset, EvalCase, Interactions
@@ -98,7 +104,7 @@ class TrainContext:
     dataset: Dataset  # the split to learn from: ``train`` is what may be learned, ``train_cases`` validate
     examples: list[TrainingExample]  # trains_on == "cases": the node's inputs per training case; else []
     inputs: frozenset[str]  # the input names the node is given (nodes; empty for resources)
-    params: dict[str, Any]  # training_params(config, inputs): what the artifact is versioned by
+    params: dict[str, Any]  # training_params(config, target): what the artifact is versioned by
     staging: Staging  # write the artifact's files here
     checkpoint_dir: Path  # survives an interrupted run with the same params (resumable trainers)
     seed: int = 0
@@ -108,6 +114,8 @@ class TrainContext:
     #: every training event, the carved validation events included, when ``dataset`` is a validation split carved
     #: from training (None otherwise): for a final refit once validation has picked the hyper-parameters
     refit_train: Interactions | None = None
+    #: which node or resource this is, with the graph's registry and the spec's folder
+    target: Target | None = None
 
     @property
     def validation(self) -> tuple[EvalCase, ...]:
@@ -124,13 +132,17 @@ def train_command(spec_display: str, node_id: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """One trainable thing of a graph: a node or a resource, with what its artifact is versioned by."""
+    """One trainable thing of a graph: a node or a resource, and the context the training contract's classmethods
+    receive (``training_params(config, target)``, ``artifact_path(config, target)``, ``is_trainable(...)``)."""
 
     kind: str  # "node" or "resource"
     name: str
     cls: Any
     config: Any
-    inputs: frozenset[str]
+    inputs: frozenset[str]  # the input names the node is given (empty for resources)
+    #: the :class:`~llmrec.registry.Registry` the graph was checked against (providers, backends, ...)
+    registry: Any = None
+    base_dir: Path | None = None  # the spec's folder: relative paths resolve from here
 
     @property
     def trains_on(self) -> str:
@@ -138,7 +150,7 @@ class Target:
 
     @property
     def params(self) -> dict[str, Any]:
-        return dict(self.cls.training_params(self.config, self.inputs))
+        return dict(self.cls.training_params(self.config, self))
 
     @property
     def first_use(self) -> bool:
@@ -146,26 +158,28 @@ class Target:
 
     def store(self, hint: str | None = None) -> ArtifactStore:
         where = getattr(self.cls, "artifact_path", None)
-        root = where(self.config) if callable(where) else self.config.model_path
+        root = where(self.config, self) if callable(where) else self.config.model_path
         return ArtifactStore(root, self.name, hint)
 
 
-def is_trainable(cls: Any, config: Any = None) -> bool:
-    if not callable(getattr(cls, "fit", None)):
+def is_trainable(target: Target) -> bool:
+    """Whether ``target`` trains: its type has ``fit``, and its ``is_trainable(config, target)`` (if any) agrees."""
+    if not callable(getattr(target.cls, "fit", None)):
         return False
-    check = getattr(cls, "is_trainable", None)
-    return not callable(check) or config is None or bool(check(config))
+    check = getattr(target.cls, "is_trainable", None)
+    return not callable(check) or bool(check(target.config, target))
 
 
 def targets(graph: Graph) -> list[Target]:
     """The graph's trainable resources, then its trainable nodes upstream first."""
-    out = [Target("resource", n, r.cls, r.config, frozenset()) for n, r in graph.resources.items()
-           if is_trainable(r.cls, r.config)]
+    base = graph.document.base_dir if getattr(graph, "document", None) is not None else None
+    found = [Target("resource", n, r.cls, r.config, frozenset(), graph.registry, base)
+             for n, r in graph.resources.items()]
     for n in graph.order:
         node = graph.nodes.get(n)
-        if node is not None and is_trainable(node.cls, node.config):
-            out.append(Target("node", n, node.cls, node.config, frozenset(node.spec.inputs)))
-    return out
+        if node is not None:
+            found.append(Target("node", n, node.cls, node.config, frozenset(node.spec.inputs), graph.registry, base))
+    return [t for t in found if is_trainable(t)]
 
 
 def trainable_nodes(graph: Graph) -> list[str]:
@@ -435,6 +449,7 @@ def fit_target(t: Target, *, dataset: Dataset | None = None, examples: list[Trai
             params=params, staging=staging, checkpoint_dir=store.checkpoint_dir(params),
             seed=int(getattr(t.config, "seed", 0) or 0), device=default_device(t.config),
             progress=log or (lambda _: None), should_stop=stop or (lambda: False), refit_train=refit_train,
+            target=t,
         )
         output: TrainOutput = t.cls.fit(t.config, ctx)
         metrics = {**output.metrics, "train_seconds": round(time.perf_counter() - started, 3)}
@@ -457,7 +472,7 @@ def standalone_start(t: Target) -> StartContext:
             raise ModelNotTrainedError(f"{store.status(t.params)}; train it first", t.name)
         return found
 
-    return StartContext(node_id=t.name, graph=None, base_dir=None, artifact=artifact)
+    return StartContext(node_id=t.name, graph=None, base_dir=t.base_dir, artifact=artifact, registry=t.registry)
 
 
 async def atrain(
@@ -492,7 +507,7 @@ async def atrain(
     if dataset_name not in loaded:
         say(f"loading dataset resource '{dataset_name}'")
         with progress.step(f"loading dataset resource '{dataset_name}'"):
-            loaded[dataset_name] = await graph.resources[dataset_name].cls(graph.resources[dataset_name].config).load()
+            loaded[dataset_name] = await load_resource(graph, dataset_name, dict(loaded))
     original = loaded[dataset_name]
     data = validation_dataset(original)
     refit_train = original.train if data is not original else None

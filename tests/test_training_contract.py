@@ -37,7 +37,7 @@ class MostLiked(NodeType):
     trains_on: ClassVar[str] = "dataset"
 
     @classmethod
-    def training_params(cls, config, inputs):
+    def training_params(cls, config, target):
         return {"min_count": config.min_count}
 
     @classmethod

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrec.hookspecs import hookimpl
+from llmrec.runtime.executor import load_resource
 
 #: The student sizes the command accepts (llmrec.reclm's presets).
 STUDENT_SIZES = ("tiny", "small", "medium")
@@ -40,7 +41,7 @@ def resolve_teacher(graph: Any, teacher: str, spec: Path, catalog: Any, temperat
 
     if teacher in graph.resources:
         res = graph.resources[teacher]
-        value = asyncio.run(res.cls(res.config).load())
+        value = asyncio.run(load_resource(graph, teacher))
         if callable(getattr(value, "prefer", None)) and hasattr(value, "name"):
             return value
         if callable(getattr(value, "complete", None)):
@@ -187,10 +188,9 @@ def _run(graph: Any, spec: Path, teacher_arg: str, student: str, output: Path | 
     name = dataset_resource(graph, dataset_name)
     if teacher_arg not in graph.resources:
         teacher_path(graph, teacher_arg, spec)  # a missing teacher is said before the data loads
-    res = graph.resources[name]
     _say(f"loading dataset resource '{name}'")
     try:
-        data = asyncio.run(res.cls(res.config).load())
+        data = asyncio.run(load_resource(graph, name))
     except DataError as exc:
         raise DistillError(f"dataset resource '{name}': {exc}") from None
     if stop():

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..data.dataset import Dataset, EvalCase
 from ..errors import LlmrecError
+from ..runtime.executor import load_resource
 from .judge import EvalJudge, summarize_judge
 from .metrics import ListContext, higher_is_better, is_list_metric
 from .report import MAX_FAILURE_MESSAGES, EvalReport, SpecResult
@@ -412,7 +413,7 @@ async def _spec_dataset(graph: Any, dataset: Dataset | None, loaded: dict[str, D
     res = graph.resources[names[0]]
     key = json.dumps([res.cls.name, res.config.model_dump(mode="json")], sort_keys=True, default=str)
     if key not in loaded:
-        value = await res.cls(res.config).load()
+        value = await load_resource(graph, names[0])
         if not isinstance(value, Dataset):  # pragma: no cover - a resource type lying about `provides`
             raise EvalError(f"resource '{names[0]}' of spec '{graph.name}' gave a {type(value).__name__}, "
                             "not a Dataset")

@@ -7,6 +7,7 @@ nothing half-written is ever used, since the artifact is committed atomically.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 from ..hookspecs import hookimpl
+from ..runtime.executor import load_resource
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..graph.build import Graph
@@ -171,10 +173,7 @@ def llmrec_register_commands(cli: Any) -> None:
             data_name = pick_dataset(graph, dataset)
             folder = output if output is not None else spec.parent / "models" / f"finetune-{llm_name}"
             say(f"loading dataset resource '{data_name}'")
-            import asyncio
-
-            res = graph.resources[data_name]
-            data = asyncio.run(res.cls(res.config).load())
+            data = asyncio.run(load_resource(graph, data_name))
             signal.signal(signal.SIGINT, interrupt)
             report = finetune(base, data, output=folder, name=llm_name, lora=lora, pairs=pairs, max_users=max_users,
                               force=force, dataset_name=data_name, progress=say, should_stop=flag.is_set,

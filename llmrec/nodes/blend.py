@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..artifacts import ArtifactError, digest
 from ..hookspecs import hookimpl
 from ..node import NodeType, SpecPath, StartContext
+from ..training import Target, TrainContext, TrainingError, TrainOutput
 from ..types import Candidates, ScoredItem
 
 WEIGHTS_FILE = "weights.json"
@@ -116,17 +117,15 @@ class Blend(NodeType):
 
     # -- the training contract -------------------------------------------------------------------------------
     @classmethod
-    def is_trainable(cls, config: BlendConfig) -> bool:
+    def is_trainable(cls, config: BlendConfig, target: Target) -> bool:
         return config.weights is None
 
     @classmethod
-    def training_params(cls, config: BlendConfig, inputs: frozenset[str]) -> dict[str, Any]:
+    def training_params(cls, config: BlendConfig, target: Target) -> dict[str, Any]:
         return {"method": config.method, "rrf_k": config.rrf_k, "fit_k": config.fit_k, "grid": list(GRID)}
 
     @classmethod
-    def fit(cls, config: BlendConfig, ctx: Any) -> Any:
-        from ..training import TrainingError, TrainOutput
-
+    def fit(cls, config: BlendConfig, ctx: TrainContext) -> TrainOutput:
         cases = []
         width = None
         for ex in ctx.examples:

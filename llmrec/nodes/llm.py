@@ -46,7 +46,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationInfo,
     WithJsonSchema,
@@ -77,6 +76,7 @@ from ..node import (
 from ..schemas import SchemaRef, resolve_schema
 from ..spec.models import parse_duration
 from ..templates import TemplateProblem, compile_template, variables
+from ..training import Target, TrainContext
 
 #: default templates shipped with llmrec: ``template_file: NAME`` finds ``prompts/NAME`` here last
 BUILTIN_PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
@@ -168,25 +168,14 @@ class LlmConfig(RouteConfig):
                     "prompt (max_input_chars): cheap first, strong last. Each has its own timeout.",
     )
 
-    _base_dir: Path | None = PrivateAttr(None)
-
-    @model_validator(mode="after")
-    def _remember_dir(self, info: ValidationInfo) -> LlmConfig:
-        base = (info.context or {}).get("base_dir")
-        self._base_dir = Path(base) if base is not None else None
-        return self
 
 
-def _providers(base_dir: Path | None) -> Any:
-    from ..plugins import get_registry
+def _global(table: str) -> Any:
+    """A table of the process-wide registry: only for a node or resource used outside a runtime (a notebook),
+    which has no graph, so no registry of its own."""
+    from ..plugins import get_registry  # lazy: plugins imports this module (a default plugin)
 
-    return get_registry(base_dir).providers
-
-
-def _cache_backends(base_dir: Path | None) -> Any:
-    from ..plugins import get_registry
-
-    return get_registry(base_dir).cache_backends
+    return getattr(get_registry(None), table)
 
 
 class LlmResource(ResourceType):
@@ -203,51 +192,57 @@ class LlmResource(ResourceType):
     trains_on: ClassVar[str] = "dataset"
 
     # -- the training contract, for providers llmrec trains -----------------------------------------------------
-    @classmethod
-    def _trainer(cls, config: LlmConfig) -> tuple[Any, dict[str, Any]] | None:
-        route = resolve_route(config)
+    @staticmethod
+    def _trainer(config: LlmConfig, providers: Any, base_dir: Path | None) -> tuple[Any, dict[str, Any]] | None:
+        route = resolve_route(config, base_dir)
         if route is None:
             return None
-        factory = _providers(config._base_dir).get(route.provider)
+        factory = providers.get(route.provider)
         if factory is None or not callable(getattr(factory, "fit", None)):
             return None
-        options = route_options(factory, route, config._base_dir)
+        options = route_options(factory, route, base_dir)
         check = getattr(factory, "is_trainable", None)
         if callable(check) and not check(options):
             return None
         return factory, options
 
     @classmethod
-    def is_trainable(cls, config: LlmConfig) -> bool:
-        return cls._trainer(config) is not None
+    def _target_trainer(cls, config: LlmConfig, target: Target) -> tuple[Any, dict[str, Any]] | None:
+        providers = target.registry.providers if target.registry is not None else _global("providers")
+        return cls._trainer(config, providers, target.base_dir)
 
     @classmethod
-    def _need_trainer(cls, config: LlmConfig) -> tuple[Any, dict[str, Any]]:
-        found = cls._trainer(config)
+    def is_trainable(cls, config: LlmConfig, target: Target) -> bool:
+        return cls._target_trainer(config, target) is not None
+
+    @classmethod
+    def _need_trainer(cls, config: LlmConfig, target: Target) -> tuple[Any, dict[str, Any]]:
+        found = cls._target_trainer(config, target)
         if found is None:
             raise LlmrecError("this llm resource's provider is not one llmrec trains")
         return found
 
     @classmethod
-    def training_params(cls, config: LlmConfig, inputs: frozenset[str]) -> dict[str, Any]:
-        factory, options = cls._need_trainer(config)
+    def training_params(cls, config: LlmConfig, target: Target) -> dict[str, Any]:
+        factory, options = cls._need_trainer(config, target)
         return dict(factory.training_params(options))
 
     @classmethod
-    def artifact_path(cls, config: LlmConfig) -> Path:
-        return Path(cls._need_trainer(config)[1]["model"])
+    def artifact_path(cls, config: LlmConfig, target: Target) -> Path:
+        return Path(cls._need_trainer(config, target)[1]["model"])
 
     @classmethod
-    def fit(cls, config: LlmConfig, ctx: Any) -> Any:
-        factory, options = cls._need_trainer(config)
+    def fit(cls, config: LlmConfig, ctx: TrainContext) -> Any:
+        if ctx.target is None:
+            raise LlmrecError("an llm resource trains through llmrec.training.fit_target, which names its target")
+        factory, options = cls._need_trainer(config, ctx.target)
         return factory.fit(options, ctx)
 
     @classmethod
     def check(cls, config: LlmConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
-        table = ctx.registry.providers if ctx.registry is not None else _providers(
-            Path(ctx.base_dir) if ctx.base_dir else None)
+        table = ctx.registry.providers if ctx.registry is not None else _global("providers")
         problems: list[str | tuple[str, str] | Problem] = []
-        if resolve_route(config) is None and not config.fallbacks:
+        if resolve_route(config, Path(ctx.base_dir) if ctx.base_dir else None) is None and not config.fallbacks:
             problems.append(Problem(
                 f"no model configured (neither 'model' nor ${MODEL_ENV} is set): LLM nodes using this resource "
                 "take their fallbacks, and responses are marked degraded", "model",
@@ -267,24 +262,23 @@ class LlmResource(ResourceType):
     async def load(self, ctx: LoadContext | None = None) -> Provider:
         config: LlmConfig = self.config  # type: ignore[assignment]
         # the registry the graph was checked against; a resource loaded outside a runtime asks the global one
-        table = ctx.registry.providers if ctx is not None and ctx.registry is not None else _providers(
-            config._base_dir)
-        resolved = resolve_route(config)
+        table = ctx.registry.providers if ctx is not None and ctx.registry is not None else _global("providers")
+        base_dir = ctx.base_dir if ctx is not None else None
+        resolved = resolve_route(config, base_dir)
         model_dir = None
-        if resolved is not None and self._trainer(config) is not None:
+        if resolved is not None and self._trainer(config, table, base_dir) is not None:
             if ctx is None:
                 raise LlmrecError(f"provider '{resolved.provider}' needs its trained artifact: load this resource "
                                   "through a runtime (llmrec run/eval/serve), after `llmrec train`")
             model_dir = str((await ctx.artifact()).folder)
-        first = Unconfigured() if resolved is None else await self._build(table, resolved, config._base_dir,
-                                                                           model_dir)
+        first = Unconfigured() if resolved is None else await self._build(table, resolved, base_dir, model_dir)
         if not config.fallbacks and config.max_input_chars is None:
             return await _warmed(first)
         from ..llm.routing import Route, RoutedProvider
 
         routes = [Route(first, config.timeout, config.max_input_chars)]
         for route in config.fallbacks:
-            routes.append(Route(await self._build(table, route, config._base_dir), route.timeout,
+            routes.append(Route(await self._build(table, route, base_dir), route.timeout,
                                 route.max_input_chars))
         return await _warmed(RoutedProvider(routes))  # type: ignore[return-value]
 
@@ -354,23 +348,23 @@ def route_options(factory: Any, route: RouteConfig, base_dir: Path | None) -> di
     return kwargs
 
 
-def resolve_route(config: LlmConfig) -> RouteConfig | None:
+def resolve_route(config: LlmConfig, base_dir: Path | None = None) -> RouteConfig | None:
     """The resource's own provider and model, ``$LLMREC_MODEL`` filling a missing model, else the ``embedded``
-    route; None when none is set."""
+    route; None when none is set. A model folder the spec names resolves from ``base_dir`` (the spec's)."""
     model = config.model or os.environ.get(MODEL_ENV, "").strip() or None
     if model is None:
         return config.embedded
-    if config.model and config._base_dir is not None and not Path(model).expanduser().is_absolute():
-        beside = config._base_dir / model  # a folder the spec names is relative to the spec, like every path
+    if config.model and base_dir is not None and not Path(model).expanduser().is_absolute():
+        beside = base_dir / model  # a folder the spec names is relative to the spec, like every path
         if beside.is_dir():
             model = os.path.normpath(beside)
     provider = config.provider
     if provider is None:
         looks_like_a_path = model.startswith(("/", "./", "../", "~"))  # never a litellm model name
         provider = "transformers" if Path(model).expanduser().is_dir() or looks_like_a_path else "litellm"
-        if provider == "transformers" and config.model and config._base_dir is not None and \
+        if provider == "transformers" and config.model and base_dir is not None and \
                 not Path(model).expanduser().is_absolute():
-            model = os.path.normpath(config._base_dir / model)  # a missing folder is reported where it was looked for
+            model = os.path.normpath(base_dir / model)  # a missing folder is reported where it was looked for
     data = {k: getattr(config, k) for k in config.model_fields_set
             if k in RouteConfig.model_fields and k not in ("embedded", "train_on_first_use")}
     data.update(provider=provider, model=model)
@@ -445,8 +439,6 @@ class PromptCacheConfig(_Config):
     path: SpecPath | None = Field(None, description="Folder of the disk cache (default $LLMREC_CACHE_DIR/prompts).")
     semantic: SemanticCacheConfig | None = Field(None, description="Also serve near-identical user messages.")
 
-    _base_dir: Path | None = PrivateAttr(None)
-
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
@@ -455,12 +447,6 @@ class PromptCacheConfig(_Config):
         if isinstance(data, dict) and data.get("semantic") is True:
             return {**data, "semantic": {}}
         return data
-
-    @model_validator(mode="after")
-    def _remember_dir(self, info: ValidationInfo) -> PromptCacheConfig:
-        base = (info.context or {}).get("base_dir")
-        self._base_dir = Path(base) if base is not None else None
-        return self
 
 
 class PromptConfig(_Config):
@@ -707,8 +693,7 @@ class Prompt(NodeType):
                                     "reasoning_field"))
         pc = config.prompt_cache
         if pc is not None and pc.enabled:
-            table = ctx.registry.cache_backends if ctx.registry is not None else _cache_backends(
-                Path(ctx.base_dir) if ctx.base_dir else None)
+            table = ctx.registry.cache_backends if ctx.registry is not None else _global("cache_backends")
             if pc.backend not in table:
                 close = [e.name for e in table.suggest(pc.backend)]
                 hint = (f"Did you mean '{close[0]}'? " if close else "") + f"Available: {', '.join(table)}."
@@ -724,7 +709,7 @@ class Prompt(NodeType):
         if self._cache is None:
             from ..llm.cache import PromptCache
 
-            table = self._registry.cache_backends if self._registry is not None else _cache_backends(pc._base_dir)
+            table = self._registry.cache_backends if self._registry is not None else _global("cache_backends")
             factory = table[pc.backend]
             kwargs: dict[str, Any] = {"max_entries": pc.max_entries}
             if pc.path is not None or pc.backend == "disk":

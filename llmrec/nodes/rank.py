@@ -55,7 +55,7 @@ from ..node import CheckContext, NodeType, Problem, SpecPath
 from ..artifacts import Artifact, ArtifactError, digest
 from ..errors import RunError
 from ..node import StartContext
-from ..training import TrainContext, TrainingError, TrainingExample, TrainOutput
+from ..training import Target, TrainContext, TrainingError, TrainingExample, TrainOutput
 from ..types import Candidates, ScoredItem, UserProfile
 from .recsys import as_candidates, count_or, PerObjects
 
@@ -376,12 +376,12 @@ class LambdaMART(NodeType):
         return problems
 
     @classmethod
-    def training_params(cls, config: LambdaMARTConfig, inputs: frozenset[str]) -> dict[str, Any]:
+    def training_params(cls, config: LambdaMARTConfig, target: Target) -> dict[str, Any]:
         """What the model depends on: the training fields, and (default features) whether the node has a
         'model' input, since that decides whether embedding features are learned."""
         params = training_config(config)
         if config.features is None:
-            params["embedding_features"] = "model" in inputs
+            params["embedding_features"] = "model" in target.inputs
         return params
 
     async def start(self, ctx: StartContext) -> None:

@@ -19,7 +19,7 @@ import pickle
 import time
 import uuid
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -178,6 +178,44 @@ def _fingerprint(value: Any, tokens: dict[int, str]) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
+def _artifact_loader(graph: Graph, name: str, resource: Callable[[str], Awaitable[Any]]) -> Any:
+    async def artifact() -> Any:
+        from ..training import ensure_artifact  # trainable types only: the training module loads lazily
+
+        return await ensure_artifact(graph, name, resource=resource)
+
+    return artifact
+
+
+async def _load(graph: Graph, name: str, instance: Any, resource: Callable[[str], Awaitable[Any]],
+                artifact: Callable[[], Awaitable[Any]]) -> Any:
+    if not wants_context(instance.load):
+        return await instance.load()
+    base = graph.document.base_dir if graph.document is not None else None
+    return await instance.load(LoadContext(name=name, graph=graph, base_dir=base, resource=resource,
+                                           artifact=artifact, registry=graph.registry))
+
+
+async def load_resource(graph: Graph, name: str, loaded: dict[str, Any] | None = None) -> Any:
+    """The value of resource ``name`` of a built graph, loaded as a :class:`Runtime` loads it (a LoadContext with
+    the graph, its base dir and registry, other resources and the trained artifact), for tools that need one
+    resource without starting the spec. ``loaded`` memoises values by name across calls (and may be preset)."""
+    memo = loaded if loaded is not None else {}
+
+    async def resource(n: str) -> Any:
+        if n not in memo:
+            if n not in graph.resources:
+                raise KeyError(f"no resource named '{n}' in spec '{graph.name}'")
+            memo[n] = await load_resource(graph, n, memo)
+        return memo[n]
+
+    if name in memo:
+        return memo[name]
+    res = graph.resources[name]
+    memo[name] = await _load(graph, name, res.cls(res.config), resource, _artifact_loader(graph, name, resource))
+    return memo[name]
+
+
 class Runtime:
     """Runs a validated graph. Create once (resources and node types load once), run many times.
 
@@ -324,23 +362,13 @@ class Runtime:
             self._started = True
 
     def _artifact(self, name: str, resource: Any = None) -> Any:
-        async def artifact() -> Any:
-            from ..training import ensure_artifact  # trainable types only: the training module loads lazily
+        async def value(n: str) -> Any:
+            return self.resources[n] if n in self.resources else await resource(n)
 
-            async def value(n: str) -> Any:
-                return self.resources[n] if n in self.resources else await resource(n)
-
-            return await ensure_artifact(self.graph, name, resource=value)
-
-        return artifact
+        return _artifact_loader(self.graph, name, value)
 
     async def _load_resource(self, name: str, resource: Any) -> Any:
-        rt = self._resource_types[name]
-        if not wants_context(rt.load):
-            return await rt.load()
-        base = self.graph.document.base_dir if self.graph.document is not None else None
-        return await rt.load(LoadContext(name=name, graph=self.graph, base_dir=base, resource=resource,
-                                         artifact=self._artifact(name, resource), registry=self.graph.registry))
+        return await _load(self.graph, name, self._resource_types[name], resource, self._artifact(name, resource))
 
     async def _start_node(self, p: _Plan) -> None:
         if not wants_context(p.instance.start):

@@ -81,10 +81,10 @@ def test_a_model_folder_the_spec_names_is_relative_to_the_spec(tmp_path, monkeyp
     (tmp_path / "models" / "tiny").mkdir(parents=True)
     spec_dir = tmp_path / "specs"
     spec_dir.mkdir()
-    route = resolve_route(LlmConfig.model_validate({"model": "../models/tiny"}, context={"base_dir": spec_dir}))
+    route = resolve_route(LlmConfig(model="../models/tiny"), spec_dir)  # the spec's folder is a parameter
     assert route.provider == "transformers" and route.model == str(tmp_path / "models" / "tiny")
     # a path that does not exist yet is still a local folder (reported where it was looked for), never a
     # litellm model name
-    missing = resolve_route(LlmConfig.model_validate({"model": "../runs/none"}, context={"base_dir": spec_dir}))
+    missing = resolve_route(LlmConfig(model="../runs/none"), spec_dir)
     assert missing.provider == "transformers" and missing.model == str(tmp_path / "runs" / "none")
     assert resolve_route(LlmConfig(model="openai/gpt-4o-mini")).provider == "litellm"
