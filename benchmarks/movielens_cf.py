@@ -12,7 +12,7 @@ the rest and scored by validation NDCG@10, and the pick is refitted on the whole
 Rows: popularity (training rating counts), item-kNN (cosine, binary matrix), PureSVD, EASE, recency-weighted
 EASE (``retrieve.cf``'s ``decay: {half_life}``: EASE fitted on the binary matrix, each user's row weighted by
 0.5 ** (age in events / half-life) when scored; lambda and half-life tuned together), implicit ALS, all
-fitted with llmrec.nodes.cf's functions and scored for all users at once (one matrix product, exclusions from
+fitted with llmrec.nodes.retrieve.cf's functions and scored for all users at once (one matrix product, exclusions from
 the eval cases), then specs/movielens_cf.yaml and specs/movielens_ease.yaml run through llmrec's Runtime, one
 request per user, with the already-loaded dataset handed to the spec. The spec rows go through the node's own
 request path (per-user scores, its own seen-item filter), so agreeing with the direct rows checks that path; the
@@ -46,7 +46,7 @@ from llmrec.api import validate
 from llmrec.data import Dataset, EvalCase, Interactions, split_interactions
 from llmrec.data.datasets import load_dataset
 from llmrec.metrics import ndcg_at_k, precision_at_k, recall_at_k
-from llmrec.nodes.cf import CF, DecayConfig, _matrix, _Matrix, fit_als, fit_ease, fit_item_knn, fit_svd, top_k
+from llmrec.nodes.retrieve.cf import CF, DecayConfig, _matrix, _Matrix, fit_als, fit_ease, fit_item_knn, fit_svd, top_k
 from llmrec.runtime.executor import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]

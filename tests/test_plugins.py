@@ -108,7 +108,7 @@ def test_builtins_are_registered_through_the_same_hooks() -> None:
         assert infos[name].source == "built-in"
         assert infos[name].distribution == "llmrec" and infos[name].version == llmrec_version()
     impls = [i.plugin_name for i in pm.hook.llmrec_register_node_types.get_hookimpls()]
-    assert "llmrec.nodes.basic" in impls and "llmrec.nodes.recsys" in impls
+    assert "llmrec.nodes.basic" in impls and "llmrec.nodes.retrieve" in impls
 
     reg = get_registry(None)
     assert {"core.identity", "text.template"} <= set(reg.node_types)
@@ -630,7 +630,7 @@ def test_plugins_json_lists_builtins(capsys) -> None:
     for row in rows.values():
         assert row["source"] == "built-in" and row["distribution"] == "llmrec" and row["version"] == llmrec_version()
     assert rows["llmrec.nodes.basic"]["provides"]["node type"] == ["core.identity", "text.template"]
-    assert "retrieve.popular" in rows["llmrec.nodes.recsys"]["provides"]["node type"]
+    assert "retrieve.popular" in rows["llmrec.nodes.retrieve"]["provides"]["node type"]
     assert rows["llmrec.runtime.caches"]["provides"] == {"cache backend": ["disk", "memory"]}
 
 

@@ -12,7 +12,7 @@ import yaml
 
 import llmrec
 from llmrec.errors import InputError
-from llmrec.nodes.recsys import BM25
+from llmrec.nodes.retrieve import BM25
 from llmrec.plugins import get_registry
 from llmrec.spec.jsonschema import spec_json_schema
 from llmrec.types import Recommendations

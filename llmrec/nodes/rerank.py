@@ -5,9 +5,11 @@
 - ``rerank.quota``: per-category (or per-field) minimum and maximum counts or shares of the top k;
 - ``rerank.rules``: boost or demote items whose metadata matches a condition;
 - ``rerank.dedupe``: drop repeated ids and, optionally, repeated (normalised) titles;
-- ``rerank.constraints``: keep only items in a price range, with given attribute values, not excluded.
+- ``rerank.constraints``: keep only items in a price range, with given attribute values, not excluded;
+- ``rerank.filter_seen``: drop the items the user has already seen;
+- ``rerank.diversify``: cap how many items of one category the top of the list holds.
 
-``rerank.filter_seen`` and ``rerank.diversify`` live in :mod:`llmrec.nodes.recsys`. Item fields are
+Item fields are
 ``id``, ``title``, ``description``, ``category`` and ``price``; any other name (or ``attributes.NAME``) is an
 attribute. A field that no catalog item has is an error when the node runs (names depend on the data).
 """
@@ -21,22 +23,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from ..data import Catalog, Item
 from ..embed import Embedder
 from ..hookspecs import hookimpl
-from ..node import CheckContext, NodeType, Problem
-from ..types import Candidates, ScoredItem
-from .recsys import as_candidates, count_or, PerObjects
+from ..node import CheckContext, NoConfig, NodeType, Problem
+from ..types import Candidates, ScoredItem, UserProfile
+from .common import PerObjects, as_candidates, count_or
 
 ITEM_FIELDS: tuple[str, ...] = ("id", "title", "description", "category", "price")
 _MISSING = object()
 Scalar = str | int | float | bool
-
-
-class NoConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # -- item fields -----------------------------------------------------------------------------------------------
@@ -482,7 +480,68 @@ class Constraints(NodeType):
         return True
 
 
-NODE_TYPES: tuple[type[NodeType], ...] = (MMR, Quota, Rules, Dedupe, Constraints)
+# -- seen items and category caps -------------------------------------------------------------------------------------
+
+
+class FilterSeenConfig(NoConfig):
+    pass
+
+
+class FilterSeen(NodeType):
+    """Drop the items the user has already interacted with."""
+
+    name = "rerank.filter_seen"
+    inline = True
+    description = "Remove items the user has already seen from the candidates."
+    Config = FilterSeenConfig
+
+    async def run(self, candidates: Candidates, profile: UserProfile) -> Candidates:
+        cands = as_candidates(candidates)
+        assert cands is not None
+        if not profile.seen:
+            return cands
+        seen = set(profile.seen)
+        return cands.model_copy(update={"items": [c for c in cands.items if c.id not in seen]})
+
+
+class DiversifyConfig(NoConfig):
+    max_per_category: int = Field(3, ge=1, description="At most this many items of one category, while others remain.")
+    k: int = Field(10, ge=1, description="How many items, unless the 'k' input says otherwise.")
+
+
+class Diversify(NodeType):
+    """Greedy diversification: take candidates in score order, capping how many come from one category."""
+
+    name = "rerank.diversify"
+    inline = True
+    description = "Pick k candidates in score order with at most max_per_category per category (filled if short)."
+    Config = DiversifyConfig
+
+    async def run(self, candidates: Candidates, catalog: Catalog, k: int | None = None) -> Candidates:
+        cands = as_candidates(candidates)
+        assert cands is not None
+        n = count_or(k, self.config.k)
+        cap = self.config.max_per_category
+        picked: list[ScoredItem] = []
+        overflow: list[ScoredItem] = []
+        per_category: dict[str, int] = {}
+        for c in cands.items:
+            if len(picked) >= n:
+                break
+            item = catalog.get(c.id)
+            category = item.category if item is not None else ""
+            if category:
+                if per_category.get(category, 0) >= cap:
+                    overflow.append(c)
+                    continue
+                per_category[category] = per_category.get(category, 0) + 1
+            picked.append(c)
+        if len(picked) < n:  # the cap left too few: fill with the best of what it held back
+            picked.extend(overflow[: n - len(picked)])
+        return cands.model_copy(update={"items": picked})
+
+
+NODE_TYPES: tuple[type[NodeType], ...] = (MMR, Quota, Rules, Dedupe, Constraints, FilterSeen, Diversify)
 
 
 @hookimpl
@@ -491,5 +550,5 @@ def llmrec_register_node_types(register: Callable[[type], None]) -> None:
         register(cls)
 
 
-__all__ = ["Constraints", "Dedupe", "ITEM_FIELDS", "MMR", "NODE_TYPES", "Quota", "Rules", "field_value",
-           "normalise_title"]
+__all__ = ["Constraints", "Dedupe", "Diversify", "FilterSeen", "ITEM_FIELDS", "MMR", "NODE_TYPES", "Quota", "Rules",
+           "field_value", "normalise_title"]

@@ -9,7 +9,7 @@ import json
 from llmrec.data.datasets import load_dataset
 from llmrec.finetune.data import render_prompt
 from llmrec.nodes.llm_tasks import Recommend, RecommendConfig
-from llmrec.nodes.recsys import Profile
+from llmrec.nodes.user import Profile
 from llmrec.testing import FakeProvider, write_spec
 from llmrec.api import check
 

@@ -9,7 +9,7 @@ import pytest
 
 import llmrec
 from llmrec.cli import main
-from llmrec.nodes.blend import Blend, BlendConfig, normalised
+from llmrec.nodes.rank.blend import Blend, BlendConfig, normalised
 from llmrec.testing import write_spec
 from llmrec.types import Candidates, ScoredItem
 

@@ -1,4 +1,4 @@
-"""Tests of the collaborative-filtering retrievers (llmrec/nodes/cf.py): the algorithms against their
+"""Tests of the collaborative-filtering retrievers (llmrec/nodes/retrieve/cf.py): the algorithms against their
 definitions on tiny matrices, planted tastes on the demo shop, cold starts, exclusions, determinism, specs,
 and (with LLMREC_DATA_DIR) EASE against popularity on MovieLens 100K."""
 
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from llmrec.data import DemoDataset, Interaction, Interactions, generate_demo
 from llmrec.metrics import ndcg_at_k
 from llmrec.node import read_signature
-from llmrec.nodes.cf import (
+from llmrec.nodes.retrieve.cf import (
     CF,
     NODE_TYPES,
     DecayConfig,

@@ -1,4 +1,5 @@
-"""Dense retrieval node types (llmrec/nodes/dense.py) with the real all-MiniLM-L6-v2, loaded once per module."""
+"""Dense retrieval and embedding node types (llmrec/nodes/retrieve/dense.py, llmrec/nodes/embed.py) with the
+real all-MiniLM-L6-v2, loaded once per module."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from llmrec.data import generate_demo
 from llmrec.embed import Embedder
-from llmrec.nodes.dense import Dense, DenseConfig, EmbedderResource, Similarity
+from llmrec.nodes.embed import EmbedderResource, Similarity
+from llmrec.nodes.retrieve.dense import Dense, DenseConfig
 from llmrec.plugins import get_registry
 from llmrec.testing import errors_of, run_spec, write_spec
 from llmrec.types import Candidates, ScoredItem

@@ -13,7 +13,7 @@ from llmrec.data import generate_demo, make_dataset
 from llmrec.errors import RunError
 from llmrec.metrics import ndcg_at_k
 from llmrec.data import Catalog, Item
-from llmrec.nodes.rank import (
+from llmrec.nodes.rank.lambdamart import (
     BASE_FEATURES,
     CLOSE_COSINE,
     EMBEDDING_FEATURES,
@@ -22,7 +22,9 @@ from llmrec.nodes.rank import (
     LambdaMARTConfig,
     default_features,
 )
-from llmrec.nodes.recsys import FilterSeen, Popular, Profile
+from llmrec.nodes.rerank import FilterSeen
+from llmrec.nodes.retrieve import Popular
+from llmrec.nodes.user import Profile
 from llmrec.testing import errors_of, write_spec
 from llmrec.artifacts import ArtifactError, ArtifactStore
 from llmrec.training import ModelNotTrainedError, Target, TrainingError, TrainingExample, fit_target, standalone_start

@@ -1,4 +1,5 @@
-"""Unit tests of the built-in recommender node types (llmrec/nodes/recsys.py), called directly."""
+"""Unit tests of the node types the quickstart pipeline uses (profile, retrievers, fuse, rerankers, present),
+called directly; and the rule that a node type lives in the module named by its role."""
 
 from __future__ import annotations
 
@@ -7,18 +8,11 @@ from pydantic import BaseModel, ValidationError
 
 from llmrec.data import Catalog, DemoDataset, Interaction, Interactions, Item
 from llmrec.node import read_signature
-from llmrec.nodes.recsys import (
-    BM25,
-    NODE_TYPES,
-    CategoryAffinity,
-    DemoDatasetResource,
-    Diversify,
-    FilterSeen,
-    Fuse,
-    Popular,
-    Present,
-    Profile,
-)
+from llmrec.nodes.demo import DemoDatasetResource
+from llmrec.nodes.present import Present
+from llmrec.nodes.rerank import Diversify, FilterSeen
+from llmrec.nodes.retrieve import BM25, CategoryAffinity, Fuse, Popular
+from llmrec.nodes.user import Profile
 from llmrec.plugins import get_registry
 from llmrec.types import Candidates, Recommendations, ScoredItem, UserProfile
 
@@ -65,6 +59,9 @@ def _cands(source: str, *pairs: tuple[str, float]) -> Candidates:
 # -- registration and declarations -----------------------------------------------------------------------------
 
 
+NODE_TYPES = (Profile, Popular, BM25, CategoryAffinity, Fuse, FilterSeen, Diversify, Present)
+
+
 def test_every_type_is_registered_with_a_description_and_a_strict_config() -> None:
     registry = get_registry(None)
     for cls in NODE_TYPES:
@@ -88,6 +85,24 @@ def test_signatures_declare_typed_inputs_and_outputs() -> None:
     sig = read_signature(Profile.run)
     assert sig.output is UserProfile and sig.params["user_id"].type is str
     assert DemoDatasetResource.provides is DemoDataset
+
+
+def test_each_built_in_node_type_lives_in_the_module_of_its_role() -> None:
+    """``retrieve.*`` in llmrec.nodes.retrieve, ``rerank.*`` in llmrec.nodes.rerank, ``rank.*`` in
+    llmrec.nodes.rank: a newcomer finds a family in one place."""
+    homes = {"retrieve": "llmrec.nodes.retrieve", "rerank": "llmrec.nodes.rerank", "rank": "llmrec.nodes.rank",
+             "embed": "llmrec.nodes.embed", "verify": "llmrec.nodes.verify", "llm": "llmrec.nodes.llm"}
+    registry = get_registry(None)
+    checked = 0
+    for name in registry.node_types:
+        family = name.split(".")[0]
+        entry = registry.node_types.entry(name)
+        if family in homes and entry is not None and entry.plugin.name.startswith("llmrec."):
+            module = entry.value.__module__
+            assert module == homes[family] or module.startswith(homes[family] + ".") or (
+                family == "llm" and module == "llmrec.nodes.llm_tasks"), (name, module)
+            checked += 1
+    assert checked >= 20
 
 
 # -- demo.dataset ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Collaborative-filtering retrievers, registered as a default plugin.
+"""Collaborative-filtering retrievers: ``retrieve.cf`` and ``retrieve.item_knn``.
 
 ``retrieve.cf`` learns from the user-item matrix of an :class:`~llmrec.data.Interactions` log with one of
 
@@ -32,14 +32,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from ..data import EVENT_WEIGHTS, Interactions
-from ..data.catalog import natural_key
-from ..hookspecs import hookimpl
-from ..node import CheckContext, NodeType, Problem
-from ..types import Candidates, ScoredItem
-from .recsys import count_or, PerObjects
+from ...data import EVENT_WEIGHTS, Interactions
+from ...data.catalog import natural_key
+from ...node import CheckContext, NoConfig, NodeType, Problem
+from ...types import Candidates, ScoredItem
+from ..common import PerObjects, count_or
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
@@ -48,10 +47,6 @@ log = logging.getLogger(__name__)
 
 #: EASE's lambda and ALS's lambda when the config leaves ``regularization`` out (they live on different scales)
 DEFAULT_REGULARIZATION = {"ease": 500.0, "als": 10.0, "svd": 0.0}
-
-
-class NoConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # -- the user-item matrix --------------------------------------------------------------------------------------
@@ -547,12 +542,6 @@ class ItemKNN(_Retriever):
 
 
 NODE_TYPES: tuple[type[NodeType], ...] = (CF, ItemKNN)
-
-
-@hookimpl
-def llmrec_register_node_types(register: Any) -> None:
-    for cls in NODE_TYPES:
-        register(cls)
 
 
 __all__ = ["CF", "DEFAULT_REGULARIZATION", "DecayConfig", "ItemKNN", "NODE_TYPES", "als_user_factors", "fit_als",

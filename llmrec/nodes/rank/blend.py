@@ -29,11 +29,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..artifacts import ArtifactError, digest
-from ..hookspecs import hookimpl
-from ..node import NodeType, SpecPath, StartContext
-from ..training import Target, TrainContext, TrainingError, TrainOutput
-from ..types import Candidates, ScoredItem
+from ...artifacts import ArtifactError, digest
+from ...node import NodeType, SpecPath, StartContext
+from ...training import Target, TrainContext, TrainingError, TrainOutput
+from ...types import Candidates, ScoredItem
 
 WEIGHTS_FILE = "weights.json"
 #: the weights coordinate ascent tries for each list
@@ -231,11 +230,6 @@ def _ndcg(scores: np.ndarray, gains: np.ndarray, ideal: float, k: int) -> float:
         return 0.0
     order = np.argsort(-scores, kind="stable")[:k]
     return _dcg(gains[order], k) / ideal
-
-
-@hookimpl
-def llmrec_register_node_types(register: Any) -> None:
-    register(Blend)
 
 
 __all__ = ["Blend", "BlendConfig", "normalised"]

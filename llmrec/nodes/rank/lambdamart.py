@@ -41,23 +41,21 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..data import Catalog, Interactions
-from ..embed import Embedder
-from ..hookspecs import hookimpl
-from ..node import CheckContext, NodeType, Problem, SpecPath
-from ..artifacts import Artifact, ArtifactError, digest
-from ..errors import RunError
-from ..node import StartContext
-from ..training import Target, TrainContext, TrainingError, TrainingExample, TrainOutput
-from ..types import Candidates, ScoredItem, UserProfile
-from .recsys import as_candidates, count_or, PerObjects
+from ...artifacts import Artifact, ArtifactError, digest
+from ...data import Catalog, Interactions
+from ...embed import Embedder
+from ...errors import RunError
+from ...metrics import ndcg_at_k
+from ...node import CheckContext, NodeType, Problem, SpecPath, StartContext
+from ...training import Target, TrainContext, TrainingError, TrainingExample, TrainOutput
+from ...types import Candidates, ScoredItem, UserProfile
+from ..common import PerObjects, as_candidates, count_or
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightgbm
@@ -524,7 +522,6 @@ def _label(item_id: str, ex: TrainingExample) -> int:
 
 def _validation_metrics(booster: Any, val: list[Any]) -> dict[str, float]:
     """NDCG@10 of the model's order and of the input order, averaged over the validation cases."""
-    from ..metrics import ndcg_at_k
 
     model, baseline = [], []
     for ex, cands, x, _ in val:
@@ -536,12 +533,6 @@ def _validation_metrics(booster: Any, val: list[Any]) -> dict[str, float]:
 
 
 NODE_TYPES: tuple[type[NodeType], ...] = (LambdaMART,)
-
-
-@hookimpl
-def llmrec_register_node_types(register: Callable[[type], None]) -> None:
-    for cls in NODE_TYPES:
-        register(cls)
 
 
 __all__ = ["BASE_FEATURES", "EMBEDDING_FEATURES", "Featurizer", "LambdaMART", "LambdaMARTConfig", "default_features",

@@ -1,18 +1,8 @@
-"""Dense retrieval: the ``embedder`` resource and the ``retrieve.dense`` and ``embed.similarity`` node types.
+"""Embeddings: the ``embedder`` resource and the ``embed.similarity``, ``embed.pair_similarity`` and
+``label.embedding`` node types, plus the catalog vectors ``retrieve.dense`` and ``rerank.mmr`` share.
 
-::
-
-    resources:
-      minilm: {type: embedder, config: {model: all-MiniLM-L6-v2}}
-    nodes:
-      dense:
-        type: retrieve.dense
-        config: {k: 50, index: auto}
-        inputs: {catalog: ${resources.demo.catalog}, model: ${resources.minilm}, query: ${inputs.query},
-                 like: ${profile.seen}, exclude: ${profile.seen}}
-
-The catalog's vectors come from the embedder's persisted cache (:mod:`llmrec.embed`) and the index
-(:mod:`llmrec.index`) is built once per (catalog, model) at start (``warm``), so a request embeds only its query.
+The catalog's vectors come from the embedder's persisted cache (:mod:`llmrec.embed`), computed once per
+(catalog, model).
 """
 
 from __future__ import annotations
@@ -22,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
@@ -30,10 +20,9 @@ from pydantic import Field, ValidationInfo, field_validator
 from ..data import Catalog
 from ..embed import DEFAULT_MODEL, MINILM_NAMES, Embedder
 from ..hookspecs import hookimpl
-from ..index import AUTO_EXACT_MAX, VectorIndex
-from ..node import NoConfig, CheckContext, NodeType, Problem, ResourceType, SpecPath
-from ..types import Candidates, Labeled, LabelScore, ScoredItem
-from .recsys import as_candidates, count_or, PerObjects
+from ..node import CheckContext, NoConfig, NodeType, Problem, ResourceType, SpecPath
+from ..types import Candidates, Labeled, LabelScore
+from .common import PerObjects, as_candidates
 
 # -- resource --------------------------------------------------------------------------------------------------
 
@@ -104,7 +93,7 @@ class EmbedderResource(ResourceType):
 
 
 @dataclass
-class _Vectors:
+class CatalogVectors:
     """A catalog's item vectors under one model, and where each item's row is."""
 
     ids: list[str]
@@ -113,13 +102,13 @@ class _Vectors:
     key: str  # model version + item texts: what an on-disk index of these vectors depends on
 
 
-def _catalog_vectors(catalog: Catalog, model: Embedder) -> _Vectors:
+def catalog_vectors(catalog: Catalog, model: Embedder) -> CatalogVectors:
     ids, matrix = model.embed_items(catalog)
     key = model.content_key(item.text for item in catalog)
-    return _Vectors(ids, matrix, {item_id: i for i, item_id in enumerate(ids)}, key)
+    return CatalogVectors(ids, matrix, {item_id: i for i, item_id in enumerate(ids)}, key)
 
 
-def _mean_of(vectors: _Vectors, like: Sequence[str] | None) -> np.ndarray | None:
+def mean_of(vectors: CatalogVectors, like: Sequence[str] | None) -> np.ndarray | None:
     """The normalised mean vector of the known ids in ``like``; None when there are none."""
     rows = [vectors.rows[i] for i in like or () if i in vectors.rows]
     if not rows:
@@ -127,109 +116,6 @@ def _mean_of(vectors: _Vectors, like: Sequence[str] | None) -> np.ndarray | None
     mean = vectors.matrix[rows].mean(axis=0)
     norm = float(np.linalg.norm(mean))
     return mean / norm if norm > 0 else None
-
-
-# -- node types ------------------------------------------------------------------------------------------------
-
-
-class DenseConfig(NoConfig):
-    k: int = Field(50, ge=1, description="How many items, unless the 'k' input says otherwise.")
-    index: Literal["auto", "exact", "faiss-ivf", "lancedb-flat", "lancedb-ann"] = Field(
-        "auto", description="Vector index: exact (in memory), faiss-ivf (in-memory FAISS ANN), lancedb-flat or "
-                            "lancedb-ann (LanceDB on disk), or auto (exact up to "
-                            f"{AUTO_EXACT_MAX:,} items, faiss-ivf above; lancedb-ann if faiss is not installed).",
-    )
-    index_dir: SpecPath | None = Field(
-        None, description="Folder where on-disk indexes (LanceDB, and faiss-ivf with its vectors) are saved and "
-                          "reopened when the catalog and model are unchanged (default: LanceDB in a temporary "
-                          "folder, faiss-ivf in memory only).",
-    )
-    source: str = Field("dense", min_length=1, description="Name of this list in ScoredItem.sources.")
-
-
-class _State:
-    def __init__(self, vectors: _Vectors, index: VectorIndex) -> None:
-        self.vectors = vectors
-        self.index = index
-
-
-class Dense(NodeType):
-    """Nearest catalog items to a query text and/or to the mean vector of items a user liked (cosine)."""
-
-    name = "retrieve.dense"
-    description = "Retrieve the catalog items most similar (cosine) to a query text and/or to liked items' vectors."
-    Config = DenseConfig
-    offload = True  # embedding and searching block: run in a worker thread
-
-    def __init__(self, config: DenseConfig) -> None:
-        super().__init__(config)
-        self._states: PerObjects[_State] = PerObjects()
-        self._lock = threading.Lock()
-
-    @classmethod
-    def check(cls, config: DenseConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
-        d = config.index_dir
-        if config.index == "faiss-ivf":
-            import importlib.util
-
-            if importlib.util.find_spec("faiss") is None:
-                return [Problem("index 'faiss-ivf' needs the faiss package, which is not installed", field="index",
-                                hint="pip install faiss-cpu, or use index: lancedb-ann")]
-        if d is not None and d.exists() and not d.is_dir():
-            return [("index_dir", f"index_dir {str(d)!r} is a file; give a folder (it is created if missing)")]
-        if d is not None and config.index == "exact":
-            return [Problem("index_dir is not used by the 'exact' index, which lives in memory",
-                            field="index_dir", warning=True)]
-        return []
-
-    def state_for(self, catalog: Catalog, model: Embedder) -> _State:
-        """The catalog's vectors and index under ``model``, built on first use (thread-safe)."""
-        with self._lock:
-            return self._states.get((catalog, model), lambda: self._build(catalog, model))
-
-    def _build(self, catalog: Catalog, model: Embedder) -> _State:
-        vectors = _catalog_vectors(catalog, model)
-        c = self.config
-        path = None
-        if c.index_dir is not None:  # one subfolder per model, so two embedders never fight over a pointer
-            path = c.index_dir / model.cache_key
-        index = VectorIndex.build(vectors.ids, vectors.matrix, kind=c.index, path=path, key=vectors.key)
-        return _State(vectors, index)
-
-    async def warm(self, catalog: Catalog | None = None, model: Embedder | None = None, **_: Any) -> None:
-        if catalog is not None and model is not None:
-            await asyncio.to_thread(self.state_for, catalog, model)
-
-    def run(
-        self,
-        catalog: Catalog,
-        model: Embedder,
-        query: str | None = None,
-        like: list[str] | None = None,
-        exclude: list[str] | None = None,
-        k: int | None = None,
-    ) -> Candidates:
-        source = self.config.source
-        n = count_or(k, self.config.k)
-        has_query = bool(query and query.strip())
-        if n == 0 or len(catalog) == 0 or (not has_query and not like):
-            return Candidates(source=source)  # nothing to search with: a cold start, not an error
-        state = self.state_for(catalog, model)
-        parts = []
-        if has_query:
-            parts.append(model.encode([query.strip()])[0])  # type: ignore[union-attr]
-        liked = _mean_of(state.vectors, like)
-        if liked is not None:
-            parts.append(liked)
-        if not parts:  # only unknown liked ids
-            return Candidates(source=source)
-        vector = np.mean(parts, axis=0)  # query and taste weigh the same
-        ids, scores = state.index.search(vector[None, :], n, exclude=exclude)[0]
-        items = []
-        for item_id, score in zip(ids, scores.tolist()):
-            score = round(float(score), 6)
-            items.append(ScoredItem(id=item_id, score=score, sources={source: score}))
-        return Candidates(items=items, source=source)
 
 
 class SimilarityConfig(NoConfig):
@@ -246,12 +132,12 @@ class Similarity(NodeType):
 
     def __init__(self, config: SimilarityConfig) -> None:
         super().__init__(config)
-        self._vectors: PerObjects[_Vectors] = PerObjects()
+        self._vectors: PerObjects[CatalogVectors] = PerObjects()
         self._lock = threading.Lock()
 
-    def vectors_for(self, catalog: Catalog, model: Embedder) -> _Vectors:
+    def vectors_for(self, catalog: Catalog, model: Embedder) -> CatalogVectors:
         with self._lock:
-            return self._vectors.get((catalog, model), lambda: _catalog_vectors(catalog, model))
+            return self._vectors.get((catalog, model), lambda: catalog_vectors(catalog, model))
 
     async def warm(self, catalog: Catalog | None = None, model: Embedder | None = None, **_: Any) -> None:
         if catalog is not None and model is not None:
@@ -265,7 +151,7 @@ class Similarity(NodeType):
         if not like or not cands.items:
             return cands
         vectors = self.vectors_for(catalog, model)
-        mean = _mean_of(vectors, like)
+        mean = mean_of(vectors, like)
         if mean is None:
             return cands
         source = self.config.source
@@ -348,7 +234,8 @@ class PairSimilarity(NodeType):
         return round(float(va @ vb), 6)
 
 
-NODE_TYPES: tuple[type[NodeType], ...] = (Dense, Similarity, EmbeddingLabel, PairSimilarity)
+
+NODE_TYPES: tuple[type[NodeType], ...] = (Similarity, EmbeddingLabel, PairSimilarity)
 
 
 @hookimpl
@@ -362,4 +249,5 @@ def llmrec_register_resource_types(register: Any) -> None:
     register(EmbedderResource)
 
 
-__all__ = ["Dense", "EmbedderResource", "EmbeddingLabel", "NODE_TYPES", "PairSimilarity", "Similarity"]
+__all__ = ["CatalogVectors", "EmbedderResource", "EmbeddingLabel", "NODE_TYPES", "PairSimilarity", "Similarity",
+           "catalog_vectors", "mean_of"]
