@@ -42,7 +42,7 @@ DEFAULT_PLUGINS = (
     "llmrec.nodes.llm_tasks",
     "llmrec.nodes.verify",
     "llmrec.nodes.planning",
-    "llmrec.runtime.caches",
+    "llmrec.caches",
     "llmrec.eval.commands",
     "llmrec.serve.commands",
     "llmrec.training",

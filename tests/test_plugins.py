@@ -631,7 +631,7 @@ def test_plugins_json_lists_builtins(capsys) -> None:
         assert row["source"] == "built-in" and row["distribution"] == "llmrec" and row["version"] == llmrec_version()
     assert rows["llmrec.nodes.basic"]["provides"]["node type"] == ["core.identity", "text.template"]
     assert "retrieve.popular" in rows["llmrec.nodes.retrieve"]["provides"]["node type"]
-    assert rows["llmrec.runtime.caches"]["provides"] == {"cache backend": ["disk", "memory"]}
+    assert rows["llmrec.caches"]["provides"] == {"cache backend": ["disk", "memory"]}
 
 
 def test_plugins_table_lists_builtins(capsys) -> None:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import llmrec
-from llmrec.runtime import codec
-from llmrec.runtime.caches import DiskCache
+from llmrec.caches import codec
+from llmrec.caches import DiskCache
 from llmrec.testing import write_spec
 from llmrec.types import Candidates, ScoredItem
 

@@ -16,7 +16,7 @@
         inputs: {model: "${resources.model}", liked: "${profile.seen}", n: 5}
 
 ``prompt_cache`` (in the node's config) answers repeated requests without calling the model; see
-:class:`PromptCacheConfig` and :mod:`llmrec.llm.cache`::
+:class:`PromptCacheConfig` and :mod:`llmrec.caches.prompt`::
 
         config: {template: ..., prompt_cache: {ttl: 1d, backend: disk, semantic: {threshold: 0.95}}}
         inputs: {model: "${resources.model}", cache_model: "${resources.minilm}", ...}
@@ -55,6 +55,8 @@ from pydantic import (
 )
 from typing_extensions import Annotated
 
+from ..caches import default_cache_root
+from ..caches.prompt import PromptCache
 from ..errors import LlmrecError, OutputValidationError, ProviderError, RunError
 from ..hookspecs import hookimpl
 from ..llm.provider import Choices, Completion, CompletionRequest, Message, Provider
@@ -702,13 +704,11 @@ class Prompt(NodeType):
 
     # -- the prompt cache ------------------------------------------------------------------------------------
     def prompt_cache(self) -> Any:
-        """The node's :class:`~llmrec.llm.cache.PromptCache` (built on first use), or None without one."""
+        """The node's :class:`~llmrec.caches.prompt.PromptCache` (built on first use), or None without one."""
         pc = self.config.prompt_cache
         if pc is None or not pc.enabled:
             return None
         if self._cache is None:
-            from ..llm.cache import PromptCache
-
             table = self._registry.cache_backends if self._registry is not None else _global("cache_backends")
             factory = table[pc.backend]
             kwargs: dict[str, Any] = {"max_entries": pc.max_entries}
@@ -718,8 +718,6 @@ class Prompt(NodeType):
                 except (TypeError, ValueError):
                     accepts_path = False
                 if accepts_path:
-                    from ..runtime.caches import default_cache_root
-
                     kwargs["path"] = pc.path if pc.path is not None else default_cache_root() / "prompts"
             backend = factory(**kwargs)
             self._cache = PromptCache(backend, pc.ttl, pc.semantic.threshold if pc.semantic else None)

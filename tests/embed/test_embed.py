@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import llmrec.embed as embed_module
+import llmrec.caches.embeddings as cache_module
 from llmrec.data import Catalog, Item
-from llmrec.embed import Embedder, EmbeddingCache, model_version, resolve_model_path
+from llmrec.caches.embeddings import EmbeddingCache
+from llmrec.embed import Embedder, model_version, resolve_model_path
 from llmrec.errors import DataError
 
 DIM = 8
@@ -83,7 +84,7 @@ def test_a_crash_between_writing_and_replacing_leaves_the_old_cache_readable(tmp
     def crash(src, dst):
         raise Crash()
 
-    monkeypatch.setattr(embed_module.os, "replace", crash)
+    monkeypatch.setattr(cache_module.os, "replace", crash)
     with pytest.raises(Crash):
         FakeEmbedder(cache_dir=tmp_path).embed(["a", "b", "c"], progress=False)
     monkeypatch.undo()
@@ -104,7 +105,7 @@ def test_a_torn_segment_is_skipped_with_a_warning(tmp_path: Path) -> None:
 
 
 def test_many_segments_are_compacted_without_losing_vectors(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(embed_module, "COMPACT_AFTER", 3)
+    monkeypatch.setattr(cache_module, "COMPACT_AFTER", 3)
     e = FakeEmbedder(cache_dir=tmp_path)
     expected = {}
     for n in range(5):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from llmrec.api import validate
-from llmrec.runtime.caches import CacheWarning, DiskCache
+from llmrec.caches import CacheWarning, DiskCache
 from llmrec.runtime.executor import Runtime
 from llmrec.testing import FakeProvider, errors_of, write_spec
 

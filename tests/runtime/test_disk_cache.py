@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from llmrec.api import validate
-from llmrec.runtime.caches import CacheWarning, DiskCache
+from llmrec.caches import CacheWarning, DiskCache
 from llmrec.runtime.executor import Runtime
 from llmrec.testing import FakeProvider, write_spec
 
