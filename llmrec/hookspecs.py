@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from .data.datasets import DatasetInfo  # light (the registry imports it too), so annotations resolve at run time
+
 if TYPE_CHECKING:  # the types only; importing them at run time would make every module load the world
     import typer
 
@@ -65,6 +67,17 @@ def llmrec_register_metrics(register: Callable[[str, Callable[..., float]], None
     one decorated with :func:`llmrec.eval.metrics.list_metric` is computed once over every answer,
     ``fn(lists, k, context) -> float`` (coverage, diversity, novelty). ``llmrec eval`` reports them as ``name@k``.
     """
+
+
+@hookspec
+def llmrec_register_datasets(register: Callable[[DatasetInfo], None]) -> None:
+    """Register named datasets: ``register(DatasetInfo(name, description, loader, files=..., splits=...))``.
+
+    ``loader(root, *, split, seed, test_fraction, **options)`` returns a :class:`llmrec.data.Dataset`; its other
+    keyword parameters are the dataset's options (a spec's ``options:``), checked before it is called. The name
+    is what a ``dataset`` resource's ``name:`` and ``llmrec eval --dataset`` accept (lower-case, dashes allowed).
+    Collected once per registry, the first time its datasets are looked up; not firstresult, not historic; the
+    return value is ignored."""
 
 
 @hookspec

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from .data.datasets import COMMON_PARAMETERS, DatasetInfo
+from .data.splits import SPLITS
 from .errors import PluginError
 from .node import NodeType, ResourceType, read_signature
 
 T = TypeVar("T")
 TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+TYPE_NAMING = "use lower-case dotted names such as 'retrieve.bm25'"
+#: dataset names may hold dashes (movielens-100k) but never a path's separators or leading dot
+DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*([.-][a-z0-9_]+)*$")
+DATASET_NAMING = "use lower-case letters, digits, '_', '-' and '.' such as 'movielens-100k'"
 
 
 @dataclass(frozen=True)
@@ -45,11 +53,13 @@ class Table(Generic[T]):
 
     kind: str
     entries: dict[str, Entry[T]] = field(default_factory=dict)
+    pattern: re.Pattern[str] = TYPE_NAME  # what a valid name looks like
+    naming: str = TYPE_NAMING  # the rule, for the error about an invalid name
 
     def add(self, name: str, value: T, plugin: PluginInfo) -> None:
-        if not isinstance(name, str) or not TYPE_NAME.match(name):
+        if not isinstance(name, str) or not self.pattern.match(name):
             raise PluginError(
-                f"{self.kind} name {name!r} is invalid: use lower-case dotted names such as 'retrieve.bm25'",
+                f"{self.kind} name {name!r} is invalid: {self.naming}",
                 plugin.name,
                 plugin.label() if plugin.distribution else None,
             )
@@ -120,6 +130,62 @@ class Registry:
     hook: Any = None  # pluggy hook relay, for lifecycle hooks
     template_env: Any = None
     skipped_plugins: list[Any] = field(default_factory=list)  # plugins/*.py not imported: folder not trusted
+    _datasets: Table[DatasetInfo] | None = field(default=None, repr=False, compare=False)
+    _datasets_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def datasets(self) -> Table[DatasetInfo]:
+        """Named datasets (``llmrec_register_datasets``), collected from every plugin of ``hook`` on first use, in
+        registration order, each recorded under its plugin; a bad registration is a PluginError naming it."""
+        with self._datasets_lock:
+            if self._datasets is None:
+                table: Table[DatasetInfo] = Table("dataset", pattern=DATASET_NAME, naming=DATASET_NAMING)
+                if self.hook is not None:
+                    self._collect_datasets(table)
+                self._datasets = table
+            return self._datasets
+
+    def _collect_datasets(self, table: Table[DatasetInfo]) -> None:
+        infos = {info.name: info for info in self.plugins}
+        for impl in self.hook.llmrec_register_datasets.get_hookimpls():
+            info = infos.get(impl.plugin_name) or PluginInfo(impl.plugin_name)
+
+            def register(dataset: Any, _info: PluginInfo = info) -> None:
+                self.add_dataset(table, dataset, _info)
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"llmrec_register_datasets failed: {type(exc).__name__}: {exc}", info.name,
+                                  info.label() if info.distribution else None) from None
+
+    @staticmethod
+    def add_dataset(table: Table[DatasetInfo], dataset: Any, plugin: PluginInfo) -> None:
+        """Check one registered dataset and add it to ``table``."""
+        if not isinstance(dataset, DatasetInfo):
+            raise PluginError(f"register() for datasets expects a llmrec.data.datasets.DatasetInfo, got {dataset!r}",
+                              plugin.name)
+        if not callable(dataset.loader):
+            raise PluginError(f"dataset '{dataset.name}': loader {dataset.loader!r} is not callable", plugin.name)
+        try:
+            params = inspect.signature(dataset.loader).parameters
+        except (TypeError, ValueError) as exc:  # pragma: no cover - builtins
+            raise PluginError(f"dataset '{dataset.name}': loader signature unreadable: {exc}", plugin.name) from None
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            lacking = [p for p in COMMON_PARAMETERS[1:] if p not in params]
+            if lacking:
+                raise PluginError(f"dataset '{dataset.name}': the loader must take the keyword parameters "
+                                  f"{', '.join(lacking)} (loader(root, *, split, seed, test_fraction, ...))",
+                                  plugin.name)
+        unknown = [s for s in dataset.splits if s not in SPLITS]
+        if not dataset.splits or unknown:
+            raise PluginError(f"dataset '{dataset.name}': splits must be among {', '.join(SPLITS)}"
+                              + (f", not {', '.join(map(repr, unknown))}" if unknown else ""), plugin.name)
+        if dataset.url and not dataset.files:
+            raise PluginError(f"dataset '{dataset.name}' has a url but no files to find in its zip", plugin.name)
+        table.add(dataset.name, dataset, plugin)
 
     def add_node_type(self, cls: Any, plugin: PluginInfo) -> None:
         if not (isinstance(cls, type) and issubclass(cls, NodeType)):
@@ -149,8 +215,9 @@ class Registry:
     def provided_by(self, plugin_name: str) -> dict[str, list[str]]:
         """What one plugin registered, by kind."""
         out: dict[str, list[str]] = {}
-        for table in (self.node_types, self.resource_types, self.providers, self.metrics, self.cache_backends,
-                      self.session_stores):
+        tables: tuple[Table[Any], ...] = (self.node_types, self.resource_types, self.providers, self.metrics,
+                                          self.cache_backends, self.session_stores, self.datasets)
+        for table in tables:
             names = [e.name for e in table.entries.values() if e.plugin.name == plugin_name]
             if names:
                 out[table.kind] = sorted(names)

@@ -2,6 +2,7 @@
 
 from llmrec.data.catalog import EVENT_WEIGHTS, Catalog, Interaction, Interactions, Item
 from llmrec.data.dataset import Dataset, EvalCase
+from llmrec.data.datasets import DatasetInfo
 from llmrec.data.demo import DemoDataset, DemoUser, generate_demo, write_demo
 from llmrec.data.splits import SPLITS, make_dataset, split_interactions
 
@@ -9,6 +10,7 @@ __all__ = [
     "EVENT_WEIGHTS",
     "Catalog",
     "Dataset",
+    "DatasetInfo",
     "EvalCase",
     "SPLITS",
     "DemoDataset",

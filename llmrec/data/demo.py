@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import IO, Generic, TypeVar
 
 from llmrec.data.catalog import Catalog, EventType, Interaction, Interactions, Item
+from llmrec.data.dataset import Dataset
+from llmrec.data.datasets import DatasetInfo
+from llmrec.data.splits import make_dataset
 
 T = TypeVar("T")
 
@@ -445,3 +448,23 @@ def write_demo(
     _atomic_write(paths["interactions"], write_interactions)
     _atomic_write(paths["users"], write_users)
     return paths
+
+
+def _load_demo(root: Path, *, split: str = "none", seed: int = 0, test_fraction: float | None = None,
+               n_items: int = 300, n_users: int = 120, relevant_rating: float | None = 4.0,
+               holdout_fraction: float = 0.2) -> Dataset:
+    """The demo shop generated with ``seed``, split by ``split``; ``extra["users"]``: its planted users."""
+    demo = generate_demo(seed=seed, n_items=n_items, n_users=n_users)
+    ds = make_dataset("demo", demo.catalog, demo.interactions, split,  # type: ignore[arg-type]
+                      test_fraction=test_fraction, holdout_fraction=holdout_fraction, seed=seed,
+                      relevant_rating=relevant_rating, description=DEMO.description)
+    ds.extra["users"] = demo.users
+    return ds
+
+
+DEMO = DatasetInfo(
+    "demo",
+    "The seeded demo shop (llmrec.data.demo), generated in memory: 300 items, 120 users.",
+    _load_demo,
+)
+DATASETS: tuple[DatasetInfo, ...] = (DEMO,)

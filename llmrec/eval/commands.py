@@ -15,10 +15,13 @@ theirs the same way and ``llmrec eval`` reports them all.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 from ..hookspecs import hookimpl
 from .metrics import LIST_METRICS, RANKING_METRICS
+
+if TYPE_CHECKING:
+    from ..registry import Registry
 
 SPLIT_CHOICES = ("temporal", "user", "leave-last", "none")
 
@@ -34,27 +37,24 @@ def _parse_k(value: str) -> tuple[int, ...]:
         raise typer.BadParameter(str(exc), param_hint="'--k'") from None
 
 
-def _default_split(name: str) -> str | None:
+def _default_split(name: str, registry: Registry) -> str | None:
     """The split --dataset NAME uses when --split is not given: the loader's own default, except that a
     dataset whose default holds nothing out (split 'none') but which can be split temporally is split
     temporally (PROTOCOLS.md's per-user 90/10). None for folders and unknown names (the loader decides)."""
-    import inspect
+    from ..data.datasets import is_path
 
-    from ..data.datasets import DATASETS, is_path
-
-    info = None if is_path(name) else DATASETS.get(name)
+    info = None if is_path(name, registry) else registry.datasets.get(name)
     if info is None:
         return None
-    param = inspect.signature(info.loader).parameters.get("split")
-    default = param.default if param is not None and param.default is not inspect.Parameter.empty else "none"
-    return "temporal" if default == "none" and "temporal" in info.splits else None
+    return "temporal" if info.default_split == "none" and "temporal" in info.splits else None
 
 
-def _load_dataset(name: str, split: str | None, seed: int | None) -> Any:
+def _load_dataset(name: str, split: str | None, seed: int | None, registry: Registry) -> Any:
+    """--dataset NAME, resolved against ``registry`` (the first spec's)."""
     from ..data.datasets import load_dataset
 
-    options: dict[str, Any] = {}
-    split = split if split is not None else _default_split(name)
+    options: dict[str, Any] = {"registry": registry}
+    split = split if split is not None else _default_split(name, registry)
     if split is not None:
         options["split"] = split
     if seed is not None:
@@ -65,7 +65,7 @@ def _load_dataset(name: str, split: str | None, seed: int | None) -> Any:
 def eval_command(
     specs: Annotated[list[Path], typer_argument("Spec files to evaluate; several are compared side by side.")],
     dataset: Annotated[Optional[str], typer_option(
-        "--dataset", "-d", help="Dataset name (movielens-100k, movielens-1m, bbc-news, demo) or folder. "
+        "--dataset", "-d", help="Dataset name (movielens-100k, bbc-news, demo, ...: llmrec plugins) or folder. "
                                 "Default: each spec's own dataset resource.")] = None,
     split: Annotated[Optional[str], typer_option(
         "--split", help="How --dataset is split: temporal, user, leave-last (or none). Default: the "
@@ -170,7 +170,7 @@ def eval_command(
     data = None
     if dataset is not None:
         with progress_.step(f"loading dataset {dataset}"):
-            data = _load_dataset(dataset, split, seed)
+            data = _load_dataset(dataset, split, seed, graphs[0].registry)
     bar = sys.stderr.isatty() and not progress_.is_quiet()
     # the evaluation's own bar counts the cases: a second live display of llmrec.progress under it would garble
     # the terminal, so the steps inside (embedding, first-use training) stay silent while it shows

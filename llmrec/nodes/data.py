@@ -25,11 +25,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ..data import bbc, demo, movielens
 from ..data.catalog import Catalog, Interactions
 from ..data.dataset import Dataset
+from ..data.datasets import DatasetInfo
 from ..errors import DataError
 from ..hookspecs import hookimpl
-from ..node import CheckContext, Problem, ResourceType, SpecPath
+from ..node import CheckContext, LoadContext, Problem, ResourceType, SpecPath
 
 Format = Literal["csv", "jsonl", "parquet"]
 
@@ -155,8 +157,9 @@ class InteractionsResource(ResourceType):
 
 class DatasetConfig(_Config):
     name: str = Field(
-        description="A named dataset (movielens-100k, movielens-1m, bbc-news, bbc-news-profiles, demo) or a folder "
-                    "holding catalog.* and interactions.* (relative to the spec).",
+        description="A registered dataset (llmrec plugins: movielens-100k, movielens-1m, bbc-news, "
+                    "bbc-news-profiles, demo, and plugins' own) or a folder holding catalog.* and interactions.* "
+                    "(relative to the spec).",
         min_length=1,
     )
     split: Literal["temporal", "user", "leave-last", "none"] = Field(
@@ -175,13 +178,13 @@ class DatasetConfig(_Config):
     @classmethod
     def _resolve_folder(cls, value: str, info: ValidationInfo) -> str:
         """A folder name is relative to the spec, like every path in a spec."""
-        from ..data.datasets import is_path
+        from ..data.datasets import looks_like_path
 
         if len(value) > 4096 or any(len(part) > 255 for part in value.replace("\\", "/").split("/")):
             raise ValueError("is too long for a dataset name or folder (a path part may have at most 255 "
                              "characters)")
         base = (info.context or {}).get("base_dir")
-        if base is not None and is_path(value) and not os.path.isabs(os.path.expanduser(value)):
+        if base is not None and looks_like_path(value) and not os.path.isabs(os.path.expanduser(value)):
             candidate = Path(base) / value
             return str(candidate)
         return value
@@ -199,13 +202,14 @@ class DatasetResource(ResourceType):
     def check(cls, config: DatasetConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
         from ..data.datasets import ENV_VAR, data_dir, missing_files, problems
 
+        registry = ctx.registry if ctx is not None else None
         found: list[str | tuple[str, str] | Problem] = [
             Problem(message, field=field, hint=hint) for field, message, hint in
-            problems(config.name, config.split, config.options)
+            problems(config.name, config.split, config.options, registry)
         ]
         if found:
             return found
-        missing = missing_files(config.name, config.data_dir)
+        missing = missing_files(config.name, config.data_dir, registry)
         if missing:
             where = "the folder" if config.data_dir is not None else (
                 f"{ENV_VAR} ({os.environ[ENV_VAR]})" if os.environ.get(ENV_VAR) else f"{ENV_VAR} (unset, so {data_dir()})")
@@ -218,15 +222,19 @@ class DatasetResource(ResourceType):
             ))
         return found
 
-    async def load(self) -> Dataset:
+    async def load(self, ctx: LoadContext) -> Dataset:
         from ..data.datasets import load_dataset
 
         c = self.config
         return await asyncio.to_thread(load_dataset, c.name, c.split, seed=c.seed, test_fraction=c.test_fraction,
-                                data_dir=c.data_dir, **c.options)
+                                       data_dir=c.data_dir, registry=ctx.registry, **c.options)
 
 
 RESOURCE_TYPES: tuple[type[ResourceType], ...] = (CatalogResource, InteractionsResource, DatasetResource)
+
+
+#: the built-in named datasets, registered below through the same hook as a plugin's
+DATASETS: tuple[DatasetInfo, ...] = (*movielens.DATASETS, *bbc.DATASETS, *demo.DATASETS)
 
 
 @hookimpl
@@ -235,4 +243,10 @@ def llmrec_register_resource_types(register: Any) -> None:
         register(cls)
 
 
-__all__ = ["CatalogResource", "DatasetResource", "InteractionsResource", "RESOURCE_TYPES"]
+@hookimpl
+def llmrec_register_datasets(register: Any) -> None:
+    for info in DATASETS:
+        register(info)
+
+
+__all__ = ["CatalogResource", "DATASETS", "DatasetResource", "InteractionsResource", "RESOURCE_TYPES"]

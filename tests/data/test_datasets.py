@@ -17,8 +17,9 @@ import pytest
 from llmrec.data import Dataset, write_demo
 from llmrec.data import datasets as ds_module
 from llmrec.api import check
-from llmrec.data.datasets import DATASETS, list_datasets, load_dataset, problems
+from llmrec.data.datasets import list_datasets, load_dataset, problems
 from llmrec.errors import DataError
+from llmrec.plugins import get_registry
 from llmrec.testing import errors_of, run_spec, write_spec
 
 DATA = os.environ.get("LLMREC_DATA_DIR")
@@ -134,7 +135,7 @@ def test_download_verifies_the_checksum_and_unpacks(tmp_path: Path) -> None:
 
 
 def test_movielens_100k_downloads_without_a_zip_checksum_when_its_files_match(tmp_path: Path) -> None:
-    """The official files' own SHA-256 (KNOWN_FILE_SHA256) verify a download; a changed byte is refused."""
+    """The official files' own SHA-256 (MOVIELENS_100K.file_sha256) verify a download; a changed byte is refused."""
     source = _need("ml-100k/u.data", "ml-100k/u.item", "ml-100k/u.genre")
     good, bad = tmp_path / "good.zip", tmp_path / "bad.zip"
     for archive, tamper in ((good, False), (bad, True)):
@@ -276,7 +277,10 @@ def test_unknown_names_and_options() -> None:
     assert problems("bbc-news", "temporal") == [
         ("split", "dataset 'bbc-news' does not take split 'temporal'", "It takes: none")]
     assert problems("demo", "none", {"n_user": 3})[0][2].startswith("Did you mean 'n_users'?")
-    assert [d.name for d in list_datasets()] == list(DATASETS)
+    table = get_registry().datasets
+    assert [d.name for d in list_datasets()] == sorted(table.entries)
+    assert {"movielens-100k", "movielens-1m", "bbc-news", "bbc-news-profiles", "demo"} <= set(table)
+    assert {table.entry(n).plugin.name for n in ("movielens-100k", "bbc-news", "demo")} == {"llmrec.nodes.data"}
     with pytest.raises(DataError, match="dataset 'demo': n_users must be a positive integer, got 0"):
         load_dataset("demo", n_users=0)
 
@@ -308,7 +312,7 @@ async def test_dataset_resource_feeds_popular(tmp_path: Path) -> None:
 
 def test_dataset_resource_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     errors = errors_of(write_spec(tmp_path, SPEC.format(name="demo-shop")))
-    assert len(errors) == 1 and "unknown dataset 'demo-shop'. Did you mean 'demo'?" in errors[0]
+    assert len(errors) == 1 and "unknown dataset 'demo-shop'. Did you mean 'demo' (from llmrec " in errors[0]
     monkeypatch.setenv("LLMREC_DATA_DIR", str(tmp_path))
     spec = write_spec(tmp_path, SPEC.format(name="bbc-news-profiles").replace("n_items: 60, ", "")
                       .replace("split: temporal", "split: user"))
