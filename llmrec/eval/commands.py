@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
+from ..data.datasets import is_path, load_dataset
 from ..hookspecs import hookimpl
 from .metrics import LIST_METRICS, RANKING_METRICS
 
@@ -41,8 +42,6 @@ def _default_split(name: str, registry: Registry) -> str | None:
     """The split --dataset NAME uses when --split is not given: the loader's own default, except that a
     dataset whose default holds nothing out (split 'none') but which can be split temporally is split
     temporally (PROTOCOLS.md's per-user 90/10). None for folders and unknown names (the loader decides)."""
-    from ..data.datasets import is_path
-
     info = None if is_path(name, registry) else registry.datasets.get(name)
     if info is None:
         return None
@@ -51,8 +50,6 @@ def _default_split(name: str, registry: Registry) -> str | None:
 
 def _load_dataset(name: str, split: str | None, seed: int | None, registry: Registry) -> Any:
     """--dataset NAME, resolved against ``registry`` (the first spec's)."""
-    from ..data.datasets import load_dataset
-
     options: dict[str, Any] = {"registry": registry}
     split = split if split is not None else _default_split(name, registry)
     if split is not None:

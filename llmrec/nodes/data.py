@@ -25,10 +25,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from ..data import bbc, demo, movielens
+from ..data import bbc, datasets, demo, movielens
 from ..data.catalog import Catalog, Interactions
 from ..data.dataset import Dataset
-from ..data.datasets import DatasetInfo
 from ..errors import DataError
 from ..hookspecs import hookimpl
 from ..node import CheckContext, LoadContext, Problem, ResourceType, SpecPath
@@ -66,7 +65,8 @@ class CatalogConfig(_Config):
     category: str | None = Field(None, description="Column holding categories.")
     price: str | None = Field(None, description="Column holding prices (empty cell: no price).")
     text: str | None = Field(
-        None, description="Jinja template over the row giving the text to embed and search, e.g. '{{title}}. {{summary}}'."
+        None, description="Jinja template over the row giving the text to embed and search, "
+                          "e.g. '{{title}}. {{summary}}'."
     )
     metadata: list[str] = Field(default_factory=list, description="Columns kept as item attributes.")
 
@@ -167,7 +167,8 @@ class DatasetConfig(_Config):
     )
     seed: int = Field(0, description="Seed of every random choice (user split, queries, synthetic users).")
     test_fraction: float | None = Field(
-        None, gt=0.0, lt=1.0, description="Held-out share: events per user (temporal, default 0.1) or users (user, 0.2)."
+        None, gt=0.0, lt=1.0,
+        description="Held-out share: events per user (temporal, default 0.1) or users (user, 0.2).",
     )
     data_dir: SpecPath | None = Field(
         None, description="Folder holding the dataset files; default: $LLMREC_DATA_DIR, else ~/.cache/llmrec/data."
@@ -178,13 +179,11 @@ class DatasetConfig(_Config):
     @classmethod
     def _resolve_folder(cls, value: str, info: ValidationInfo) -> str:
         """A folder name is relative to the spec, like every path in a spec."""
-        from ..data.datasets import looks_like_path
-
         if len(value) > 4096 or any(len(part) > 255 for part in value.replace("\\", "/").split("/")):
             raise ValueError("is too long for a dataset name or folder (a path part may have at most 255 "
                              "characters)")
         base = (info.context or {}).get("base_dir")
-        if base is not None and looks_like_path(value) and not os.path.isabs(os.path.expanduser(value)):
+        if base is not None and datasets.looks_like_path(value) and not os.path.isabs(os.path.expanduser(value)):
             candidate = Path(base) / value
             return str(candidate)
         return value
@@ -200,20 +199,19 @@ class DatasetResource(ResourceType):
 
     @classmethod
     def check(cls, config: DatasetConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
-        from ..data.datasets import ENV_VAR, data_dir, missing_files, problems
-
         registry = ctx.registry if ctx is not None else None
         found: list[str | tuple[str, str] | Problem] = [
             Problem(message, field=field, hint=hint) for field, message, hint in
-            problems(config.name, config.split, config.options, registry)
+            datasets.problems(config.name, config.split, config.options, registry)
         ]
         if found:
             return found
-        missing = missing_files(config.name, config.data_dir, registry)
+        missing = datasets.missing_files(config.name, config.data_dir, registry)
         if missing:
+            env = datasets.ENV_VAR
             where = "the folder" if config.data_dir is not None else (
-                f"{ENV_VAR} ({os.environ[ENV_VAR]})" if os.environ.get(ENV_VAR) else f"{ENV_VAR} (unset, so {data_dir()})")
-            hint = f"Set {ENV_VAR} to the folder holding the data" if config.data_dir is None else "Check data_dir"
+                f"{env} ({os.environ[env]})" if os.environ.get(env) else f"{env} (unset, so {datasets.data_dir()})")
+            hint = f"Set {env} to the folder holding the data" if config.data_dir is None else "Check data_dir"
             if config.options.get("download") is True:
                 hint = "It will be downloaded when the spec runs (options: {download: true})"
             found.append(Problem(
@@ -223,18 +221,17 @@ class DatasetResource(ResourceType):
         return found
 
     async def load(self, ctx: LoadContext) -> Dataset:
-        from ..data.datasets import load_dataset
-
         c = self.config
-        return await asyncio.to_thread(load_dataset, c.name, c.split, seed=c.seed, test_fraction=c.test_fraction,
-                                       data_dir=c.data_dir, registry=ctx.registry, **c.options)
+        return await asyncio.to_thread(datasets.load_dataset, c.name, c.split, seed=c.seed,
+                                       test_fraction=c.test_fraction, data_dir=c.data_dir, registry=ctx.registry,
+                                       **c.options)
 
 
 RESOURCE_TYPES: tuple[type[ResourceType], ...] = (CatalogResource, InteractionsResource, DatasetResource)
 
 
 #: the built-in named datasets, registered below through the same hook as a plugin's
-DATASETS: tuple[DatasetInfo, ...] = (*movielens.DATASETS, *bbc.DATASETS, *demo.DATASETS)
+DATASETS: tuple[datasets.DatasetInfo, ...] = (*movielens.DATASETS, *bbc.DATASETS, *demo.DATASETS)
 
 
 @hookimpl
