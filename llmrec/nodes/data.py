@@ -220,10 +220,12 @@ class DatasetResource(ResourceType):
             ))
         return found
 
-    async def load(self, ctx: LoadContext) -> Dataset:
+    async def load(self, ctx: LoadContext | None = None) -> Dataset:
+        """The dataset, its name resolved against the graph's registry (without a context: the process's)."""
         c = self.config
         return await asyncio.to_thread(datasets.load_dataset, c.name, c.split, seed=c.seed,
-                                       test_fraction=c.test_fraction, data_dir=c.data_dir, registry=ctx.registry,
+                                       test_fraction=c.test_fraction, data_dir=c.data_dir,
+                                       registry=ctx.registry if ctx is not None else None,
                                        **c.options)
 
 
