@@ -25,6 +25,7 @@ import pluggy
 from . import hookspecs, trust
 from .errors import PluginError
 from .registry import PluginInfo, Registry
+from .templates import make_environment
 
 ENTRY_POINT_GROUP = "llmrec"
 DEFAULT_PLUGINS = (
@@ -183,6 +184,7 @@ def _build(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registry:
     _call_register_hook(
         pm, infos, "llmrec_register_session_stores", lambda info, n, v: reg.session_stores.add(n, v, info)
     )
+    _call_register_hook(pm, infos, "llmrec_register_datasets", lambda info, d: reg.add_dataset(d, info))
 
     def add_filter(info: PluginInfo, name: str, fn: Any) -> None:
         if name in reg.template_filters:
@@ -190,7 +192,6 @@ def _build(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registry:
         reg.template_filters[name] = fn
 
     _call_register_hook(pm, infos, "llmrec_register_template_filters", add_filter)
-    from .templates import make_environment
 
     reg.template_env = make_environment(reg.template_filters)
     reg.pm = pm  # type: ignore[attr-defined]

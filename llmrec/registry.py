@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -130,40 +129,11 @@ class Registry:
     hook: Any = None  # pluggy hook relay, for lifecycle hooks
     template_env: Any = None
     skipped_plugins: list[Any] = field(default_factory=list)  # plugins/*.py not imported: folder not trusted
-    _datasets: Table[DatasetInfo] | None = field(default=None, repr=False, compare=False)
-    _datasets_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    datasets: Table[DatasetInfo] = field(
+        default_factory=lambda: Table("dataset", pattern=DATASET_NAME, naming=DATASET_NAMING))
 
-    @property
-    def datasets(self) -> Table[DatasetInfo]:
-        """Named datasets (``llmrec_register_datasets``), collected from every plugin of ``hook`` on first use, in
-        registration order, each recorded under its plugin; a bad registration is a PluginError naming it."""
-        with self._datasets_lock:
-            if self._datasets is None:
-                table: Table[DatasetInfo] = Table("dataset", pattern=DATASET_NAME, naming=DATASET_NAMING)
-                if self.hook is not None:
-                    self._collect_datasets(table)
-                self._datasets = table
-            return self._datasets
-
-    def _collect_datasets(self, table: Table[DatasetInfo]) -> None:
-        infos = {info.name: info for info in self.plugins}
-        for impl in self.hook.llmrec_register_datasets.get_hookimpls():
-            info = infos.get(impl.plugin_name) or PluginInfo(impl.plugin_name)
-
-            def register(dataset: Any, _info: PluginInfo = info) -> None:
-                self.add_dataset(table, dataset, _info)
-
-            try:
-                impl.function(register=register)
-            except PluginError:
-                raise
-            except Exception as exc:
-                raise PluginError(f"llmrec_register_datasets failed: {type(exc).__name__}: {exc}", info.name,
-                                  info.label() if info.distribution else None) from None
-
-    @staticmethod
-    def add_dataset(table: Table[DatasetInfo], dataset: Any, plugin: PluginInfo) -> None:
-        """Check one registered dataset and add it to ``table``."""
+    def add_dataset(self, dataset: Any, plugin: PluginInfo) -> None:
+        """Check one registered dataset and add it to :attr:`datasets`."""
         if not isinstance(dataset, DatasetInfo):
             raise PluginError(f"register() for datasets expects a llmrec.data.datasets.DatasetInfo, got {dataset!r}",
                               plugin.name)
@@ -185,7 +155,7 @@ class Registry:
                               + (f", not {', '.join(map(repr, unknown))}" if unknown else ""), plugin.name)
         if dataset.url and not dataset.files:
             raise PluginError(f"dataset '{dataset.name}' has a url but no files to find in its zip", plugin.name)
-        table.add(dataset.name, dataset, plugin)
+        self.datasets.add(dataset.name, dataset, plugin)
 
     def add_node_type(self, cls: Any, plugin: PluginInfo) -> None:
         if not (isinstance(cls, type) and issubclass(cls, NodeType)):
