@@ -6,25 +6,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError, SpecErrors
-from .graph.build import Graph, build as _build, check_graph
+from .errors import Location, SpecError, SpecErrors, UntrustedCodeError
+from .graph.build import Graph, check_graph
+from .graph.build import build as _build
 from .plugins import get_registry
 from .runtime.executor import Runtime
 from .runtime.trace import RunResult
 from .spec.loader import SpecDocument, load_spec
+from .spec.variants import apply_variant
+from .trust import grant, hint
 
 
 def _trust(path: str | os.PathLike[str], trust: bool) -> None:
     if trust:
-        from .trust import grant
-
         grant(Path(path).expanduser().resolve().parent)
 
 
 def _skipped_plugins(doc: SpecDocument, registry: Any) -> list[SpecError]:
-    from .errors import Location, UntrustedCodeError
-    from .trust import hint
-
     where = Location(next(iter(doc.base_dirs), str(doc.path)), 1, 1)
     return [UntrustedCodeError(f"plugins/{p.name} beside the spec is code, and the spec's folder is not trusted, "
                                "so it was not imported", where, None, hint(doc.base_dir))
@@ -47,7 +45,6 @@ def check(path: str | os.PathLike[str], display: str | None = None,
     if errors:
         graph = None
     if graph is not None and doc.spec.variants:  # every variant must build too (`llmrec eval` runs them)
-        from .spec.variants import apply_variant
 
         seen = {e.format() for e in errors}
         for name in doc.spec.variants:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunError
+from .plugins import llmrec_version
 
 LATEST = "latest"
 META = "meta.json"
@@ -226,8 +227,6 @@ class ArtifactStore:
 
         Returns the folder and whether it was written (False: an identical version existed and ``force`` was not
         given; ``latest`` points at it either way)."""
-        from .plugins import llmrec_version
-
         p_hash = params_hash(params)
         folder = self.root / f"{self.name}-{digest([p_hash, data_hash])}"
         files = {}

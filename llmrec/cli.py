@@ -22,7 +22,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from . import progress
+from . import trust as trust_  # as trust_: commands take a `trust` flag
+from .api import check
 from .errors import InputError, LlmrecError, PluginError, RunError, SpecError, SpecErrors
+from .graph import draw
+from .plugins import get_registry, llmrec_version, local_plugin_files
+from .runtime.executor import Runtime
+from .scaffold import ScaffoldError, write
+from .spec.jsonschema import spec_json_schema
 
 ROOT_HELP = """Declarative recommender systems with LLMs: validate, run, draw and inspect YAML specs.
 
@@ -44,8 +52,6 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from .plugins import llmrec_version
-
         sys.stdout.write(f"llmrec {llmrec_version()}\n")
         raise typer.Exit(0)
 
@@ -86,8 +92,6 @@ TrustOption = Annotated[bool, typer.Option(
 
 
 def _check(path: Path, trust: bool = False) -> tuple[Any, list[SpecError], list[SpecError]]:
-    from .api import check
-
     return check(path, str(path), trust)
 
 
@@ -239,9 +243,6 @@ def run(
       llmrec run specs/quickstart.yaml --input '{"user_id": "u1", "query": "coffee"}'
       llmrec run specs/quickstart.yaml -i user_id=u1 --trace -q
     """
-    from . import progress
-    from .runtime.executor import Runtime
-
     if quiet:
         progress.set_quiet(True)
     graph = load_graph(spec, trust)
@@ -341,8 +342,6 @@ def graph(
       llmrec graph specs/quickstart.yaml
       llmrec graph specs/news_ltr.yaml --format dot | dot -Tsvg -o news_ltr.svg
     """
-    from .graph import draw
-
     if output_format not in ("mermaid", "dot"):
         say(f"error: unknown format '{output_format}'; use mermaid or dot")
         raise Exit(2)
@@ -352,9 +351,6 @@ def graph(
 
 def _local_plugins(spec_dir: Path | None, trust: bool) -> None:
     """``--spec-dir`` with ``--trust`` trusts that folder; without, say that its plugins/*.py are not imported."""
-    from . import trust as trust_
-    from .plugins import local_plugin_files
-
     if spec_dir is None:
         return
     if trust:
@@ -379,9 +375,6 @@ def schema(
       llmrec schema -o llmrec-spec.schema.json
       llmrec schema | jq '.properties | keys'
     """
-    from .plugins import get_registry
-    from .spec.jsonschema import spec_json_schema
-
     _local_plugins(spec_dir, trust)
     text = json.dumps(spec_json_schema(get_registry(spec_dir.resolve() if spec_dir else None)), indent=2) + "\n"
     if output is None:
@@ -409,8 +402,6 @@ def plugins(
       llmrec plugins
       llmrec plugins --json
     """
-    from .plugins import get_registry
-
     _local_plugins(spec_dir, trust)
     reg = get_registry(spec_dir.resolve() if spec_dir else None)
     rows = []
@@ -454,8 +445,6 @@ def init(
     """
     from importlib.resources import files
 
-    from .plugins import get_registry
-    from .spec.jsonschema import spec_json_schema
 
     spec_path, schema_path = folder / name, folder / SCHEMA_FILE
     existing = [p for p in (spec_path, schema_path) if p.exists()]
@@ -499,8 +488,6 @@ def plugin_new(
     Examples:
       llmrec plugin new price-cap && cd llmrec-price-cap && pip install -e '.[test]' && pytest
     """
-    from .scaffold import ScaffoldError, write
-
     try:
         files = write(folder, name, force)
     except ScaffoldError as exc:
@@ -527,27 +514,25 @@ def trust_command(
       llmrec trust --list
       llmrec trust specs --remove
     """
-    from . import trust
-
     for folder in folders or []:
         try:
             if remove:
-                say(f"{'no longer trusted' if trust.forget(folder) else 'was not trusted'}: {folder.resolve()}")
+                say(f"{'no longer trusted' if trust_.forget(folder) else 'was not trusted'}: {folder.resolve()}")
             else:
-                say(f"trusted: {trust.remember(folder)}")
+                say(f"trusted: {trust_.remember(folder)}")
         except (ValueError, OSError) as exc:
             say(f"error: {exc}")
             raise Exit(1) from None
     if list_ or not folders:
-        env = os.environ.get(trust.TRUST_ENV)
+        env = os.environ.get(trust_.TRUST_ENV)
         listed = 0
-        for line in trust.config_file().read_text(encoding="utf-8").splitlines() if trust.config_file().is_file() else []:
+        for line in trust_.config_file().read_text(encoding="utf-8").splitlines() if trust_.config_file().is_file() else []:
             if line.strip() and not line.lstrip().startswith("#"):
-                out(f"{line.strip()}\t({trust.config_file()})")
+                out(f"{line.strip()}\t({trust_.config_file()})")
                 listed += 1
         for part in (env or "").split(os.pathsep):
             if part.strip():
-                out(f"{part.strip()}\t(${trust.TRUST_ENV})")
+                out(f"{part.strip()}\t(${trust_.TRUST_ENV})")
                 listed += 1
         if not listed:
             say("no folder is trusted: the code of every spec folder is left unimported. Trust one with "
@@ -562,15 +547,11 @@ def version() -> None:
     Examples:
       llmrec version
     """
-    from .plugins import llmrec_version
-
     out(f"llmrec {llmrec_version()}")
 
 
 def _register_plugin_commands() -> None:
     try:
-        from .plugins import get_registry
-
         reg = get_registry(None)
         reg.hook.llmrec_register_commands(cli=app)
         # main() may run many times in one process (tests, notebooks): keep one command per name, the newest
@@ -613,7 +594,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``llmrec`` console script."""
     import warnings
 
-    from . import progress
 
     warnings.formatwarning = _one_line_warning  # a user reads what happened, not the source line that warned
     _register_plugin_commands()

@@ -25,6 +25,7 @@ import numpy as np
 from . import progress as progress_
 from .caches.embeddings import EmbeddingCache, text_key
 from .errors import DataError
+from .paths import cache_root
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import Catalog
@@ -47,8 +48,6 @@ _BAR_FROM = 64
 
 def default_cache_dir() -> Path:
     """``$LLMREC_CACHE_DIR`` or ``~/.cache/llmrec``."""
-    from .paths import cache_root
-
     return cache_root()
 
 

@@ -30,6 +30,8 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
+from .paths import confine
+
 
 class OutputSchemaProblem(ValueError):
     """Raised by node types whose output schema reference does not resolve; ``field`` names the config key."""
@@ -278,7 +280,6 @@ def _resolve_spec_path(value: Path, info: ValidationInfo) -> Path:
     value = Path(value).expanduser()
     if base is None:  # a config built in Python, not from a spec
         return value
-    from .paths import confine
 
     return confine(Path(base), value, info.field_name or "path")
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .data.datasets import data_dir
+from .trust import is_trusted
+
 RUNS_ENV = "LLMREC_RUNS_DIR"
 
 
@@ -29,8 +32,6 @@ def cache_root() -> Path:
 
 def allowed_roots(base: Path) -> list[tuple[str, Path]]:
     """(what, folder) a spec in ``base`` may use, in the order an error lists them."""
-    from .data.datasets import data_dir
-
     roots = [("the spec's folder", base), ("the data dir", data_dir()), ("the cache dir", cache_root()),
              ("a runs/ folder", base.parent / "runs"), ("a runs/ folder", Path.cwd() / "runs")]
     env = os.environ.get(RUNS_ENV)
@@ -46,8 +47,6 @@ def _real(path: Path) -> Path:
 def confine(base: Path, value: Path, field: str = "path") -> Path:
     """``value`` resolved against ``base``; ValueError naming the allowed folders unless it is inside one of them
     or ``base`` is trusted."""
-    from .trust import is_trusted
-
     target = (base / value.expanduser()) if not value.expanduser().is_absolute() else value.expanduser()
     try:
         real = _real(target)

@@ -16,7 +16,11 @@ from typing import Any
 
 import pytest
 
-from .api import arun, check
+from .api import arun, check, validate
+from .errors import NodeTimeoutError, OutputValidationError, ProviderError
+from .llm.provider import Completion, Message, Usage
+from .llm.remote import with_choices
+from .runtime.executor import Runtime
 from .runtime.trace import RunResult
 
 
@@ -97,7 +101,6 @@ class FakeProvider:
     async def _reply(self, request: Any) -> Any:
         import inspect
 
-        from .errors import ProviderError
 
         self.requests.append(request)
         if self.delay:
@@ -115,15 +118,11 @@ class FakeProvider:
         return reply
 
     def _usage(self, messages: Any, text: str) -> Any:
-        from .llm.provider import Usage
-
         prompt = sum(len(m.content.split()) for m in messages)
         completion = len(text.split())
         return Usage(prompt, completion, (prompt + completion) * self.cost_per_token)
 
     async def complete(self, request: Any) -> Any:
-        from .errors import NodeTimeoutError
-
         try:
             async with asyncio.timeout(request.timeout):
                 return await self._complete(request)
@@ -136,9 +135,6 @@ class FakeProvider:
 
         from pydantic import BaseModel, ValidationError
 
-        from .errors import OutputValidationError
-        from .llm.provider import Completion, Message, Usage
-        from .llm.remote import with_choices
 
         usage, messages, text = Usage(), tuple(request.messages), ""
         schema = with_choices(request.schema, request.choices) if request.schema is not None else None
@@ -180,9 +176,6 @@ class FakeProvider:
 async def run_with(spec: str | Path, inputs: dict[str, Any] | None = None, resources: dict[str, Any] | None = None,
                    trust: bool = False, **kwargs: Any) -> RunResult:
     """Validate and run ``spec`` once with some resources supplied (``{"model": FakeProvider([...])}``)."""
-    from .api import validate
-    from .runtime.executor import Runtime
-
     rt = Runtime(validate(spec, trust=trust), resources=resources)
     try:
         return await rt.run(inputs, **kwargs)

@@ -50,11 +50,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 from . import progress
+from .api import build, validate
 from .artifacts import Artifact, ArtifactError, ArtifactStore, Staging, params_hash
-from .errors import InputError, LlmrecError, RunError
-from .node import LoadContext, StartContext
+from .data import Catalog, Dataset, Interactions
+from .data.splits import split_interactions
+from .errors import DanglingReferenceError, InputError, LlmrecError, RunError, SpecWarning
 from .hookspecs import hookimpl
-from .runtime.executor import load_resource
+from .node import LoadContext, StartContext
+from .runtime.executor import Runtime, load_resource
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import Dataset, EvalCase, Interactions
@@ -235,8 +238,6 @@ async def ensure_artifact(graph: Graph, name: str, resource: Callable[[str], Awa
 
 def dataset_resources(graph: Graph) -> list[str]:
     """Names of the graph's resources whose type provides a :class:`~llmrec.data.Dataset`."""
-    from .data import Dataset
-
     out = []
     for name, res in graph.resources.items():
         provides = getattr(res.cls, "provides", None)
@@ -266,7 +267,6 @@ def derived_graph(graph: Graph, node_id: str) -> Graph:
     output of its label node (``labels__``) when it has one."""
     import networkx as nx
 
-    from .api import build
 
     doc = graph.document
     assert doc.spec is not None
@@ -337,8 +337,6 @@ async def collect_examples(
 ) -> list[TrainingExample]:
     """Run the derived graph of ``node_id`` once per case; each case's outputs are the node's inputs.
     ``advance(1)`` is called as each case is done (a progress bar)."""
-    from .runtime.executor import Runtime
-
     sub = derived_graph(graph, node_id)
     rt = Runtime(sub, resources={n: v for n, v in resources.items() if n in sub.resources})
     declared = set(sub.spec.inputs)
@@ -374,8 +372,6 @@ async def collect_examples(
 def validation_dataset(data: Dataset) -> Dataset:
     """The split training learns from: ``data`` itself when it has training cases (a user split), else a
     validation split carved from each user's training events with the dataset's own temporal protocol."""
-    from .data.splits import split_interactions
-
     if data.train_cases or data.split not in ("temporal", "leave-last"):
         return data
     train, held, cases, _ = split_interactions(data.train, data.split)  # type: ignore[arg-type]
@@ -421,7 +417,7 @@ def default_device(config: Any) -> str:
     return "cpu"
 
 
-class _StopFlag:
+class StopFlag:
     """Set by Ctrl-C while a trainer runs in a worker thread; trainers poll it through ctx.should_stop."""
 
     def __init__(self) -> None:
@@ -437,8 +433,6 @@ def fit_target(t: Target, *, dataset: Dataset | None = None, examples: list[Trai
                refit_train: Interactions | None = None) -> tuple[Artifact, bool, TrainOutput]:
     """Fit one trainable on what it trains on and commit its artifact: returns the verified artifact, whether
     it was written, and the trainer's output. ``llmrec train`` calls this; so can tests and plugin authors."""
-    from .data import Catalog, Dataset, Interactions
-
     started = time.perf_counter()
     store = store or t.store()
     params = t.params
@@ -602,8 +596,6 @@ def pick_dataset(graph: Graph, wanted: str | None, purpose: str = "train on",
 
 def train(path: str | os.PathLike[str], nodes: list[str] | None = None, **kwargs: Any) -> list[TrainReport]:
     """Validate a spec and train its trainable nodes (synchronous; see :func:`atrain`)."""
-    from .api import validate
-
     return asyncio.run(atrain(validate(path), nodes, **kwargs))
 
 
@@ -613,8 +605,6 @@ def train(path: str | os.PathLike[str], nodes: list[str] | None = None, **kwargs
 @hookimpl
 def llmrec_validate_graph(graph: Any, document: Any) -> list[Any]:
     """Warn about trainable nodes and resources without a current artifact, naming the command."""
-    from .errors import SpecWarning
-
     found = targets(graph)
     warnings = []
     for t in found:
@@ -623,7 +613,6 @@ def llmrec_validate_graph(graph: Any, document: Any) -> list[Any]:
             if labels is not None and (labels not in graph.nodes or labels == t.name):
                 from difflib import get_close_matches
 
-                from .errors import DanglingReferenceError
 
                 close = get_close_matches(str(labels), list(graph.nodes), n=1)
                 loc = (document.positions.value(("nodes", t.name, "config", "labels"))
@@ -675,6 +664,7 @@ def llmrec_register_commands(cli: Any) -> None:
           llmrec train specs/quickstart.yaml --node ranked --force
           llmrec train specs/movielens_blend.yaml --max-cases 200 -q
         """
+        # lazy: typer, only once a command runs (this module is a default plugin)
         from .commands import EXIT_FAILED, Exit, load_graph
 
         if quiet:
@@ -682,7 +672,7 @@ def llmrec_register_commands(cli: Any) -> None:
         graph = load_graph(spec, trust)
         say = lambda text: sys.stderr.write(text + "\n")  # noqa: E731
         info = (lambda _: None) if quiet else say
-        flag = _StopFlag()
+        flag = StopFlag()
         previous = signal.getsignal(signal.SIGINT)
 
         resume = train_command(str(spec)) + "".join(f" --node {n}" for n in node or ())

@@ -159,7 +159,7 @@ def forget(folder: str | os.PathLike[str]) -> bool:
 
 def _plugin_packages() -> set[str]:
     """Top-level packages of llmrec and of the installed plugins this process loads."""
-    from .plugins import plugin_entry_points
+    from .plugins import plugin_entry_points  # lazy: cycle (plugins imports trust)
 
     names = {"llmrec"}
     dists = {ep.dist.name for ep in plugin_entry_points() if ep.dist is not None}

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..paths import cache_root
 from . import codec
 
 _MISS = (False, None)
@@ -61,8 +62,6 @@ class MemoryCache:
 
 def default_cache_root() -> Path:
     """``$LLMREC_CACHE_DIR`` or ``~/.cache/llmrec`` (the same root the embedding cache uses)."""
-    from ..paths import cache_root
-
     return cache_root()
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmrec.data.dataset import Dataset
+from llmrec.data.files import columns, read_catalog, read_interactions
 from llmrec.data.splits import SPLITS, make_dataset
 from llmrec.errors import DataError
 
@@ -158,8 +159,6 @@ def load_folder(folder: str | os.PathLike[str], *, split: str = "none", seed: in
     Optional columns (description, category, price, attributes; event, rating) are used when present;
     ``catalog`` and ``interactions`` are extra keyword arguments for read_catalog / read_interactions.
     """
-    from llmrec.data.files import columns, read_catalog, read_interactions
-
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DataError("dataset folder not found", root,

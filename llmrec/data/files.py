@@ -26,6 +26,7 @@ from typing import Any, get_args
 
 from llmrec.data.catalog import Catalog, EventType, Interactions, Item, construct_interactions
 from llmrec.errors import DataError
+from llmrec.templates import TemplateProblem, compile_template, variables
 
 FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
 _SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -227,8 +228,6 @@ def read_catalog(
     description. ``metadata`` columns become ``Item.attributes`` (a column holding a JSON object is merged
     key by key; empty cells are left out). Raises DataError on the first problem, before returning anything.
     """
-    from llmrec.templates import TemplateProblem, compile_template, variables
-
     table = _read_table(path, format)
     wanted = [("id", id), ("title", title), ("description", description), ("category", category),
               ("price", price)]

@@ -21,8 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llmrec.artifacts import ArtifactStore, read_meta
+from llmrec.distill.config import DistillConfig, DistillError, PairConfig
+from llmrec.errors import DataError
 from llmrec.hookspecs import hookimpl
 from llmrec.runtime.executor import load_resource
+from llmrec.training import StopFlag, TrainingInterrupted, pick_dataset
 
 #: The student sizes the command accepts (llmrec.reclm's presets).
 STUDENT_SIZES = ("tiny", "small", "medium")
@@ -36,7 +40,7 @@ def _say(text: str) -> None:
 def resolve_teacher(graph: Any, teacher: str, spec: Path, catalog: Any, temperature: float = 1.0) -> Any:
     """A Teacher for ``--teacher``: a resource of the spec (an ``llm`` resource: a ProviderTeacher; a value
     that already has ``prefer``: itself), else a rec-LM folder (relative to the current folder, then the spec's)."""
-    from llmrec.distill.config import DistillError
+    # lazy: torch and the rec-LM, only when `llmrec distill` runs
     from llmrec.distill.teachers import ProviderTeacher, RecLMTeacher, rec_lm_folder
 
     if teacher in graph.resources:
@@ -54,8 +58,6 @@ def resolve_teacher(graph: Any, teacher: str, spec: Path, catalog: Any, temperat
 def teacher_path(graph: Any, teacher: str, spec: Path) -> Path:
     """The folder ``--teacher`` names (relative to the current folder, else to the spec's); a one-line
     :class:`~llmrec.distill.config.DistillError` when there is none."""
-    from llmrec.distill.config import DistillError
-
     candidates = [Path(teacher).expanduser()]
     if not candidates[0].is_absolute():
         candidates.append(spec.parent / teacher)
@@ -68,9 +70,6 @@ def teacher_path(graph: Any, teacher: str, spec: Path) -> Path:
 
 
 def dataset_resource(graph: Any, wanted: str | None) -> str:
-    from llmrec.distill.config import DistillError
-    from llmrec.training import pick_dataset
-
     return pick_dataset(graph, wanted, "distil on", DistillError, "{name: movielens-100k, split: temporal}")
 
 
@@ -116,9 +115,8 @@ def llmrec_register_commands(cli: Any) -> None:
         """
         from pydantic import ValidationError
 
+        # lazy: typer, only once a command runs (this module is a default plugin)
         from llmrec.commands import EXIT_FAILED, Exit, load_graph
-        from llmrec.distill.config import DistillConfig, DistillError, PairConfig
-        from llmrec.training import TrainingInterrupted
 
         if student not in STUDENT_SIZES:
             _say(f"error: --student must be one of {', '.join(STUDENT_SIZES)}, not '{student}'")
@@ -147,9 +145,8 @@ def llmrec_register_commands(cli: Any) -> None:
             if value is not None:
                 command += [flag, str(value)]
         resume = " ".join(shlex.quote(c) for c in command)
-        from llmrec.training import _StopFlag
 
-        flag = _StopFlag()
+        flag = StopFlag()
         previous = signal.getsignal(signal.SIGINT)
 
         def interrupt(signum: int, frame: Any) -> None:
@@ -179,11 +176,8 @@ def llmrec_register_commands(cli: Any) -> None:
 def _run(graph: Any, spec: Path, teacher_arg: str, student: str, output: Path | None, config: Any,
          dataset_name: str | None, force: bool, stop: Any, latency: dict[str, int]) -> None:
     import shutil
-
-    from llmrec.distill.config import DistillError
+    # lazy: torch and the rec-LM, only when `llmrec distill` runs
     from llmrec.distill.pipeline import ARTIFACT_NAME, artifact_key, distill, find_student, prepare, save_student
-    from llmrec.errors import DataError
-    from llmrec.training import TrainingInterrupted
 
     name = dataset_resource(graph, dataset_name)
     if teacher_arg not in graph.resources:
@@ -201,14 +195,11 @@ def _run(graph: Any, spec: Path, teacher_arg: str, student: str, output: Path | 
     params, d_hash = artifact_key(prepared, teacher.name, student, config)
     existing = find_student(out, params, d_hash)
     if existing is not None and not force:
-        from llmrec.artifacts import read_meta
-
         report = read_meta(existing).get("report_markdown")
         if isinstance(report, str):
             sys.stdout.write(report + "\n")
         sys.stdout.write(f"up to date (same teacher, settings and data; --force retrains): {os.path.normpath(existing)}\n")
         return
-    from llmrec.artifacts import ArtifactStore
 
     checkpoints = ArtifactStore(out, ARTIFACT_NAME).checkpoint_dir({**params, "data_hash": d_hash})
     _say(f"distilling {teacher.name} into a {student} rec-LM ({config.loss}, T {config.temperature:g}, "

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llmrec.artifacts import ArtifactError, ArtifactStore, digest, params_hash
 from llmrec.distill.config import DistillConfig, DistillError
 from llmrec.distill.pairs import PairSet, accuracy, agreement, case_pairs, transfer_pairs
 from llmrec.distill.report import DistillReport, ReportRow, latency_sample, measure_latency
-from llmrec.distill.scoring import sigmoid
+from llmrec.distill.scoring import PairScorer, sigmoid
 from llmrec.distill.student import pairs_digest, student_config, train_next_item, train_student
 from llmrec.distill.teachers import teacher_logits
+from llmrec.training import TrainingInterrupted, data_hash, validation_dataset
 
 if TYPE_CHECKING:
     from llmrec.data import Dataset
@@ -54,8 +56,6 @@ class Prepared:
 def prepare(dataset: Dataset, config: DistillConfig | None = None, *, label: str | None = None) -> Prepared:
     """Check that ``dataset`` can be distilled on and draw its pairs. ``label`` names the dataset in errors
     (default: ``dataset '<name>'``)."""
-    from llmrec.training import validation_dataset
-
     config = config or DistillConfig()
     what = label or f"dataset '{dataset.name}'"
     if len(dataset.train) == 0:
@@ -90,8 +90,6 @@ def prepare(dataset: Dataset, config: DistillConfig | None = None, *, label: str
 def artifact_key(prepared: Prepared, teacher_name: str, student: RecLMConfig | str,
                  config: DistillConfig) -> tuple[dict[str, Any], str]:
     """``(params, data_hash)`` the distilled student's artifact is versioned by."""
-    from llmrec.training import data_hash
-
     s_config = student_config(student, config)
     ignore = {"threads", "device"}
     params = {
@@ -142,8 +140,6 @@ def _cached_teacher_logits(teacher: Any, pairs: PairSet, folder: Path | None,
 
 
 def _rec_scorer(rec: RecLM) -> Callable[[Any, Any], np.ndarray]:
-    from llmrec.distill.scoring import PairScorer
-
     scorer = PairScorer(rec)
     return lambda histories, pairs: sigmoid(scorer.logits(histories, pairs))
 
@@ -208,8 +204,6 @@ def distill(
         f"{len(prepared.validation)} validation, {len(prepared.test)} test ({prepared.test.n_users} users)")
     z_t, label_seconds = _cached_teacher_logits(teacher, prepared.transfer, ckpt, say)
     if should_stop is not None and should_stop():
-        from llmrec.training import TrainingInterrupted
-
         raise TrainingInterrupted("distillation stopped after the teacher's labels (they are kept for the rerun)")
     result = train_student(carved.catalog, prepared.transfer, z_t, prepared.validation, student, config,
                            init_data=(carved.train, list(carved.train_cases)), init_model=init_model,
@@ -245,8 +239,6 @@ def save_student(result: DistillResult, output: str | os.PathLike[str], *, force
     """Commit the distilled student as a versioned artifact under ``output`` (``<name>-<digest>/`` plus
     ``latest``): a rec-LM folder (model.safetensors, vocab.json, config.json) with meta.json (params and their
     hash, data hash, metrics, the report). Returns the folder and whether it was written."""
-    from llmrec.artifacts import ArtifactStore
-
     store = ArtifactStore(output, name)
     with store.staging() as staging:
         result.student.save(staging.folder)
@@ -262,8 +254,6 @@ def save_student(result: DistillResult, output: str | os.PathLike[str], *, force
 def find_student(output: str | os.PathLike[str], params: dict[str, Any], data_hash: str,
                  name: str = ARTIFACT_NAME) -> Path | None:
     """The folder of an existing, verified artifact trained with ``params`` on ``data_hash``, or None."""
-    from llmrec.artifacts import ArtifactError, ArtifactStore, digest, params_hash
-
     store = ArtifactStore(output, name)
     folder = store.root / f"{name}-{digest([params_hash(params), data_hash])}"
     if not folder.is_dir():

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from llmrec.reclm.model import composition_tensors, input_table, pad_right
+from llmrec.reclm.tokens import BOS_ID, rating_token
 
 if TYPE_CHECKING:
     import torch
@@ -58,8 +59,6 @@ class Encoder:
         self._ratings: dict[Any, int] = {}
 
     def __call__(self, events: Sequence[tuple[str, float | None]]) -> tuple[int, ...]:
-        from llmrec.reclm.tokens import BOS_ID, rating_token
-
         items, ratings, vocab = self._items, self._ratings, self.vocab
         out: list[int] = []
         for item_id, rating in events:

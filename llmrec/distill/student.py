@@ -39,8 +39,11 @@ import numpy as np
 from llmrec.distill.config import DistillConfig, DistillError
 from llmrec.distill.pairs import PairSet, accuracy
 from llmrec.distill.scoring import Plan, composed_table, group_logits, make_plan, plan_logits, sigmoid
+from llmrec.reclm import RecLM, Vocab, train_reclm
 from llmrec.reclm.config import RecLMConfig
+from llmrec.reclm.model import gpt2_config, new_model, resolve_device, state_for_saving
 from llmrec.reclm.train import load_checkpoint, save_checkpoint
+from llmrec.training import TrainingInterrupted
 
 if TYPE_CHECKING:
     from llmrec.data.catalog import Catalog, Interactions
@@ -88,8 +91,6 @@ def train_next_item(catalog: Catalog, train: Interactions, validation: list[Eval
                     *, progress: Callable[[str], None], should_stop: Callable[[], bool] | None,
                     checkpoint_dir: Path | None, label: str) -> RecLM:
     """A rec-LM trained on next-item loss only (the no-teacher baseline and the ``next-item`` init)."""
-    from llmrec.reclm import train_reclm
-
     def epoch(info: dict[str, Any]) -> None:
         progress(f"{label}: epoch {info['epoch']}/{info['max_epochs']}, loss {info['train_loss']:.4f}, "
                  f"validation NDCG@10 {info['val_ndcg10']:.4f} ({info['epoch_seconds']:.1f}s)")
@@ -170,9 +171,6 @@ def train_student(
     ``should_stop()`` turns true (after the current batch; the last finished epoch's checkpoint is kept)."""
     import torch
 
-    from llmrec.reclm import RecLM, Vocab
-    from llmrec.reclm.model import gpt2_config, new_model, resolve_device
-    from llmrec.training import TrainingInterrupted
 
     config = DistillConfig() if config is None else (
         config if isinstance(config, DistillConfig) else DistillConfig.model_validate(dict(config)))
@@ -252,7 +250,6 @@ def _fit(model: Any, vocab: Any, device: str, plan: Plan, target_np: np.ndarray,
          fingerprint: str) -> tuple[list[dict[str, Any]], dict[str, Any], int, float, str | None]:
     import torch
 
-    from llmrec.reclm.model import state_for_saving
 
     decay = [p for _, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for _, p in model.named_parameters() if p.dim() < 2]

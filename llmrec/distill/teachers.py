@@ -28,8 +28,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from llmrec.artifacts import ArtifactStore
 from llmrec.distill.config import DistillError
-from llmrec.distill.scoring import sigmoid
+from llmrec.distill.scoring import PairScorer, sigmoid
+from llmrec.llm.provider import Choices, CompletionRequest, ItemContext, Message
+from llmrec.reclm import RecLM
 
 if TYPE_CHECKING:
     from llmrec.data.catalog import Catalog
@@ -56,8 +59,6 @@ def is_rec_lm_folder(path: Path) -> bool:
 def rec_lm_folder(path: str | os.PathLike[str]) -> Path:
     """The rec-LM model folder at ``path``: the folder itself, or, for an artifact store (a folder with a
     ``latest`` pointer, as ``llmrec distill --output`` writes), its latest version, verified against meta.json."""
-    from llmrec.artifacts import ArtifactStore
-
     folder = Path(path).expanduser()
     if not folder.exists():
         raise DistillError(f"teacher folder {os.path.normpath(folder)} does not exist")
@@ -76,9 +77,6 @@ class RecLMTeacher:
     """A rec-LM as teacher: ``P(first) = sigmoid((log p(first) - log p(second)) / temperature)``."""
 
     def __init__(self, rec: RecLM | str | os.PathLike[str], temperature: float = 1.0) -> None:
-        from llmrec.distill.scoring import PairScorer
-        from llmrec.reclm import RecLM
-
         if not isinstance(rec, RecLM):
             rec = RecLM.load(rec_lm_folder(rec))
         if temperature <= 0:
@@ -158,7 +156,7 @@ class ProviderTeacher:
         self.train_seconds: float | None = None
 
     def request(self, history: HistoryLike, first: str, second: str) -> Any:
-        from llmrec.llm.provider import Choices, CompletionRequest, ItemContext, Message
+        # lazy: weight (0.3 s), only a provider teacher asks for pair answers
         from llmrec.nodes.llm_tasks import PairAnswer
 
         events = tuple((str(i), None if r is None else float(r)) for i, r in history)

@@ -17,9 +17,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
+from .. import progress as progress_
 from ..data.datasets import is_path, load_dataset
 from ..hookspecs import hookimpl
+from ..spec.variants import variant_names
+from ..trust import grant
+from .html import write_reports
+from .judge import MODEL_ENV, load_rubric
 from .metrics import LIST_METRICS, RANKING_METRICS
+from .runner import EvalInterrupted, evaluate, parse_ks
+from .store import fingerprint, slug
 
 if TYPE_CHECKING:
     from ..registry import Registry
@@ -29,8 +36,6 @@ SPLIT_CHOICES = ("temporal", "user", "leave-last", "none")
 
 def _parse_k(value: str) -> tuple[int, ...]:
     import typer
-
-    from .runner import parse_ks
 
     try:
         return parse_ks(value)
@@ -117,12 +122,9 @@ def eval_command(
 
     import typer
 
-    from .. import progress as progress_
-    from ..commands import EXIT_INTERRUPTED, Exit, load_graph, out as _out, say as _err
-    from ..spec.variants import variant_names
-    from .judge import MODEL_ENV, load_rubric
-    from .runner import EvalInterrupted, evaluate
-    from .store import fingerprint, slug
+    from ..commands import EXIT_INTERRUPTED, Exit, load_graph  # lazy: typer, once a command runs
+    from ..commands import out as _out
+    from ..commands import say as _err
 
     if quiet:
         progress_.set_quiet(True)
@@ -153,8 +155,6 @@ def eval_command(
     model: str | bool | None = None if no_judge else (judge_model or os.environ.get(MODEL_ENV, "").strip() or None)
     if judge_spec is not None and not no_judge:
         if trust:
-            from ..trust import grant
-
             grant(judge_spec.expanduser().resolve().parent)
         model = model or True  # your judge spec, with the model its own `model` resource names
     reason = ("--no-judge was given" if no_judge else
@@ -197,8 +197,6 @@ def eval_command(
             result.path = next(paths, result.path)
     text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
     if report_dir is not None:
-        from .html import write_reports
-
         files = write_reports(report, report_dir)
         _err(f"report written: {files['markdown']}, {files['html']}")
     if json_path == "-":

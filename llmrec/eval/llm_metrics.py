@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..llm.provider import Provider
+
 #: statuses of a node record that did not run the node
 _NOT_RUN = frozenset({"pending", "skipped", "cancelled"})
 
@@ -27,8 +29,6 @@ _NOT_RUN = frozenset({"pending", "skipped", "cancelled"})
 def llm_node_ids(graph: Any) -> frozenset[str]:
     """Ids of the graph's LLM nodes: node types that declare ``Reports(model_usage=True)`` and any node that
     takes a language model (a :class:`~llmrec.llm.provider.Provider` input)."""
-    from ..llm.provider import Provider
-
     ids = set()
     for node_id, node in graph.nodes.items():
         if node.cls.reports.model_usage:

@@ -26,12 +26,17 @@ from typing import IO, Any
 
 import numpy as np
 
+from ..api import validate
 from ..data.dataset import Dataset, EvalCase
-from ..errors import LlmrecError
-from ..runtime.executor import load_resource
+from ..errors import InputError, LlmrecError, SpecErrors
+from ..graph.build import Graph
+from ..runtime.executor import Runtime, load_resource
+from ..spec.variants import validate_variant, variant_names
 from .judge import EvalJudge, summarize_judge
+from .llm_metrics import case_grounding, case_llm, llm_node_ids, summarize_grounding, summarize_llm
 from .metrics import ListContext, higher_is_better, is_list_metric
 from .report import MAX_FAILURE_MESSAGES, EvalReport, SpecResult
+from .store import CaseStore, cases_digest, fingerprint, slug
 
 SpecLike = str | os.PathLike[str] | Any  # a path, a (path, variant) pair, or an already validated Graph
 
@@ -188,8 +193,14 @@ class _Progress:
         console = Console(stderr=True)
         if not console.is_terminal:
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
@@ -230,11 +241,6 @@ class _Target:
 
 def _targets(specs: Sequence[SpecLike], variants: bool | Sequence[str] | None) -> list[_Target]:
     """Validate every spec (and variant) before anything runs; SpecErrors lists every problem."""
-    from ..api import validate
-    from ..errors import SpecErrors
-    from ..graph.build import Graph
-    from ..spec.variants import validate_variant, variant_names
-
     out: list[_Target] = []
     errors = []
     for s in specs:
@@ -449,11 +455,6 @@ async def _evaluate_spec(
     resources: Mapping[str, Any] | None,
     stores: list[Any] | None = None,
 ) -> SpecResult:
-    from ..errors import InputError
-    from ..runtime.executor import Runtime
-    from .llm_metrics import case_grounding, case_llm, llm_node_ids, summarize_grounding, summarize_llm
-    from .store import CaseStore, cases_digest, fingerprint, slug
-
     graph, path, label = target.graph, target.path, target.label
     name = graph.name
     metrics = _select_metrics(graph.registry, metric_names)

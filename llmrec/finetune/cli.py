@@ -16,8 +16,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
+from .. import training
+from ..errors import LlmrecError
 from ..hookspecs import hookimpl
+from ..llm.provider import Provider
 from ..runtime.executor import load_resource
+from ..training import TrainingInterrupted
+from .data import FinetuneError, PairConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..graph.build import Graph
@@ -29,8 +34,6 @@ def _err(text: str) -> None:
 
 def llm_resources(graph: Graph) -> list[str]:
     """Names of the graph's resources whose type provides an LLM provider (the ``llm`` resource's kind)."""
-    from ..llm.provider import Provider
-
     out = []
     for name, res in graph.resources.items():
         provides = getattr(res.cls, "provides", None)
@@ -40,8 +43,6 @@ def llm_resources(graph: Graph) -> list[str]:
 
 
 def pick_resource(graph: Graph, wanted: str | None, base: str) -> str:
-    from .data import FinetuneError
-
     names = llm_resources(graph)
     example = (f"resources: {{model: {{type: llm, config: {{provider: transformers, model: {base}}}}}}} "
                "(fine-tuning writes a model folder for it to load)")
@@ -61,10 +62,7 @@ def pick_resource(graph: Graph, wanted: str | None, base: str) -> str:
 
 
 def pick_dataset(graph: Graph, wanted: str | None) -> str:
-    from ..training import pick_dataset as pick
-    from .data import FinetuneError
-
-    return pick(graph, wanted, "learn from", FinetuneError, "{name: movielens-100k, split: temporal}")
+    return training.pick_dataset(graph, wanted, "learn from", FinetuneError, "{name: movielens-100k, split: temporal}")
 
 
 def _resume_command(argv: list[str]) -> str:
@@ -116,11 +114,9 @@ def llmrec_register_commands(cli: Any) -> None:
         """
         from pydantic import ValidationError
 
+        # lazy: typer, peft and transformers, only when `llmrec finetune` runs (this module is a default plugin)
         from ..commands import EXIT_FAILED, Exit, load_graph
-        from ..errors import LlmrecError
-        from ..training import TrainingInterrupted
         from .artifact import finetune
-        from .data import FinetuneError, PairConfig
         from .lora import LoraTrainConfig
 
         say = _err
@@ -148,6 +144,7 @@ def llmrec_register_commands(cli: Any) -> None:
             argv += ["--target-module", module]
         resume = _resume_command(argv)
 
+        # lazy: transformers, only when `llmrec finetune` runs
         from .base import check_base
         from .lora import resolve_device
 

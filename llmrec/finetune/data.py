@@ -35,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data.catalog import Catalog, Interaction, Interactions, Item, natural_key
 from ..data.dataset import Dataset
 from ..errors import LlmrecError
+from ..reclm.tokens import item_genres
+from ..training import validation_dataset
 
 
 class FinetuneError(LlmrecError):
@@ -96,8 +98,6 @@ def item_year(item: Item) -> int | None:
 def describe_item(item: Item) -> str:
     """``Toy Story (1995) [Animation, Children's, Comedy]``: the title, its year unless the title already
     ends with it, and its genres (MovieLens ``attributes["genres"]``, else the category)."""
-    from ..reclm.tokens import item_genres
-
     text = item.title
     year = item_year(item)
     if year is not None and f"({year})" not in text:
@@ -206,8 +206,6 @@ def finetune_pairs(dataset: Dataset, config: PairConfig | None = None, max_users
 
     ``max_users`` draws that many users (seeded by ``config.seed``). Raises :class:`FinetuneError` for a
     dataset with no interactions, a single user, or no user with a liked event after ``min_history`` others."""
-    from ..training import validation_dataset
-
     config = config or PairConfig()
     if not len(dataset.train):
         raise FinetuneError(f"dataset resource '{name}' has no training interactions to learn from; give it a "

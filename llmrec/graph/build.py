@@ -7,11 +7,11 @@ signatures and their ``check`` methods. Errors carry the position of the exact k
 from __future__ import annotations
 
 import math
-
 import re
-from pathlib import Path as Path_fs
 from dataclasses import dataclass, field
-from typing import Any, Literal as TLiteral, get_args, get_origin
+from pathlib import Path as Path_fs
+from typing import Any, get_args, get_origin
+from typing import Literal as TLiteral
 
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
@@ -30,6 +30,7 @@ from ..errors import (
     UnknownNodeTypeError,
 )
 from ..node import CheckContext, NodeType, OutputSchemaProblem, Problem, ResourceType, Signature
+from ..paths import confine
 from ..registry import Registry
 from ..spec.loader import SpecDocument, offset_location, pydantic_errors, suggest
 from ..spec.models import InputSpec, NodeSpec, ResourceSpec, Spec
@@ -37,12 +38,15 @@ from ..spec.refs import BadRef, DictExpr, Expr, Interp, ListExpr, Literal, Ref, 
 from ..spec.yamlpos import Path_
 from ..templates import (
     TemplateProblem,
-    check as check_template,
     check_expression,
     compile_expression,
     compile_template,
     variables,
 )
+from ..templates import (
+    check as check_template,
+)
+from ..trust import hint as trust_hint
 from .typecheck import (
     UNKNOWN,
     attribute_names,
@@ -162,11 +166,9 @@ class _Checker:
         close = table.suggest(type_)
         skipped = getattr(self.registry, "skipped_plugins", [])
         if skipped:
-            from ..trust import hint
-
             files = ", ".join(f"plugins/{p.name}" for p in skipped)
             hint = (f"{files} beside the spec may define it, but was not imported: the folder is not trusted. "
-                    + hint(self.doc.base_dir))
+                    + trust_hint(self.doc.base_dir))
         elif close:
             names = " or ".join(f"'{e.name}' (from {e.plugin.label()})" for e in close)
             hint = f"Did you mean {names}? Run 'llmrec plugins' to list {kind}s."
@@ -259,7 +261,6 @@ class _Checker:
                 self._check_problem(problem, nspec.config, path, node_id)
             self._warn_config_refs(nspec.config, path + ("config",), node_id)
             if nspec.cache is not None and nspec.cache.path:  # a cache folder resolves from the spec's folder
-                from ..paths import confine
 
                 try:  # and stays inside the folders a spec may use (llmrec/paths.py)
                     folder = confine(Path_fs(self.doc.dir_for(path + ("cache",))), Path_fs(nspec.cache.path))

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import DataError, NodeTimeoutError, OutputValidationError, ProviderError
+from ..reclm.model import model_bytes
 from .provider import Choices, Completion, CompletionRequest, Message, Usage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -839,8 +840,8 @@ class TransformersProvider:
             if self._loaded is not None:
                 return
             source = self._source()
-            from transformers import AutoModelForCausalLM
             import torch
+            from transformers import AutoModelForCausalLM
 
             tokenizer = self._tokenizer if self._tokenizer is not None else self._load_tokenizer(source)
             try:
@@ -1207,14 +1208,13 @@ def quantize_int8(model: Any) -> dict[str, Any]:
     import torch
     from torch import nn
 
-    from ..reclm.model import model_bytes as size
 
     try:
         from transformers.pytorch_utils import Conv1D
     except ImportError:  # pragma: no cover
         Conv1D = ()  # type: ignore[assignment,misc]
 
-    before = size(model)
+    before = model_bytes(model)
     converted = 0
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
@@ -1234,7 +1234,7 @@ def quantize_int8(model: Any) -> dict[str, Any]:
         quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
     layers = [name for name, m in model.named_modules() if isinstance(m, DynamicQuantizedLinear)]
     return {"method": "torch.ao.quantization.quantize_dynamic", "dtype": "qint8", "quantized_layers": len(layers),
-            "conv1d_converted_to_linear": converted, "bytes_before": before, "bytes_after": size(model)}
+            "conv1d_converted_to_linear": converted, "bytes_before": before, "bytes_after": model_bytes(model)}
 
 
 def transformers_provider(**config: Any) -> TransformersProvider:

@@ -39,6 +39,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from ..errors import ProviderError
+from ..reclm import RecLM, RecLMConfig, RecLMError, train_reclm
+from ..training import TrainingError, TrainOutput, data_hash
 from .provider import Choices, Completion, CompletionRequest, Usage
 
 #: files that make a folder a saved rec-LM (rather than the root of versioned artifacts)
@@ -60,8 +62,6 @@ def is_model_folder(path: str | Path) -> bool:
 def training_config(options: dict[str, Any]) -> Any:
     """The :class:`~llmrec.reclm.RecLMConfig` a route's options describe (its training keys; the rest are the
     provider's runtime options)."""
-    from ..reclm import RecLMConfig
-
     return RecLMConfig.model_validate({k: v for k, v in options.items() if k not in _RUNTIME_KEYS})
 
 
@@ -76,8 +76,6 @@ class RecLMProvider:
 
     def __init__(self, model: str, quantize: str | None = None, timeout: float | None = None,
                  max_retries: int = 0, **options: Any) -> None:
-        from ..reclm import RecLM, RecLMError
-
         if quantize not in (None, "int8"):
             raise ProviderError(f"reclm: quantize must be 'int8' or absent, got {quantize!r}")
         training_config({k: v for k, v in options.items() if k not in _RUNTIME_KEYS})  # a typo fails here
@@ -106,9 +104,6 @@ class RecLMProvider:
     @classmethod
     def fit(cls, options: dict[str, Any], ctx: Any) -> Any:
         """Train a rec-LM on the context's dataset split and write it into ``ctx.staging``."""
-        from ..reclm import RecLMError, train_reclm
-        from ..training import TrainingError, TrainOutput, data_hash
-
         cfg = training_config(options)
         if cfg.device == "auto" and ctx.device != "cpu":
             cfg = cfg.model_copy(update={"device": ctx.device})

@@ -28,9 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from ..data import bbc, datasets, demo, movielens
 from ..data.catalog import Catalog, Interactions
 from ..data.dataset import Dataset
+from ..data.files import detect_format, read_catalog, read_interactions, read_item_ids
 from ..errors import DataError
 from ..hookspecs import hookimpl
 from ..node import CheckContext, LoadContext, Problem, ResourceType, SpecPath
+from ..templates import TemplateProblem, variables
 
 Format = Literal["csv", "jsonl", "parquet"]
 
@@ -40,8 +42,6 @@ class _Config(BaseModel):
 
 
 def _file_problems(path: Path, format: str | None, field: str = "path") -> list[Problem]:
-    from ..data.files import detect_format
-
     problems = []
     try:
         detect_format(path, format)
@@ -81,8 +81,6 @@ class CatalogResource(ResourceType):
 
     @classmethod
     def check(cls, config: CatalogConfig, ctx: CheckContext) -> list[str | tuple[str, str] | Problem]:
-        from ..templates import TemplateProblem, variables
-
         problems: list[str | tuple[str, str] | Problem] = list(_file_problems(config.path, config.format))
         if config.text is not None:
             try:
@@ -92,8 +90,6 @@ class CatalogResource(ResourceType):
         return problems
 
     async def load(self) -> Catalog:
-        from ..data.files import read_catalog
-
         c = self.config
         return await asyncio.to_thread(read_catalog, c.path, id=c.id, title=c.title, description=c.description,
                                 category=c.category, price=c.price, text=c.text, metadata=tuple(c.metadata),
@@ -139,8 +135,6 @@ class InteractionsResource(ResourceType):
         return problems
 
     def _read(self) -> Interactions:
-        from ..data.files import read_interactions, read_item_ids
-
         c = self.config
         known = None
         if c.catalog_check is not None:

@@ -55,12 +55,15 @@ from pydantic import (
 )
 from typing_extensions import Annotated
 
+from ..artifacts import ArtifactStore
 from ..caches import default_cache_root
 from ..caches.prompt import PromptCache
 from ..errors import LlmrecError, OutputValidationError, ProviderError, RunError
 from ..hookspecs import hookimpl
 from ..llm.provider import Choices, Completion, CompletionRequest, Message, Provider
-from ..runtime.trace import ModelUsage
+from ..llm.reclm_provider import RecLMProvider
+from ..llm.remote import litellm_factory
+from ..llm.routing import Route, RoutedProvider
 from ..node import (
     CheckContext,
     LoadContext,
@@ -71,14 +74,16 @@ from ..node import (
     Reports,
     ResourceType,
     RunContext,
-    StartContext,
     Signature,
     SpecPath,
+    StartContext,
 )
+from ..runtime.trace import ModelUsage
 from ..schemas import SchemaRef, resolve_schema
 from ..spec.models import parse_duration
 from ..templates import TemplateProblem, compile_template, variables
 from ..training import Target, TrainContext
+from ..trust import UntrustedCode, is_trusted
 
 #: default templates shipped with llmrec: ``template_file: NAME`` finds ``prompts/NAME`` here last
 BUILTIN_PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
@@ -132,8 +137,6 @@ class RouteConfig(_Config):
         applies, as to any code a spec names."""
         base = (info.context or {}).get("base_dir")
         if value.get("trust_remote_code") and base is not None:
-            from ..trust import UntrustedCode, is_trusted
-
             if not is_trusted(base):
                 raise UntrustedCode("'trust_remote_code' imports the Python files of the model's folder, and the "
                                     "spec's folder is not trusted, so it is refused", Path(base))
@@ -276,7 +279,6 @@ class LlmResource(ResourceType):
         first = Unconfigured() if resolved is None else await self._build(table, resolved, base_dir, model_dir)
         if not config.fallbacks and config.max_input_chars is None:
             return await _warmed(first)
-        from ..llm.routing import Route, RoutedProvider
 
         routes = [Route(first, config.timeout, config.max_input_chars)]
         for route in config.fallbacks:
@@ -313,7 +315,6 @@ def _latest_artifact(model: Any) -> Any:
     folder = Path(model).expanduser()
     if not (folder / "latest").is_file() or (folder / "config.json").exists():
         return model
-    from ..artifacts import ArtifactStore
 
     store = ArtifactStore(folder, "", "Write it again with the command that made it (e.g. `llmrec finetune`).")
     latest = store.latest_folder()
@@ -669,7 +670,7 @@ class Prompt(NodeType):
         params = {name: Param(name, Any, True) for name in sorted(r.names)}
         params["model"] = Param("model", Provider, True)
         if _semantic(config):
-            from ..embed import Embedder
+            from ..embed import Embedder  # lazy: sentence-transformers, only for a semantic prompt cache
 
             params["cache_model"] = Param("cache_model", Embedder, True)
         return Signature(params=params, output=r.output, variadic=False, wants_context=True)
@@ -916,13 +917,11 @@ def _for_node(exc: LlmrecError, node_id: str | None) -> LlmrecError:
 
 
 def _litellm(**config: Any) -> Any:
-    from ..llm.remote import litellm_factory
-
     return litellm_factory(**config)
 
 
 def _transformers(**config: Any) -> Any:
-    from ..llm.local import transformers_provider
+    from ..llm.local import transformers_provider  # lazy: transformers and llguidance, only for a local model folder
 
     return transformers_provider(**config)
 
@@ -931,7 +930,6 @@ def _transformers(**config: Any) -> Any:
 def llmrec_register_providers(register: Any) -> None:
     register("litellm", _litellm)
     register("transformers", _transformers)
-    from ..llm.reclm_provider import RecLMProvider  # no torch import until a model is loaded
 
     register("reclm", RecLMProvider)
 

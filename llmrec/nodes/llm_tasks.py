@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from ..data.catalog import Catalog, Interactions, Item
 from ..errors import OutputValidationError
+from ..finetune.data import PairConfig, build_pairs, describe_item, feedback
 from ..hookspecs import hookimpl
-from ..llm.provider import Choices, Completion, CompletionRequest, ItemContext, Provider
+from ..llm.provider import Choices, Completion, CompletionRequest, ItemContext, Message, Provider
 from ..node import CheckContext, Param, Problem, RunContext, Signature, read_signature
 from ..runtime.trace import ModelUsage
 from ..types import Candidates, Labeled, LabelScore, Recommendations, ScoredItem, UserProfile
@@ -268,8 +269,6 @@ def _unique(values: Any) -> list[str]:
 
 def _describe(item: Item) -> str:
     """``Title (year) [genres]``, as the book's fine-tuning prompts (and `llmrec finetune`) list items."""
-    from ..finetune.data import describe_item
-
     return describe_item(item)
 
 
@@ -596,7 +595,6 @@ class Recommend(_Task):
         shots = inputs.get("_examples") or ()
         if not shots:
             return messages, info
-        from ..llm.provider import Message
 
         extra = []
         for variables, answer in shots:
@@ -607,8 +605,6 @@ class Recommend(_Task):
     def _examples(self, interactions: Any, catalog: Catalog, user_id: str | None) -> list[tuple[dict[str, Any], str]]:
         """``examples`` (template variables, answer JSON) from other users, the same for every request of a user."""
         import random
-
-        from ..finetune.data import PairConfig, build_pairs, feedback
 
         cfg = self.config
         cache = self.__dict__.setdefault("_pairs", {})

@@ -31,8 +31,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from ..data.catalog import Catalog
 from ..errors import OutputValidationError, RunError
 from ..hookspecs import hookimpl
-from ..node import CheckContext, NodeType, Problem, Reports, RunContext, Signature, read_signature
-from ..schemas import SchemaRef, resolve_schema
+from ..node import CheckContext, NodeType, OutputSchemaProblem, Problem, Reports, RunContext, Signature, read_signature
+from ..schemas import SchemaRef, find_schema_file, import_schema_file, resolve_schema
+from ..trust import check_module
 from ..types import Candidates, Recommendation, Recommendations, ScoredItem, UserProfile
 from .rerank import normalise_title
 
@@ -349,9 +350,6 @@ def _resolve_check(ref: str, base_dir: Path | None) -> Callable[..., Any]:
     absolute reference validation made. Imports follow the trust rule (llmrec/trust.py)."""
     import importlib
 
-    from ..node import OutputSchemaProblem
-    from ..schemas import find_schema_file, import_schema_file
-    from ..trust import check_module
 
     module_part, sep, attr = ref.strip().rpartition(":")
     if not sep or not module_part or not attr:
@@ -383,8 +381,6 @@ def _absolute_check(value: str, info: ValidationInfo) -> str:
     _resolve_check(value, base)  # fails validation with the reason
     module_part, _, attr = value.strip().rpartition(":")
     if module_part.endswith(".py"):
-        from ..schemas import find_schema_file
-
         file = find_schema_file(module_part, base, True)
         if file is not None:
             return f"{file.resolve()}:{attr}"

@@ -27,15 +27,26 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmrec.training import TrainingInterrupted as _TrainingInterrupted
+from llmrec.metrics import ndcg_at_k
 from llmrec.reclm.config import RecLMConfig, RecLMError
-from llmrec.reclm.model import (RecLM, count_parameters, gpt2_config, input_table, new_model, next_item_logprobs,
-                                pad_right, resolve_device, state_for_saving, composition_tensors, _atomic_write)
+from llmrec.reclm.model import (
+    RecLM,
+    _atomic_write,
+    composition_tensors,
+    count_parameters,
+    gpt2_config,
+    input_table,
+    new_model,
+    next_item_logprobs,
+    pad_right,
+    resolve_device,
+    state_for_saving,
+)
 from llmrec.reclm.tokens import Vocab
+from llmrec.training import TrainingInterrupted as _TrainingInterrupted
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
     from llmrec.data.catalog import Catalog, Interactions
     from llmrec.data.dataset import EvalCase
@@ -96,8 +107,6 @@ class _Cases:
 
 def _ndcg(logp: np.ndarray, cases: _Cases, offset: int, item_ids: Sequence[str], k: int) -> list[float]:
     import numpy as np
-
-    from llmrec.metrics import ndcg_at_k
 
     out = []
     for row in range(logp.shape[0]):

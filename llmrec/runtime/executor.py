@@ -30,7 +30,7 @@ from .trace import NodeRecord, RunResult
 
 def _artifact_loader(graph: Graph, name: str, resource: Callable[[str], Awaitable[Any]]) -> Any:
     async def artifact() -> Any:
-        from ..training import ensure_artifact  # trainable types only: the training module loads lazily
+        from ..training import ensure_artifact  # lazy: cycle (training imports the executor)
 
         return await ensure_artifact(graph, name, resource=resource)
 

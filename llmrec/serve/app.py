@@ -30,9 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from ..api import check
 from ..errors import DeadlineExceededError, InputError, RunError, SpecErrors
+from ..graph import draw
+from ..plugins import get_registry, llmrec_version
 from ..runtime.executor import Runtime
 from ..spec.refs import RefExpr
+from ..trust import grant
 from .metrics import Metrics
 
 log = logging.getLogger("llmrec.serve")
@@ -125,8 +129,6 @@ class Service:
 
     def describe(self) -> dict[str, Any]:
         """What the playground shows: the inputs, the graph laid out in columns, the Mermaid text."""
-        from ..graph import draw
-
         g = self.graph
         layer: dict[str, int] = {}
         for node_id in g.order:
@@ -194,14 +196,9 @@ class Server:
     """State shared by the endpoints: the current service, sessions, limits and metrics."""
 
     def __init__(self, options: ServeOptions, graph: Any | None = None) -> None:
-        from ..api import check
-        from ..plugins import get_registry
-
         self.options = options
         self.path = Path(options.spec)
         if options.trust:
-            from ..trust import grant
-
             grant(self.path.resolve().parent)
         if graph is None:
             graph, errors, _ = check(self.path, str(self.path))
@@ -285,8 +282,6 @@ class Server:
     async def reload(self, force: bool = False) -> bool:
         """Validate the spec file again and, if it is valid and its resources load, serve it instead of the
         current one. A broken edit is logged and changes nothing. Returns whether the new spec is serving."""
-        from ..api import check
-
         assert self._reload_lock is not None, "reload() needs startup() first"
         async with self._reload_lock:
             mtime = self._mtime()
@@ -799,9 +794,7 @@ def _openapi(app: FastAPI, svc: Service) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from ..plugins import llmrec_version as v
-
-    return v()
+    return llmrec_version()
 
 
 def configure_logging(level: str) -> None:

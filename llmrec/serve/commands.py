@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 from ..hookspecs import hookimpl
+from ..plugins import get_registry
+from .sessions import MemorySessionStore
 
 #: the default of --timeout-keep-alive: nginx's, above the 60 s idle timeouts of nginx upstreams and AWS load
 #: balancers and the 5 s of httpx (uvicorn's own default is 5 s, the same as httpx's: the two race)
@@ -75,8 +77,9 @@ def serve_command(
     import typer
     import uvicorn
 
-    from ..commands import EXIT_FAILED, Exit, load_graph, say as _err
-    from ..plugins import get_registry
+    # lazy: typer, fastapi, uvicorn and prometheus_client, only when `llmrec serve` runs (a default plugin)
+    from ..commands import EXIT_FAILED, Exit, load_graph
+    from ..commands import say as _err
     from .app import OPTIONS_ENV, ServeOptions, configure_logging, create_app
     from .metrics import MULTIPROC_ENV
     from .protocol import LingeringHTTPProtocol
@@ -126,6 +129,4 @@ def llmrec_register_commands(cli: Any) -> None:
 
 @hookimpl
 def llmrec_register_session_stores(register: Any) -> None:
-    from .sessions import MemorySessionStore
-
     register("memory", MemorySessionStore)

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from ..node import NodeType, read_signature
 from ..registry import Registry
 from .models import NodeSpec, ResourceSpec, Spec
 
@@ -69,8 +70,6 @@ def spec_json_schema(registry: Registry) -> dict[str, Any]:
 
 
 def _params(cls: Any) -> list[str] | None:
-    from ..node import NodeType, read_signature
-
     if not issubclass(cls, NodeType):
         return None
     if cls.signature.__func__ is not NodeType.signature.__func__:  # type: ignore[attr-defined]

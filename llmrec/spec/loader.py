@@ -12,6 +12,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from ..errors import Location, SpecError, SpecSyntaxError, SpecValidationError, UntrustedCodeError
+from ..trust import hint, is_trusted
 from .models import NODE_ID, RESERVED_IDS, InputSpec, NodeSpec, ResourceSpec, Spec
 from .yamlpos import Path_, Positions, load_yaml_file
 
@@ -323,7 +324,6 @@ def _check_endpoint(doc: SpecDocument, path: Path_, written: dict[str, Any], sec
     for key, raw in written.items():
         if raw is None or (isinstance(raw, str) and _ENV.fullmatch(raw.strip()) is not None):
             continue  # the user's environment names the server
-        from ..trust import hint, is_trusted
 
         if is_trusted(doc.base_dir):
             return

@@ -22,8 +22,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import Location, SpecError, SpecValidationError
-from .loader import SpecDocument, validate_sections, load_spec
+from ..errors import Location, SpecError, SpecErrors, SpecValidationError
+from ..graph.build import check_graph
+from ..plugins import get_registry
+from .loader import SpecDocument, load_spec, validate_sections
 from .yamlpos import Path_
 
 _MISSING = object()
@@ -152,9 +154,6 @@ def apply_overrides(doc: SpecDocument, overrides: Mapping[str, Any], origin: str
 def check_variant(path: str | os.PathLike[str], variant: str | None,
                   display: str | None = None) -> tuple[Any, list[SpecError], list[SpecError]]:
     """Like :func:`llmrec.api.check`, for one variant of a spec (``None``: the spec as written)."""
-    from ..graph.build import check_graph
-    from ..plugins import get_registry
-
     doc = load_spec(path, display)
     if doc.spec is not None and variant is not None:
         doc = apply_variant(doc, variant)
@@ -166,8 +165,6 @@ def check_variant(path: str | os.PathLike[str], variant: str | None,
 
 def validate_variant(path: str | os.PathLike[str], variant: str | None, display: str | None = None) -> Any:
     """Load, apply ``variant``, build and check; raises :class:`~llmrec.errors.SpecErrors` listing every problem."""
-    from ..errors import SpecErrors
-
     graph, errors, _ = check_variant(path, variant, display)
     if errors or graph is None:
         raise SpecErrors(errors)
