@@ -171,7 +171,7 @@ def model_bytes(model: Any) -> int:
     return total
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -388,10 +388,10 @@ class RecLM:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = state_for_saving(self._model)
-        _atomic_write(folder / MODEL_FILE, lambda tmp: save_file(state, tmp, metadata={"format": CONFIG_FORMAT}))
-        _atomic_write(folder / VOCAB_FILE, lambda tmp: Path(tmp).write_text(self.vocab.to_json(), encoding="utf-8"))
+        atomic_write(folder / MODEL_FILE, lambda tmp: save_file(state, tmp, metadata={"format": CONFIG_FORMAT}))
+        atomic_write(folder / VOCAB_FILE, lambda tmp: Path(tmp).write_text(self.vocab.to_json(), encoding="utf-8"))
         text = json.dumps(self.config_dict(), indent=2)
-        _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         return folder
 
     @classmethod

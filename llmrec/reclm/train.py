@@ -31,7 +31,7 @@ from llmrec.metrics import ndcg_at_k
 from llmrec.reclm.config import RecLMConfig, RecLMError
 from llmrec.reclm.model import (
     RecLM,
-    _atomic_write,
+    atomic_write,
     composition_tensors,
     count_parameters,
     gpt2_config,
@@ -194,7 +194,7 @@ def save_checkpoint(path: Path, model: Any, best: dict[str, Any], optimizer: Any
             tensors[f"optim.{index}.{name}"] = value.detach().cpu().contiguous().reshape(value.shape)
     metadata = {"format": fmt, "scalars": json.dumps(scalars)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_checkpoint(path: Path, fingerprint: str, fmt: str = CHECKPOINT_FORMAT) -> tuple[
