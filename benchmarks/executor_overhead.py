@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 import llmrec
+from llmrec import trust
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "specs" / "quickstart.yaml"
@@ -161,6 +162,7 @@ def main() -> int:
     reqs = requests(args.requests)
 
     with tempfile.TemporaryDirectory() as tmp:
+        trust.grant(Path(tmp))  # the no-op plugin beside the spec is this script's own, written just now
         noop_rt = llmrec.Runtime(llmrec.validate(noop_spec(Path(tmp))))
         noop = asyncio.run(compare(noop_rt, False, reqs, args.rounds))
     nodes = len(noop_rt.graph.nodes)
