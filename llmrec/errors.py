@@ -205,6 +205,16 @@ class RunError(LlmrecError):
         prefix = f"node '{node_id}': " if node_id else ""
         super().__init__(prefix + message)
 
+    def at(self, node_id: str, run_id: str | None = None) -> RunError:
+        """This error, naming the node (and run) it came from where it did not yet; the executor calls it when a
+        node raises a RunError of its own, so a plugin's ``ProviderError("503")`` still says which node."""
+        if self.node_id is None:
+            self.node_id = node_id
+            self.args = (f"node '{node_id}': {self.args[0]}" if self.args else f"node '{node_id}'", *self.args[1:])
+        if self.run_id is None:
+            self.run_id = run_id
+        return self
+
 
 class NodeTimeoutError(RunError):
     pass

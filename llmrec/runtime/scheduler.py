@@ -215,6 +215,8 @@ class Scheduler:
                     except Exception as exc:
                         rec.status, rec.error = "error", describe(exc)
                         rec.wall_ms = (perf_counter() - start) * 1000
+                        if isinstance(exc, RunError):  # as the full path: a node's own RunError kind goes through
+                            raise exc.at(node_id, state.run_id) from exc.__cause__
                         raise RunError(rec.error, node_id, state.run_id) from exc
                     rec.status = "ok"
                     rec.wall_ms = (perf_counter() - start) * 1000
@@ -280,7 +282,7 @@ class Scheduler:
             rec.status = "error"
             rec.error = reason = describe(failure)
             if isinstance(failure, RunError):
-                raise failure
+                raise failure.at(p.id, state.run_id)
             raise RunError(reason, p.id, state.run_id) from failure
         state.env[p.id] = value
         return value

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import llmrec
+from llmrec.errors import ProviderError
 from llmrec.runtime import policies
 from llmrec.runtime.plan import NodePlan
 from llmrec.runtime.policies import Hooks, NodeCall, Stage, Step
@@ -138,3 +139,18 @@ def test_registering_needs_a_new_name_and_a_known_place() -> None:
     finally:
         policies.unregister("doubling")
     assert "doubling" not in [p.name for p in policies.POLICIES]
+
+
+@pytest.mark.parametrize("policy", ["", "timeout: 5.0"])
+async def test_a_nodes_own_run_error_kind_reaches_the_caller_on_both_paths(spec, policy) -> None:
+    rt = spec(f"""
+        name: down
+        nodes:
+          ask: {{type: test.provider_down, inputs: {{value: 1}}, {policy}}}
+        outputs: {{a: "${{ask}}"}}
+    """.replace(", }", "}"))
+    await rt.start()
+    assert rt.plans["ask"].plain is (policy == "")
+    with pytest.raises(ProviderError, match="503") as info:
+        await rt.run({})
+    assert info.value.node_id == "ask"

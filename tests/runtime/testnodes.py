@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 import llmrec
+from llmrec.errors import ProviderError
 
 
 class _Cfg(BaseModel):
@@ -51,6 +52,14 @@ class Fail(llmrec.NodeType):
         raise ValueError("boom")
 
 
+class ProviderDown(llmrec.NodeType):
+    name = "test.provider_down"
+    Config = _Cfg
+
+    async def run(self, value: Any = None) -> list[str]:
+        raise ProviderError("the provider answered 503")
+
+
 class Counter(llmrec.NodeType):
     name = "test.counter"
     Config = _Cfg
@@ -73,5 +82,5 @@ class Blocking(llmrec.NodeType):
 
 @llmrec.hookimpl
 def llmrec_register_node_types(register: Any) -> None:
-    for cls in (Sleep, Flaky, Fail, Counter, Blocking):
+    for cls in (Sleep, Flaky, Fail, ProviderDown, Counter, Blocking):
         register(cls)
