@@ -179,7 +179,8 @@ class _Checker:
 
     def _config(self, cls: Any, raw: dict[str, Any], path: Path_, node: str | None, what: str) -> BaseModel | None:
         try:
-            return cls.Config.model_validate(raw, context={"base_dir": self.doc.dir_for(path + ("config",))})
+            context = {"base_dir": self.doc.dir_for(path + ("config",)), "registry": self.registry}
+            return cls.Config.model_validate(raw, context=context)
         except ValidationError as exc:
             self.errors.extend(
                 pydantic_errors(exc, self.doc, path + ("config",), cls.Config, node_id=node, what=f"config of {what}")

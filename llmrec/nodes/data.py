@@ -172,15 +172,27 @@ class DatasetConfig(_Config):
     @field_validator("name")
     @classmethod
     def _resolve_folder(cls, value: str, info: ValidationInfo) -> str:
-        """A folder name is relative to the spec, like every path in a spec."""
+        """A path (``./shop``, ``data/shop``), or a bare name that is no registered dataset but a folder beside the
+        spec, is a folder relative to the spec like every path in a spec; any other name must be registered
+        (the registry and base dir come from the graph builder's validation context)."""
         if len(value) > 4096 or any(len(part) > 255 for part in value.replace("\\", "/").split("/")):
             raise ValueError("is too long for a dataset name or folder (a path part may have at most 255 "
                              "characters)")
-        base = (info.context or {}).get("base_dir")
-        if base is not None and datasets.looks_like_path(value) and not os.path.isabs(os.path.expanduser(value)):
+        context = info.context or {}
+        base, registry = context.get("base_dir"), context.get("registry")
+        beside = base is not None and registry is not None and value not in registry.datasets and _is_dir(base, value)
+        if base is not None and (datasets.looks_like_path(value) or beside) and not os.path.isabs(
+                os.path.expanduser(value)):
             candidate = Path(base) / value
             return str(candidate)
         return value
+
+
+def _is_dir(base: str | Path, name: str) -> bool:
+    try:
+        return (Path(base) / name).is_dir()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a folder
+        return False
 
 
 class DatasetResource(ResourceType):

@@ -322,6 +322,21 @@ def test_dataset_resource_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "warning: data for dataset 'bbc-news-profiles' not found" in message and "LLMREC_DATA_DIR" in message
 
 
+async def test_a_folder_beside_the_spec_is_named_bare_or_as_a_path(tmp_path: Path, monkeypatch) -> None:
+    """``name: shop`` means the folder beside the spec when no dataset is registered as ``shop``, from any working
+    folder; ``./shop`` always does; a bare name that is neither stays an unknown dataset."""
+    write_demo(tmp_path / "shop", seed=7, n_items=60, n_users=20)
+    monkeypatch.chdir(tmp_path.parent)
+    expected = load_dataset("demo", "temporal", seed=7, n_items=60, n_users=20).train.popularity()
+    for name in ("shop", "./shop"):
+        text = SPEC.format(name=name).replace("options: {n_items: 60, n_users: 20}", "options: {}")
+        spec = write_spec(tmp_path, text)
+        assert errors_of(spec) == []
+        assert (await run_spec(spec)).outputs["top"].ids == list(expected)[:5]
+    errors = errors_of(write_spec(tmp_path, SPEC.format(name="shops")))
+    assert len(errors) == 1 and "unknown dataset 'shops'" in errors[0]
+
+
 async def test_catalog_and_interactions_resources(tmp_path: Path) -> None:
     write_demo(tmp_path, seed=2, n_items=40, n_users=10)
     spec = write_spec(tmp_path, """
