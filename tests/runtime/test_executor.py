@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,21 +11,6 @@ import llmrec
 from llmrec.plugins import get_registry
 
 HERE = Path(__file__).parent
-
-
-@pytest.fixture
-def spec(tmp_path: Path):
-    """spec(yaml) -> a Runtime for it; the folder gets the test node types as a local plugin."""
-    (tmp_path / "plugins").mkdir()
-    shutil.copy(HERE / "testnodes.py", tmp_path / "plugins" / "testnodes.py")
-
-    def make(text: str) -> llmrec.Runtime:
-        path = tmp_path / "spec.yaml"
-        path.write_text(textwrap.dedent(text), encoding="utf-8")
-        return llmrec.Runtime(llmrec.validate(path))
-
-    make.dir = tmp_path  # type: ignore[attr-defined]
-    return make
 
 
 def node_class(spec, name: str):

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import llmrec
 from llmrec.errors import ProviderError
 from llmrec.runtime import policies
 from llmrec.runtime.plan import NodePlan
 from llmrec.runtime.policies import Hooks, NodeCall, Stage, Step
 
 HERE = Path(__file__).parent
-
-
-@pytest.fixture
-def spec(tmp_path: Path):
-    """spec(yaml) -> a Runtime for it; the folder gets the test node types as a local plugin."""
-    (tmp_path / "plugins").mkdir()
-    shutil.copy(HERE / "testnodes.py", tmp_path / "plugins" / "testnodes.py")
-
-    def make(text: str) -> llmrec.Runtime:
-        path = tmp_path / "spec.yaml"
-        path.write_text(textwrap.dedent(text), encoding="utf-8")
-        return llmrec.Runtime(llmrec.validate(path))
-
-    return make
 
 
 class Doubling:
