@@ -8,9 +8,11 @@ an empty string, and templates cannot reach Python internals or mutate their inp
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -120,6 +122,24 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _budget().step()
         return super().call(__context, __obj, *args, **kwargs)
+
+
+def read_source(template: str | None, template_file: str | None, not_found: str = "") -> str:
+    """A node's template text: ``template`` itself, else the file ``template_file`` names (already resolved
+    against the spec); a missing, unreadable or non-UTF-8 file is a :class:`TemplateProblem` on
+    ``template_file`` (``not_found`` adds where else it looked)."""
+    if template is not None:
+        return template
+    assert template_file is not None
+    shown = os.path.relpath(template_file)
+    try:
+        return Path(template_file).read_text(encoding="utf-8")
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        reason = "is a folder" if isinstance(exc, IsADirectoryError) else (
+            "cannot be read" if isinstance(exc, PermissionError) else "is not UTF-8 text")
+        raise TemplateProblem(f"template file '{shown}' {reason}", field="template_file") from None
+    except FileNotFoundError:
+        raise TemplateProblem(f"template file '{shown}' not found{not_found}", field="template_file") from None
 
 
 def make_environment(filters: dict[str, Callable[..., Any]] | None = None) -> ImmutableSandboxedEnvironment:

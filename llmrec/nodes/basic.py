@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..hookspecs import hookimpl
 from ..node import CheckContext, NodeType, Signature, SpecPath
 from ..schemas import SchemaRef, resolve_schema
-from ..templates import TemplateProblem, check as check_template, compile_template
+from ..templates import TemplateProblem, check as check_template, compile_template, read_source
 
 
 class TemplateConfig(BaseModel):
@@ -35,14 +34,7 @@ class TemplateConfig(BaseModel):
         return self
 
     def source(self) -> str:
-        if self.template is not None:
-            return self.template
-        assert self.template_file is not None
-        try:
-            return Path(self.template_file).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            shown = os.path.relpath(self.template_file)
-            raise TemplateProblem(f"template file '{shown}' not found") from None
+        return read_source(self.template, self.template_file)
 
 
 class Template(NodeType):

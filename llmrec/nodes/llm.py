@@ -81,7 +81,7 @@ from ..node import (
 from ..runtime.trace import ModelUsage
 from ..schemas import SchemaRef, resolve_schema
 from ..spec.models import parse_duration
-from ..templates import TemplateProblem, compile_template, variables
+from ..templates import TemplateProblem, compile_template, read_source, variables
 from ..training import Target, TrainContext
 from ..trust import UntrustedCode, is_trusted
 
@@ -497,22 +497,9 @@ class PromptConfig(_Config):
         return self
 
     def source(self) -> str:
-        if self.template is not None:
-            return self.template
-        assert self.template_file is not None
-        try:
-            return Path(self.template_file).read_text(encoding="utf-8")
-        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-            reason = "is a folder" if isinstance(exc, IsADirectoryError) else (
-                "cannot be read" if isinstance(exc, PermissionError) else "is not UTF-8 text")
-            raise TemplateProblem(f"template file '{os.path.relpath(self.template_file)}' {reason}",
-                                  field="template_file") from None
-        except FileNotFoundError:
-            raise TemplateProblem(
-                f"template file '{os.path.relpath(self.template_file)}' not found (looked beside the spec, in its "
-                f"prompts/ folder and in llmrec's prompts/: {', '.join(_builtin_prompts()) or 'none'})",
-                field="template_file",
-            ) from None
+        looked = (f" (looked beside the spec, in its prompts/ folder and in llmrec's prompts/: "
+                  f"{', '.join(_builtin_prompts()) or 'none'})")
+        return read_source(self.template, self.template_file, looked)
 
 
 def _builtin_prompts() -> list[str]:
