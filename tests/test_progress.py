@@ -323,3 +323,27 @@ def test_first_use_training_and_train_show_their_steps_and_quiet_hides_them(tmp_
     out, err = capsys.readouterr()
     assert out.startswith("trained node 'ranked' (rank.lambdamart)")  # stdout: the report, as without -q
     assert err == ""
+
+
+def test_eval_shows_each_spec_as_a_step_of_the_same_display(tmp_path, terminal) -> None:
+    """`llmrec eval` draws its per-spec bars through llmrec.progress (so --quiet and LLMREC_PROGRESS apply), and
+    evaluate(progress=False) draws nothing."""
+    from llmrec.eval.runner import evaluate
+
+    spec = write_spec(tmp_path, """
+        name: pop
+        inputs: {user_id: {type: string}}
+        resources:
+          data: {type: dataset, config: {name: demo, split: temporal, options: {n_users: 12, n_items: 40}}}
+        nodes:
+          top: {type: retrieve.popular, inputs: {interactions: "${resources.data.train}"}}
+        outputs: {items: "${top}"}
+    """)
+    report = evaluate([str(spec)], ks=(5,), output="items")
+    out = terminal.getvalue()
+    cases = report.results[0].n_cases
+    assert "evaluating pop" in out and f"{cases}/{cases}" in out
+    terminal.truncate(0)
+    terminal.seek(0)
+    evaluate([str(spec)], ks=(5,), output="items", progress=False)
+    assert terminal.getvalue() == ""

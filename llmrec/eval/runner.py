@@ -14,6 +14,7 @@ as it completes (:mod:`llmrec.eval.store`), and a rerun of the same evaluation r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -26,6 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from .. import progress as progress_
 from ..api import validate
 from ..data.dataset import Dataset, EvalCase
 from ..errors import InputError, LlmrecError, SpecErrors
@@ -181,46 +183,8 @@ def _case_metrics(
     return out
 
 
-class _Progress:
-    """A rich progress bar with ETA on stderr, or nothing when off or not a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._bar: Any = None
-        if not enabled:
-            return
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        if not console.is_terminal:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                             transient=False)
-
-    def __enter__(self) -> _Progress:
-        if self._bar is not None:
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-
-    def task(self, description: str, total: int) -> Callable[..., None]:
-        """A function advancing a new task's bar (by 1, or by the number given)."""
-        if self._bar is None:
-            return lambda n=1: None
-        task_id = self._bar.add_task(description, total=total)
-        return lambda n=1: self._bar.advance(task_id, n)
+def _no_bar(n: float = 1) -> None:
+    """advance() when no bar shows."""
 
 
 @dataclass
@@ -326,14 +290,13 @@ async def aevaluate(
         Path(results_path).parent.mkdir(parents=True, exist_ok=True)
         handle = open(results_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
     try:
-        with _Progress(progress) as bar:
-            for target in targets:
-                results.append(await _evaluate_spec(
-                    target, dataset, loaded, ks=ks, users=users, concurrency=concurrency, output=output,
-                    bar=bar, handle=handle, metric_names=metrics, item_vectors=item_vectors, judge=evaluator,
-                    judge_reason=judge_reason, out=Path(out) if out is not None else None, fresh=fresh, log=log,
-                    resources=resources, stores=stores,
-                ))
+        for target in targets:
+            results.append(await _evaluate_spec(
+                target, dataset, loaded, ks=ks, users=users, concurrency=concurrency, output=output,
+                show_progress=progress, handle=handle, metric_names=metrics, item_vectors=item_vectors, judge=evaluator,
+                judge_reason=judge_reason, out=Path(out) if out is not None else None, fresh=fresh, log=log,
+                resources=resources, stores=stores,
+            ))
     finally:
         if handle is not None:
             handle.close()
@@ -443,7 +406,7 @@ async def _evaluate_spec(
     users: int | None,
     concurrency: int,
     output: str | None,
-    bar: _Progress,
+    show_progress: bool,
     handle: IO[str] | None,
     metric_names: Sequence[str] | None,
     item_vectors: Mapping[str, Sequence[float]] | None,
@@ -560,18 +523,19 @@ async def _evaluate_spec(
 
     started = time.perf_counter()
     sem = asyncio.Semaphore(concurrency)
-    advance = bar.task(label, len(cases))
-    if reused:
-        advance(reused)
     todo = [(i, case) for i, case in enumerate(cases) if outcomes[i] is None]
-    try:
-        if todo:
-            await runtime.start()
-            await asyncio.gather(*(one(i, case) for i, case in todo))
-    finally:
-        if store is not None:
-            store.close()
-        await runtime.close()
+    shown = progress_.step(f"evaluating {label}", len(cases)) if show_progress else contextlib.nullcontext(_no_bar)
+    with shown as advance:
+        if reused:
+            advance(reused)
+        try:
+            if todo:
+                await runtime.start()
+                await asyncio.gather(*(one(i, case) for i, case in todo))
+        finally:
+            if store is not None:
+                store.close()
+            await runtime.close()
     wall = time.perf_counter() - started
     done = [o for o in outcomes if o is not None]
     sums: dict[str, float] = {}
