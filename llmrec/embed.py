@@ -10,6 +10,7 @@ Cached vectors live in :mod:`llmrec.caches.embeddings` (keyed by model version a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -126,6 +127,7 @@ class Embedder:
         batch_size: int = 64,
         cache_dir: str | os.PathLike[str] | None = None,
         normalize: bool = True,
+        query_cache: int = 1024,
     ) -> None:
         self.name = str(model)
         self.device = device
@@ -139,6 +141,10 @@ class Embedder:
         self._version: str | None = None
         self._dim: int | None = None
         self._cache: EmbeddingCache | None = None
+        self.query_cache = max(int(query_cache), 0)
+        # recent queries' vectors (a bounded LRU, thread-safe): a head query repeated across requests encodes once
+        self._query = functools.lru_cache(maxsize=self.query_cache)(self._encode_query) if self.query_cache else \
+            self._encode_query
 
     def __repr__(self) -> str:
         state = f"version {self._version}, dim {self._dim}" if self._model is not None else "not loaded"
@@ -216,6 +222,24 @@ class Embedder:
             normalize_embeddings=self.normalize, show_progress_bar=False,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query's vector (read-only), from an in-memory LRU of the last ``query_cache`` queries; what
+        :meth:`encode` would give. ``query_info()`` says how often it hit."""
+        return self._query(text)
+
+    def query_info(self) -> dict[str, int]:
+        """Hits, misses and size of the query LRU (zeros when it is off)."""
+        info = getattr(self._query, "cache_info", None)
+        if info is None:
+            return {"hits": 0, "misses": 0, "size": 0, "max": 0}
+        i = info()
+        return {"hits": i.hits, "misses": i.misses, "size": i.currsize, "max": self.query_cache}
+
+    def _encode_query(self, text: str) -> np.ndarray:
+        vector = self.encode([text])[0]
+        vector.flags.writeable = False  # shared by every request that asks for this query
+        return vector
 
     def _cache_for_version(self) -> EmbeddingCache:
         if self._cache is None:

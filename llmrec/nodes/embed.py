@@ -35,6 +35,8 @@ class EmbedderConfig(NoConfig):
     )
     device: str = Field("cpu", min_length=1, description="torch device, e.g. 'cpu' or 'cuda'.")
     batch_size: int = Field(64, ge=1, le=4096, description="Texts per model call.")
+    query_cache: int = Field(1024, ge=0, le=1_000_000,
+                             description="Recent query vectors kept in memory (an LRU); 0 encodes every query.")
     cache_dir: SpecPath | None = Field(
         None, description="Embedding cache folder (default: $LLMREC_CACHE_DIR or ~/.cache/llmrec)."
     )
@@ -85,7 +87,8 @@ class EmbedderResource(ResourceType):
 
     async def load(self) -> Embedder:
         c = self.config
-        embedder = Embedder(c.model, device=c.device, batch_size=c.batch_size, cache_dir=c.cache_dir)
+        embedder = Embedder(c.model, device=c.device, batch_size=c.batch_size, cache_dir=c.cache_dir,
+                            query_cache=c.query_cache)
         return await asyncio.to_thread(embedder.load)
 
 

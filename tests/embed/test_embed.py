@@ -144,3 +144,23 @@ def test_the_version_changes_when_the_model_config_changes(tmp_path: Path) -> No
     before = model_version(tmp_path)
     (tmp_path / "config.json").write_text('{"hidden_size": 768}')
     assert model_version(tmp_path) != before
+
+
+def test_a_repeated_query_is_encoded_once_from_a_bounded_lru(tmp_path: Path) -> None:
+    e = FakeEmbedder(cache_dir=tmp_path, query_cache=2)
+    first = e.encode_query("hiking boots")
+    assert np.array_equal(first, e.encode(["hiking boots"])[0])  # what encode gives
+    e.seen.clear()
+    assert e.encode_query("hiking boots") is first and e.seen == []
+    with pytest.raises(ValueError):
+        first[0] = 1.0  # shared by every request asking for it: read-only
+    e.encode_query("tent")
+    e.encode_query("stove")  # the LRU holds 2: "hiking boots" is the oldest and goes
+    e.seen.clear()
+    e.encode_query("hiking boots")
+    assert e.seen == ["hiking boots"]
+    assert e.query_info() == {"hits": 1, "misses": 4, "size": 2, "max": 2}
+    off = FakeEmbedder(cache_dir=tmp_path, query_cache=0)
+    off.encode_query("a")
+    off.encode_query("a")
+    assert off.seen == ["a", "a"] and off.query_info()["max"] == 0

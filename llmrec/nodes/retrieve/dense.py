@@ -118,7 +118,7 @@ class Dense(NodeType):
         state = self.state_for(catalog, model)
         parts = []
         if has_query:
-            parts.append(model.encode([query.strip()])[0])  # type: ignore[union-attr]
+            parts.append(model.encode_query(query.strip()))  # type: ignore[union-attr]
         liked = mean_of(state.vectors, like)
         if liked is not None:
             parts.append(liked)
