@@ -32,6 +32,7 @@ from ..data.files import detect_format, read_catalog, read_interactions, read_it
 from ..errors import DataError
 from ..hookspecs import hookimpl
 from ..node import CheckContext, LoadContext, Problem, ResourceType, SpecPath
+from ..paths import confine
 from ..templates import TemplateProblem, variables
 
 Format = Literal["csv", "jsonl", "parquet"]
@@ -173,18 +174,20 @@ class DatasetConfig(_Config):
     @classmethod
     def _resolve_folder(cls, value: str, info: ValidationInfo) -> str:
         """A path (``./shop``, ``data/shop``), or a bare name that is no registered dataset but a folder beside the
-        spec, is a folder relative to the spec like every path in a spec; any other name must be registered
-        (the registry and base dir come from the graph builder's validation context)."""
+        spec, is a folder relative to the spec and confined like every path in a spec (an untrusted spec cannot
+        read a folder outside the ones it may use); any other name must be registered (the registry and base dir
+        come from the graph builder's validation context)."""
         if len(value) > 4096 or any(len(part) > 255 for part in value.replace("\\", "/").split("/")):
             raise ValueError("is too long for a dataset name or folder (a path part may have at most 255 "
                              "characters)")
         context = info.context or {}
         base, registry = context.get("base_dir"), context.get("registry")
-        beside = base is not None and registry is not None and value not in registry.datasets and _is_dir(base, value)
-        if base is not None and (datasets.looks_like_path(value) or beside) and not os.path.isabs(
-                os.path.expanduser(value)):
-            candidate = Path(base) / value
-            return str(candidate)
+        if base is None:  # a config built in Python, not from a spec
+            return value
+        beside = registry is not None and value not in registry.datasets and _is_dir(base, value)
+        if datasets.looks_like_path(value) or os.path.isabs(value) or beside:
+            # a folder is a path like any other in a spec: it stays inside the folders a spec may use
+            return str(confine(Path(base), Path(value), "name"))
         return value
 
 

@@ -337,6 +337,18 @@ async def test_a_folder_beside_the_spec_is_named_bare_or_as_a_path(tmp_path: Pat
     assert len(errors) == 1 and "unknown dataset 'shops'" in errors[0]
 
 
+def test_a_dataset_folder_outside_the_specs_folders_is_refused_unless_trusted(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("LLMREC_TRUST")  # the suite trusts its temporary folders; a user's download folder is not
+    write_demo(tmp_path / "outside" / "shop", seed=7, n_items=60, n_users=20)
+    text = SPEC.format(name="../outside/shop").replace("options: {n_items: 60, n_users: 20}", "options: {}")
+    (tmp_path / "spec").mkdir()
+    spec = write_spec(tmp_path / "spec", text)
+    errors = errors_of(spec)
+    assert len(errors) == 1 and "'../outside/shop' is outside the folders a spec may use" in errors[0]
+    _, errors, _ = check(spec, trust=True)
+    assert errors == []
+
+
 async def test_catalog_and_interactions_resources(tmp_path: Path) -> None:
     write_demo(tmp_path, seed=2, n_items=40, n_users=10)
     spec = write_spec(tmp_path, """
