@@ -216,7 +216,7 @@ class Scheduler:
                         rec.status, rec.error = "error", describe(exc)
                         rec.wall_ms = (perf_counter() - start) * 1000
                         if isinstance(exc, RunError):  # as the full path: a node's own RunError kind goes through
-                            raise exc.at(node_id, state.run_id) from exc.__cause__
+                            raise exc.at(node_id, state.run_id)
                         raise RunError(rec.error, node_id, state.run_id) from exc
                     rec.status = "ok"
                     rec.wall_ms = (perf_counter() - start) * 1000
