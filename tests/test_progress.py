@@ -144,42 +144,27 @@ def test_silent_steps_import_no_rich() -> None:
 
 
 class HashEmbedder(Embedder):
-    """A stand-in model: each text hashed into a vector; encodes ``batch_size`` texts per forward pass, calling
-    forward hooks as a torch module does."""
+    """An Embedder over a stand-in encoder (llmrec.encoders.Encoder): each text hashed into a vector,
+    ``batch_size`` texts per batch, reporting each batch as the real encoders do."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__("hash", *args, **kwargs)
 
     def load(self) -> Embedder:
-        self._model, self._version, self._dim, self._path = _HookedModel(), "hash-v1", 8, Path(".")
+        self._model, self._version, self._dim, self._path = _HashEncoder(), "hash-v1", 8, Path(".")
         return self
 
-    def encode(self, texts):
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        return self._model.encode(texts, self.batch_size)
 
+class _HashEncoder:
+    dim, backend = 8, "hash"
 
-class _HookedModel:
-    def __init__(self) -> None:
-        self.hooks: list = []
-
-    def register_forward_hook(self, hook):
-        self.hooks.append(hook)
-        model = self
-
-        class Handle:
-            def remove(self) -> None:
-                model.hooks.remove(hook)
-
-        return Handle()
-
-    def encode(self, texts, batch_size):
+    def encode(self, texts, batch_size, normalize, on_batch=None):
         rows = []
         for start in range(0, len(texts), batch_size):
             batch = np.array([[(hash(t) >> s) % 7 + 1 for s in range(8)] for t in texts[start:start + batch_size]],
                              dtype=np.float32)
-            for hook in list(self.hooks):
-                hook(self, (), {"sentence_embedding": batch})
+            if on_batch is not None:
+                on_batch(len(batch))
             rows.append(batch / np.linalg.norm(batch, axis=1, keepdims=True))
         return np.concatenate(rows) if rows else np.zeros((0, 8), np.float32)
 
