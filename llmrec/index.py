@@ -46,6 +46,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import progress
+from .encoders import threads
 
 IndexKind = Literal["auto", "exact", "faiss-ivf", "lancedb-flat", "lancedb-ann"]
 KINDS: tuple[str, ...] = ("auto", "exact", "faiss-ivf", "lancedb-flat", "lancedb-ann")
@@ -335,7 +336,7 @@ class FaissIndex(VectorIndex):
     def _search(self, queries: np.ndarray, k: int, exclude: set[str]) -> list[Hits]:
         faiss = _faiss()
         # a thread count is per calling thread in OpenMP: set it for this search, in this thread
-        faiss.omp_set_num_threads(self.params.threads if len(queries) == 1 else _all_threads())
+        faiss.omp_set_num_threads(min(self.params.threads, _all_threads()) if len(queries) == 1 else _all_threads())
         limit = min(len(self.ids), k + len(exclude))  # over-fetch so that dropping excluded ids still leaves k
         scores, rows = self.faiss_index.search(np.ascontiguousarray(queries, dtype=np.float32), limit)
         out: list[Hits] = []
@@ -439,7 +440,14 @@ def _faiss() -> Any:
 
 
 def _all_threads() -> int:
-    return max(1, os.cpu_count() or 1)
+    """OpenMP threads for batch searches and builds: ``$LLMREC_THREADS`` when set (``llmrec serve --workers N``
+    sets it to the cores per worker), else every core this process may run on."""
+    if threads():
+        return threads()
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _write_table(folder: Path, ids: list[str], matrix: np.ndarray, kind: str, ann: AnnParams) -> Any:

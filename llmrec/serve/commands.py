@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, Optional
 
 from ..hookspecs import hookimpl
@@ -21,6 +22,31 @@ from .sessions import MemorySessionStore
 #: the default of --timeout-keep-alive: nginx's, above the 60 s idle timeouts of nginx upstreams and AWS load
 #: balancers and the 5 s of httpx (uvicorn's own default is 5 s, the same as httpx's: the two race)
 KEEP_ALIVE_SECONDS = 75.0
+#: the thread counts ``--workers N`` sets for its workers: llmrec's own (ONNX Runtime, torch, FAISS; see
+#: llmrec.encoders.threads) and those of the OpenMP and BLAS runtimes numpy, LightGBM and FAISS are built on
+THREAD_VARS = ("LLMREC_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, else every core)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_thread_env(workers: int, cores: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables to add to ``environ`` so that ``workers`` processes share ``cores`` cores without each
+    starting a thread per core: each of :data:`THREAD_VARS` the user has not set, as ``max(1, cores // workers)``
+    (or as ``$LLMREC_THREADS`` where the user set only that). Nothing with one worker: it has every core."""
+    if workers <= 1:
+        return {}
+    per_worker = max(1, cores // workers)
+    try:
+        per_worker = int(environ.get("LLMREC_THREADS") or per_worker) or per_worker
+    except ValueError:
+        pass
+    return {name: str(per_worker) for name in THREAD_VARS if not environ.get(name)}
 
 
 def _opt(*names: str, **kwargs: Any) -> Any:
@@ -102,6 +128,9 @@ def serve_command(
                               "timeout_keep_alive": timeout_keep_alive, "http": LingeringHTTPProtocol}
     if workers > 1:  # each worker builds its own app from the options in the environment
         os.environ[OPTIONS_ENV] = options.to_env()
+        # and reads its thread counts there before numpy, ONNX Runtime or FAISS start their thread pools, so
+        # that N workers run N x (cores / N) threads, not N x cores fighting over the same cores
+        os.environ.update(worker_thread_env(workers, available_cores(), os.environ))
         # Prometheus multiprocess mode: every worker writes its samples under one folder and /metrics, whichever
         # worker answers, adds them all up (set PROMETHEUS_MULTIPROC_DIR yourself to choose the folder)
         shared = os.environ.get(MULTIPROC_ENV)
