@@ -6,14 +6,15 @@ signatures and their ``check`` methods. Errors carry the position of the exact k
 
 from __future__ import annotations
 
+import graphlib
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path as Path_fs
-from typing import Any, get_args, get_origin
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 from typing import Literal as TLiteral
 
-import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from ..errors import (
@@ -57,6 +58,12 @@ from .typecheck import (
     type_name,
 )
 
+if TYPE_CHECKING:
+    import networkx as nx
+
+#: (producer, consumer) -> "data" or "fallback", in the order the edges were found
+Edges = dict[tuple[str, str], str]
+
 
 @dataclass
 class BuiltResource:
@@ -90,7 +97,11 @@ class BuiltNode:
 
 @dataclass
 class Graph:
-    """A validated spec: nodes, resources, outputs and the DAG between them. Build with :func:`build`."""
+    """A validated spec: nodes, resources, outputs and the DAG between them. Build with :func:`build`.
+
+    ``edges`` maps (producer, consumer) to ``"data"`` or ``"fallback"``; ``dag`` is the same graph as a networkx
+    ``DiGraph`` (nodes in spec order, edges with a ``kind`` attribute), built on first use, so that validating
+    never imports networkx."""
 
     document: SpecDocument
     spec: Spec
@@ -98,7 +109,7 @@ class Graph:
     nodes: dict[str, BuiltNode]
     resources: dict[str, BuiltResource]
     outputs: dict[str, Expr]
-    dag: nx.DiGraph
+    edges: Edges
     request_model: type[BaseModel]
     order: list[str]
     warnings: list[SpecWarning] = field(default_factory=list)
@@ -106,6 +117,37 @@ class Graph:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @cached_property
+    def dag(self) -> nx.DiGraph:
+        return _digraph(self.spec.nodes, self.edges)
+
+
+def _digraph(nodes: Any, edges: Edges) -> nx.DiGraph:
+    import networkx as nx  # only for callers of Graph.dag and for reporting cycles: 0.2-0.3 s to import
+
+    dag = nx.DiGraph()
+    dag.add_nodes_from(nodes)
+    for (src, dst), kind in edges.items():
+        dag.add_edge(src, dst, kind=kind)
+    return dag
+
+
+def _ancestors(edges: Edges, node: str, kinds: tuple[str, ...] = ("data", "fallback")) -> set[str]:
+    """Every node with a path to ``node`` over edges of ``kinds`` (networkx.ancestors without networkx)."""
+    preds: dict[str, list[str]] = {}
+    for (src, dst), kind in edges.items():
+        if kind in kinds:
+            preds.setdefault(dst, []).append(src)
+    seen: set[str] = set()
+    stack = list(preds.get(node, ()))
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(preds.get(n, ()))
+    seen.discard(node)
+    return seen
 
 
 _INPUT_ATTR = re.compile(r"(?<![\w.])inputs\.([A-Za-z_][A-Za-z0-9_]*)")
@@ -589,20 +631,28 @@ class _Checker:
         self._bad_refs(bad, ("outputs",), None)
         return outputs
 
-    def graph(self, outputs: dict[str, Expr]) -> tuple[nx.DiGraph, list[str]]:
-        dag = nx.DiGraph()
-        for node_id in self.spec.nodes:
-            dag.add_node(node_id)
+    def graph(self, outputs: dict[str, Expr]) -> tuple[Edges, list[str]]:
+        edges: Edges = {}
         for node in self.nodes.values():
             for d in node.deps:
                 if d in self.spec.nodes:
-                    dag.add_edge(d, node.id, kind="data")
+                    edges[(d, node.id)] = "data"
             fb = node.spec.fallback
             if fb is not None and fb.node in self.spec.nodes and fb.node != node.id:
-                if not dag.has_edge(fb.node, node.id):  # an input that is also the fallback stays a data edge
-                    dag.add_edge(fb.node, node.id, kind="fallback")
+                edges.setdefault((fb.node, node.id), "fallback")  # an input that is also the fallback stays data
+        sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+        for node_id in self.spec.nodes:
+            sorter.add(node_id)
+        for src, dst in edges:
+            sorter.add(dst, src)
+        try:  # the order networkx.topological_sort gives: generation by generation, in spec order
+            return edges, list(sorter.static_order())
+        except graphlib.CycleError:
+            pass
         reported: set[frozenset[str]] = set()
-        for cycle in nx.simple_cycles(dag):
+        import networkx as nx  # every cycle, not only the first graphlib finds: the error path only
+
+        for cycle in nx.simple_cycles(_digraph(self.spec.nodes, edges)):
             key = frozenset(cycle)
             if key in reported:
                 continue
@@ -614,29 +664,27 @@ class _Checker:
                      "Break the loop: a node cannot depend, directly or not, on its own output.", key=True)
             if len(reported) >= 20:
                 break
-        order = list(nx.topological_sort(dag)) if not reported else list(self.spec.nodes)
-        return dag, order
+        return edges, list(self.spec.nodes)
 
-    def mark_usage(self, dag: nx.DiGraph, outputs: dict[str, Expr]) -> None:
+    def mark_usage(self, edges: Edges, outputs: dict[str, Expr]) -> None:
+        nodes = self.spec.nodes
         used: set[str] = set()
         for expr in outputs.values():
             for r in expr.refs():
-                if r.node and r.node in dag:
+                if r.node and r.node in nodes:
                     used.add(r.node)
-                    used |= nx.ancestors(dag, r.node)
+                    used |= _ancestors(edges, r.node)
         for node in list(self.nodes.values()):  # nodes a used node's config names (e.g. a trainer's label node)
             if node.id in used:
                 for other in node.cls.referenced_nodes(node.config):
-                    if other in dag:
-                        used |= {other} | nx.ancestors(dag, other)
-        data_only = nx.DiGraph([(u, v) for u, v, k in dag.edges(data="kind") if k == "data"])
-        data_only.add_nodes_from(dag.nodes)
+                    if other in nodes:
+                        used |= {other} | _ancestors(edges, other)
         needed: set[str] = set()
         for expr in outputs.values():
             for r in expr.refs():
-                if r.node and r.node in data_only:
+                if r.node and r.node in nodes:
                     needed.add(r.node)
-                    needed |= nx.ancestors(data_only, r.node)
+                    needed |= _ancestors(edges, r.node, ("data",))
         for node in self.nodes.values():
             # not needed by any output's data path: started lazily, only if a fallback asks for it
             node.fallback_only = node.id not in needed
@@ -733,9 +781,9 @@ def check_graph(doc: SpecDocument, registry: Registry) -> tuple[Graph | None, li
     checker.build_nodes()
     checker.wire()
     outputs = checker.build_outputs()
-    dag, order = checker.graph(outputs)
+    edges, order = checker.graph(outputs)
     if not any(isinstance(e, GraphCycleError) for e in checker.errors):
-        checker.mark_usage(dag, outputs)
+        checker.mark_usage(edges, outputs)
     graph = Graph(
         document=doc,
         spec=doc.spec,
@@ -743,7 +791,7 @@ def check_graph(doc: SpecDocument, registry: Registry) -> tuple[Graph | None, li
         nodes=checker.nodes,
         resources=checker.resources,
         outputs=outputs,
-        dag=dag,
+        edges=edges,
         request_model=request_model(doc.spec) if not checker.errors else BaseModel,
         order=order,
         warnings=checker.warnings,
