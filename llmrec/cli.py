@@ -24,13 +24,13 @@ import typer
 
 from . import progress
 from . import trust as trust_  # as trust_: commands take a `trust` flag
-from .api import check
 from .errors import InputError, LlmrecError, PluginError, RunError, SpecError, SpecErrors
-from .graph import draw
 from .plugins import get_registry, llmrec_version, local_plugin_files
-from .runtime.executor import Runtime
 from .scaffold import ScaffoldError, write
-from .spec.jsonschema import spec_json_schema
+
+# Only what every command needs is imported above (docs/architecture.md, "Imports at the top, unless marked"):
+# the spec checker, the runtime, the drawing and the JSON Schema export are imported by the commands that use
+# them, so that `llmrec version` and `llmrec trust` start without pydantic models, Jinja or asyncio.
 
 ROOT_HELP = """Declarative recommender systems with LLMs: validate, run, draw and inspect YAML specs.
 
@@ -92,6 +92,8 @@ TrustOption = Annotated[bool, typer.Option(
 
 
 def _check(path: Path, trust: bool = False) -> tuple[Any, list[SpecError], list[SpecError]]:
+    from .api import check  # lazy: the checker and the plugins, only for commands that load a spec
+
     return check(path, str(path), trust)
 
 
@@ -245,6 +247,8 @@ def run(
     """
     if quiet:
         progress.set_quiet(True)
+    from .runtime.executor import Runtime  # lazy: asyncio and the policies, only when a spec runs
+
     graph = load_graph(spec, trust)
     inputs = _read_input(input_)
     runtime = Runtime(graph)
@@ -345,6 +349,8 @@ def graph(
     if output_format not in ("mermaid", "dot"):
         say(f"error: unknown format '{output_format}'; use mermaid or dot")
         raise Exit(2)
+    from .graph import draw  # lazy: only `llmrec graph` draws
+
     g = load_graph(spec, trust)
     sys.stdout.write(draw.mermaid(g) if output_format == "mermaid" else draw.dot(g))
 
@@ -376,6 +382,8 @@ def schema(
       llmrec schema | jq '.properties | keys'
     """
     _local_plugins(spec_dir, trust)
+    from .spec.jsonschema import spec_json_schema  # lazy: pydantic's JSON Schema, only for `schema`
+
     text = json.dumps(spec_json_schema(get_registry(spec_dir.resolve() if spec_dir else None)), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
@@ -445,6 +453,7 @@ def init(
     """
     from importlib.resources import files
 
+    from .spec.jsonschema import spec_json_schema  # lazy: pydantic's JSON Schema, only for `init`
 
     spec_path, schema_path = folder / name, folder / SCHEMA_FILE
     existing = [p for p in (spec_path, schema_path) if p.exists()]
@@ -590,13 +599,30 @@ def _command() -> Any:
     return root
 
 
+#: llmrec's own commands and groups: running one of them needs no plugin's commands
+BUILTIN_COMMANDS = frozenset(
+    [info.name or info.callback.__name__.replace("_", "-") for info in app.registered_commands if info.callback]
+    + [group.name for group in app.registered_groups if group.name]
+)
+
+
+def needs_plugin_commands(args: list[str]) -> bool:
+    """Whether the command line names a plugin's command, or lists commands (root --help, completion): only
+    then are the plugins loaded before the command runs. ``llmrec version`` and ``llmrec validate`` (which loads
+    the plugins its spec needs itself) start without registering eval, serve, train, finetune and distill."""
+    if args[:1] == ["--version"]:
+        return False
+    first = next((a for a in args if not a.startswith("-")), None)
+    return first not in BUILTIN_COMMANDS
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``llmrec`` console script."""
     import warnings
 
-
     warnings.formatwarning = _one_line_warning  # a user reads what happened, not the source line that warned
-    _register_plugin_commands()
+    if needs_plugin_commands(sys.argv[1:] if argv is None else list(argv)):
+        _register_plugin_commands()
     was_quiet = progress.set_quiet(progress.is_quiet())  # --quiet lasts one command (main may run many times)
     try:
         code = _command()(args=argv, prog_name="llmrec", standalone_mode=False)

@@ -101,7 +101,9 @@ def llmrec_register_template_filters(register: Callable[[str, Callable[..., Any]
 @hookspec
 def llmrec_register_commands(cli: typer.Typer) -> None:
     """Add commands to the ``llmrec`` typer app (use :mod:`llmrec.commands` for loading specs, output and exit
-    codes). Called once when the CLI starts; not firstresult."""
+    codes). Called once when the CLI starts a command that is not one of llmrec's own (``llmrec validate`` and
+    ``llmrec version`` skip it), or lists the commands (``--help``, completion), so a plugin adds commands but
+    never replaces a built-in one; not firstresult."""
 
 
 @hookspec

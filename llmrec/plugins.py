@@ -18,14 +18,18 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pluggy
-
-from . import hookspecs, trust
+from . import trust
 from .errors import PluginError
-from .registry import PluginInfo, Registry
-from .templates import make_environment
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from .registry import PluginInfo, Registry
+
+# pluggy, the hook specs, the registry (node.py, pydantic, the data layer) and Jinja are imported by the functions
+# that build a registry, so that importing this module for llmrec_version() or get_registry's signature is cheap
 
 ENTRY_POINT_GROUP = "llmrec"
 DEFAULT_PLUGINS = (
@@ -103,6 +107,11 @@ def plugin_manager(spec_dir: Path | None = None,
                    skipped: list[Path] | None = None) -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
     """A PluginManager with the defaults, entry points and local plugin files registered. Local files of a folder
     the user does not trust are not imported; they are appended to ``skipped``."""
+    import pluggy
+
+    from . import hookspecs  # lazy: pluggy and the hook specs' types, only when a registry is built
+    from .registry import PluginInfo  # lazy: node.py, pydantic and the data layer, only when a registry is built
+
     skipped = [] if skipped is None else skipped
     pm = pluggy.PluginManager("llmrec")
     pm.add_hookspecs(hookspecs)
@@ -149,6 +158,8 @@ def plugin_manager(spec_dir: Path | None = None,
 
 
 def _call_register_hook(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], hook_name: str, adder: Any) -> None:
+    from .registry import PluginInfo  # lazy: see plugin_manager
+
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():  # registration order: built-ins, entry points, then local files
         info = infos.get(impl.plugin_name) or PluginInfo(impl.plugin_name)
@@ -169,6 +180,9 @@ def _call_register_hook(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], 
 
 
 def _build(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registry:
+    from .registry import Registry  # lazy: see plugin_manager
+    from .templates import make_environment  # lazy: Jinja, only when a registry is built
+
     reg = Registry()
     reg.plugins = list(infos.values())
     reg.hook = pm.hook
@@ -203,6 +217,10 @@ def make_registry(*plugins: Any, spec_dir: Path | None = None) -> Registry:
     objects with ``@hookimpl`` functions). Not cached and not shared: an application or a test can hold two
     registries in one process, and a graph checked with one (``llmrec.graph.build.build(doc, registry)``) starts
     against that one; node and resource types receive it as ``ctx.registry``."""
+    import pluggy
+
+    from .registry import PluginInfo  # lazy: see plugin_manager
+
     skipped: list[Path] = []
     pm, infos = plugin_manager(spec_dir, skipped)
     for plugin in plugins:
