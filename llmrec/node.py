@@ -204,6 +204,9 @@ class NodeType:
     #: creating an asyncio task, which saves most of its per-node cost. Leave False for anything that awaits
     #: the network, sleeps, or enters asyncio.timeout / anyio cancel scopes.
     inline: ClassVar[bool] = False
+    #: ``async def run_batch(calls)`` gives, for many calls' keyword arguments at once, what ``run`` gives for
+    #: each: the runtime then sends it the calls of concurrent requests together (llmrec/runtime/batch.py)
+    batchable: ClassVar[bool] = False
     #: what the node reports beyond its output (model usage, grounding fixes); see :class:`Reports`
     reports: ClassVar[Reports] = Reports()
 
@@ -252,6 +255,11 @@ class NodeType:
 
     def run(self, **inputs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    async def run_batch(self, calls: list[dict[str, Any]]) -> list[Any]:
+        """The results of ``run(**kwargs)`` for each of ``calls``, in order; only called when ``batchable``.
+        Override it to do the work of many calls at once. Default: one call after another."""
+        return [await self.run(**kwargs) for kwargs in calls]
 
 
 class ResourceType:

@@ -32,6 +32,7 @@ from ..api import validate
 from ..data.dataset import Dataset, EvalCase
 from ..errors import InputError, LlmrecError, SpecErrors
 from ..graph.build import Graph
+from ..runtime.batch import MAX_BATCH, batching
 from ..runtime.executor import Runtime, load_resource
 from ..spec.variants import validate_variant, variant_names
 from .judge import EvalJudge, summarize_judge
@@ -522,7 +523,8 @@ async def _evaluate_spec(
         advance()
 
     started = time.perf_counter()
-    sem = asyncio.Semaphore(concurrency)
+    # a spec of inline nodes only does no I/O: its cases all run at once, so batchable nodes see big batches
+    sem = asyncio.Semaphore(max(concurrency, MAX_BATCH) if runtime.inline_only else concurrency)
     todo = [(i, case) for i, case in enumerate(cases) if outcomes[i] is None]
     shown = progress_.step(f"evaluating {label}", len(cases)) if show_progress else contextlib.nullcontext(_no_bar)
     with shown as advance:
@@ -531,7 +533,8 @@ async def _evaluate_spec(
         try:
             if todo:
                 await runtime.start()
-                await asyncio.gather(*(one(i, case) for i, case in todo))
+                with batching():
+                    await asyncio.gather(*(one(i, case) for i, case in todo))
         finally:
             if store is not None:
                 store.close()

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from ..errors import InputError
 from ..graph.build import Graph
 from ..node import LoadContext, NodeType, StartContext, wants_context
+from .batch import batching
 from .plan import NodePlan, bind_static, build_plan
 from .policies import attach
 from .scheduler import Scheduler
@@ -221,6 +222,39 @@ class Runtime:
             budget.cost if max_cost is None else max_cost,
             on_node,
         )
+
+    async def run_many(
+        self,
+        requests: list[dict[str, Any] | BaseModel | None],
+        *,
+        concurrency: int | None = None,
+        **kwargs: Any,
+    ) -> list[RunResult | Exception]:
+        """:meth:`run` for each of ``requests``, concurrently and batched: the calls that many requests make to a
+        batchable node go to its ``run_batch`` together (llmrec/runtime/batch.py). Each result is what ``run``
+        would give, or the exception it would raise (InputError, RunError), in order. ``concurrency`` bounds the
+        requests in flight (default: all at once for a spec of inline nodes only, else 8)."""
+        if not self._started:
+            await self.start()
+        limit = concurrency or (len(requests) if self.inline_only else 8)
+        gate = asyncio.Semaphore(max(limit, 1))
+
+        async def one(request: Any) -> RunResult:
+            async with gate:
+                return await self.run(request, **kwargs)
+
+        with batching():
+            results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, Exception):
+                raise r  # Ctrl-C, cancellation: not a request's own failure
+        return results  # type: ignore[return-value]
+
+    @property
+    def inline_only(self) -> bool:
+        """Every node is pure computation (``inline``): running more requests at once costs no more I/O, so batch
+        runners let them all in, and batchable nodes get large batches."""
+        return all(type(p.instance).inline for p in self._plans.values())
 
     def run_sync(self, inputs: dict[str, Any] | BaseModel | None = None, **kwargs: Any) -> RunResult:
         """:meth:`run` from synchronous code (not from inside a running event loop)."""

@@ -22,6 +22,7 @@ from pydantic import BaseModel, TypeAdapter
 from ..graph.build import BuiltNode, Graph
 from ..node import NodeType
 from ..spec.refs import RefExpr, get_attr
+from .batch import Batcher, is_batchable
 
 
 @dataclass(slots=True)
@@ -87,6 +88,8 @@ def build_plan(graph: Graph, node: BuiltNode) -> NodePlan:
             value = fallback.value
         fallback = fallback.model_copy(update={"value": value})
     is_async = inspect.iscoroutinefunction(call)
+    if is_batchable(instance):  # inside batching(), concurrent requests' calls go to run_batch together
+        call = Batcher(instance)
     return NodePlan(
         id=node.id,
         type=node.cls.name,

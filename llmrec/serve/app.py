@@ -34,6 +34,7 @@ from ..api import check
 from ..errors import DeadlineExceededError, InputError, RunError, SpecErrors
 from ..graph import draw
 from ..plugins import get_registry, llmrec_version
+from ..runtime.batch import batching
 from ..runtime.executor import Runtime
 from ..spec.refs import RefExpr
 from ..trust import grant
@@ -608,7 +609,9 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
             raise ApiError(413, "batch_too_large", f"{len(items)} requests in one batch; at most "
                            f"{options.max_batch}", "requests")
         svc, trace = server.current, _flag(request, "trace")
-        gate = asyncio.Semaphore(options.batch_concurrency)
+        # a spec of inline nodes only does no I/O: all of a batch's requests at once, so that its batchable nodes
+        # (llmrec/runtime/batch.py) see them together
+        gate = asyncio.Semaphore((len(items) or 1) if svc.runtime.inline_only else options.batch_concurrency)
 
         async def one(item: Any) -> dict[str, Any]:
             async with gate:
@@ -618,7 +621,8 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
                     server.metrics.errors.labels(exc.type).inc()
                     return {"status": exc.status, **exc.body()}
 
-        results = await asyncio.gather(*(one(i) for i in items))
+        with batching():
+            results = await asyncio.gather(*(one(i) for i in items))
         return _json({"results": results, "ok": sum(r["status"] == 200 for r in results), "count": len(results)})
 
     async def stream(request: Request) -> Response:

@@ -80,7 +80,27 @@ class Blocking(llmrec.NodeType):
         return value
 
 
+class Batched(llmrec.NodeType):
+    """Ten times its value; a batch of calls at once. A negative value fails (alone or in a batch)."""
+
+    name = "test.batched"
+    inline = True
+    batchable = True
+    batches: list[int] = []  # the size of each run_batch call
+
+    async def run(self, value: int = 0) -> int:
+        if value < 0:
+            raise ValueError(f"negative value {value}")
+        return 10 * value
+
+    async def run_batch(self, calls: list[dict[str, Any]]) -> list[int]:
+        Batched.batches.append(len(calls))
+        if any(c["value"] < 0 for c in calls):
+            raise ValueError("a negative value in the batch")
+        return [10 * c["value"] for c in calls]
+
+
 @llmrec.hookimpl
 def llmrec_register_node_types(register: Any) -> None:
-    for cls in (Sleep, Flaky, Fail, ProviderDown, Counter, Blocking):
+    for cls in (Sleep, Flaky, Fail, ProviderDown, Counter, Blocking, Batched):
         register(cls)

@@ -152,6 +152,10 @@ class _Model:
     def scores(self, row: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def scores_many(self, rows: np.ndarray) -> np.ndarray:
+        """``scores`` of each of ``rows``, as a ``(len(rows), items)`` array."""
+        return np.stack([self.scores(int(r)) for r in rows]) if len(rows) else np.zeros((0, self.matrix.X.shape[1]))
+
 
 class _FactorModel(_Model):
     """Scores ``user_factors[u] @ item_factors.T`` (PureSVD, ALS)."""
@@ -163,6 +167,10 @@ class _FactorModel(_Model):
 
     def scores(self, row: int) -> np.ndarray:
         return self.item_factors @ self.user_factors[row]
+
+    def scores_many(self, rows: np.ndarray) -> np.ndarray:
+        # one matrix product; each score agrees with scores(row) to the last bits of a float64 sum
+        return self.user_factors[rows] @ self.item_factors.T
 
 
 class _ItemItemModel(_Model):
@@ -320,6 +328,7 @@ class _Retriever(NodeType):
     """Shared by the CF retrievers: one fitted model per Interactions object, cold starts, top-k with exclusions."""
 
     inline = True  # a request is one vector-matrix product; fitting happens in warm() (or once, in a thread)
+    batchable = True  # many requests: one matrix-matrix product (factor models)
     Config: Any
 
     def __init__(self, config: BaseModel) -> None:
@@ -386,13 +395,38 @@ class _Retriever(NodeType):
             model = await self._model(interactions)
         return self.recommend(model, user_id, n, exclude)
 
+    async def run_batch(self, calls: list[dict[str, Any]]) -> list[Candidates]:
+        """Many requests' ``run``: the known users of one model scored by one matrix product."""
+        source = self.config.source
+        out: list[Candidates | None] = [None] * len(calls)
+        groups: dict[int, tuple[_Model, list[tuple[int, int, int]]]] = {}
+        for i, kwargs in enumerate(calls):
+            interactions, user_id = kwargs["interactions"], kwargs["user_id"]
+            n = count_or(kwargs.get("k"), self.config.k)
+            model = None
+            if n and interactions.seen(user_id):
+                model = self._models.peek(interactions) or await self._model(interactions)
+            row = model.matrix.users.get(user_id) if model is not None else None
+            if model is None or row is None:  # cold start: nothing to go on
+                out[i] = Candidates(source=source)
+                continue
+            groups.setdefault(id(model), (model, []))[1].append((i, row, n))
+        for model, members in groups.values():
+            scores = model.scores_many(np.fromiter((row for _, row, _ in members), dtype=np.int64))
+            for (i, row, n), row_scores in zip(members, scores):
+                out[i] = self._answer(model, row, n, calls[i].get("exclude"), row_scores)
+        return out  # type: ignore[return-value]
+
     def recommend(self, model: _Model, user_id: str, n: int, exclude: list[str] | None = None) -> Candidates:
         """The top ``n`` items for a known user of ``model`` (the synchronous core of ``run``)."""
+        row = model.matrix.users.get(user_id)
+        if row is None:
+            return Candidates(source=self.config.source)
+        return self._answer(model, row, n, exclude, model.scores(row))
+
+    def _answer(self, model: _Model, row: int, n: int, exclude: list[str] | None, scores: np.ndarray) -> Candidates:
         source = self.config.source
         matrix = model.matrix
-        row = matrix.users.get(user_id)
-        if row is None:
-            return Candidates(source=source)
         X = matrix.X
         blocked: list[np.ndarray] = []
         if self.config.exclude_seen:
@@ -400,7 +434,6 @@ class _Retriever(NodeType):
         if exclude:
             index = matrix.item_index
             blocked.append(np.fromiter((index[i] for i in exclude if i in index), dtype=np.int64))
-        scores = model.scores(row)
         picked = top_k(scores, n, np.concatenate(blocked) if blocked else None)
         items = []
         for j in picked.tolist():
