@@ -10,8 +10,11 @@ answers), in the same process:
   request at a time, answer ids read, excluded ids dropped, the metric functions called directly.
 
 Both include the runtime's start (the SVD fit). The ratio loop/eval is the cost of the evaluation machinery.
+The two alternate over ``--rounds`` rounds (the order swapped every round, so that a burst of other work on the
+machine falls on both); reported are the median and the spread (min-max) of users/s over the rounds and the CPU
+time per user (``time.process_time``: every thread of this process, robust to other work on the cores).
 
-    LLMREC_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/eval_speed.py [--write]
+    LLMREC_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/eval_speed.py [--rounds 5] [--write]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -59,10 +63,15 @@ async def handwritten(graph: object, ds: object) -> tuple[float, dict[str, float
     return time.perf_counter() - t0, scores
 
 
+def _median_range(values: list[float], fmt: str) -> str:
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help=f"write {OUT.relative_to(ROOT)}")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each side; the best is kept")
+    parser.add_argument("--rounds", "--repeats", type=int, default=5, dest="rounds",
+                        help="rounds, each running both sides once (alternating which goes first)")
     args = parser.parse_args()
     root = os.environ.get("LLMREC_DATA_DIR")
     if not root or not (Path(root) / "ml-100k" / "u.data").is_file():
@@ -75,40 +84,59 @@ def main() -> int:
     ds = load_dataset("movielens-100k", split="temporal")
     graph = validate(SPEC)
     n = len(ds.test_cases)
-    evals, loops = [], []
-    eval_metrics: dict[str, float] = {}
-    loop_metrics: dict[str, float] = {}
-    for _ in range(args.repeats):
+    wall: dict[str, list[float]] = {"eval": [], "loop": []}
+    cpu: dict[str, list[float]] = {"eval": [], "loop": []}
+    metrics: dict[str, dict[str, float]] = {}
+
+    def run_eval() -> dict[str, float]:
         with tempfile.TemporaryDirectory() as out:
-            t0 = time.perf_counter()
             report = evaluate([graph], ds, ks=KS, progress=False, out=out)
-            evals.append(time.perf_counter() - t0)
-        eval_metrics = report.results[0].metrics
-        seconds, loop_metrics = asyncio.run(handwritten(graph, ds))
-        loops.append(seconds)
-    diff = max(abs(eval_metrics[key] - loop_metrics[key]) for key in loop_metrics)
-    e, lp = min(evals), min(loops)
-    rows = [
-        ("llmrec eval (evaluate(), concurrency 8, JSONL store)", e, n / e),
-        ("handwritten loop (same Runtime + metric functions)", lp, n / lp),
-    ]
+        return report.results[0].metrics
+
+    def run_loop() -> dict[str, float]:
+        return asyncio.run(handwritten(graph, ds))[1]
+
+    for r in range(args.rounds):
+        for side in (("eval", "loop") if r % 2 == 0 else ("loop", "eval")):
+            t0, c0 = time.perf_counter(), time.process_time()
+            metrics[side] = run_eval() if side == "eval" else run_loop()
+            wall[side].append(time.perf_counter() - t0)
+            cpu[side].append(time.process_time() - c0)
+            print(f"round {r + 1}/{args.rounds} {side}: {n / wall[side][-1]:.0f} users/s, "
+                  f"{1000 * cpu[side][-1] / n:.2f} ms CPU/user", flush=True)
+    diff = max(abs(metrics["eval"][key] - metrics["loop"][key]) for key in metrics["loop"])
+    speed = {side: [n / w for w in wall[side]] for side in wall}
+    cpu_ms = {side: [1000 * c / n for c in cpu[side]] for side in cpu}
+    ratio = statistics.median(speed["eval"]) / statistics.median(speed["loop"])
+    per_round = [e / lp for e, lp in zip(speed["eval"], speed["loop"])]
+    cpu_ratio = statistics.median(cpu_ms["eval"]) / statistics.median(cpu_ms["loop"])
+    cpu_per_round = [e / lp for e, lp in zip(cpu_ms["eval"], cpu_ms["loop"])]
+    names = {"eval": "llmrec eval (evaluate(), concurrency 8, JSONL store)",
+             "loop": "handwritten loop (same Runtime + metric functions)"}
+    command = ("LLMREC_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/eval_speed.py"
+               + (f" --rounds {args.rounds}" if args.rounds != 5 else "") + " --write")
     lines = [
         "# Evaluation speed: `llmrec eval` vs a handwritten loop",
         "",
+        f"`{command}`",
+        "",
         f"specs/movielens_cf.yaml (PureSVD, 64 factors) over all {n} test users of MovieLens 100K (temporal split), "
-        f"k = 5, 10, 20, every registered metric; best of {args.repeats} runs each, same process, the SVD fit at "
-        "start included in both.",
+        f"k = 5, 10, 20, every registered metric; {args.rounds} rounds, each running both sides once in the same "
+        "process (which goes first alternates), the SVD fit at start included in both. Median over the rounds, "
+        "spread (min-max) in brackets. CPU is `time.process_time()` (every thread of the process) per user; "
+        "users/s is wall time and depends on what else runs on the machine (it is shared with other work).",
         "",
-        "| runner | seconds | users/s |",
-        "|---|---:|---:|",
-        *[f"| {name} | {s:.2f} | {u:.0f} |" for name, s, u in rows],
+        "| runner | CPU ms / user | users/s | seconds |",
+        "|---|---:|---:|---:|",
+        *[f"| {names[side]} | {_median_range(cpu_ms[side], '.2f')} | {_median_range(speed[side], '.0f')} | "
+          f"{_median_range(wall[side], '.2f')} |" for side in ("eval", "loop")],
         "",
-        f"Ratio eval / handwritten loop (users/s): **{lp / e:.2f}**. Largest metric difference between the two: "
-        f"{diff:.1e} (ndcg@10 = {eval_metrics['ndcg@10']:.4f}).",
+        f"Ratio eval / handwritten loop: users/s **{ratio:.2f}** (per round {min(per_round):.2f}-"
+        f"{max(per_round):.2f}); CPU per user **{cpu_ratio:.2f}** (per round {min(cpu_per_round):.2f}-"
+        f"{max(cpu_per_round):.2f}). Largest metric difference between the two: {diff:.1e} "
+        f"(ndcg@10 = {metrics['eval']['ndcg@10']:.4f}).",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}.",
-        "",
-        "Reproduce: `LLMREC_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/eval_speed.py --write`",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
