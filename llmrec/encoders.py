@@ -207,14 +207,18 @@ class OnnxEncoder:
 
     def encode(self, texts: list[str], batch_size: int, normalize: bool,
                on_batch: OnBatch | None = None) -> np.ndarray:
-        parts = []
+        if len(texts) <= 1:
+            return self._batch(texts, normalize) if texts else np.zeros((0, self.dim), dtype=np.float32)
+        # longest first, as sentence-transformers does, so a batch's texts pad to about the same length (padding
+        # never changes a vector: tests/embed/test_encoders.py)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
-            parts.append(self._batch(texts[start:start + batch_size], normalize))
+            rows = order[start:start + batch_size]
+            out[rows] = self._batch([texts[i] for i in rows], normalize)
             if on_batch is not None:
-                on_batch(len(parts[-1]))
-        if not parts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+                on_batch(len(rows))
+        return out
 
     def _batch(self, texts: list[str], normalize: bool) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(texts)
