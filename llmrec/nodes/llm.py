@@ -99,7 +99,9 @@ Duration = Annotated[
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: the validator is built on first use, so that the ~30 configs and answers of llm and llm_tasks
+    # cost nothing to a spec that uses none of them (issue 13)
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 # -- the llm resource ------------------------------------------------------------------------------------------

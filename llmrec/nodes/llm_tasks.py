@@ -42,7 +42,7 @@ from .llm import Prompt, PromptConfig, resolve_prompt
 
 
 class _Value(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # built on first use (issue 13)
 
 
 class RewrittenQuery(_Value):
@@ -88,7 +88,7 @@ class Judgement(_Value):
 
 
 class PlanItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: str
     item_id: str | None = Field(None, description="A catalog id, when the plan uses catalog items.")
@@ -100,7 +100,7 @@ class PlanItem(BaseModel):
 class Plan(BaseModel):
     """The default schema of ``llm.plan``: ordered steps, the items needed (with prices) and notes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     steps: list[str] = Field(default_factory=list)
     items: list[PlanItem] = Field(default_factory=list)
@@ -115,7 +115,7 @@ class Plan(BaseModel):
 
 
 class _Answer(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class QueryAnswer(_Answer):
