@@ -107,6 +107,8 @@ class Catalog:
         self._by_category = by_category
         self._ids = [item.id for item in self._items]
         self._categories = sorted(cat for cat in by_category if cat)
+        #: item id -> its category, for items that have one (a user's category affinity reads it per event)
+        self.category_of: dict[str, str] = {item.id: item.category for item in self._items if item.category}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -217,11 +219,11 @@ class Interactions:
         categorised items, gets an empty dict.
         """
         totals: dict[str, float] = {}
+        category_of = catalog.category_of
         for it in self._by_user.get(user_id, ()):
-            item = catalog.get(it.item_id)
-            if item is None or not item.category:
-                continue
-            totals[item.category] = totals.get(item.category, 0.0) + EVENT_WEIGHTS[it.event]
+            category = category_of.get(it.item_id)
+            if category is not None:
+                totals[category] = totals.get(category, 0.0) + EVENT_WEIGHTS[it.event]
         grand_total = sum(totals.values())
         if not grand_total:
             return {}

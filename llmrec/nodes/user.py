@@ -40,7 +40,7 @@ class Profile(NodeType):
         top = [cat for cat, share in affinity.items() if share >= cfg.min_share][: cfg.max_top_categories]
         if not top and affinity and cfg.max_top_categories:
             top = [next(iter(affinity))]
-        rated = sorted((it for it in history if it.rating is not None), key=lambda it: it.timestamp)
+        rated = [it for it in history if it.rating is not None]  # oldest first, as the history is
         return UserProfile(
             user_id=user_id,
             known=True,
