@@ -1,17 +1,23 @@
-"""Serving under load: `llmrec serve specs/quickstart.yaml` vs a handwritten FastAPI app over the same nodes.
+"""Serving under load: `llmrec serve specs/quickstart.yaml` (1 and 2 workers) vs a handwritten FastAPI app.
 
-Both servers run as subprocesses with one worker on loopback, one after the other in the same run; a load
-generator in a third process (a small keep-alive HTTP/1.1 client on asyncio streams, lighter than httpx) runs N
-concurrent clients for D seconds against each. The request mix is the one of benchmarks/executor_overhead.py
-(known and unknown users, with and without a query) with every 10th request malformed (bad JSON, a wrong type,
-an unknown field, a non-object). The handwritten app calls the same quickstart node instances in the same order
-with the same policies (executor_overhead.handwritten) and validates requests with a hand-written pydantic
-model. Reported: throughput ratio llmrec / handwritten (goal >= 0.9), p50/p99 latency of valid requests and the
-p99 ratio (goal <= 1.2), 5xx count (goal 0), valid requests answered (goal: all), time from process start to
-/readyz 200, and the server's RSS after the load.
+The three servers run as subprocesses on loopback, started one after the other and kept up; the load generator
+(a small keep-alive HTTP/1.1 client on asyncio streams, lighter than httpx, in this process) then runs rounds,
+each giving every contender every load for D seconds, the order shifting by one each round, so that a burst of
+other work on the machine falls on all of them. Loads: saturation (N clients back to back) and a fixed offered
+load (R requests/s; latency counted from each request's scheduled time). The request mix is the one of
+benchmarks/executor_overhead.py (known and unknown users, with and without a query) with every 10th request
+malformed (bad JSON, a wrong type, an unknown field, a non-object). The handwritten app calls the same
+quickstart node instances in the same order with the same policies (executor_overhead.handwritten) and
+validates requests with a hand-written pydantic model.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py            # 50 clients x 30 s each
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py --quick    # about 5 s each
+Reported per contender and load, as the median over the rounds and the spread (min-max): the server's CPU time
+per request (user + system of the server process and every process under it, from psutil: the headline, as it
+holds up when other work shares the cores), throughput, p50/p99 latency of valid requests; then 5xx (goal 0),
+valid requests answered (goal: all), time from process start to /readyz 200, RSS after the load, and the ratios
+llmrec / handwritten (throughput goal >= 0.9, p99 goal <= 1.2) and 2 workers / 1 worker.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py            # 5 rounds x 10 s per cell
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py --quick    # 2 rounds x 3 s
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py --write    # also write results/serve_load.md
 """
 
@@ -32,6 +38,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the endpoints' annotations here
 from fastapi.responses import Response
 
@@ -125,15 +132,26 @@ def request_bodies(n: int) -> list[tuple[bytes, bool]]:
 
 
 async def _client(port: int, bodies: list[tuple[bytes, bool]], offset: int, until: float,
-                  results: list[tuple[float, int, bool]]) -> None:
+                  results: list[tuple[float, int, bool]], schedule: tuple[float, float] | None = None) -> None:
+    """One keep-alive connection sending requests back to back, or, with ``schedule = (first, interval)``, one at
+    each ``first + j * interval`` (an offered load); latency then counts from the scheduled time, so a server
+    that falls behind shows its queueing in the latencies instead of slowing the clients down."""
     reader = writer = None
     i = offset
+    j = 0
     while time.perf_counter() < until:
         body, valid = bodies[i % len(bodies)]
         i += 1
         head = (f"POST /v1/recommend HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
-        started = time.perf_counter()
+        if schedule is not None:
+            started = schedule[0] + j * schedule[1]
+            j += 1
+            if started >= until:
+                break
+            await asyncio.sleep(max(0.0, started - time.perf_counter()))
+        else:
+            started = time.perf_counter()
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -159,18 +177,26 @@ async def _client(port: int, bodies: list[tuple[bytes, bool]], offset: int, unti
         writer.close()
 
 
-def run_load(port: int, clients: int, seconds: float) -> None:
+def load(port: int, clients: int, seconds: float, rate: float = 0.0) -> dict[str, Any]:
+    """``clients`` clients for ``seconds`` against ``port``: back to back, or ``rate`` requests/s in all."""
     bodies = request_bodies(240)
     results: list[tuple[float, int, bool]] = []
 
     async def main() -> float:
-        until = time.perf_counter() + seconds
         t0 = time.perf_counter()
-        await asyncio.gather(*(_client(port, bodies, c * 7, until, results) for c in range(clients)))
+        until = t0 + seconds
+        tasks = []
+        for c in range(clients):
+            schedule = (t0 + c / rate, clients / rate) if rate > 0 else None
+            tasks.append(_client(port, bodies, c * 7, until, results, schedule))
+        await asyncio.gather(*tasks)
         return time.perf_counter() - t0
 
-    wall = asyncio.run(main())
-    print(json.dumps({"wall": wall, "results": results}))
+    return {"wall": asyncio.run(main()), "results": results}
+
+
+def run_load(port: int, clients: int, seconds: float, rate: float = 0.0) -> None:
+    print(json.dumps(load(port, clients, seconds, rate)))
 
 
 # -- the orchestrator ------------------------------------------------------------------------------------------
@@ -182,11 +208,37 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _tree(pid: int) -> list[psutil.Process]:
+    """The server process and every process under it (uvicorn's workers and their helpers)."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of each live process of the server's tree, by pid."""
+    out = {}
+    for proc in _tree(pid):
+        try:
+            t = proc.cpu_times()
+            out[proc.pid] = t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the tree spent between two snapshots (a process that started in between counts in full)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    total = 0
+    for proc in _tree(pid):
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -213,45 +265,69 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> floa
     raise SystemExit("server never became ready")
 
 
-def measure(name: str, clients: int, seconds: float, warmup: float) -> dict[str, Any]:
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLMREC_LOAD_PLUGINS": ""}
-    if name == "llmrec":
-        cmd = [str(Path(sys.executable).with_name("llmrec")), "serve", str(QUICKSTART), "--port", str(port),
-               "--workers", "1", "--log-level", "warning", "--max-concurrency", str(max(64, clients * 2))]
-    else:
-        cmd = [sys.executable, __file__, "--handwritten-server", str(port)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    try:
-        ready = _wait_ready(port, proc) - t0
-        load = [sys.executable, __file__, "--load", str(port), "--clients", str(clients)]
-        subprocess.run([*load, "--seconds", str(warmup)], check=True, capture_output=True)
-        out = subprocess.run([*load, "--seconds", str(seconds)], check=True, capture_output=True, text=True)
-        rss = _rss_mb(proc.pid)
-    finally:
-        _stop(proc)
-    data = json.loads(out.stdout)
-    results = data["results"]
-    valid = [r for r in results if r[2]]
-    bad = [r for r in results if not r[2]]
-    lat = sorted(r[0] * 1000 for r in valid if r[1] == 200)
-    q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
-    return {
-        "name": name, "ready_s": ready, "rss_mb": rss, "requests": len(results), "wall": data["wall"],
-        "throughput": len(results) / data["wall"], "valid": len(valid),
-        "valid_ok": sum(1 for r in valid if r[1] == 200), "malformed": len(bad),
-        "malformed_4xx": sum(1 for r in bad if 400 <= r[1] < 500),
-        "5xx": sum(1 for r in results if r[1] >= 500), "no_answer": sum(1 for r in results if r[1] == 0),
-        "p50": q[49], "p99": q[98], "mean": statistics.fmean(lat) if lat else float("nan"),
-    }
+class Server:
+    """One contender, started once and kept up while the rounds alternate between the contenders."""
+
+    def __init__(self, name: str, workers: int, max_concurrency: int) -> None:
+        self.name, self.workers, self.port = name, workers, _free_port()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLMREC_LOAD_PLUGINS": ""}
+        if name == "handwritten":
+            cmd = [sys.executable, __file__, "--handwritten-server", str(self.port)]
+        else:
+            cmd = [str(Path(sys.executable).with_name("llmrec")), "serve", str(QUICKSTART), "--port", str(self.port),
+                   "--workers", str(workers), "--log-level", "warning", "--max-concurrency", str(max_concurrency)]
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+        try:
+            self.ready_s = _wait_ready(self.port, self.proc) - t0
+        except BaseException:
+            _stop(self.proc)
+            raise
+
+    @property
+    def label(self) -> str:
+        if self.name == "handwritten":
+            return "handwritten FastAPI, same nodes"
+        return f"llmrec serve, {self.workers} worker{'s' if self.workers > 1 else ''}"
+
+    def measure(self, clients: int, seconds: float, rate: float = 0.0) -> dict[str, Any]:
+        """One load round: throughput, latency of the valid requests, and the server's CPU per request."""
+        before, cpu0 = cpu_seconds(self.proc.pid), time.process_time()
+        data = load(self.port, clients, seconds, rate)
+        after, cpu1 = cpu_seconds(self.proc.pid), time.process_time()
+        results = data["results"]
+        valid = [r for r in results if r[2]]
+        bad = [r for r in results if not r[2]]
+        lat = sorted(r[0] * 1000 for r in valid if r[1] == 200)
+        q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
+        n = max(len(results), 1)
+        return {
+            "requests": len(results), "throughput": len(results) / data["wall"],
+            "cpu_ms": 1000 * cpu_used(before, after) / n, "loadgen_cpu_ms": 1000 * (cpu1 - cpu0) / n,
+            "valid": len(valid), "valid_ok": sum(1 for r in valid if r[1] == 200), "malformed": len(bad),
+            "malformed_4xx": sum(1 for r in bad if 400 <= r[1] < 500),
+            "5xx": sum(1 for r in results if r[1] >= 500), "no_answer": sum(1 for r in results if r[1] == 0),
+            "p50": q[49], "p99": q[98],
+        }
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def _median_range(values: list[float], fmt: str) -> str:
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--quick", action="store_true", help="about 5 s of load per server")
+    parser.add_argument("--clients", type=int, default=50, help="clients of the saturation load")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds of each load round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; each runs every contender once")
+    parser.add_argument("--rate", type=float, default=20.0, help="requests/s of the fixed offered load (0: none)")
+    parser.add_argument("--rate-clients", type=int, default=20, help="connections the offered load is spread on")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N",
+                        help="worker counts of llmrec serve to compare (default: 1 2)")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 3 s: about a minute after startup")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/serve_load.md")
     parser.add_argument("--handwritten-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--load", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -260,64 +336,155 @@ def main() -> int:
         run_handwritten(args.handwritten_server)
         return 0
     if args.load:
-        run_load(args.load, args.clients, args.seconds)
+        run_load(args.load, args.clients, args.seconds, args.rate)
         return 0
-    seconds = 5.0 if args.quick else args.seconds
+    seconds = 3.0 if args.quick else args.seconds
+    rounds = 2 if args.quick else args.rounds
     warmup = 1.0 if args.quick else 3.0
-    rows = [measure(name, args.clients, seconds, warmup) for name in ("handwritten", "llmrec")]
-    hand, ours = rows
-    ratio = ours["throughput"] / hand["throughput"]
-    p99_ratio = ours["p99"] / hand["p99"]
-    command = ("HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py"
-               + (" --quick" if args.quick else f" --clients {args.clients} --seconds {seconds:g}") + " --write")
-    lines = [
-        "# Serving under load (issue 5)",
-        "",
-        f"`{command}`",
-        "",
-        f"{args.clients} concurrent keep-alive clients for {seconds:g} s against each server (after {warmup:g} s of "
-        f"warm-up), one worker each, on loopback; Python {platform.python_version()}, {platform.machine()}, "
-        f"{os.cpu_count()} cores, no GPU. The load generator runs in its own process and competes with the server "
-        "for the same 2 cores, so absolute throughput is lower than on a dedicated machine; both servers pay "
-        "the same. Every 10th request is malformed (bad JSON, a wrong type, an unknown field, a non-object).",
-        "",
-        "| server | req/s | p50 ms | p99 ms | mean ms | valid answered | malformed -> 4xx | 5xx | no answer | "
-        "ready after s | RSS after load MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        label = "llmrec serve specs/quickstart.yaml" if r["name"] == "llmrec" else "handwritten FastAPI, same nodes"
-        lines.append(f"| {label} | {r['throughput']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['mean']:.1f} | "
-                     f"{r['valid_ok']}/{r['valid']} | {r['malformed_4xx']}/{r['malformed']} | {r['5xx']} | "
-                     f"{r['no_answer']} | {r['ready_s']:.1f} | {r['rss_mb']:.0f} |")
-    goals = {
-        "throughput ratio >= 0.9": ratio >= 0.9,
-        "p99 ratio <= 1.2": p99_ratio <= 1.2,
-        "zero 5xx": ours["5xx"] == 0 and hand["5xx"] == 0,
-        "every valid request answered": ours["valid_ok"] == ours["valid"] and ours["no_answer"] == 0,
-    }
-    lines += [
-        "",
-        f"Throughput ratio llmrec / handwritten: **{ratio:.3f}** (goal >= 0.9). p99 ratio: **{p99_ratio:.3f}** "
-        "(goal <= 1.2).",
-        "",
-        "Goals: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in goals.items()) + ".",
-        "",
-        "The startup time includes loading all-MiniLM-L6-v2 (about 10 s here) and the demo shop; llmrec's also "
-        "validates the spec and builds the plugin registry. llmrec's answers additionally feed Prometheus metrics "
-        "(per-node latency histograms) and apply the admission limit, body limit and session lookup.",
-        "The quickstart's nodes dominate each request (tens of ms of CPU: LightGBM ranking, MiniLM query "
-        "encoding), so both servers are CPU-bound at 50 clients and the HTTP layers differ little; the VM is "
-        "shared with other work, so differences of about 10% either way between the rows are noise.",
-        "",
-    ]
-    text = "\n".join(lines)
+    loads = [("saturation", args.clients, 0.0)] + ([("offered", args.rate_clients, args.rate)] if args.rate else [])
+    servers: list[Server] = []
+    try:
+        for name, workers in [("handwritten", 1)] + [("llmrec", w) for w in args.workers]:
+            servers.append(Server(name, workers, max(64, args.clients * 2)))  # one at a time: clean startup times
+            print(f"{servers[-1].label}: ready after {servers[-1].ready_s:.1f} s", flush=True)
+        for server in servers:
+            server.measure(args.clients, warmup)  # warm-up: first requests, lazy imports, caches
+        cells = [(s, ld) for ld in loads for s in servers]
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {(s.label, ld[0]): [] for s, ld in cells}
+        for r in range(rounds):  # alternate: each round runs every cell once, starting one further along
+            for server, (load_name, clients, rate) in cells[r % len(cells):] + cells[:r % len(cells)]:
+                row = server.measure(clients, seconds, rate)
+                runs[(server.label, load_name)].append(row)
+                print(f"round {r + 1}/{rounds} {server.label}, {load_name}: {row['throughput']:.1f} req/s, "
+                      f"{row['cpu_ms']:.1f} ms CPU/req, p50 {row['p50']:.0f} ms, p99 {row['p99']:.0f} ms", flush=True)
+        rss = {s.label: _rss_mb(s.proc.pid) for s in servers}
+    finally:
+        for server in servers:
+            server.stop()
+    text, ok = report(args, servers, loads, runs, rss, seconds, rounds, warmup)
     print(text)
     if args.write:
         RESULT_FILE.parent.mkdir(parents=True, exist_ok=True)
         RESULT_FILE.write_text(text)
         print(f"wrote {RESULT_FILE.relative_to(ROOT)}")
-    return 0 if all(goals.values()) else 1
+    return 0 if ok else 1
+
+
+def report(args: argparse.Namespace, servers: list[Server], loads: list[tuple[str, int, float]],
+           runs: dict[tuple[str, str], list[dict[str, Any]]], rss: dict[str, float], seconds: float, rounds: int,
+           warmup: float) -> tuple[str, bool]:
+    hand, ours = servers[0].label, servers[1].label
+
+    def values(label: str, load_name: str, key: str) -> list[float]:
+        return [r[key] for r in runs[(label, load_name)]]
+
+    def ratio(label: str, load_name: str, key: str) -> tuple[float, list[float]]:
+        """Ratio of the medians, and the ratio in each round (the two ran back to back)."""
+        a, b = values(label, load_name, key), values(hand if label != hand else ours, load_name, key)
+        return statistics.median(a) / statistics.median(b), [x / y for x, y in zip(a, b)]
+
+    command = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve_load.py" + (
+        " --quick" if args.quick else f" --rounds {rounds} --seconds {seconds:g} --clients {args.clients}"
+        + (f" --rate {args.rate:g}" if args.rate else "")) + (
+        f" --workers {' '.join(map(str, args.workers))}" if args.workers != [1, 2] else "") + " --write"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    lines = [
+        "# Serving under load (issues 5 and 13)",
+        "",
+        f"`{command}`",
+        "",
+        f"Contenders: {', '.join(s.label for s in servers)}, all started once (one after the other, for clean "
+        f"startup times) and kept up; then {rounds} rounds, each running every contender under every load for "
+        f"{seconds:g} s, starting one contender further along each round (after {warmup:g} s of warm-up each). "
+        f"Loads: saturation = {args.clients} keep-alive clients sending back to back"
+        + (f"; offered = {args.rate:g} requests/s spread over {args.rate_clients} connections, latency counted "
+           "from each request's scheduled time (a server that falls behind shows it as latency)" if args.rate else "")
+        + ". Every 10th request is malformed (bad JSON, a wrong type, an unknown field, a non-object). "
+        f"Python {platform.python_version()}, {platform.machine()}, {cores} cores, no GPU, loopback.",
+        "",
+        "**CPU per request** is the user + system CPU time of the server's processes (the server and every process "
+        "under it: uvicorn's workers) over the round, from psutil, divided by the requests answered: it does not "
+        "depend much on what else runs on the machine. **Throughput and latency do**: the load generator runs on "
+        "the same cores as the server, and this machine is shared with other work (test suites of other "
+        "sessions ran during the measurement), so they are medians over rounds with their spread (min-max).",
+        "",
+    ]
+    for load_name, clients, rate in loads:
+        title = (f"Saturation: {clients} clients back to back" if not rate
+                 else f"Offered load: {rate:g} requests/s")
+        lines += [
+            f"### {title}",
+            "",
+            "| server | CPU ms / request | req/s | p50 ms | p99 ms | valid answered | malformed -> 4xx | 5xx | "
+            "no answer |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for s in servers:
+            rs = runs[(s.label, load_name)]
+            lines.append(
+                f"| {s.label} | {_median_range(values(s.label, load_name, 'cpu_ms'), '.1f')} | "
+                f"{_median_range(values(s.label, load_name, 'throughput'), '.1f')} | "
+                f"{_median_range(values(s.label, load_name, 'p50'), '.0f')} | "
+                f"{_median_range(values(s.label, load_name, 'p99'), '.0f')} | "
+                f"{sum(r['valid_ok'] for r in rs)}/{sum(r['valid'] for r in rs)} | "
+                f"{sum(r['malformed_4xx'] for r in rs)}/{sum(r['malformed'] for r in rs)} | "
+                f"{sum(r['5xx'] for r in rs)} | {sum(r['no_answer'] for r in rs)} |")
+        lines.append("")
+    lines += [
+        "| server | ready after s | RSS after the load MB (all processes) |",
+        "|---|---:|---:|",
+        *[f"| {s.label} | {s.ready_s:.1f} | {rss[s.label]:.0f} |" for s in servers],
+        "",
+        "### Ratios (median of the rounds; in brackets the lowest and highest ratio of one round's pair)",
+        "",
+    ]
+    sat = loads[0][0]
+    cpu_r, cpu_rs = ratio(ours, sat, "cpu_ms")
+    thr_r, thr_rs = ratio(ours, sat, "throughput")
+    p99_r, p99_rs = ratio(ours, sat, "p99")
+
+    def rng(xs: list[float]) -> str:
+        return f"[{min(xs):.3f}-{max(xs):.3f}]"
+
+    lines += [
+        f"- llmrec serve (1 worker) / handwritten, saturation: CPU per request **{cpu_r:.3f}** {rng(cpu_rs)}, "
+        f"throughput {thr_r:.3f} {rng(thr_rs)}, p99 {p99_r:.3f} {rng(p99_rs)}.",
+    ]
+    if len(loads) > 1:
+        off = loads[1][0]
+        c, cs = ratio(ours, off, "cpu_ms")
+        p, ps = ratio(ours, off, "p99")
+        lines.append(f"- llmrec serve (1 worker) / handwritten, offered load: CPU per request **{c:.3f}** {rng(cs)}, "
+                     f"p99 {p:.3f} {rng(ps)}.")
+    for s in servers[2:]:
+        for load_name, _, _ in loads:
+            a = {k: values(s.label, load_name, k) for k in ("cpu_ms", "throughput", "p50", "p99")}
+            b = {k: values(ours, load_name, k) for k in a}
+            per = {k: [x / y for x, y in zip(a[k], b[k])] for k in a}
+            med = {k: statistics.median(a[k]) / statistics.median(b[k]) for k in a}
+            lines.append(f"- {s.workers} workers / 1 worker, {load_name}: CPU per request **{med['cpu_ms']:.3f}** "
+                         f"{rng(per['cpu_ms'])}, throughput {med['throughput']:.3f} {rng(per['throughput'])}, "
+                         f"p50 {med['p50']:.3f} {rng(per['p50'])}, p99 {med['p99']:.3f} {rng(per['p99'])}.")
+    every = [r for rs in runs.values() for r in rs]
+    goals = {
+        "throughput ratio >= 0.9": thr_r >= 0.9,
+        "p99 ratio <= 1.2": p99_r <= 1.2,
+        "zero 5xx": all(r["5xx"] == 0 for r in every),
+        "every valid request answered": all(r["valid_ok"] == r["valid"] and r["no_answer"] == 0 for r in every),
+    }
+    lines += [
+        "",
+        "Goals (llmrec serve with 1 worker against the handwritten app, saturation): "
+        + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in goals.items()) + ".",
+        "",
+        "The startup time includes loading all-MiniLM-L6-v2 and the demo shop; llmrec's also validates the spec "
+        "and builds the plugin registry. llmrec's answers additionally feed Prometheus metrics (per-node latency "
+        "histograms; with several workers, in multiprocess files) and apply the admission limit, body limit and "
+        "session lookup. With N workers `llmrec serve` gives each max(1, cores // N) threads (LLMREC_THREADS, "
+        "OMP/MKL/OPENBLAS_NUM_THREADS; docs/serving.md), so 2 workers on 2 cores run one thread each.",
+        "",
+    ]
+    return "\n".join(lines), all(goals.values())
 
 
 if __name__ == "__main__":
