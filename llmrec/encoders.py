@@ -320,7 +320,7 @@ def load_encoder(path: Path, version: str, *, backend: str, device: str, cache: 
         except DataError:
             raise
         except Exception as exc:
-            reason = f"converting it failed ({type(exc).__name__}: {exc})"
+            reason = f"converting or loading it failed ({type(exc).__name__}: {exc})"
             if backend == "auto":
                 warnings.warn(f"embedding model {path}: ONNX Runtime cannot run it, {reason}; using "
                               "sentence-transformers", stacklevel=3)

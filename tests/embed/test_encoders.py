@@ -119,3 +119,31 @@ def test_the_int8_model_is_made_once_and_cached_under_its_own_key(minilm, tmp_pa
     cosine = (a * b).sum(axis=1)
     assert np.abs(a - b).max() > ONNX_TOLERANCE  # other vectors, so never mixed with the float model's
     assert cosine.min() > 0.8, cosine
+
+
+def test_an_onnx_file_whose_data_points_outside_its_folder_is_refused(minilm, tmp_path, monkeypatch) -> None:
+    """A model folder from a spec is data: ONNX Runtime refuses external tensor data outside the model's folder,
+    so an ONNX file cannot make llmrec read /etc/hostname (or anything else) as weights."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.setenv("LLMREC_CACHE_DIR", str(tmp_path / "cache"))
+    folder = _tiny_model(tmp_path / "hostile", minilm, "mean")
+    weights = numpy_helper.from_array(np.zeros((32,), np.float32), "w")
+    weights.data_location = TensorProto.EXTERNAL
+    weights.ClearField("raw_data")
+    for key, value in (("location", "../../../../../../etc/hostname"), ("offset", "0"), ("length", "128")):
+        entry = weights.external_data.add()
+        entry.key, entry.value = key, value
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "t"])
+    out = helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["b", "t", 32])
+    graph = helper.make_graph([helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
+                               helper.make_node("Unsqueeze", ["f", "axes"], ["g"]),
+                               helper.make_node("Add", ["g", "w"], ["last_hidden_state"])],
+                              "hostile", [ids], [out],
+                              [weights, numpy_helper.from_array(np.array([2], np.int64), "axes")])
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model.onnx").write_bytes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    with pytest.raises(DataError, match="escapes model directory"):
+        Embedder(str(folder), backend="onnx").load()
+    assert not (tmp_path / "cache" / "onnx").exists()  # the folder's own file was used, nothing converted
