@@ -32,8 +32,8 @@ from ..api import validate
 from ..data.dataset import Dataset, EvalCase
 from ..errors import InputError, LlmrecError, SpecErrors
 from ..graph.build import Graph
-from ..runtime.batch import MAX_BATCH, batching
-from ..runtime.executor import Runtime, load_resource
+from ..runtime.batch import batching
+from ..runtime.executor import WAVE, Runtime, load_resource
 from ..spec.variants import validate_variant, variant_names
 from .judge import EvalJudge, summarize_judge
 from .llm_metrics import case_grounding, case_llm, llm_node_ids, summarize_grounding, summarize_llm
@@ -523,8 +523,7 @@ async def _evaluate_spec(
         advance()
 
     started = time.perf_counter()
-    # a spec of inline nodes only does no I/O: its cases all run at once, so batchable nodes see big batches
-    sem = asyncio.Semaphore(max(concurrency, MAX_BATCH) if runtime.inline_only else concurrency)
+    sem = asyncio.Semaphore(concurrency)
     todo = [(i, case) for i, case in enumerate(cases) if outcomes[i] is None]
     shown = progress_.step(f"evaluating {label}", len(cases)) if show_progress else contextlib.nullcontext(_no_bar)
     with shown as advance:
@@ -534,7 +533,12 @@ async def _evaluate_spec(
             if todo:
                 await runtime.start()
                 with batching():
-                    await asyncio.gather(*(one(i, case) for i, case in todo))
+                    if runtime.inline_only:
+                        # no I/O: the cases run in waves, each wave's calls to a batchable node batched together
+                        for start in range(0, len(todo), WAVE):
+                            await asyncio.gather(*(one(i, case) for i, case in todo[start:start + WAVE]))
+                    else:
+                        await asyncio.gather(*(one(i, case) for i, case in todo))
         finally:
             if store is not None:
                 store.close()

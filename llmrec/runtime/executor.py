@@ -67,6 +67,11 @@ async def load_resource(graph: Graph, name: str, loaded: dict[str, Any] | None =
     return memo[name]
 
 
+#: requests per wave when a spec of inline nodes only runs many (Runtime.run_many, llmrec eval): large enough
+#: that a batchable node's batch pays, small enough that a wave's objects stay young (benchmarks/eval_speed.py)
+WAVE = 32
+
+
 class Runtime:
     """Runs a validated graph. Create once (resources and node types load once), run many times.
 
@@ -232,23 +237,32 @@ class Runtime:
     ) -> list[RunResult | Exception]:
         """:meth:`run` for each of ``requests``, concurrently and batched: the calls that many requests make to a
         batchable node go to its ``run_batch`` together (llmrec/runtime/batch.py). Each result is what ``run``
-        would give, or the exception it would raise (InputError, RunError), in order. ``concurrency`` bounds the
-        requests in flight (default: all at once for a spec of inline nodes only, else 8)."""
+        would give, or the exception it would raise (InputError, RunError), in order.
+
+        ``concurrency`` bounds the requests in flight. A spec of inline nodes only (no I/O) runs in waves of
+        that many (default :data:`WAVE`), each wave's calls batched together; any other spec keeps that many
+        running (default 8), each starting as another finishes."""
         if not self._started:
             await self.start()
-        limit = concurrency or (len(requests) if self.inline_only else 8)
-        gate = asyncio.Semaphore(max(limit, 1))
-
-        async def one(request: Any) -> RunResult:
-            async with gate:
-                return await self.run(request, **kwargs)
-
+        results: list[Any] = []
         with batching():
-            results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+            if self.inline_only:
+                wave = concurrency or WAVE
+                for start in range(0, len(requests), wave):
+                    chunk = requests[start:start + wave]
+                    results += await asyncio.gather(*(self.run(r, **kwargs) for r in chunk), return_exceptions=True)
+            else:
+                gate = asyncio.Semaphore(concurrency or 8)
+
+                async def one(request: Any) -> RunResult:
+                    async with gate:
+                        return await self.run(request, **kwargs)
+
+                results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, Exception):
                 raise r  # Ctrl-C, cancellation: not a request's own failure
-        return results  # type: ignore[return-value]
+        return results
 
     @property
     def inline_only(self) -> bool:

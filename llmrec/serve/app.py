@@ -35,7 +35,7 @@ from ..errors import DeadlineExceededError, InputError, RunError, SpecErrors
 from ..graph import draw
 from ..plugins import get_registry, llmrec_version
 from ..runtime.batch import batching
-from ..runtime.executor import Runtime
+from ..runtime.executor import WAVE, Runtime
 from ..spec.refs import RefExpr
 from ..trust import grant
 from .metrics import Metrics
@@ -609,9 +609,9 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
             raise ApiError(413, "batch_too_large", f"{len(items)} requests in one batch; at most "
                            f"{options.max_batch}", "requests")
         svc, trace = server.current, _flag(request, "trace")
-        # a spec of inline nodes only does no I/O: all of a batch's requests at once, so that its batchable nodes
-        # (llmrec/runtime/batch.py) see them together
-        gate = asyncio.Semaphore((len(items) or 1) if svc.runtime.inline_only else options.batch_concurrency)
+        # a spec of inline nodes only does no I/O: a wave of a batch's requests at once, so that its batchable
+        # nodes (llmrec/runtime/batch.py) see them together
+        gate = asyncio.Semaphore(WAVE if svc.runtime.inline_only else options.batch_concurrency)
 
         async def one(item: Any) -> dict[str, Any]:
             async with gate:

@@ -32,12 +32,15 @@ async def test_concurrent_requests_reach_run_batch_together_with_what_run_gives(
     rt = spec(SPEC)
     batches = batches_of(rt)
     batches.clear()
-    results = await rt.run_many([{"n": n} for n in range(50)])
+    results = await rt.run_many([{"n": n} for n in range(50)], concurrency=50)
     assert [r.outputs["value"] for r in results] == [100 * n for n in range(50)]
     assert batches == [50, 50]  # each node once for all fifty requests
+    batches.clear()
+    await rt.run_many([{"n": n} for n in range(50)])  # waves of WAVE (32)
+    assert batches == [32, 32, 18, 18]
     assert all([rec.status for rec in r.trace.nodes] == ["ok", "ok"] for r in results)
     one = await rt.run({"n": 7})  # a single request calls run(), never run_batch
-    assert one.outputs == {"value": 700} and batches == [50, 50]
+    assert one.outputs == {"value": 700} and batches == [32, 32, 18, 18]
 
 
 async def test_a_bad_request_in_a_batch_fails_alone_with_its_own_error(spec) -> None:
@@ -55,7 +58,7 @@ async def test_concurrency_bounds_the_requests_in_flight(spec) -> None:
     batches.clear()
     results = await rt.run_many([{"n": n} for n in range(10)], concurrency=4)
     assert [r.outputs["value"] for r in results] == [100 * n for n in range(10)]
-    assert batches and max(batches) <= 4
+    assert batches == [4, 4, 4, 4, 2, 2]
 
 
 DATA = os.environ.get("LLMREC_DATA_DIR")
