@@ -196,6 +196,9 @@ class OnnxEncoder:
         options.intra_op_num_threads = threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # ONNX Runtime's own warnings go to stderr otherwise
+        # idle threads sleep instead of spinning: the same latency, about a tenth less CPU per query (measured on
+        # 2 cores), and no cores burnt that other requests or workers could use
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         unknown = [name for name in self.inputs if name not in _INPUTS]
