@@ -523,7 +523,8 @@ async def _evaluate_spec(
         advance()
 
     started = time.perf_counter()
-    sem = asyncio.Semaphore(concurrency)
+    # a spec of inline nodes only does no I/O: its cases run in waves of WAVE (below), all of a wave at once
+    sem = asyncio.Semaphore(max(concurrency, WAVE) if runtime.inline_only else concurrency)
     todo = [(i, case) for i, case in enumerate(cases) if outcomes[i] is None]
     shown = progress_.step(f"evaluating {label}", len(cases)) if show_progress else contextlib.nullcontext(_no_bar)
     with shown as advance:
