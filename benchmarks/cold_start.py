@@ -28,9 +28,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from results_md import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 MARKER = "## Cold start (issue 13)"
 QUERY = '{"user_id": "u1", "query": "alpine fox"}'
 COMMANDS = {
@@ -135,14 +135,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        body = RESULTS.read_text(encoding="utf-8")
-        if MARKER in body:
-            start = body.index(MARKER)
-            end = body.find("\n## ", start + len(MARKER))
-            body = body[:start] + text + (body[end:] if end != -1 else "")
-        else:
-            body = body.rstrip("\n") + "\n\n" + text
-        RESULTS.write_text(body, encoding="utf-8")
+        write_section(MARKER, text)
     return 0
 
 

@@ -33,9 +33,9 @@ import numpy as np
 
 from llmrec.embed import Embedder
 from llmrec.eval.metrics import ndcg_at_k, precision_at_k
+from results_md import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 MARKER = "## Embedding backends (issue 13)"
 BACKENDS = ("sentence-transformers", "onnx", "onnx-int8")
 COLD = ("import sys; from llmrec.embed import Embedder; e = Embedder(backend=sys.argv[1]); "
@@ -138,14 +138,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        body = RESULTS.read_text(encoding="utf-8")
-        if MARKER in body:
-            start = body.index(MARKER)
-            end = body.find("\n## ", start + len(MARKER))
-            body = body[:start] + text + (body[end:] if end != -1 else "")
-        else:
-            body = body.rstrip("\n") + "\n\n" + text
-        RESULTS.write_text(body, encoding="utf-8")
+        write_section(MARKER, text)
     return 0
 
 

@@ -31,10 +31,10 @@ import yaml
 
 import llmrec
 from llmrec import trust
+from results_md import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "specs" / "quickstart.yaml"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
 def requests(n: int) -> list[dict[str, Any]]:
@@ -197,21 +197,8 @@ def main() -> int:
     ok = noop["per_node_us"] <= 30 and real["ratio"] <= 1.05
     print("goals met" if ok else "GOALS NOT MET")
     if args.write:
-        write_section(text)
+        write_section("## Executor overhead (issue 2)", text)
     return 0
-
-
-def write_section(section: str) -> None:
-    head = "# Benchmark results\n\nEvery number here comes from a command in benchmarks/ that anyone can rerun.\n\n"
-    body = RESULTS.read_text() if RESULTS.exists() else head
-    marker = "## Executor overhead (issue 2)"
-    if marker in body:
-        start = body.index(marker)
-        end = body.find("\n## ", start + len(marker))
-        body = body[:start] + section + (body[end + 1 :] if end != -1 else "")
-    else:
-        body = body.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(body)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,9 @@ from pydantic import BaseModel, Field
 
 from llmrec.llm.local import TransformersProvider
 from llmrec.llm.provider import Choices, CompletionRequest, Message
+from results_md import RESULTS, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 MARKER = "## Dynamic int8 quantization"
 COMMAND = "LLMREC_DATA_DIR=../shared/data HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/quantization.py --write"
 
@@ -300,17 +300,6 @@ def _list(values: list[float]) -> str:
     return ", ".join(f"{v:.2f}" for v in values)
 
 
-def write_section(text: str) -> None:
-    body = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n\n"
-    if MARKER in body:
-        start = body.index(MARKER)
-        nxt = body.find("\n## ", start + len(MARKER))
-        body = body[:start] + text + ("\n" + body[nxt + 1:] if nxt != -1 else "")
-    else:
-        body = body.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(body, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -330,7 +319,7 @@ def main() -> None:
     text = section(a, b, time.perf_counter() - t0, args.rounds)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(MARKER, text)
 
 
 if __name__ == "__main__":

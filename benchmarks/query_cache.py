@@ -28,10 +28,10 @@ import numpy as np
 
 import llmrec
 from llmrec.embed import Embedder
+from results_md import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "specs" / "quickstart.yaml"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 MARKER = "## Query-vector LRU (issue 13)"
 
 
@@ -121,14 +121,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        body = RESULTS.read_text()
-        if MARKER in body:
-            start = body.index(MARKER)
-            end = body.find("\n## ", start + len(MARKER))
-            body = body[:start] + text + (body[end + 1:] if end != -1 else "")
-        else:
-            body = body.rstrip("\n") + "\n\n" + text
-        RESULTS.write_text(body)
+        write_section(MARKER, text)
     return 0
 
 
