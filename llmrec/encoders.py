@@ -93,7 +93,11 @@ class Pipeline:
             self.reason = "its transformer is not at the top of the folder"
             return
         self.normalized = len(kinds) > 2
-        pooling = _json(path / str(modules[1].get("path", "1_Pooling")) / "config.json")
+        pooling_dir = (path / str(modules[1].get("path", "1_Pooling"))).resolve()
+        if not pooling_dir.is_relative_to(path.resolve()):  # a folder is data: it never points outside itself
+            self.reason = "its pooling module lies outside the model folder"
+            return
+        pooling = _json(pooling_dir / "config.json")
         if not isinstance(pooling, dict):
             self.reason = "its pooling configuration is missing"
             return

@@ -147,3 +147,11 @@ def test_an_onnx_file_whose_data_points_outside_its_folder_is_refused(minilm, tm
     with pytest.raises(DataError, match="escapes model directory"):
         Embedder(str(folder), backend="onnx").load()
     assert not (tmp_path / "cache" / "onnx").exists()  # the folder's own file was used, nothing converted
+
+
+def test_a_pooling_module_outside_the_model_folder_is_not_read(minilm, tmp_path) -> None:
+    folder = _tiny_model(tmp_path / "escape", minilm, "mean")
+    modules = json.loads((folder / "modules.json").read_text())
+    modules[1]["path"] = "../../elsewhere"
+    (folder / "modules.json").write_text(json.dumps(modules))
+    assert Pipeline(folder).reason == "its pooling module lies outside the model folder"
