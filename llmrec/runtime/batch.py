@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -51,8 +52,8 @@ def batching() -> Iterator[None]:
 
 def is_batchable(node: NodeType) -> bool:
     """The node type declares ``batchable`` and has an ``async def run_batch``."""
-    return bool(type(node).batchable) and asyncio.iscoroutinefunction(node.run_batch) and \
-        asyncio.iscoroutinefunction(node.run)
+    return bool(type(node).batchable) and inspect.iscoroutinefunction(node.run_batch) and \
+        inspect.iscoroutinefunction(node.run)
 
 
 class Batcher:

@@ -102,6 +102,7 @@ class Runtime:
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._plans = {node_id: build_plan(graph, node) for node_id, node in graph.nodes.items()}
+        self._inline_only = all(node.cls.inline for node in graph.nodes.values())
         self._scheduler = Scheduler(graph, self._plans, self.resources, self._hooks.get("llmrec_after_run"))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -267,8 +268,8 @@ class Runtime:
     @property
     def inline_only(self) -> bool:
         """Every node is pure computation (``inline``): running more requests at once costs no more I/O, so batch
-        runners let them all in, and batchable nodes get large batches."""
-        return all(type(p.instance).inline for p in self._plans.values())
+        runners let a whole wave in, and batchable nodes get large batches."""
+        return self._inline_only
 
     def run_sync(self, inputs: dict[str, Any] | BaseModel | None = None, **kwargs: Any) -> RunResult:
         """:meth:`run` from synchronous code (not from inside a running event loop)."""
