@@ -44,9 +44,7 @@ from ..templates import (
     compile_template,
     variables,
 )
-from ..templates import (
-    check as check_template,
-)
+from ..templates import check as check_template
 from ..trust import hint as trust_hint
 from .typecheck import (
     UNKNOWN,
