@@ -177,9 +177,11 @@ async def _client(port: int, bodies: list[tuple[bytes, bool]], offset: int, unti
         writer.close()
 
 
-def load(port: int, clients: int, seconds: float, rate: float = 0.0) -> dict[str, Any]:
-    """``clients`` clients for ``seconds`` against ``port``: back to back, or ``rate`` requests/s in all."""
-    bodies = request_bodies(240)
+def load(port: int, clients: int, seconds: float, rate: float = 0.0,
+         bodies: list[tuple[bytes, bool]] | None = None) -> dict[str, Any]:
+    """``clients`` clients for ``seconds`` against ``port``: back to back, or ``rate`` requests/s in all; the
+    request mix by default, else ``bodies`` in turn."""
+    bodies = bodies or request_bodies(240)
     results: list[tuple[float, int, bool]] = []
 
     async def main() -> float:
@@ -268,13 +270,13 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> floa
 class Server:
     """One contender, started once and kept up while the rounds alternate between the contenders."""
 
-    def __init__(self, name: str, workers: int, max_concurrency: int) -> None:
+    def __init__(self, name: str, workers: int, max_concurrency: int, spec: Path = QUICKSTART) -> None:
         self.name, self.workers, self.port = name, workers, _free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLMREC_LOAD_PLUGINS": ""}
         if name == "handwritten":
             cmd = [sys.executable, __file__, "--handwritten-server", str(self.port)]
         else:
-            cmd = [str(Path(sys.executable).with_name("llmrec")), "serve", str(QUICKSTART), "--port", str(self.port),
+            cmd = [str(Path(sys.executable).with_name("llmrec")), "serve", str(spec), "--port", str(self.port),
                    "--workers", str(workers), "--log-level", "warning", "--max-concurrency", str(max_concurrency)]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
@@ -290,10 +292,11 @@ class Server:
             return "handwritten FastAPI, same nodes"
         return f"llmrec serve, {self.workers} worker{'s' if self.workers > 1 else ''}"
 
-    def measure(self, clients: int, seconds: float, rate: float = 0.0) -> dict[str, Any]:
+    def measure(self, clients: int, seconds: float, rate: float = 0.0,
+                bodies: list[tuple[bytes, bool]] | None = None) -> dict[str, Any]:
         """One load round: throughput, latency of the valid requests, and the server's CPU per request."""
         before, cpu0 = cpu_seconds(self.proc.pid), time.process_time()
-        data = load(self.port, clients, seconds, rate)
+        data = load(self.port, clients, seconds, rate, bodies)
         after, cpu1 = cpu_seconds(self.proc.pid), time.process_time()
         results = data["results"]
         valid = [r for r in results if r[2]]

@@ -11,12 +11,13 @@ Cached vectors live in :mod:`llmrec.caches.embeddings` (keyed by model version a
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import hashlib
 import os
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import progress as progress_
+from .coalesce import AsyncCoalescer, Coalescer
 from .caches.embeddings import EmbeddingCache, text_key
 from .encoders import Encoder, load_encoder
 from .errors import DataError
@@ -134,6 +136,8 @@ class Embedder:
         normalize: bool = True,
         query_cache: int = 1024,
         backend: str = "auto",
+        query_batch: int = 32,
+        query_window: float = 0.0,
     ) -> None:
         self.name = str(model)
         self.device = device
@@ -149,9 +153,15 @@ class Embedder:
         self._dim: int | None = None
         self._cache: EmbeddingCache | None = None
         self.query_cache = max(int(query_cache), 0)
+        # query encodes that concurrent requests ask for while one runs go to the model together: from threads
+        # (encode_query) and from an event loop's tasks (aencode_query)
+        self._coalescer: Coalescer[str, np.ndarray] | None = \
+            Coalescer(self._encode_many, limit=query_batch, window=query_window) if query_batch > 1 else None
+        self._acoalescer = AsyncCoalescer(self._encode_many, limit=query_batch)
         # recent queries' vectors (a bounded LRU, thread-safe): a head query repeated across requests encodes once
-        self._query = functools.lru_cache(maxsize=self.query_cache)(self._encode_query) if self.query_cache else \
-            self._encode_query
+        self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lru_lock = threading.Lock()
+        self._hits = self._misses = 0
 
     def __repr__(self) -> str:
         state = f"version {self._version}, dim {self._dim}" if self._model is not None else "not loaded"
@@ -225,21 +235,67 @@ class Embedder:
 
     def encode_query(self, text: str) -> np.ndarray:
         """One query's vector (read-only), from an in-memory LRU of the last ``query_cache`` queries; what
-        :meth:`encode` would give. ``query_info()`` says how often it hit."""
-        return self._query(text)
-
-    def query_info(self) -> dict[str, int]:
-        """Hits, misses and size of the query LRU (zeros when it is off)."""
-        info = getattr(self._query, "cache_info", None)
-        if info is None:
-            return {"hits": 0, "misses": 0, "size": 0, "max": 0}
-        i = info()
-        return {"hits": i.hits, "misses": i.misses, "size": i.currsize, "max": self.query_cache}
-
-    def _encode_query(self, text: str) -> np.ndarray:
-        vector = self.encode([text])[0]
-        vector.flags.writeable = False  # shared by every request that asks for this query
+        :meth:`encode` would give. ``query_info()`` says how often it hit. Threads asking at once share a model
+        call (:class:`~llmrec.coalesce.Coalescer`)."""
+        vector = self._recall(text)
+        if vector is None:
+            vector = self._coalescer(text) if self._coalescer is not None else self._encode_many([text])[0]
+            self._remember(text, vector)
         return vector
+
+    async def aencode_query(self, text: str) -> np.ndarray:
+        """:meth:`encode_query` for a coroutine: a miss is encoded in a worker thread, in one model call with the
+        misses of the loop's other tasks meanwhile (:class:`~llmrec.coalesce.AsyncCoalescer`; ``query_batch``
+        at most; ``query_batch: 1`` encodes each alone). A hit costs no thread."""
+        vector = self._recall(text)
+        if vector is None:
+            if self._coalescer is None:
+                vector = (await asyncio.to_thread(self._encode_many, [text]))[0]
+            else:
+                vector = await self._acoalescer(text)
+            self._remember(text, vector)
+        return vector
+
+    def query_info(self) -> dict[str, float]:
+        """Hits, misses and size of the query LRU (zeros when it is off), and the model calls that encoded
+        the misses with how many queries each took on average (``batches``, ``mean_batch``)."""
+        out: dict[str, float] = {"hits": 0, "misses": 0, "size": 0, "max": 0}
+        if self.query_cache:
+            out = {"hits": self._hits, "misses": self._misses, "size": len(self._lru), "max": self.query_cache}
+        calls = items = 0
+        for c in (self._coalescer, self._acoalescer):
+            if c is not None:
+                calls, items = calls + c.calls, items + c.items
+        out.update(batches=calls, mean_batch=round(items / calls, 2) if calls else 0.0)
+        return out
+
+    def _recall(self, text: str) -> np.ndarray | None:
+        if not self.query_cache:
+            return None
+        with self._lru_lock:
+            vector = self._lru.get(text)
+            if vector is None:
+                self._misses += 1
+                return None
+            self._hits += 1
+            self._lru.move_to_end(text)
+            return vector
+
+    def _remember(self, text: str, vector: np.ndarray) -> None:
+        if not self.query_cache:
+            return
+        with self._lru_lock:
+            self._lru[text] = vector
+            self._lru.move_to_end(text)
+            while len(self._lru) > self.query_cache:
+                self._lru.popitem(last=False)
+
+    def _encode_many(self, texts: list[str]) -> list[np.ndarray]:
+        unique = list(dict.fromkeys(texts))  # two requests with one query in a batch encode it once
+        vectors = self.encode(unique)
+        vectors.flags.writeable = False  # shared by every request that asks for these queries
+        row = {text: i for i, text in enumerate(unique)}
+        return [vectors[row[text]] for text in texts]
 
     def _cache_for_version(self) -> EmbeddingCache:
         if self._cache is None:
@@ -309,7 +365,8 @@ class Embedder:
             advance(len(texts) - done)
         return vectors
 
-    def embed_items(self, catalog: Catalog | Iterable[Any], *, progress: bool | None = None) -> tuple[list[str], np.ndarray]:
+    def embed_items(self, catalog: Catalog | Iterable[Any], *,
+                    progress: bool | None = None) -> tuple[list[str], np.ndarray]:
         """Ids and vectors of every catalog item's ``text`` (title and description), through the cache."""
         items = list(catalog)
         return [item.id for item in items], self.embed([item.text for item in items], progress=progress,

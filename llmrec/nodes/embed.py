@@ -43,6 +43,16 @@ class EmbedderConfig(NoConfig):
     batch_size: int = Field(64, ge=1, le=4096, description="Texts per model call.")
     query_cache: int = Field(1024, ge=0, le=1_000_000,
                              description="Recent query vectors kept in memory (an LRU); 0 encodes every query.")
+    query_batch: int = Field(
+        32, ge=1, le=4096,
+        description="Most queries encoded in one model call when concurrent requests' encodes queue up while one "
+                    "runs (1: each query alone).",
+    )
+    query_window_ms: float = Field(
+        0.0, ge=0, le=1000,
+        description="How long a query encode that finds the model idle waits for others to batch with (0: it "
+                    "starts at once; batches form only under load).",
+    )
     cache_dir: SpecPath | None = Field(
         None, description="Embedding cache folder (default: $LLMREC_CACHE_DIR or ~/.cache/llmrec)."
     )
@@ -97,7 +107,8 @@ class EmbedderResource(ResourceType):
     async def load(self) -> Embedder:
         c = self.config
         embedder = Embedder(c.model, device=c.device, batch_size=c.batch_size, cache_dir=c.cache_dir,
-                            query_cache=c.query_cache, backend=c.backend)
+                            query_cache=c.query_cache, backend=c.backend,
+                            query_batch=c.query_batch, query_window=c.query_window_ms / 1000)
         return await asyncio.to_thread(embedder.load)
 
 

@@ -159,8 +159,48 @@ def test_a_repeated_query_is_encoded_once_from_a_bounded_lru(tmp_path: Path) -> 
     e.seen.clear()
     e.encode_query("hiking boots")
     assert e.seen == ["hiking boots"]
-    assert e.query_info() == {"hits": 1, "misses": 4, "size": 2, "max": 2}
+    assert e.query_info() == {"hits": 1, "misses": 4, "size": 2, "max": 2, "batches": 4, "mean_batch": 1.0}
     off = FakeEmbedder(cache_dir=tmp_path, query_cache=0)
     off.encode_query("a")
     off.encode_query("a")
     assert off.seen == ["a", "a"] and off.query_info()["max"] == 0
+
+
+def test_concurrent_query_encodes_become_one_model_call_with_each_threads_own_vector(tmp_path: Path) -> None:
+    """Serve's worker threads encode queries at once: those that queue while one encode runs go together."""
+    import threading
+
+    class Slow(FakeEmbedder):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.calls: list[list[str]] = []
+            self.started = threading.Event()
+            self.release = threading.Event()
+
+        def encode(self, texts):
+            self.calls.append(list(texts))
+            self.started.set()
+            self.release.wait(5)
+            return super().encode(texts)
+
+    e = Slow(cache_dir=tmp_path, query_cache=0)
+    alone = FakeEmbedder(cache_dir=tmp_path, query_cache=0)
+    out: dict[str, np.ndarray] = {}
+    first = threading.Thread(target=lambda: out.__setitem__("q0", e.encode_query("q0")))
+    first.start()
+    assert e.started.wait(5)  # q0's encode runs: the next queries queue behind it
+    rest = [threading.Thread(target=lambda q=q: out.__setitem__(q, e.encode_query(q)))
+            for q in ["q1", "q2", "q1", "q3"]]
+    for t in rest:
+        t.start()
+    while len(e._coalescer._queue) < 4:
+        threading.Event().wait(0.001)
+    e.release.set()
+    for t in [first, *rest]:
+        t.join(5)
+    assert e.calls == [["q0"], ["q1", "q2", "q3"]]  # one call for the queue, q1 encoded once for both asking
+    for q in ["q0", "q1", "q2", "q3"]:
+        assert np.array_equal(out[q], alone.encode([q])[0])
+    assert e.query_info()["batches"] == 2 and e.query_info()["mean_batch"] == 2.5
+    single = FakeEmbedder(cache_dir=tmp_path, query_cache=0, query_batch=1)
+    assert single._coalescer is None and np.array_equal(single.encode_query("q1"), out["q1"])

@@ -47,7 +47,7 @@ async def test_query_and_liked_items_retrieve_by_meaning(model: Embedder, demo) 
     await node.warm(catalog=demo.catalog, model=model)
     assert model.stats.embedded + model.stats.cached == N_ITEMS
 
-    found = node.run(catalog=demo.catalog, model=model, query="hiking boots")
+    found = (await node.run(catalog=demo.catalog, model=model, query="hiking boots"))
     categories = [demo.catalog[c.id].category for c in found.items]
     assert found.source == "dense" and len(found.items) == 10
     assert categories[:3] == ["outdoor"] * 3 and categories.count("outdoor") >= 6
@@ -55,13 +55,13 @@ async def test_query_and_liked_items_retrieve_by_meaning(model: Embedder, demo) 
     assert [c.score for c in found.items] == sorted((c.score for c in found.items), reverse=True)
 
     kitchen = [item.id for item in demo.catalog.by_category("kitchen")][:3]
-    liked = node.run(catalog=demo.catalog, model=model, like=kitchen, exclude=kitchen, k=5)
+    liked = (await node.run(catalog=demo.catalog, model=model, like=kitchen, exclude=kitchen, k=5))
     assert not set(liked.ids) & set(kitchen)
     assert [demo.catalog[i].category for i in liked.ids].count("kitchen") >= 4
 
     # a cold start (nothing to search with) and unknown liked ids are empty lists, not errors
-    assert node.run(catalog=demo.catalog, model=model).items == []
-    assert node.run(catalog=demo.catalog, model=model, query="  ", like=["nope"]).items == []
+    assert (await node.run(catalog=demo.catalog, model=model)).items == []
+    assert (await node.run(catalog=demo.catalog, model=model, query="  ", like=["nope"])).items == []
 
 
 async def test_similarity_adds_cosine_without_reordering(model: Embedder, demo) -> None:
@@ -73,6 +73,25 @@ async def test_similarity_adds_cosine_without_reordering(model: Embedder, demo) 
     assert out.ids == cands.ids and out.items[2] == cands.items[2]
     assert out.items[1].sources["cosine"] > out.items[0].sources["cosine"]
     assert out.items[0].sources["x"] == 1.0
+
+
+async def test_concurrent_requests_queries_share_model_calls_and_get_what_one_request_gets(
+        model: Embedder, demo) -> None:
+    """Queries that concurrent requests ask for while one is encoded go to the model together; every request's
+    candidates are exactly those it gets alone."""
+    import asyncio
+
+    node = Dense(DenseConfig(k=10))
+    await node.warm(catalog=demo.catalog, model=model)
+    fresh = Embedder(cache_dir=model.cache_dir, query_cache=0).load()
+    queries = [f"{word} for the weekend {i}" for i, word in enumerate(["boots", "tea", "novels", "lamps"] * 6)]
+    before = fresh.query_info()["batches"]
+    together = await asyncio.gather(*(node.run(catalog=demo.catalog, model=fresh, query=q) for q in queries))
+    info = fresh.query_info()
+    assert info["batches"] - before < len(queries) and info["mean_batch"] > 1
+    alone = Embedder(cache_dir=model.cache_dir, query_cache=0, query_batch=1).load()
+    for q, got in zip(queries, together):
+        assert got == await node.run(catalog=demo.catalog, model=alone, query=q)
 
 
 SPEC = """

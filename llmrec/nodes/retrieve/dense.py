@@ -54,13 +54,19 @@ class _State:
         self.index = index
 
 
+#: an exact index of at most this many vectors is searched on the event loop (well under a millisecond: one
+#: matrix-vector product); larger or on-disk indexes are searched in a worker thread
+INLINE_SEARCH = 10_000
+
+
 class Dense(NodeType):
     """Nearest catalog items to a query text and/or to the mean vector of items a user liked (cosine)."""
 
     name = "retrieve.dense"
     description = "Retrieve the catalog items most similar (cosine) to a query text and/or to liked items' vectors."
     Config = DenseConfig
-    offload = True  # embedding and searching block: run in a worker thread
+    # async: a query's encode waits (without a thread) to share a model call with the queries of concurrent
+    # requests (Embedder.aencode_query); the search runs in a worker thread
 
     def __init__(self, config: DenseConfig) -> None:
         super().__init__(config)
@@ -101,7 +107,7 @@ class Dense(NodeType):
         if catalog is not None and model is not None:
             await asyncio.to_thread(self.state_for, catalog, model)
 
-    def run(
+    async def run(
         self,
         catalog: Catalog,
         model: Embedder,
@@ -115,10 +121,17 @@ class Dense(NodeType):
         has_query = bool(query and query.strip())
         if n == 0 or len(catalog) == 0 or (not has_query and not like):
             return Candidates(source=source)  # nothing to search with: a cold start, not an error
+        asked = await model.aencode_query(query.strip()) if has_query else None  # type: ignore[union-attr]
+        state = self._states.peek((catalog, model))
+        if state is not None and state.index.kind == "exact" and len(state.index) <= INLINE_SEARCH:
+            return self._search(catalog, model, asked, like, exclude, n)  # microseconds: no thread hop
+        return await asyncio.to_thread(self._search, catalog, model, asked, like, exclude, n)
+
+    def _search(self, catalog: Catalog, model: Embedder, asked: np.ndarray | None, like: list[str] | None,
+                exclude: list[str] | None, n: int) -> Candidates:
+        source = self.config.source
         state = self.state_for(catalog, model)
-        parts = []
-        if has_query:
-            parts.append(model.encode_query(query.strip()))  # type: ignore[union-attr]
+        parts = [] if asked is None else [asked]
         liked = mean_of(state.vectors, like)
         if liked is not None:
             parts.append(liked)
