@@ -67,8 +67,12 @@ def _load_bbc_news(root: Path, *, split: str = "none", seed: int = 0, test_fract
         cases.append(EvalCase(id=article.id, inputs={"query": " ".join(texts[index].split()[:query_tokens])},
                               relevant=frozenset(same), exclude=frozenset({article.id})))
     empty = Interactions([])
+    protocol = {"split": f"none: {n_queries} head queries drawn with numpy default_rng({seed}), without "
+                         f"replacement; a query is its article's first {query_tokens} words",
+                "relevance": "every other article of the query article's topic",
+                "candidates": "every article but the query's own"}
     return Dataset(name="bbc-news", catalog=catalog, train=empty, test=empty, test_cases=tuple(cases),
-                   split="none", description=BBC_NEWS.description)
+                   split="none", description=BBC_NEWS.description, extra={"protocol": protocol})
 
 
 _PROFILE_START = 1_700_000_000
@@ -231,7 +235,10 @@ def _load_bbc_profiles(root: Path, *, split: str = "user", seed: int = 0, test_f
                    f"from the planted interests (no LLM judge yet): {what}; relevant = unread articles of the "
                    "reader's interests; users split "
                    f"{round((1 - fraction) * 100)}/{round(fraction * 100)}.")
-    extra: dict[str, Any] = {"interests": planted, "granularity": granularity}
+    extra: dict[str, Any] = {"interests": planted, "granularity": granularity, "protocol": {
+        "split": f"user: a seeded {fraction:.0%} of {n_users} synthetic readers are test users",
+        "relevance": f"unread articles of the reader's planted interests ({what})",
+        "candidates": "every article the reader has not read"}}
     if granularity == "subtopic":
         extra["subtopics"] = groups
     return Dataset(

@@ -24,6 +24,8 @@ class EvalCase:
     declares are passed. ``relevant`` are the ids that count as hits. ``exclude`` are ids that must not count
     (the query article itself, items already seen in training) and are removed from the answer before scoring.
     ``gains`` optionally grades relevance (NDCG uses 1 for every relevant id when absent).
+    ``relevance_fallback`` is True when the dataset's relevance rule found nothing and the case's ``relevant``
+    comes from its fallback rule (MovieLens: no held-out rating >= 4, so every held-out item counts).
     """
 
     id: str
@@ -31,6 +33,7 @@ class EvalCase:
     relevant: frozenset[str]
     exclude: frozenset[str] = frozenset()
     gains: Mapping[str, float] | None = None
+    relevance_fallback: bool = False
 
 
 @dataclass(frozen=True)

@@ -47,12 +47,15 @@ def _split_history(history: list[Interaction], fraction: float) -> tuple[list[In
 def _case(user: str, kept: Iterable[Interaction], held: list[Interaction], relevant_rating: float | None) -> EvalCase:
     held_ids = [it.item_id for it in held]
     relevant = held_ids
+    fallback = False
     if relevant_rating is not None:
         good = [it.item_id for it in held if it.rating is not None and it.rating >= relevant_rating]
         if good:
             relevant = good
+        else:
+            fallback = any(it.rating is not None for it in held)  # rated, none reaches the bar: all held out count
     return EvalCase(id=user, inputs={"user_id": user}, relevant=frozenset(relevant),
-                    exclude=frozenset(it.item_id for it in kept))
+                    exclude=frozenset(it.item_id for it in kept), relevance_fallback=fallback)
 
 
 def split_interactions(
@@ -129,7 +132,28 @@ def make_dataset(
         relevant_rating=relevant_rating,
     )
     return Dataset(name=name, catalog=catalog, train=train, test=test, test_cases=test_cases,
-                   train_cases=train_cases, split=split, description=description)
+                   train_cases=train_cases, split=split, description=description,
+                   extra={"protocol": protocol(split, test_fraction, holdout_fraction, seed, relevant_rating)})
+
+
+def protocol(split: SplitName, test_fraction: float | None, holdout_fraction: float, seed: int,
+             relevant_rating: float | None) -> dict[str, str]:
+    """How the cases were made, in words, for the eval report (split and relevance rule)."""
+    if split in ("temporal", "leave-last"):
+        held = ("each user's last event" if split == "leave-last" else
+                f"each user's last {test_fraction if test_fraction is not None else 0.1:.0%} of events by "
+                "(timestamp, item id), at least one")
+        text = f"{split}: {held} held out; the rest is training"
+    elif split == "user":
+        text = (f"user: a seeded (seed {seed}) {test_fraction if test_fraction is not None else 0.2:.0%} of users "
+                f"are test users; each test user's last {holdout_fraction:.0%} of events held out")
+    else:
+        text = split
+    relevance = ("every held-out item" if relevant_rating is None else
+                 f"held-out items rated >= {relevant_rating:g}; when a user has none, every held-out item "
+                 "(the fallback rule); with no ratings at all (implicit feedback), every held-out item")
+    return {"split": text, "relevance": relevance,
+            "candidates": "every item the user has not interacted with in training (full ranking)"}
 
 
 __all__ = ["SPLITS", "SplitName", "make_dataset", "split_interactions"]

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .report import EvalReport, best_cells
+from .report import EvalReport
 
 #: ranking metrics drawn against k, when present
 CURVE_METRICS = ("precision", "recall", "ndcg", "map", "mrr", "hit_rate")
@@ -53,10 +53,18 @@ def plots(report: EvalReport) -> dict[str, bytes]:
         cols = min(3, len(present))
         rows = math.ceil(len(present) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        styles = ["-", "--", ":", "-."]
+        markers = ["o", "s", "^", "D", "v", "P"]
+        shares = report.fallback_shares()
         for ax, metric in zip(axes.flat, present):
-            for label, r in zip(labels, report.results):
+            for n, (label, r) in enumerate(zip(labels, report.results)):
                 ks = [k for k in report.ks if f"{metric}@{k}" in r.metrics]
-                ax.plot(ks, [r.metrics[f"{metric}@{k}"] for k in ks], marker="o", label=label)
+                # a line style, marker and size per spec, the later ones smaller: two specs with the same
+                # numbers (a spec answering from its fallback, say) stay visible one inside the other
+                name = label if not shares[n] else f"{label} (fallback {shares[n]:.0%})"
+                ax.plot(ks, [r.metrics[f"{metric}@{k}"] for k in ks], linestyle=styles[n % len(styles)],
+                        marker=markers[n % len(markers)], markersize=max(3.0, 8.0 - 1.5 * n), label=name,
+                        alpha=0.5 if shares[n] >= 0.5 else 1.0)
             ax.set_title(f"{metric}@k")
             ax.set_xlabel("k")
             ax.set_xticks(list(report.ks))
@@ -83,16 +91,16 @@ def plots(report: EvalReport) -> dict[str, bytes]:
     return out
 
 
-def _table(labels: list[str], rows: list[tuple[str, list[float | None], bool, str]]) -> str:
-    head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(label)}</th>" for label in labels) + "</tr>"
+def _table(report: EvalReport, rows: list[tuple[str, list[float | None], bool | None, str]]) -> str:
+    head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(h)}</th>" for h in report.headers()) + "</tr>"
     body = []
     for name, values, lower, fmt in rows:
         cells = []
-        for text in best_cells(values, lower, fmt, "\0", "\0"):
+        for text in report.cells(name, values, lower, fmt, "\0", "\0"):
             if text == "n/a":
                 cells.append('<td class="na">n/a</td>')
             elif text.startswith("\0"):
-                cells.append(f'<td class="num best">{html.escape(text.strip(chr(0)))}</td>')
+                cells.append(f'<td class="num best">{html.escape(text.replace(chr(0), ""))}</td>')
             else:
                 cells.append(f'<td class="num">{html.escape(text)}</td>')
         body.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
@@ -107,11 +115,29 @@ def to_html(report: EvalReport, images: dict[str, bytes] | None = None) -> str:
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         "<title>llmrec eval report</title>", f"<style>{_CSS}</style></head><body>",
         "<h1>llmrec eval report</h1>", f'<p class="meta">{html.escape(report.describe())}</p>',
-        "<h2>Metrics</h2>", _table(labels, report.rows()),
     ]
+    protocol = report.protocol_lines()
+    if protocol:
+        parts.append("<h2>Protocol</h2><ul class=\"notes\">" + "".join(f"<li>{html.escape(p)}</li>" for p in protocol)
+                     + "</ul>")
+    parts += ["<h2>Metrics</h2>", "<p class=\"meta\">Each per-case metric: mean [95% bootstrap interval over "
+              "cases]. Usage rows are not ranked; a spec answering mostly from a fallback is not marked best.</p>",
+              _table(report, report.rows())]
+    comps = report.comparisons()
+    if comps:
+        rows = "".join(
+            f"<tr><td>{html.escape(c.metric)}</td><td>{html.escape(c.a)}</td><td>{html.escape(c.b)}</td>"
+            f'<td class="num">{c.diff:+.4f}</td><td class="num">{c.lo:+.4f} to {c.hi:+.4f}</td>'
+            f'<td class="num">{c.p:.4f}</td><td class="num">{c.p_adjusted:.4f}</td>'
+            f'<td{" class=best" if c.significant else ""}>{"yes" if c.significant else "no"}</td></tr>'
+            for c in comps)
+        parts += ["<h2>Paired comparisons</h2>", "<p class=\"meta\">First minus second on the same cases; "
+                  "significant: Holm-adjusted randomization p &lt; 0.05 and the 95% bootstrap interval excludes "
+                  "0.</p>", "<table><tr><th>metric</th><th>first</th><th>second</th><th>difference</th>"
+                  "<th>95% CI</th><th>p</th><th>Holm p</th><th>significant</th></tr>" + rows + "</table>"]
     extra = report.llm_rows()
     if extra:
-        parts += ["<h2>LLM usage, grounding and judge</h2>", _table(labels, extra)]
+        parts += ["<h2>LLM usage, grounding and judge</h2>", _table(report, extra)]
     if images:
         parts.append("<h2>Plots</h2>")
         for caption, png in images.items():

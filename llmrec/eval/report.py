@@ -2,7 +2,11 @@
 
 The table puts metrics in rows and specs in columns, so systems compare side by side; with two or more specs
 the best value of each row is bold (the largest, or the smallest for latency, failures and metrics whose
-lower values are better, such as ``popularity_bias``).
+lower values are better, such as ``popularity_bias``). Each per-case metric carries its 95% bootstrap interval,
+and every pair of specs scored on the same cases gets a paired test per metric (:mod:`llmrec.eval.stats`); the
+report says which differences are significant. Usage rows (LLM calls, tokens, cost) are not ranked, and a spec
+that answered mostly from a fallback is marked as such and left out of the best-value marks: its numbers are the
+fallback's. A protocol section says how the cases were made and what limits the numbers.
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .stats import ALPHA, Paired, holm, paired
+
 #: the order rows appear in; metrics not listed follow, sorted by name
 METRIC_ORDER = (
     "precision", "recall", "ndcg", "map", "mrr", "hit_rate",
     "coverage", "entropy", "entropy_norm", "ild", "novelty", "popularity_bias",
 )
 MAX_FAILURE_MESSAGES = 5
+#: a spec whose share of answers from a fallback reaches this is left out of the best-value marks
+DEGRADED = 0.5
 
 
 @dataclass
@@ -45,6 +53,13 @@ class SpecResult:
     reused: int = 0  # cases taken from an earlier, interrupted run
     store: str | None = None  # the JSONL file of per-case results
     latencies: list[float] = field(default_factory=list)  # per case, ms (plots; not in the JSON)
+    # per case, in the order of ``case_ids`` (not in the JSON): the statistics and the TREC export read them
+    case_ids: list[str] = field(default_factory=list)
+    case_values: dict[str, list[float]] = field(default_factory=dict)  # "ndcg@10" -> one value per case
+    answers: list[list[str]] = field(default_factory=list)  # the answer's top ids, best first
+    qrels: dict[str, dict[str, float]] = field(default_factory=dict)  # case id -> relevant id -> gain
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95% bootstrap interval per metric
+    protocol: dict[str, Any] = field(default_factory=dict)  # how the cases were made and what to watch for
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +72,8 @@ class SpecResult:
             "n_cases": self.n_cases,
             "output": self.output,
             "metrics": {name: _json_number(v) for name, v in self.metrics.items()},
+            "intervals": {name: [_json_number(lo), _json_number(hi)] for name, (lo, hi) in self.intervals.items()},
+            "protocol": _json_clean(self.protocol),
             "latency_ms": {name: round(v, 3) for name, v in self.latency_ms.items()},
             "failures": {"count": self.failures, "first": list(self.failure_messages)},
             "wall_s": round(self.wall_s, 3),
@@ -75,12 +92,105 @@ class EvalReport:
 
     results: list[SpecResult]
     ks: tuple[int, ...]
+    _comparisons: list[Paired] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         results = []
-        for label, r in zip(self.labels(), self.results):
-            results.append({**r.to_dict(), "label": label})
-        return {"ks": list(self.ks), "results": results}
+        for label, r, share in zip(self.labels(), self.results, self.fallback_shares()):
+            results.append({**r.to_dict(), "label": label, "fallback_share": share,
+                            "degraded": share >= DEGRADED})
+        return {"ks": list(self.ks), "results": results,
+                "comparisons": [_json_clean(c.to_dict()) for c in self.comparisons()],
+                "significance": {"alpha": ALPHA, "test": "paired randomization (10,000 sign flips, seed 0), "
+                                 "Holm-adjusted over each metric's pairs; interval: 95% paired bootstrap over "
+                                 "cases (1,000 resamples, seed 0)"}}
+
+    def fallback_shares(self) -> list[float]:
+        """Per spec: the share of its answers that came (at least partly) from a fallback."""
+        return [float(_num(r.llm.get("fallback_rate")) or 0.0) for r in self.results]
+
+    def rankable(self) -> list[bool]:
+        """Per spec: whether its values may be marked best (not mostly a fallback's answers)."""
+        return [share < DEGRADED for share in self.fallback_shares()]
+
+    def headers(self) -> list[str]:
+        """Column headers: the labels, with the fallback share where a spec answered from fallbacks."""
+        return [label if share == 0 else f"{label} [fallback {share:.0%}]"
+                for label, share in zip(self.labels(), self.fallback_shares())]
+
+    def comparisons(self) -> list[Paired]:
+        """Every pair of specs scored on the same cases, for every per-case metric: the paired difference
+        (first minus second, in report order), its interval and p-value, Holm-adjusted over each metric's
+        pairs. Computed once."""
+        if self._comparisons is None:
+            labels = self.labels()
+            out: list[Paired] = []
+            for name in self.metric_names():
+                group = []
+                for i, a in enumerate(self.results):
+                    for j in range(i + 1, len(self.results)):
+                        b = self.results[j]
+                        if (name in a.case_values and name in b.case_values and a.case_ids
+                                and a.case_ids == b.case_ids):
+                            group.append(paired(name, labels[i], a.case_values[name], labels[j], b.case_values[name]))
+                out += holm(group)
+            self._comparisons = out
+        return self._comparisons
+
+    def protocol_lines(self) -> list[str]:
+        """How the cases were made and what limits the numbers, per dataset (and per spec where it differs)."""
+        lines: list[str] = []
+        seen: set[str] = set()
+        labels = self.labels()
+        for r in self.results:
+            p = r.protocol
+            key = f"{r.dataset}/{r.split}"
+            if not p or key in seen:
+                continue
+            seen.add(key)
+            relevance = p.get("relevance", "as the dataset defines")
+            candidates = p.get("candidates", "as the spec retrieves")
+            lines.append(f"{r.dataset}: split {p.get('split', r.split)}; relevant: {relevance}; "
+                         f"candidates: {candidates}")
+            n = p.get("cases", r.n_cases)
+            if p.get("relevance_fallback_cases"):
+                lines.append(f"{r.dataset}: {p['relevance_fallback_cases']} of {n} cases used the fallback "
+                             "relevance rule (nothing passed the main rule)")
+            if p.get("no_relevant_cases"):
+                lines.append(f"{r.dataset}: {p['no_relevant_cases']} of {n} cases have no relevant item; "
+                             f"{p.get('no_relevant_treatment', '')}")
+            if p.get("items_without_training_interactions"):
+                lines.append(f"{r.dataset}: {p['items_without_training_interactions']} of {p.get('items')} "
+                             "catalog items have no training interactions: a spec that learns from interactions "
+                             "alone (CF) cannot recommend them")
+        for label, r in zip(labels, self.results):
+            p = r.protocol
+            for k, short in (p.get("short_answers") or {}).items():
+                if short:
+                    lines.append(f"{label}: k={k} is longer than {short} of its {r.n_cases} answers; their "
+                                 "missing slots count as misses (precision@k falls with k by construction)")
+            cov = p.get("coverage_of_recommendable")
+            if isinstance(cov, float):
+                lines.append(f"{label}: recommended {cov:.1%} of the items that have training interactions "
+                             f"(in its top {max(self.ks)})")
+            zeros = p.get("zero_cases") or {}
+            headline = next((m for m in (f"ndcg@{k}" for k in sorted(self.ks, key=lambda k: (k != 10, k)))
+                             if m in zeros), None)
+            if headline is not None and r.n_cases:
+                lines.append(f"{label}: {zeros[headline]} of {len(r.case_ids) or r.n_cases} cases score 0 on "
+                             f"{headline}")
+        return lines
+
+    def significance_lines(self) -> list[str]:
+        """One line per pair and metric whose difference is significant, then how many were not."""
+        comps = self.comparisons()
+        lines = [f"{c.a} - {c.b}: {c.metric} {c.diff:+.4f} (95% CI {c.lo:+.4f} to {c.hi:+.4f}), p = "
+                 f"{_p(c.p)}, Holm p = {_p(c.p_adjusted)}" for c in comps if c.significant]
+        rest = sum(1 for c in comps if not c.significant)
+        if rest:
+            lines.append(f"{rest} other differences are not significant at {ALPHA:g} (Holm-adjusted, interval "
+                         "containing 0)")
+        return lines
 
     def metric_names(self) -> list[str]:
         """Every metric any spec reported, ordered by :data:`METRIC_ORDER`, then k."""
@@ -96,11 +206,11 @@ class EvalReport:
         return [f"{n} ({r.path})" if names.count(n) > 1 and r.path and r.variant is None else n
                 for n, r in zip(names, self.results)]
 
-    def rows(self) -> list[tuple[str, list[float | None], bool, str]]:
-        """Every row of the comparison as (label, value per spec, lower is better, format): metrics, latency,
-        failures, LLM usage, grounding and judge scores. None where a value does not apply (n/a)."""
+    def rows(self) -> list[tuple[str, list[float | None], bool | None, str]]:
+        """Every row of the comparison as (label, value per spec, lower is better (None: not ranked), format):
+        metrics, latency and failures. None where a value does not apply (n/a)."""
         results = self.results
-        out: list[tuple[str, list[float | None], bool, str]] = []
+        out: list[tuple[str, list[float | None], bool | None, str]] = []
         for name in self.metric_names():
             base = name.split("@", 1)[0]
             lower = any(base in r.lower_is_better for r in results)
@@ -110,22 +220,23 @@ class EvalReport:
         out.append(("failures", [float(r.failures) for r in results], True, ".0f"))
         return out
 
-    def llm_rows(self) -> list[tuple[str, list[float | None], bool, str]]:
+    def llm_rows(self) -> list[tuple[str, list[float | None], bool | None, str]]:
         """LLM usage, grounding and judge rows; empty when no spec has LLM nodes, violations or a judge."""
         results = self.results
-        out: list[tuple[str, list[float | None], bool, str]] = []
+        out: list[tuple[str, list[float | None], bool | None, str]] = []
 
         def llm(key: str) -> list[float | None]:
             return [None if not r.llm.get("llm_nodes") else _num(r.llm.get(key)) for r in results]
 
         if any(r.llm.get("llm_nodes") for r in results):
-            out += [("LLM calls", llm("calls"), True, ".0f"),
-                    ("prompt tokens", llm("prompt_tokens"), True, ".0f"),
-                    ("completion tokens", llm("completion_tokens"), True, ".0f"),
-                    ("cost (USD)", llm("cost"), True, ".4f"),
-                    ("cache hit rate", llm("cache_hit_rate"), False, ".3f")]
+            # usage, not quality: never ranked (0 LLM calls is no achievement when every answer was a fallback's)
+            out += [("LLM calls", llm("calls"), None, ".0f"),
+                    ("prompt tokens", llm("prompt_tokens"), None, ".0f"),
+                    ("completion tokens", llm("completion_tokens"), None, ".0f"),
+                    ("cost (USD)", llm("cost"), None, ".4f"),
+                    ("cache hit rate", llm("cache_hit_rate"), None, ".3f")]
         if any(r.llm.get("fallback_requests") for r in results) or out:
-            out.append(("fallback rate", [_num(r.llm.get("fallback_rate")) for r in results], True, ".3f"))
+            out.append(("fallback rate", [_num(r.llm.get("fallback_rate")) for r in results], None, ".3f"))
         if any(r.grounding.get("items") for r in results):
             for kind, text in (("hallucinated", "hallucinated"), ("duplicate", "duplicates"),
                                ("seen", "already seen")):
@@ -146,7 +257,12 @@ class EvalReport:
         single = len(reasons) == 1 and all(r.judge and not r.judge.get("run") for r in self.results)
         if single:
             lines.append(f"judge not run: {reasons.pop()}")
-        for label, r in zip(self.labels(), self.results):
+        for label, r, share in zip(self.labels(), self.results, self.fallback_shares()):
+            if share:
+                n = r.llm.get("fallback_requests", 0)
+                lines.append(f"{label}: {share:.0%} of its answers ({n} of {r.n_cases}) came from a fallback"
+                             + (": its numbers are the fallback's, not this spec's, and it is left out of the "
+                                "best-value marks" if share >= DEGRADED else ""))
             for w in r.warnings:
                 lines.append(f"warning: {label}: {w}")
             if r.failures:
@@ -169,30 +285,30 @@ class EvalReport:
         datasets = sorted({f"{r.dataset} (split {r.split}, {r.n_cases} cases)" for r in self.results})
         return "; ".join(datasets) + f"; k = {', '.join(map(str, self.ks))}"
 
+    def cells(self, name: str, values: list[float | None], lower: bool | None, fmt: str, start: str,
+              end: str) -> list[str]:
+        """A row's formatted cells: the value, its 95% interval where the metric has one, the best value of
+        the specs that may rank wrapped in ``start``/``end``."""
+        out = best_cells(values, lower, fmt, start, end, self.rankable())
+        for i, r in enumerate(self.results):
+            ci = r.intervals.get(name)
+            if ci is not None and out[i] != "n/a" and not any(math.isnan(x) for x in ci):
+                out[i] += f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
+        return out
+
     def table(self, title: str | None = None) -> Any:
-        """A rich Table: metrics as rows, specs as columns, the best value of each row bold."""
+        """A rich Table: metrics as rows (with intervals), specs as columns, the best value of each row bold."""
+        from rich.markup import escape
         from rich.table import Table
 
-        results = self.results
         table = Table(title=title)
         table.add_column("metric", no_wrap=True)
-        from rich.markup import escape
+        for header in self.headers():
+            table.add_column(escape(header), justify="right", no_wrap=True)
 
-        for label in self.labels():
-            table.add_column(escape(label), justify="right", no_wrap=True)
-        bold = len(results) > 1
-
-        def row(label: str, values: list[float | None], lower: bool, fmt: str) -> None:
-            present = [v for v in values if v is not None and not math.isnan(v)]
-            best = (min(present) if lower else max(present)) if present and bold else None
-            cells = []
-            for v in values:
-                if v is None or math.isnan(v):
-                    cells.append("n/a")
-                    continue
-                text = format(v, fmt)
-                cells.append(f"[bold]{text}[/bold]" if best is not None and v == best else text)
-            table.add_row(label, *cells)
+        def row(label: str, values: list[float | None], lower: bool | None, fmt: str) -> None:
+            table.add_row(escape(label), *(escape(c).replace("\0", "[bold]", 1).replace("\0", "[/bold]", 1)
+                                           for c in self.cells(label, values, lower, fmt, "\0", "\0")))
 
         rows = self.rows()
         for label, values, lower, fmt in rows[:-4]:
@@ -207,27 +323,60 @@ class EvalReport:
                 row(label, values, lower, fmt)
         return table
 
+    def significance_table(self) -> Any:
+        """A rich Table of every paired comparison, or None with fewer than two comparable specs."""
+        from rich.markup import escape
+        from rich.table import Table
+
+        comps = self.comparisons()
+        if not comps:
+            return None
+        table = Table(title="paired differences (first - second), 95% bootstrap CI, randomization p (Holm)")
+        for col in ("metric", "first", "second", "difference", "95% CI", "p", "Holm p", "significant"):
+            table.add_column(col, justify="left" if col in ("metric", "first", "second") else "right")
+        for c in comps:
+            table.add_row(escape(c.metric), escape(c.a), escape(c.b), f"{c.diff:+.4f}",
+                          f"{c.lo:+.4f} to {c.hi:+.4f}", _p(c.p), _p(c.p_adjusted),
+                          "[bold]yes[/bold]" if c.significant else "no")
+        return table
+
     def to_markdown(self, images: dict[str, str] | None = None) -> str:
-        """The comparison as Markdown: what was run, a metrics table (best value of each row bold), the LLM,
-        grounding and judge table, notes; ``images`` (caption -> relative file) are linked below."""
-        labels = self.labels()
+        """The comparison as Markdown: what was run, the protocol, a metrics table (intervals; best value of each
+        row bold), the paired comparisons, the LLM, grounding and judge table, notes; ``images`` (caption ->
+        relative file) are linked below."""
+        headers = self.headers()
         lines = ["# llmrec eval report", "", self.describe(), ""]
 
-        def table(rows: list[tuple[str, list[float | None], bool, str]]) -> None:
-            lines.append("| metric | " + " | ".join(_md(label) for label in labels) + " |")
-            lines.append("|---|" + "---:|" * len(labels))
+        def table(rows: list[tuple[str, list[float | None], bool | None, str]]) -> None:
+            lines.append("| metric | " + " | ".join(_md(h) for h in headers) + " |")
+            lines.append("|---|" + "---:|" * len(headers))
             for label, values, lower, fmt in rows:
-                lines.append(f"| {_md(label)} | " + " | ".join(best_cells(values, lower, fmt, "**", "**")) + " |")
+                lines.append(f"| {_md(label)} | " + " | ".join(self.cells(label, values, lower, fmt, "**", "**"))
+                             + " |")
             lines.append("")
 
-        lines += ["## Metrics", ""]
+        protocol = self.protocol_lines()
+        if protocol:
+            lines += ["## Protocol", ""] + [f"- {_md(p)}" for p in protocol] + [""]
+        lines += ["## Metrics", "", "Each per-case metric: mean [95% bootstrap interval over cases].", ""]
         table(self.rows())
+        comps = self.comparisons()
+        if comps:
+            lines += ["## Paired comparisons", "",
+                      f"First minus second, on the same cases; significant: Holm-adjusted p < {ALPHA:g} and the "
+                      "interval excludes 0.", "",
+                      "| metric | first | second | difference | 95% CI | p | Holm p | significant |",
+                      "|---|---|---|---:|---:|---:|---:|---|"]
+            for c in comps:
+                lines.append(f"| {_md(c.metric)} | {_md(c.a)} | {_md(c.b)} | {c.diff:+.4f} | {c.lo:+.4f} to "
+                             f"{c.hi:+.4f} | {_p(c.p)} | {_p(c.p_adjusted)} | {'**yes**' if c.significant else 'no'} |")
+            lines.append("")
         extra = self.llm_rows()
         if extra:
             lines += ["## LLM usage, grounding and judge", ""]
             table(extra)
         lines += ["## Specs", ""]
-        for label, r in zip(labels, self.results):
+        for label, r in zip(self.labels(), self.results):
             where = f" ({r.path})" if r.path else ""
             lines.append(f"- **{_md(label)}**{_md(where)}: {r.n_cases} cases, output '{r.output}', "
                          f"{r.wall_s:.1f} s" + (f", {r.reused} reused" if r.reused else ""))
@@ -244,7 +393,12 @@ class EvalReport:
 
         console = console or Console()
         console.print(f"llmrec eval: {self.describe()}", markup=False, highlight=False)
+        for line in self.protocol_lines():
+            console.print(f"protocol: {line}", markup=False, highlight=False)
         console.print(self.table())
+        sig = self.significance_table()
+        if sig is not None:
+            console.print(sig)
         for line in self.notes():
             console.print(line, markup=False, highlight=False)
 
@@ -261,18 +415,25 @@ def _json_number(value: float) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def best_cells(values: list[float | None], lower: bool, fmt: str, start: str, end: str) -> list[str]:
-    """Formatted cells, the best of two or more values wrapped in ``start``/``end``; n/a where absent."""
-    present = [v for v in values if v is not None and not math.isnan(v)]
-    best = (min(present) if lower else max(present)) if present and len(values) > 1 else None
+def best_cells(values: list[float | None], lower: bool | None, fmt: str, start: str, end: str,
+               rankable: list[bool] | None = None) -> list[str]:
+    """Formatted cells, the best of two or more values wrapped in ``start``/``end``; n/a where absent. ``lower``
+    None: a row that is not ranked. ``rankable``: which columns may be marked (not a degraded spec's)."""
+    ok = rankable if rankable is not None else [True] * len(values)
+    present = [v for v, r in zip(values, ok) if r and v is not None and not math.isnan(v)]
+    best = (min(present) if lower else max(present)) if present and len(values) > 1 and lower is not None else None
     out = []
-    for v in values:
+    for v, r in zip(values, ok):
         if v is None or math.isnan(v):
             out.append("n/a")
             continue
         text = format(v, fmt)
-        out.append(f"{start}{text}{end}" if best is not None and v == best else text)
+        out.append(f"{start}{text}{end}" if best is not None and r and v == best else text)
     return out
+
+
+def _p(value: float) -> str:
+    return "< 0.0001" if value < 1e-4 else f"{value:.4f}"
 
 
 def _md(text: str) -> str:
@@ -294,4 +455,4 @@ def _json_clean(value: Any) -> Any:
     return value
 
 
-__all__ = ["EvalReport", "METRIC_ORDER", "SpecResult"]
+__all__ = ["DEGRADED", "EvalReport", "METRIC_ORDER", "SpecResult", "best_cells"]

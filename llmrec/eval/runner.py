@@ -39,6 +39,8 @@ from .judge import EvalJudge, summarize_judge
 from .llm_metrics import case_grounding, case_llm, llm_node_ids, summarize_grounding, summarize_llm
 from .metrics import ListContext, higher_is_better, is_list_metric
 from .report import MAX_FAILURE_MESSAGES, EvalReport, SpecResult
+from .stats import interval
+from ..provenance import dataset_digest, spec_provenance
 from .store import CaseStore, cases_digest, fingerprint, slug
 
 SpecLike = str | os.PathLike[str] | Any  # a path, a (path, variant) pair, or an already validated Graph
@@ -444,10 +446,14 @@ async def _evaluate_spec(
     store = None
     reused = 0
     if out is not None:
+        # keyed on what produced the results, so a case computed before a fix, a retrain or a data change is
+        # never reused: the runtime starts first (it may train an artifact on first use, which changes it)
+        await runtime.start()
         fp = fingerprint({"spec": graph.document.data, "variant": target.variant, "dataset": ds.name,
                           "split": ds.split, "cases": cases_digest(cases), "ks": list(ks), "users": users,
                           "output": output, "metrics": sorted(metrics),
-                          "judge": judge.key() if judge is not None else None})
+                          "judge": judge.key() if judge is not None else None,
+                          "provenance": spec_provenance(graph), "data": dataset_digest(ds)})
         store = CaseStore(out / f"{slug(label)}-{fp[:12]}.jsonl",
                           {"fingerprint": fp, "spec": name, "path": path, "variant": target.variant,
                            "dataset": ds.name, "split": ds.split, "ks": list(ks), "users": users})
@@ -559,7 +565,9 @@ async def _evaluate_spec(
             for k in ks:
                 value = fn(lists, k, context)
                 scores[f"{metric_name}@{k}"] = float("nan") if value is None else float(value)
-    failed = [(case, o) for case, o in zip(cases, done) if o.error is not None]
+    scored = [(case, o) for case, o in zip(cases, outcomes) if o is not None]
+    case_values = {key: [(o.metrics or {}).get(key, 0.0) for _, o in scored] for key in sums}
+    failed = [(case, o) for case, o in scored if o.error is not None]
     used_outputs = [o.output for o in done if o.output is not None]
     empty_llm = case_llm(None, llm_nodes)
     return SpecResult(
@@ -584,7 +592,38 @@ async def _evaluate_spec(
         reused=reused,
         store=str(store.path) if store is not None else None,
         latencies=[o.latency_ms for o in done if o.latency_ms is not None],
+        case_ids=[case.id for case, _ in scored],
+        case_values=case_values,
+        answers=[o.ids for _, o in scored],
+        qrels={case.id: dict(case.gains) if case.gains is not None else dict.fromkeys(sorted(case.relevant), 1.0)
+               for case, _ in scored},
+        intervals={key: interval(values) for key, values in case_values.items()},
+        protocol=_protocol(ds, [case for case, _ in scored], [o.ids for _, o in scored], ks, case_values),
     )
+
+
+def _protocol(ds: Dataset, cases: Sequence[EvalCase], answers: Sequence[list[str]], ks: Sequence[int],
+              case_values: Mapping[str, list[float]]) -> dict[str, Any]:
+    """What a reader of the report must know to trust it: how the cases were made (the dataset's own words),
+    how many used the fallback relevance rule or have nothing relevant, cutoffs longer than the answers, items
+    no spec trained on the interactions can recommend, and how many cases score 0."""
+    out: dict[str, Any] = dict(ds.extra.get("protocol") or {"split": ds.split})
+    n = len(cases)
+    out["cases"] = n
+    out["relevance_fallback_cases"] = sum(1 for c in cases if c.relevance_fallback)
+    out["no_relevant_cases"] = sum(1 for c in cases if not c.relevant)
+    out["no_relevant_treatment"] = ("kept in every mean: they score 0 on precision, recall and NDCG, so no spec "
+                                    "can reach 1.0")
+    out["short_answers"] = {str(k): sum(1 for ids in answers if len(ids) < k) for k in ks}
+    if len(ds.train):
+        trained = set(ds.train.popularity())
+        catalog = set(ds.catalog.ids)
+        recommended = {i for ids in answers for i in ids[:max(ks)]}
+        out["items"] = len(catalog)
+        out["items_without_training_interactions"] = len(catalog - trained)
+        out["coverage_of_recommendable"] = (len(recommended & trained) / len(trained)) if trained else None
+    out["zero_cases"] = {key: sum(1 for v in values if v == 0.0) for key, values in case_values.items()}
+    return out
 
 
 __all__ = ["EvalError", "EvalInterrupted", "aevaluate", "answer_ids", "dataset_resources", "evaluate", "parse_ks"]
