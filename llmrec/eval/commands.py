@@ -4,6 +4,7 @@
     llmrec eval specs/a.yaml --users 50 --json -          # JSON on stdout instead of the table
     llmrec eval specs/a.yaml --variants fast,big --report reports/a   # variants; report.md + report.html
     llmrec eval specs/llm.yaml --judge-model openai/gpt-4o-mini        # LLM-as-judge scores too
+    llmrec eval specs/a.yaml specs/b.yaml --trec runs/trec             # TREC run + qrels files (ranx, trec_eval)
 
 Per-case results go to ``--out`` (default ``runs/eval/<dataset>-<hash>/``) as they complete: the same command
 run again resumes where it stopped (``--fresh`` starts over).
@@ -27,6 +28,7 @@ from .judge import MODEL_ENV, load_rubric
 from .metrics import LIST_METRICS, RANKING_METRICS
 from .runner import EvalInterrupted, evaluate, parse_ks
 from .store import fingerprint, slug
+from .trec import TrecError, check_folder, write_trec
 
 if TYPE_CHECKING:
     from ..registry import Registry
@@ -100,6 +102,9 @@ def eval_command(
     no_judge: Annotated[bool, typer_option("--no-judge", help="Do not run the judge even if a model is set.")] = False,
     report_dir: Annotated[Optional[Path], typer_option(
         "--report", help="Write report.json, report.md (+ plots) and a self-contained report.html here.")] = None,
+    trec_dir: Annotated[Optional[Path], typer_option(
+        "--trec", help="Also write a TREC run file per spec and the qrels to this folder, for ranx or trec_eval "
+                       "(docs/evaluation.md, 'TREC export').")] = None,
     out: Annotated[Optional[Path], typer_option(
         "--out", help="Folder of per-case results, resumed when run again (default: runs/eval/<dataset>-<hash>).")] = None,
     fresh: Annotated[bool, typer_option("--fresh", help="Discard stored case results and start over.")] = False,
@@ -122,7 +127,7 @@ def eval_command(
 
     import typer
 
-    from ..commands import EXIT_INTERRUPTED, Exit, load_graph  # lazy: typer, once a command runs
+    from ..commands import EXIT_FAILED, EXIT_INTERRUPTED, Exit, load_graph  # lazy: typer, once a command runs
     from ..commands import out as _out
     from ..commands import say as _err
 
@@ -134,6 +139,11 @@ def eval_command(
     if dataset is None and (split is not None or seed is not None):
         raise typer.BadParameter("applies to --dataset only; a spec's own dataset resource sets its split and "
                                  "seed in its config", param_hint="'--split' / '--seed'")
+    if trec_dir is not None:
+        try:
+            check_folder(trec_dir)
+        except TrecError as exc:
+            raise typer.BadParameter(str(exc), param_hint="'--trec'") from None
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None
     graphs = [load_graph(spec, trust) for spec in specs]  # every spec valid before anything runs
     wanted = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
@@ -199,16 +209,26 @@ def eval_command(
     if report_dir is not None:
         files = write_reports(report, report_dir)
         _err(f"report written: {files['markdown']}, {files['html']}")
+    trec_failed = None  # the report still prints; the command then fails
+    if trec_dir is not None:
+        try:
+            written = write_trec(report, trec_dir)
+            _err(f"TREC files written to {trec_dir}: {', '.join(p.name for p in written)}")
+        except (TrecError, OSError) as exc:
+            trec_failed = f"error: TREC files not written to {trec_dir}: {exc}"
     if json_path == "-":
         _out(text)
-        return
-    if json_path is not None:
-        target = Path(json_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text + "\n", encoding="utf-8")
-    from rich.console import Console
+    else:
+        if json_path is not None:
+            target = Path(json_path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text + "\n", encoding="utf-8")
+        from rich.console import Console
 
-    report.render(Console(width=max(100, Console().width)))
+        report.render(Console(width=max(100, Console().width)))
+    if trec_failed is not None:
+        _err(trec_failed)
+        raise Exit(EXIT_FAILED)
 
 
 def typer_argument(help: str) -> Any:
