@@ -229,6 +229,10 @@ def eval_command(
     if trec_failed is not None:
         _err(trec_failed)
         raise Exit(EXIT_FAILED)
+    not_run = [r.label or r.spec for r in report.results if r.not_run is not None]
+    if not_run:  # the others' numbers are printed above; the command still fails, so a script notices
+        _err(f"error: not evaluated: {', '.join(not_run)} (why: the notes above)")
+        raise Exit(EXIT_FAILED)
 
 
 def typer_argument(help: str) -> Any:

@@ -60,6 +60,7 @@ class SpecResult:
     qrels: dict[str, dict[str, float]] = field(default_factory=dict)  # case id -> relevant id -> gain
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95% bootstrap interval per metric
     protocol: dict[str, Any] = field(default_factory=dict)  # how the cases were made and what to watch for
+    not_run: str | None = None  # why this column was not evaluated (its runtime could not start)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +84,7 @@ class SpecResult:
             "judge": _json_clean(self.judge),
             "reused_cases": self.reused,
             "cases_file": self.store,
+            "not_run": self.not_run,
         }
 
 
@@ -111,12 +113,13 @@ class EvalReport:
 
     def rankable(self) -> list[bool]:
         """Per spec: whether its values may be marked best (not mostly a fallback's answers)."""
-        return [share < DEGRADED for share in self.fallback_shares()]
+        return [share < DEGRADED and r.not_run is None for share, r in zip(self.fallback_shares(), self.results)]
 
     def headers(self) -> list[str]:
         """Column headers: the labels, with the fallback share where a spec answered from fallbacks."""
-        return [label if share == 0 else f"{label} [fallback {share:.0%}]"
-                for label, share in zip(self.labels(), self.fallback_shares())]
+        return [f"{label} [not run]" if r.not_run is not None else
+                label if share == 0 else f"{label} [fallback {share:.0%}]"
+                for label, share, r in zip(self.labels(), self.fallback_shares(), self.results)]
 
     def comparisons(self) -> list[Paired]:
         """Every pair of specs scored on the same cases, for every per-case metric: the paired difference
@@ -253,11 +256,15 @@ class EvalReport:
     def notes(self) -> list[str]:
         """One-line notes for every spec: warnings, failures, resumed cases, fallbacks by node, the judge."""
         lines = []
-        reasons = {r.judge.get("reason") for r in self.results if r.judge and not r.judge.get("run")}
-        single = len(reasons) == 1 and all(r.judge and not r.judge.get("run") for r in self.results)
+        ran = [r for r in self.results if r.not_run is None]
+        reasons = {r.judge.get("reason") for r in ran if r.judge and not r.judge.get("run")}
+        single = len(reasons) == 1 and all(r.judge and not r.judge.get("run") for r in ran)
         if single:
             lines.append(f"judge not run: {reasons.pop()}")
         for label, r, share in zip(self.labels(), self.results, self.fallback_shares()):
+            if r.not_run is not None:
+                lines.append(f"{label}: not evaluated: {r.not_run}")
+                continue
             if share:
                 n = r.llm.get("fallback_requests", 0)
                 lines.append(f"{label}: {share:.0%} of its answers ({n} of {r.n_cases}) came from a fallback"
@@ -282,7 +289,8 @@ class EvalReport:
 
     def describe(self) -> str:
         """What was evaluated, in one line: datasets, splits, case counts and cutoffs."""
-        datasets = sorted({f"{r.dataset} (split {r.split}, {r.n_cases} cases)" for r in self.results})
+        datasets = sorted({f"{r.dataset} (split {r.split}, {r.n_cases} cases)" for r in self.results
+                           if r.not_run is None})
         return "; ".join(datasets) + f"; k = {', '.join(map(str, self.ks))}"
 
     def cells(self, name: str, values: list[float | None], lower: bool | None, fmt: str, start: str,

@@ -294,12 +294,22 @@ async def aevaluate(
         handle = open(results_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
     try:
         for target in targets:
-            results.append(await _evaluate_spec(
-                target, dataset, loaded, ks=ks, users=users, concurrency=concurrency, output=output,
-                show_progress=progress, handle=handle, metric_names=metrics, item_vectors=item_vectors, judge=evaluator,
-                judge_reason=judge_reason, out=Path(out) if out is not None else None, fresh=fresh, log=log,
-                resources=resources, stores=stores,
-            ))
+            try:
+                results.append(await _evaluate_spec(
+                    target, dataset, loaded, ks=ks, users=users, concurrency=concurrency, output=output,
+                    show_progress=progress, handle=handle, metric_names=metrics, item_vectors=item_vectors,
+                    judge=evaluator, judge_reason=judge_reason, out=Path(out) if out is not None else None,
+                    fresh=fresh, log=log, resources=resources, stores=stores,
+                ))
+            except (EvalError, SpecErrors):
+                raise  # the evaluation as asked cannot run: nothing is compared
+            except LlmrecError as exc:  # this column cannot start (a model that is not there): the others run
+                if log is not None:
+                    log(f"{target.label}: not evaluated: {exc}")
+                results.append(SpecResult(
+                    spec=target.graph.name, path=target.path, dataset=dataset.name if dataset is not None else "",
+                    split=dataset.split if dataset is not None else "", n_cases=0, metrics={}, latency_ms={},
+                    variant=target.variant, label=target.label, not_run=str(exc)))
     finally:
         if handle is not None:
             handle.close()
@@ -448,7 +458,11 @@ async def _evaluate_spec(
     if out is not None:
         # keyed on what produced the results, so a case computed before a fix, a retrain or a data change is
         # never reused: the runtime starts first (it may train an artifact on first use, which changes it)
-        await runtime.start()
+        try:
+            await runtime.start()
+        except BaseException:
+            await runtime.close()
+            raise
         fp = fingerprint({"spec": graph.document.data, "variant": target.variant, "dataset": ds.name,
                           "split": ds.split, "cases": cases_digest(cases), "ks": list(ks), "users": users,
                           "output": output, "metrics": sorted(metrics),

@@ -236,3 +236,24 @@ def test_the_resume_store_is_keyed_on_what_produced_the_results(specs: dict[str,
     fewer = dataclasses.replace(demo, train=type(demo.train)(list(demo.train)[:-50]))
     assert fewer.test_cases == demo.test_cases
     assert reused(fewer) == 0  # other training data; the same name, split and test cases
+
+
+def test_a_column_that_cannot_start_is_reported_not_run_and_the_others_are_evaluated(
+        specs: dict[str, Path], demo: Dataset, tmp_path: Path) -> None:
+    """A variant whose model is not there (a fine-tuned folder not made yet) must not throw away the rest."""
+    folder = specs["personal"].parent
+    missing = folder / "needs_model.yaml"
+    ask = '  ask:\n    type: core.identity\n    inputs: {value: "${resources.lm}"}\n'
+    text = specs["personal"].read_text(encoding="utf-8").replace("name: personal", "name: needs-model")
+    text = text.replace("resources:\n", "resources:\n  lm: {type: llm, config: {model: ./no-such-model}}\n")
+    missing.write_text(text.replace("  result:\n", ask + "  result:\n"), encoding="utf-8")
+    report = evaluate([specs["popular"], missing, specs["personal"]], demo, ks=(10,), users=15, progress=False)
+    popular, broken, personal = report.results
+    assert broken.not_run is not None and "no-such-model" in broken.not_run
+    assert popular.n_cases == personal.n_cases == 15 and broken.n_cases == 0
+    assert report.headers()[1] == "needs-model [not run]" and report.rankable() == [True, False, True]
+    assert any(n.startswith("needs-model: not evaluated:") for n in report.notes())
+    assert {(c.a, c.b) for c in report.comparisons()} == {("popular", "personal")}
+    assert "0 cases" not in report.describe()
+    assert report.to_dict()["results"][1]["not_run"] == broken.not_run
+    assert sum("judge not run" in n for n in report.notes()) == 1  # one line for every column, as before
