@@ -155,3 +155,19 @@ def test_a_pooling_module_outside_the_model_folder_is_not_read(minilm, tmp_path)
     modules[1]["path"] = "../../elsewhere"
     (folder / "modules.json").write_text(json.dumps(modules))
     assert Pipeline(folder).reason == "its pooling module lies outside the model folder"
+
+
+def test_queries_on_one_thread_and_catalogs_on_all_give_the_same_vectors(minilm, tmp_path, monkeypatch) -> None:
+    """A query (SMALL texts or fewer) runs on a one-thread session, a catalog on a session with every thread;
+    a text's vector is the same from either."""
+    from llmrec import encoders
+
+    monkeypatch.setenv("LLMREC_THREADS", "2")
+    onnx = Embedder(backend="onnx", batch_size=16, cache_dir=tmp_path).load()
+    model = onnx._model
+    texts = [f"{t} {i}" for i in range(encoders.SMALL // len(TEXTS) + 2) for t in TEXTS]
+    assert len(texts) > encoders.SMALL and model._wide is None
+    wide = onnx.encode(texts)
+    assert model._wide is not None and model._wide is not model.session
+    narrow = np.stack([onnx.encode([t])[0] for t in texts])
+    assert np.abs(wide - narrow).max() <= ONNX_TOLERANCE

@@ -368,3 +368,42 @@ def test_meta_json_naming_a_file_outside_the_artifact_is_corrupt(tmp_path, examp
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="not a plain file name"):
         _start(LambdaMART(cfg))
+
+
+NATIVE_VS_RANKER = """
+import numpy as np, lightgbm
+from llmrec.nodes.rank.lambdamart import LambdaMARTConfig, lambdarank_params
+rng = np.random.default_rng(0)
+x = rng.normal(size=(600, 6))
+y = (x[:, 0] + 0.5 * rng.normal(size=600) > 0.8).astype(np.int32)
+groups = [30] * 20
+cfg = LambdaMARTConfig(model_path="unused", n_estimators=40, seed=3)
+native = lightgbm.train(lambdarank_params(cfg), lightgbm.Dataset(x, y, group=groups), num_boost_round=40)
+ranker = lightgbm.LGBMRanker(
+    objective="lambdarank", n_estimators=cfg.n_estimators, learning_rate=cfg.learning_rate,
+    num_leaves=cfg.num_leaves, min_child_samples=cfg.min_data_in_leaf, random_state=cfg.seed,
+    n_jobs=1, deterministic=True, force_row_wise=True, verbose=-1,
+).fit(x, y, group=groups)
+assert np.array_equal(native.predict(x), ranker.predict(x))
+print("same")
+"""
+
+
+def test_native_training_is_the_model_lgbmranker_would_train():
+    """lightgbm.train with lambdarank_params predicts exactly what LGBMRanker(objective="lambdarank") does (in a
+    fresh process: this one may have loaded lightgbm without its scikit-learn estimators)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", NATIVE_VS_RANKER], capture_output=True, text=True)
+    assert out.stdout.strip() == "same", out.stderr
+
+
+def test_lightgbm_loads_without_importing_scikit_learn():
+    import subprocess
+    import sys
+
+    code = ("import sys; from llmrec.nodes.rank.lambdamart import import_lightgbm; lgb = import_lightgbm(); "
+            "print('sklearn' in sys.modules, hasattr(lgb, 'Booster')); import sklearn; print(sklearn.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "sklearn"]  # hidden while lightgbm loads, importable afterwards

@@ -216,7 +216,7 @@ class Blend(NodeType):
                     for key, value in item.sources.items():
                         merged.setdefault(key, value)
                     merged.setdefault(name, item.score)
-        return Candidates(items=[ScoredItem(id=ids[o], score=round(float(scores[o]), 8), sources=sources[ids[o]])
+        return Candidates(items=[ScoredItem.trusted(ids[o], round(float(scores[o]), 8), sources[ids[o]])
                                  for o in order], source=cfg.source)
 
 

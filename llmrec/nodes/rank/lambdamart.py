@@ -2,10 +2,11 @@
 
 The node is *trainable* (see :mod:`llmrec.training`): ``llmrec train SPEC`` collects the node's inputs for every
 training case of the spec's dataset, builds one feature row per (user, candidate), labels it 1 when the candidate
-is one of the case's relevant ids, and fits ``lightgbm.LGBMRanker(objective="lambdarank")`` with one query group
-per case. The artifact (``model.txt`` + ``meta.json`` with the feature list and its order) lives under
-``model_path``; ``llmrec validate`` warns while it is missing or stale, and the spec refuses to run without it
-unless ``train_on_first_use`` is set.
+is one of the case's relevant ids, and fits a LambdaMART model (``objective="lambdarank"`` with the parameters
+``lightgbm.LGBMRanker`` would pass, through the native ``lightgbm.train``, which needs no scikit-learn: see
+:func:`import_lightgbm`) with one query group per case. The artifact (``model.txt`` + ``meta.json`` with the
+feature list and its order) lives under ``model_path``; ``llmrec validate`` warns while it is missing or stale,
+and the spec refuses to run without it unless ``train_on_first_use`` is set.
 
 Features (:data:`BASE_FEATURES`, plus three per retriever source seen in training):
 
@@ -39,8 +40,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import random
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +62,40 @@ from ..common import PerObjects, as_candidates, count_or
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightgbm
+
+
+def import_lightgbm() -> Any:
+    """``import lightgbm`` without importing scikit-learn (issue 13: 1.3 of the quickstart's 3.3 s cold start).
+
+    lightgbm imports scikit-learn (and through it scipy.stats) whenever it is installed, for its optional
+    ``lightgbm.sklearn`` estimators; this node uses only ``Booster`` and ``lightgbm.train``. So when neither
+    lightgbm nor scikit-learn is loaded yet, lightgbm is imported with scikit-learn hidden, and scikit-learn
+    stays importable afterwards for everyone else. The one cost: in that process ``lightgbm.LGBMRanker`` and the
+    other scikit-learn estimators say scikit-learn is missing; ``LLMREC_LIGHTGBM_SKLEARN=1`` (or importing
+    scikit-learn or lightgbm first) keeps them.
+    """
+    if "lightgbm" in sys.modules or "sklearn" in sys.modules or os.environ.get("LLMREC_LIGHTGBM_SKLEARN") == "1":
+        import lightgbm
+        return lightgbm
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # `import sklearn` raises ImportError meanwhile
+    try:
+        import lightgbm
+    finally:
+        if sys.modules.get("sklearn", 0) is None:
+            del sys.modules["sklearn"]
+    return lightgbm
+
+
+def lambdarank_params(config: Any) -> dict[str, Any]:
+    """The parameters ``lightgbm.LGBMRanker(objective="lambdarank", ...)`` passes to ``lightgbm.train`` for this
+    node's settings (LightGBM 4's scikit-learn defaults spelled out), so the native API trains the same model."""
+    return {
+        "objective": "lambdarank", "boosting_type": "gbdt", "num_leaves": config.num_leaves, "max_depth": -1,
+        "learning_rate": config.learning_rate, "subsample_for_bin": 200000, "min_split_gain": 0.0,
+        "min_child_weight": 1e-3, "min_child_samples": config.min_data_in_leaf, "subsample": 1.0,
+        "subsample_freq": 0, "colsample_bytree": 1.0, "reg_alpha": 0.0, "reg_lambda": 0.0,
+        "random_state": config.seed, "n_jobs": 1, "deterministic": True, "force_row_wise": True, "verbose": -1,
+    }
 
 BASE_FEATURES: tuple[str, ...] = (
     "rank", "reciprocal_rank", "input_score", "input_score_gap",
@@ -387,7 +424,7 @@ class LambdaMART(NodeType):
 
     def load(self, artifact: Artifact, node_id: str | None = None) -> None:
         """Load a verified artifact (model.txt + meta.json)."""
-        import lightgbm
+        lightgbm = import_lightgbm()
 
         hint = "Retrain it with `llmrec train SPEC --force`."
         features = artifact.meta.get("features")
@@ -447,7 +484,7 @@ class LambdaMART(NodeType):
         for i in order:
             c = cands.items[i]
             score = round(float(scores[i]), 6)
-            items.append(ScoredItem(id=c.id, score=score, sources={**c.sources, source: score}))
+            items.append(ScoredItem.trusted(c.id, score, {**c.sources, source: score}))
         return Candidates(items=items, source=source)
 
     # -- training --------------------------------------------------------------------------------------------
@@ -458,7 +495,7 @@ class LambdaMART(NodeType):
     @classmethod
     def fit(cls, config: LambdaMARTConfig, ctx: TrainContext) -> TrainOutput:
         """Train on the collected examples (one query group per case); writes model.txt into the staging folder."""
-        import lightgbm
+        lightgbm = import_lightgbm()
 
         examples, node_id = ctx.examples, ctx.name
         features = list(config.features) if config.features else default_features(examples)
@@ -488,14 +525,9 @@ class LambdaMART(NodeType):
                          + json.dumps([g[0].case_id for g in groups]).encode(), 16)
 
         def train(part: list[Any]) -> Any:
-            ranker = lightgbm.LGBMRanker(
-                objective="lambdarank", n_estimators=config.n_estimators, learning_rate=config.learning_rate,
-                num_leaves=config.num_leaves, min_child_samples=config.min_data_in_leaf, random_state=config.seed,
-                n_jobs=1, deterministic=True, force_row_wise=True, verbose=-1,
-            )
-            ranker.fit(np.vstack([g[2] for g in part]), np.concatenate([g[3] for g in part]),
-                       group=[len(g[3]) for g in part])
-            return ranker.booster_
+            data = lightgbm.Dataset(np.vstack([g[2] for g in part]), np.concatenate([g[3] for g in part]),
+                                    group=[len(g[3]) for g in part])
+            return lightgbm.train(lambdarank_params(config), data, num_boost_round=config.n_estimators)
 
         metrics: dict[str, float] = {}
         order = sorted(range(len(groups)), key=lambda i: groups[i][0].case_id)
@@ -536,4 +568,5 @@ NODE_TYPES: tuple[type[NodeType], ...] = (LambdaMART,)
 
 
 __all__ = ["BASE_FEATURES", "EMBEDDING_FEATURES", "Featurizer", "LambdaMART", "LambdaMARTConfig", "default_features",
+           "import_lightgbm", "lambdarank_params",
            "training_config", "uses_model"]

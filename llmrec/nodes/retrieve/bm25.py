@@ -85,7 +85,7 @@ class BM25(NodeType):
         items = []
         for i in order.tolist():
             score = round(float(scores[i]), 6)
-            items.append(ScoredItem(id=index.ids[i], score=score, sources={source: score}))
+            items.append(ScoredItem.trusted(index.ids[i], score, {source: score}))
         return Candidates(items=items, source=source)
 
 

@@ -449,7 +449,7 @@ class _Retriever(NodeType):
         items = []
         for j in picked.tolist():
             score = round(float(scores[j]), 6)
-            items.append(ScoredItem(id=matrix.items[j], score=score, sources={source: score}))
+            items.append(ScoredItem.trusted(matrix.items[j], score, {source: score}))
         return Candidates(items=items, source=source)
 
 

@@ -142,7 +142,7 @@ class Dense(NodeType):
         items = []
         for item_id, score in zip(ids, scores.tolist()):
             score = round(float(score), 6)
-            items.append(ScoredItem(id=item_id, score=score, sources={source: score}))
+            items.append(ScoredItem.trusted(item_id, score, {source: score}))
         return Candidates(items=items, source=source)
 
 

@@ -71,7 +71,7 @@ class Fuse(NodeType):
         order = sorted(fused, key=lambda item_id: (-fused[item_id], best[item_id]))[: cfg.k]
         return Candidates(
             items=[
-                ScoredItem(id=item_id, score=round(fused[item_id], 8), sources=sources[item_id]) for item_id in order
+                ScoredItem.trusted(item_id, round(fused[item_id], 8), sources[item_id]) for item_id in order
             ],
             source=cfg.source,
         )

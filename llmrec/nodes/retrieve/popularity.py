@@ -42,7 +42,7 @@ class Popular(NodeType):
     def _rank(self, interactions: Interactions) -> list[ScoredItem]:
         source = self.config.source
         return [
-            ScoredItem(id=item_id, score=score, sources={source: score})
+            ScoredItem.trusted(item_id, score, {source: score})
             for item_id, score in _normalised_popularity(interactions).items()
         ]
 
@@ -118,7 +118,7 @@ class CategoryAffinity(NodeType):
         items = []
         for score, _, item_id in scored[:n]:
             score = round(score, 6)
-            items.append(ScoredItem(id=item_id, score=score, sources={source: score}))
+            items.append(ScoredItem.trusted(item_id, score, {source: score}))
         return Candidates(items=items, source=source)
 
 
