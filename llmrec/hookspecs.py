@@ -94,6 +94,15 @@ def llmrec_register_session_stores(register: Callable[[str, Callable[..., Any]],
 
 
 @hookspec
+def llmrec_register_log_stores(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register serving log stores (impressions and feedback, docs/serving.md): ``register(name, factory)``;
+    ``factory(location, **options)`` returns a :class:`llmrec.serve.logs.LogStore`: ``append_impressions(records)``,
+    ``append_feedback(records)`` (called from one writer thread, in batches), ``impressions()`` and
+    ``feedback()`` (iterators of the records back, oldest first) and ``close()``. ``llmrec serve --log-store
+    NAME:LOCATION`` picks one. Called once per registry build; not firstresult."""
+
+
+@hookspec
 def llmrec_register_template_filters(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """Register Jinja filters available to every template: ``register(name, fn)``."""
 

@@ -198,6 +198,7 @@ def _build(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registry:
     _call_register_hook(
         pm, infos, "llmrec_register_session_stores", lambda info, n, v: reg.session_stores.add(n, v, info)
     )
+    _call_register_hook(pm, infos, "llmrec_register_log_stores", lambda info, n, v: reg.log_stores.add(n, v, info))
     _call_register_hook(pm, infos, "llmrec_register_datasets", lambda info, d: reg.add_dataset(d, info))
 
     def add_filter(info: PluginInfo, name: str, fn: Any) -> None:

@@ -126,6 +126,7 @@ class Registry:
     metrics: Table[Callable[..., float]] = field(default_factory=lambda: Table("metric"))
     cache_backends: Table[Callable[..., Any]] = field(default_factory=lambda: Table("cache backend"))
     session_stores: Table[Callable[..., Any]] = field(default_factory=lambda: Table("session store"))
+    log_stores: Table[Callable[..., Any]] = field(default_factory=lambda: Table("log store"))
     template_filters: dict[str, Callable[..., Any]] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     hook: Any = None  # pluggy hook relay, for lifecycle hooks
@@ -188,7 +189,8 @@ class Registry:
         """What one plugin registered, by kind."""
         out: dict[str, list[str]] = {}
         tables: tuple[Table[Any], ...] = (self.node_types, self.resource_types, self.providers, self.metrics,
-                                          self.cache_backends, self.session_stores, self.datasets)
+                                          self.cache_backends, self.session_stores, self.log_stores,
+                                          self.datasets)
         for table in tables:
             names = [e.name for e in table.entries.values() if e.plugin.name == plugin_name]
             if names:

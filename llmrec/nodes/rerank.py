@@ -7,7 +7,9 @@
 - ``rerank.dedupe``: drop repeated ids and, optionally, repeated (normalised) titles;
 - ``rerank.constraints``: keep only items in a price range, with given attribute values, not excluded;
 - ``rerank.filter_seen``: drop the items the user has already seen;
-- ``rerank.diversify``: cap how many items of one category the top of the list holds.
+- ``rerank.diversify``: cap how many items of one category the top of the list holds;
+- ``rerank.explore``: a stochastic ranking (Plackett-Luce or epsilon-greedy) that reports each item's propensity,
+  so that logged answers can be evaluated off-policy.
 
 Item fields are
 ``id``, ``title``, ``description``, ``category`` and ``price``; any other name (or ``attributes.NAME``) is an
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -28,7 +31,7 @@ from pydantic import ConfigDict, Field, model_validator
 from ..data import Catalog, Item
 from ..embed import Embedder
 from ..hookspecs import hookimpl
-from ..node import CheckContext, NoConfig, NodeType, Problem
+from ..node import CheckContext, NoConfig, NodeType, Problem, RunContext
 from ..types import Candidates, ScoredItem, UserProfile
 from .common import PerObjects, as_candidates, count_or
 
@@ -541,7 +544,117 @@ class Diversify(NodeType):
         return cands.model_copy(update={"items": picked})
 
 
-NODE_TYPES: tuple[type[NodeType], ...] = (MMR, Quota, Rules, Dedupe, Constraints, FilterSeen, Diversify)
+# -- exploration ---------------------------------------------------------------------------------------------------
+
+ExploreMethod = Literal["plackett_luce", "epsilon_greedy"]
+
+
+def position_probabilities(scores: np.ndarray, remaining: np.ndarray, method: ExploreMethod, *,
+                           temperature: float = 1.0, epsilon: float = 0.1) -> np.ndarray:
+    """The probability of each item being placed next, given which items are still ``remaining`` (a bool mask;
+    placed items get 0). Plackett-Luce: proportional to ``exp(score / temperature)``; epsilon-greedy: the first
+    remaining item in input order gets ``1 - epsilon + epsilon / m`` and every other ``epsilon / m`` (m
+    remaining). The probabilities of the remaining items sum to 1."""
+    probs = np.zeros(len(scores), dtype=np.float64)
+    idx = np.flatnonzero(remaining)
+    if idx.size == 0:
+        return probs
+    if method == "plackett_luce":
+        z = np.nan_to_num(scores[idx].astype(np.float64), nan=-np.inf) / temperature
+        top = z.max()
+        if not np.isfinite(top):  # every score -inf or NaN: uniform
+            w = np.ones(idx.size)
+        else:
+            w = np.exp(z - top)
+        probs[idx] = w / w.sum()
+    else:
+        probs[idx] = epsilon / idx.size
+        probs[idx[0]] += 1.0 - epsilon
+    return probs
+
+
+def explore_draw(scores: Sequence[float], n: int, method: ExploreMethod, rng: np.random.Generator, *,
+                 temperature: float = 1.0, epsilon: float = 0.1) -> tuple[list[int], list[float]]:
+    """Draw ``n`` positions without replacement: the indices chosen, best position first, and the propensity of
+    each (its probability at that position given the items above it, so their product is the probability of
+    the whole list)."""
+    values = np.asarray(scores, dtype=np.float64)
+    remaining = np.ones(len(values), dtype=bool)
+    order: list[int] = []
+    props: list[float] = []
+    for _ in range(min(n, len(values))):
+        probs = position_probabilities(values, remaining, method, temperature=temperature, epsilon=epsilon)
+        cum = np.cumsum(probs)  # inverse CDF: the first item whose cumulative probability passes u (never a 0)
+        pick = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+        order.append(pick)
+        props.append(float(probs[pick]))
+        remaining[pick] = False
+    return order, props
+
+
+class ExploreConfig(NoConfig):
+    method: ExploreMethod = Field(
+        "plackett_luce", description="'plackett_luce': each position drawn with probability proportional to "
+                                     "exp(score / temperature); 'epsilon_greedy': the next item in input order, or "
+                                     "with probability epsilon a uniformly random remaining one.")
+    temperature: float = Field(1.0, gt=0.0, description="Plackett-Luce: higher is more random.")
+    epsilon: float = Field(0.1, ge=0.0, le=1.0, description="Epsilon-greedy: the share of random picks.")
+    k: int = Field(10, ge=1, description="How many items to draw, unless the 'k' input says otherwise.")
+    seed: int | None = Field(
+        None, ge=0, description="With a seed, a request's draw depends only on the seed and the request's run id (the "
+                          "server's X-Request-Id), so a logged request replays to the same list; without, every "
+                          "draw is fresh.")
+
+    @model_validator(mode="after")
+    def _one_method(self) -> ExploreConfig:
+        if self.method == "plackett_luce" and "epsilon" in self.model_fields_set:
+            raise ValueError("'epsilon' is for method 'epsilon_greedy'; Plackett-Luce uses 'temperature'")
+        if self.method == "epsilon_greedy" and "temperature" in self.model_fields_set:
+            raise ValueError("'temperature' is for method 'plackett_luce'; epsilon-greedy uses 'epsilon'")
+        return self
+
+
+class Explore(NodeType):
+    """A stochastic ranking for exploration and off-policy evaluation: draws the top k of the candidates position
+    by position (Plackett-Luce over the scores, or epsilon-greedy over the input order), so every candidate has
+    a chance at every position. Each drawn item's propensity (its probability at its position given the items
+    above it) goes to the trace record's ``extra["propensities"]`` ({id: probability}), where ``llmrec serve``'s
+    impression log reads it. Put it last before ``present.items`` (which keeps its order), and do not cache it."""
+
+    name = "rerank.explore"
+    inline = True
+    description = "Draw the top k stochastically (Plackett-Luce or epsilon-greedy), reporting each item's propensity."
+    Config = ExploreConfig
+
+    def __init__(self, config: ExploreConfig) -> None:
+        super().__init__(config)
+        self._rng = np.random.default_rng(config.seed)
+
+    def rng(self, run_id: str | None) -> np.random.Generator:
+        """The generator of one draw: from the seed and the run id when both are known, else the node's own."""
+        seed = self.config.seed
+        if seed is None or run_id is None:
+            return self._rng
+        return np.random.default_rng([seed, zlib.crc32(run_id.encode("utf-8"))])
+
+    async def run(self, candidates: Candidates, k: int | None = None,
+                  context: RunContext | None = None) -> Candidates:
+        cands = as_candidates(candidates)
+        assert cands is not None
+        cfg = self.config
+        items = cands.items
+        order, props = explore_draw([c.score for c in items], count_or(k, cfg.k), cfg.method,
+                                    self.rng(context.run_id if context is not None else None),
+                                    temperature=cfg.temperature, epsilon=cfg.epsilon)
+        picked = [items[i] for i in order]
+        record = context.record if context is not None else None
+        if record is not None:
+            record.extra = {**(record.extra or {}),
+                            "propensities": {c.id: round(p, 12) for c, p in zip(picked, props)}}
+        return cands.model_copy(update={"items": picked})
+
+
+NODE_TYPES: tuple[type[NodeType], ...] = (MMR, Quota, Rules, Dedupe, Constraints, FilterSeen, Diversify, Explore)
 
 
 @hookimpl
@@ -550,5 +663,5 @@ def llmrec_register_node_types(register: Callable[[type], None]) -> None:
         register(cls)
 
 
-__all__ = ["Constraints", "Dedupe", "Diversify", "FilterSeen", "ITEM_FIELDS", "MMR", "NODE_TYPES", "Quota", "Rules",
-           "field_value", "normalise_title"]
+__all__ = ["Constraints", "Dedupe", "Diversify", "Explore", "FilterSeen", "ITEM_FIELDS", "MMR", "NODE_TYPES", "Quota",
+           "Rules", "explore_draw", "field_value", "normalise_title", "position_probabilities"]

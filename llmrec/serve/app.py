@@ -2,8 +2,11 @@
 
     app = create_app(ServeOptions(spec=Path("specs/quickstart.yaml")))   # validates; raises SpecErrors
 
-Endpoints: ``POST /v1/recommend`` (``/batch``, ``/stream``), ``GET /healthz``, ``/readyz``, ``/metrics``,
-``/v1/spec`` and the playground at ``/``. Request bodies are read and checked here (size, UTF-8, JSON, an object,
+Endpoints: ``POST /v1/recommend`` (``/batch``, ``/stream``), ``POST /v1/feedback``, ``GET /healthz``, ``/readyz``,
+``/metrics``, ``/v1/spec``, ``/v1/provenance`` and the playground at ``/``. Every answer carries its request id
+(``X-Request-Id``) and the provenance id of the spec that produced it (``X-Llmrec-Provenance``); with a log store
+(``--log-dir``, ``--log-store``) every answer is logged as an impression and feedback is accepted
+(llmrec/serve/logs.py). Request bodies are read and checked here (size, UTF-8, JSON, an object,
 then the spec's inputs), so every mistake is a 4xx ``{"error": {"type", "message", "field"}}`` and nothing a
 client sends can produce a traceback. Resources load in the background after startup: ``/readyz`` is 503 until
 they have. The spec file is watched (and reloaded on SIGHUP); a new version replaces the old one only once it
@@ -20,13 +23,14 @@ import os
 import re
 import signal
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -38,12 +42,14 @@ from ..runtime.batch import batching
 from ..runtime.executor import WAVE, Runtime
 from ..spec.refs import RefExpr
 from ..trust import grant
+from .logs import FeedbackEvent, LogWriter, Stamp, feedback_record, impression_record, provenance_stamp
 from .metrics import Metrics
 
 log = logging.getLogger("llmrec.serve")
 
 OPTIONS_ENV = "LLMREC_SERVE_OPTIONS"
 SESSION_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+REQUEST_ID = SESSION_ID  # a client's own X-Request-Id: the same characters
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 PLAYGROUND = Path(__file__).with_name("playground.html")
@@ -68,6 +74,11 @@ class ServeOptions:
     reload_interval: float = 2.0  # seconds between checks of the spec's mtime; 0 turns polling off
     log_level: str = "info"
     trust: bool = False  # --trust: the spec's folder may load its code (llmrec/trust.py), in every worker
+    log_store: str | None = None  # a registered log store's name (file, sqlite, ...); None: no logging
+    log_location: str | None = None  # its folder or file
+    log_options: dict[str, Any] = field(default_factory=dict)
+    log_queue: int = 10_000  # log records waiting for the writer thread; past it, impressions are dropped (counted)
+    rating_range: tuple[float, float] = (0.0, 5.0)  # what a rating's value may be in /v1/feedback
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -123,6 +134,19 @@ class Service:
         self.request_model = graph.request_model
         self.response_model = _response_model(graph)
         self.created = time.time()
+        self.variant: str | None = None  # the variant served (A/B variants: later); None is the spec as written
+        self.stamp: Stamp | None = None  # set once its resources have loaded (stamp_service)
+        self.headers: dict[str, str] = {}  # sent with every answer: X-Llmrec-Provenance
+
+    async def stamp_service(self) -> None:
+        """Compute the provenance stamp once (files and datasets are hashed in a thread, off the loop)."""
+        try:
+            stamp = await asyncio.to_thread(provenance_stamp, self.graph, dict(self.runtime.resources))
+        except Exception as exc:  # hashing never stops a spec from serving: the stamp says what failed
+            log.warning("spec '%s': no provenance stamp: %s", self.name, _describe(exc))
+            stamp = Stamp("unknown", {"spec_name": self.name, "error": _describe(exc)})
+        self.stamp = stamp
+        self.headers = {"X-Llmrec-Provenance": stamp.id}
 
     @property
     def name(self) -> str:
@@ -213,6 +237,19 @@ class Server:
             known = ", ".join(registry.session_stores) or "none"
             raise ValueError(f"unknown session store '{options.session_store}' (registered: {known})")
         self.sessions = factory(**options.session_options)
+        self.log_store: Any = None
+        if options.log_store is not None:
+            log_factory = registry.log_stores.get(options.log_store)
+            if log_factory is None:
+                known = ", ".join(registry.log_stores) or "none"
+                raise ValueError(f"unknown log store '{options.log_store}' (registered: {known})")
+            self.log_store = log_factory(options.log_location, **options.log_options)
+            prepare = getattr(self.log_store, "prepare", None)
+            if callable(prepare):  # a folder that cannot be written fails here, not record by record later
+                prepare()
+        self.logs: LogWriter | None = None  # started with the server
+        lo, hi = options.rating_range
+        self.feedback_context = {"rating_range": (float(lo), float(hi))}
         self.in_flight = 0
         self.ready = False
         self.load_error: str | None = None
@@ -230,6 +267,8 @@ class Server:
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def startup(self) -> None:
         self._reload_lock = asyncio.Lock()
+        if self.log_store is not None and self.logs is None:
+            self.logs = LogWriter(self.log_store, max_pending=self.options.log_queue, counter=self.metrics.count_log)
         self._spawn(self._load(self.current))
         if self.options.reload_interval > 0:
             self._spawn(self._watch())
@@ -247,6 +286,9 @@ class Server:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.current.runtime.close()
+        if self.logs is not None:  # what is queued is written, then the store closes (the file store fsyncs)
+            await asyncio.to_thread(self.logs.close)
+            self.logs = None
         self.ready = False
         self.metrics.ready.set(0)
 
@@ -266,6 +308,7 @@ class Server:
             self.load_error = _describe(exc)
             log.error("spec '%s': resources failed to load: %s", svc.name, self.load_error)
             return
+        await svc.stamp_service()
         self.ready = True
         self.metrics.ready.set(1)
         log.info("spec '%s' ready in %.2fs", svc.name, time.perf_counter() - started)
@@ -313,13 +356,15 @@ class Server:
                 self.metrics.reloads.labels("failed").inc()
                 await svc.runtime.close()
                 return False
+            await svc.stamp_service()
             old, self.current = self.current, svc
             self.ready, self.load_error = True, None
             self.metrics.ready.set(1)
             if self.app is not None:
                 self.app.openapi_schema = None
             self.metrics.reloads.labels("ok").inc()
-            log.info("%s reloaded: spec '%s', %d nodes", self.path, svc.name, len(svc.graph.nodes))
+            log.info("%s reloaded: spec '%s', %d nodes, provenance %s", self.path, svc.name, len(svc.graph.nodes),
+                     svc.stamp.id if svc.stamp else "?")
             self._spawn(self._retire(old))
             return True
 
@@ -387,9 +432,24 @@ class Server:
                            "session_id")
         return sid
 
+    def request_id(self, request: Request) -> str:
+        """The client's ``X-Request-Id`` (checked: 1 to 128 letters, digits or ._:@-), else a new one; kept on
+        ``request.state`` so that every answer, errors too, carries it back."""
+        rid = request.headers.get("x-request-id")
+        if rid:
+            if not REQUEST_ID.match(rid):
+                raise ApiError(400, "invalid_request_id", "a request id is 1 to 128 letters, digits or ._:@-",
+                               "X-Request-Id")
+        else:
+            rid = uuid.uuid4().hex
+        request.state.request_id = rid
+        return rid
+
     async def run(self, svc: Service, data: Any, *, trace: bool = False, on_node: Any = None,
+                  request_id: str | None = None, endpoint: str = "recommend", session_id: str | None = None,
                   ) -> dict[str, Any]:
-        """One spec run, its errors as ApiError and its trace in the metrics."""
+        """One spec run, its errors as ApiError and its trace in the metrics; with a log store, the answer is
+        queued as an impression (never waiting for the store). ``request_id`` is the run's id."""
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_body", f"a request must be a JSON object with this spec's inputs, "
                            f"got {_json_type(data)}")
@@ -406,7 +466,7 @@ class Server:
         svc.active += 1
         self.metrics.in_flight.inc()
         try:
-            result = await svc.runtime.run(data, deadline=self.options.deadline, on_node=on_node)
+            result = await svc.runtime.run(data, run_id=request_id, deadline=self.options.deadline, on_node=on_node)
         except InputError as exc:
             raise ApiError(422, "invalid_input", str(exc), exc.field, errors=exc.errors) from None
         except RunError as exc:
@@ -422,7 +482,67 @@ class Server:
             svc.active -= 1
             self.metrics.in_flight.dec()
         self.metrics.observe_trace(result.trace, "degraded" if result.degraded else "ok")
-        return result.to_dict(trace=trace)
+        answer = result.to_dict(trace=trace)
+        logs = self.logs
+        if logs is not None and request_id is not None:
+            try:  # the record is built here (about 10 us) so that the answer's objects can die young
+                record = impression_record(request_id, time.time(), endpoint, svc.name,
+                                           svc.stamp.id if svc.stamp else "", svc.variant, data, answer["outputs"],
+                                           answer["degraded"], result.trace, session_id)
+            except Exception as exc:  # never the request's failure
+                log.warning("an impression could not be recorded: %s", _describe(exc))
+                self.metrics.count_log("impressions", "failed", 1)
+            else:
+                logs.impression(record)
+        return answer
+
+    def feedback_events(self, data: Any) -> list[FeedbackEvent]:
+        """A feedback body (one event, a JSON array of them, or ``{"events": [...]}``) -> validated events; every
+        mistake a 4xx naming the field (``value``, ``0.type``, ``events.2.item_id``)."""
+        prefix = ""
+        if isinstance(data, dict) and "events" in data:
+            if set(data) - {"events"}:
+                raise ApiError(400, "invalid_body", 'a batch of feedback is {"events": [{...}, ...]} (or a JSON array '
+                               "of events)", "events")
+            events, prefix = data["events"], "events."
+            if not isinstance(events, list):
+                raise ApiError(400, "invalid_body", "'events' must be a list of feedback events", "events")
+        elif isinstance(data, list):
+            events = data
+        elif isinstance(data, dict):
+            events = [data]
+        else:
+            raise ApiError(400, "invalid_body", f"feedback is a JSON object (or a list of them), got "
+                           f"{_json_type(data)}")
+        if not events:
+            raise ApiError(400, "invalid_body", "no feedback events in the body", prefix.rstrip(".") or None)
+        if len(events) > self.options.max_batch:
+            raise ApiError(413, "batch_too_large", f"{len(events)} feedback events in one call; at most "
+                           f"{self.options.max_batch}", prefix.rstrip(".") or None)
+        single = len(events) == 1 and isinstance(data, dict) and not prefix
+        out, errors = [], []
+        for i, event in enumerate(events):
+            where = "" if single else f"{prefix}{i}"
+            if not isinstance(event, dict):
+                errors.append({"field": where or None, "message": f"a feedback event is a JSON object, got "
+                                                                  f"{_json_type(event)}"})
+                continue
+            try:
+                out.append(FeedbackEvent.model_validate(event, context=self.feedback_context))
+            except ValidationError as exc:
+                for e in exc.errors(include_url=False):
+                    loc = ".".join(str(p) for p in e["loc"])
+                    name = f"{where}.{loc}" if where and loc else (where or loc or None)
+                    if e["type"] == "extra_forbidden":
+                        msg = f"unknown field (feedback fields are: {', '.join(FeedbackEvent.model_fields)})"
+                    else:
+                        msg = e["msg"].removeprefix("Value error, ")
+                    errors.append({"field": name, "message": msg})
+        if errors:
+            first = errors[0]
+            raise ApiError(422, "invalid_feedback", f"feedback '{first['field']}': {first['message']}",
+                           first["field"], errors=errors)
+        return out
 
     async def load_session(self, sid: str | None) -> dict[str, Any]:
         if sid is None:
@@ -577,12 +697,16 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
         finally:
             if not getattr(request.state, "streaming", False):
                 server.release(request)
+        rid = getattr(request.state, "request_id", None)
+        if rid is not None and "x-request-id" not in response.headers:  # errors too: a 424 names it as run_id
+            response.headers["X-Request-Id"] = rid
         server.metrics.observe_request(endpoint, response.status_code, time.perf_counter() - started)
         return response
 
     async def recommend(request: Request) -> Response:
         server.authorize(request)
         server.admit(request)
+        rid = server.request_id(request)
         data = await server.read_json(request)
         sid = server.session_id(request)
         svc = server.current
@@ -590,16 +714,18 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
         if sid is not None and svc.history_input and isinstance(data, dict) and "history" not in data:
             data = {**data, "history": [{"inputs": t.get("inputs"), "outputs": t.get("outputs")}
                                         for t in state.get("turns", [])]}
-        answer = await server.run(svc, data, trace=_flag(request, "trace"))
+        answer = await server.run(svc, data, trace=_flag(request, "trace"), request_id=rid, session_id=sid)
         if sid is not None:
             given = {k: v for k, v in data.items() if k != "history"}
             answer["session_id"] = sid
             answer["turn"] = await server.save_turn(sid, state, given, answer)
-        return _json(answer)
+        return _json(answer, headers={"X-Request-Id": rid, **svc.headers})
 
     async def batch(request: Request) -> Response:
         server.authorize(request)
         server.admit(request)
+        given_id = request.headers.get("x-request-id")
+        base = server.request_id(request) if given_id else None  # a client's id: its requests are ID-0, ID-1, ...
         data = await server.read_json(request)
         items = data.get("requests") if isinstance(data, dict) else data
         if not isinstance(items, list) or (isinstance(data, dict) and set(data) - {"requests"}):
@@ -613,21 +739,25 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
         # nodes (llmrec/runtime/batch.py) see them together
         gate = asyncio.Semaphore(WAVE if svc.runtime.inline_only else options.batch_concurrency)
 
-        async def one(item: Any) -> dict[str, Any]:
+        async def one(i: int, item: Any) -> dict[str, Any]:
+            rid = f"{base}-{i}" if base is not None else uuid.uuid4().hex
             async with gate:
                 try:
-                    return {"status": 200, **await server.run(svc, item, trace=trace)}
+                    return {"status": 200, "request_id": rid,
+                            **await server.run(svc, item, trace=trace, request_id=rid, endpoint="batch")}
                 except ApiError as exc:
                     server.metrics.errors.labels(exc.type).inc()
-                    return {"status": exc.status, **exc.body()}
+                    return {"status": exc.status, "request_id": rid, **exc.body()}
 
         with batching():
-            results = await asyncio.gather(*(one(i) for i in items))
-        return _json({"results": results, "ok": sum(r["status"] == 200 for r in results), "count": len(results)})
+            results = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+        return _json({"results": results, "ok": sum(r["status"] == 200 for r in results), "count": len(results)},
+                     headers=svc.headers)
 
     async def stream(request: Request) -> Response:
         server.authorize(request)
         server.admit(request)
+        rid = server.request_id(request)
         data = await server.read_json(request)
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_body", f"a request must be a JSON object with this spec's inputs, "
@@ -644,7 +774,8 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
 
         async def run() -> None:
             try:
-                queue.put_nowait(("result", await server.run(svc, data, trace=trace, on_node=on_node)))
+                answer = await server.run(svc, data, trace=trace, on_node=on_node, request_id=rid, endpoint="stream")
+                queue.put_nowait(("result", {**answer, "request_id": rid}))
             except ApiError as exc:
                 server.metrics.errors.labels(exc.type).inc()
                 queue.put_nowait(("error", {"status": exc.status, **exc.body()}))
@@ -668,7 +799,32 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
 
         request.state.streaming = True  # the slot is held until the stream ends
         return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": rid,
+                                          **svc.headers})
+
+    async def feedback(request: Request) -> Response:
+        server.authorize(request)
+        logs = server.logs
+        if logs is None:
+            raise ApiError(404, "logging_off", "this server keeps no log, so it takes no feedback: start it with "
+                           "--log-dir DIR or --log-store NAME:WHERE")
+        server.admit(request)
+        data = await server.read_json(request)
+        events = server.feedback_events(data)
+        received = time.time()
+        if not logs.feedback([feedback_record(e, received) for e in events]):
+            raise ApiError(503, "log_overloaded", f"the log queue is full ({server.options.log_queue} records "
+                           "waiting); retry shortly", retry_after=1)
+        for e in events:
+            server.metrics.feedback.labels(e.type).inc()
+        return _json({"accepted": len(events)}, 202)
+
+    async def provenance(request: Request) -> Response:
+        server.authorize(request)
+        svc = server.current
+        if svc.stamp is None:
+            raise ApiError(503, "not_ready", "resources are still loading; retry shortly", retry_after=1)
+        return _json(svc.stamp.to_dict(), headers=svc.headers)
 
     async def spec_info(request: Request) -> Response:
         server.authorize(request)
@@ -677,6 +833,7 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
     async def metrics(request: Request) -> Response:
         server.authorize(request)
         server.metrics.observe_sessions(server.sessions)
+        server.metrics.observe_log(server.logs)
         return Response(server.metrics.render(), media_type=server.metrics.content_type)
 
     @app.post("/v1/recommend", responses={200: {"description": "The spec's outputs"}, **error_responses},
@@ -699,6 +856,19 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
         """Server-sent events: `event: node` per node as it finishes (its trace record), then `event: result`
         (as /v1/recommend answers) or `event: error`."""
         return await timed("stream", request, stream)
+
+    @app.post("/v1/feedback", status_code=202, responses={202: {"description": '{"accepted": N}'},
+                                                          **error_responses, 404: {"model": ErrorBody, "description":
+                                                                                   "The server keeps no log"}},
+              summary="Record feedback about an answer (click, purchase, rating, dismissal)")
+    async def feedback_endpoint(request: Request) -> Response:
+        """One event `{"request_id", "item_id", "type", ...}`, a JSON array of them, or `{"events": [...]}`;
+        `request_id` is the `X-Request-Id` of the answer. 202 once queued for the log store."""
+        return await timed("feedback", request, feedback)
+
+    @app.get("/v1/provenance", summary="What produced this spec's answers: the provenance stamp's components")
+    async def provenance_endpoint(request: Request) -> Response:
+        return await timed("provenance", request, provenance)
 
     @app.get("/healthz", summary="Alive")
     async def healthz() -> Response:
@@ -794,6 +964,13 @@ def _openapi(app: FastAPI, svc: Service) -> dict[str, Any]:
             ]
     schema["paths"]["/v1/recommend"]["post"]["responses"]["200"]["content"] = {
         "application/json": {"schema": resp}}
+    event = FeedbackEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+    components["FeedbackEvent"] = event
+    ref = {"$ref": "#/components/schemas/FeedbackEvent"}
+    schema["paths"]["/v1/feedback"]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
+        "schema": {"anyOf": [ref, {"type": "array", "items": ref},
+                             {"type": "object", "properties": {"events": {"type": "array", "items": ref}},
+                              "required": ["events"], "additionalProperties": False}]}}}}
     return schema
 
 

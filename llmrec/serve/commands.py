@@ -2,8 +2,11 @@
 
     llmrec serve specs/quickstart.yaml --port 8000
     llmrec serve specs/quickstart.yaml --api-key secret --deadline 2 --max-concurrency 32 --workers 2
+    llmrec serve specs/quickstart.yaml --log-dir logs/          # impressions and feedback as JSONL
+    llmrec serve specs/quickstart.yaml --log-store sqlite:logs/serve.db
 
-Also registers the built-in "memory" session store through ``llmrec_register_session_stores``.
+Also registers the built-in "memory" session store through ``llmrec_register_session_stores`` and the "file" and
+"sqlite" log stores through ``llmrec_register_log_stores``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Annotated, Any, Optional
 
 from ..hookspecs import hookimpl
 from ..plugins import get_registry
+from .logs import FileLogStore, SqliteLogStore, parse_location
 from .sessions import MemorySessionStore
 
 #: the default of --timeout-keep-alive: nginx's, above the 60 s idle timeouts of nginx upstreams and AWS load
@@ -91,7 +95,19 @@ def serve_command(
     graceful_timeout: Annotated[float, _opt(
         "--graceful-timeout", min=0.0, help="On SIGTERM/SIGINT, seconds to let in-flight requests finish.")] = 30.0,
     log_level: Annotated[str, _opt("--log-level", help="debug, info, warning or error.")] = "info",
-    trust: Annotated[bool, _opt("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
+    trust: Annotated[bool, _opt(
+        "--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
+    log_dir: Annotated[Optional[Path], _opt(
+        "--log-dir", help="Log every answer (impressions) and accept POST /v1/feedback, as JSONL files in this "
+                          "folder (the 'file' log store). Default: no log.")] = None,
+    log_store: Annotated[Optional[str], _opt(
+        "--log-store", help="Log to a registered log store instead: NAME:WHERE, e.g. sqlite:logs/serve.db or "
+                            "file:logs (see `llmrec plugins`).")] = None,
+    log_queue: Annotated[int, _opt(
+        "--log-queue", min=1, help="Log records waiting to be written, at most (per worker); past it impressions "
+                                   "are dropped (counted in /metrics) and feedback gets 503.")] = 10_000,
+    rating_range: Annotated[tuple[float, float], _opt(
+        "--rating-range", help="The lowest and highest value a rating in /v1/feedback may have.")] = (0.0, 5.0),
 ) -> None:
     """Serve a spec over HTTP: /v1/recommend (and /batch, /stream), /healthz, /readyz, /metrics, playground at /.
 
@@ -117,10 +133,15 @@ def serve_command(
                                  param_hint="'--session-store'")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter("use debug, info, warning or error", param_hint="'--log-level'")
+    store_name, store_where = log_destination(log_dir, log_store, spec)
+    if rating_range[0] > rating_range[1]:
+        raise typer.BadParameter("give the lowest rating first, e.g. --rating-range 1 5", param_hint="'--rating-range'")
     options = ServeOptions(
         spec=str(spec), api_key=api_key or os.environ.get("LLMREC_API_KEY") or None, max_body_bytes=max_body,
         deadline=deadline, max_concurrency=max_concurrency, max_batch=max_batch, session_store=session_store,
         session_ttl=session_ttl, reload_interval=reload_interval, log_level=log_level.lower(), trust=trust,
+        log_store=store_name, log_location=store_where, log_queue=log_queue,
+        rating_range=(float(rating_range[0]), float(rating_range[1])),
     )
     configure_logging(log_level)
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level.lower(),
@@ -151,6 +172,39 @@ def serve_command(
         raise Exit(EXIT_FAILED)
 
 
+def log_destination(log_dir: Path | None, log_store: str | None, spec: Path) -> tuple[str | None, str | None]:
+    """``--log-dir`` / ``--log-store`` -> (store name, location), the store prepared (its folder or database
+    created) so that a place the server cannot write is refused now, with the option at fault."""
+    import typer  # lazy: typer, only once a command runs
+
+    if log_dir is not None and log_store is not None:
+        raise typer.BadParameter("give --log-dir DIR or --log-store NAME:WHERE, not both", param_hint="'--log-dir'")
+    if log_dir is None and log_store is None:
+        return None, None
+    stores = get_registry(spec.resolve().parent).log_stores
+    hint = "'--log-dir'" if log_dir is not None else "'--log-store'"
+    if log_dir is not None:
+        name, where = "file", str(log_dir)
+    else:
+        assert log_store is not None
+        try:
+            name, where = parse_location(log_store, list(stores))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=hint) from None
+    factory = stores.get(name)
+    if factory is None:
+        raise typer.BadParameter(f"unknown log store '{name}'; registered: {', '.join(stores)}", param_hint=hint)
+    try:
+        store = factory(where)
+        prepare = getattr(store, "prepare", None)
+        if callable(prepare):
+            prepare()
+        store.close()
+    except Exception as exc:
+        raise typer.BadParameter(f"cannot log to '{where}': {exc}", param_hint=hint) from None
+    return name, where
+
+
 @hookimpl
 def llmrec_register_commands(cli: Any) -> None:
     cli.command(name="serve")(serve_command)
@@ -159,3 +213,9 @@ def llmrec_register_commands(cli: Any) -> None:
 @hookimpl
 def llmrec_register_session_stores(register: Any) -> None:
     register("memory", MemorySessionStore)
+
+
+@hookimpl
+def llmrec_register_log_stores(register: Any) -> None:
+    register("file", FileLogStore)
+    register("sqlite", SqliteLogStore)

@@ -62,6 +62,19 @@ class Metrics:
                                  "Hallucinated or repeated items fixed by grounding nodes (node types declaring "
                                  "Reports(grounding=True), e.g. verify.grounded), by kind (dropped, repaired, "
                                  "duplicates).", ("node", "kind"), registry=r)
+        self.log_records = Counter("llmrec_log_records_total", "Serving log records (--log-dir, --log-store), by "
+                                   "kind (impressions, feedback) and outcome (written; dropped: the queue was "
+                                   "full; failed: the store raised).", ("kind", "outcome"), registry=r)
+        self.log_pending = Gauge("llmrec_log_pending", "Serving log records queued, not yet written.", registry=r,
+                                 multiprocess_mode="livesum")
+        self.feedback = Counter("llmrec_feedback_events_total", "Feedback events accepted (POST /v1/feedback), by "
+                                "type (click, purchase, rating, dismissal).", ("type",), registry=r)
+        self._log_children: dict[tuple[str, str], Any] = {}
+        for kind in ("impressions", "feedback"):
+            for outcome in ("written", "dropped", "failed"):
+                self._log_children[(kind, outcome)] = self.log_records.labels(kind, outcome)
+        for kind in ("click", "purchase", "rating", "dismissal"):
+            self.feedback.labels(kind)
         for outcome in ("ok", "invalid", "failed"):  # every outcome a series from the start, at 0
             self.reloads.labels(outcome)
         for outcome in ("ok", "degraded", "failed"):
@@ -106,6 +119,18 @@ class Metrics:
                         self.llm_tokens.labels(rec.node_id, model, kind).inc(n)
                 if u.cost:
                     self.llm_cost.labels(rec.node_id, model).inc(u.cost)
+
+    def count_log(self, kind: str, outcome: str, n: int) -> None:
+        """Log records of ``kind`` (impressions, feedback) that were written, dropped or failed (called by the
+        log writer's thread; prometheus_client's counters are thread-safe)."""
+        child = self._log_children.get((kind, outcome))
+        if child is not None and n:
+            child.inc(n)
+
+    def observe_log(self, writer: Any) -> None:
+        """The log writer's queue length, when logging is on."""
+        if writer is not None:
+            self.log_pending.set(writer.pending)
 
     def observe_grounded(self, node_id: str, value: Any) -> None:
         for kind in ("dropped", "repaired", "duplicates"):
