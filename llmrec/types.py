@@ -93,6 +93,20 @@ class Recommendation(_Value):
     score: float
     reason: str = Field("", description="Why it is recommended, in a few words.")
 
+    @classmethod
+    def trusted(cls, rank: int, id: str, title: str, category: str, price: float | None, score: float,
+                reason: str) -> Recommendation:
+        """``Recommendation(...)`` built without validation, from a catalog item (valid by construction) and a
+        rank >= 1; see :meth:`ScoredItem.trusted`."""
+        item = _new(cls)
+        _set(item, "__dict__", {"rank": rank, "id": id, "title": title, "category": category,
+                                "price": None if price is None else float(price), "score": float(score),
+                                "reason": reason})
+        _set(item, "__pydantic_fields_set__", {"rank", "id", "title", "category", "price", "score", "reason"})
+        _set(item, "__pydantic_extra__", None)
+        _set(item, "__pydantic_private__", None)
+        return item
+
 
 class Recommendations(_Value):
     """The answer to one recommendation request."""

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from llmrec.api import open_runtime
-from llmrec.types import Candidates, ScoredItem
+from llmrec.types import Candidates, Recommendation, Recommendations, ScoredItem
 
 ROOT = Path(__file__).resolve().parent.parent
 floats = st.floats(allow_nan=False, allow_infinity=False)
@@ -27,6 +27,17 @@ def test_trusted_is_the_validated_item(item_id, score, sources):
     assert trusted.model_dump_json() == validated.model_dump_json()
     assert Candidates(items=[trusted]) == Candidates(items=[validated])
     assert type(trusted.score) is float
+
+
+@given(st.integers(1, 10_000), st.text(), st.text(), st.text(), st.none() | st.floats(0, 1e6), floats, st.text())
+def test_trusted_recommendation_is_the_validated_one(rank, item_id, title, category, price, score, reason):
+    trusted = Recommendation.trusted(rank, item_id, title, category, price, score, reason)
+    validated = Recommendation(rank=rank, id=item_id, title=title, category=category, price=price, score=score,
+                               reason=reason)
+    assert trusted == validated and trusted.model_dump_json() == validated.model_dump_json()
+    for slot in BaseModel.__slots__:
+        assert getattr(trusted, slot) == getattr(validated, slot), slot
+    assert Recommendations(user_id="u", items=[trusted]) == Recommendations(user_id="u", items=[validated])
 
 
 def test_trusted_keeps_pydantic_instance_layout():
@@ -44,6 +55,9 @@ def test_trusted_keeps_pydantic_instance_layout():
 
 
 def _check_items(value, where):
+    if isinstance(value, Recommendation):
+        assert Recommendation.model_validate_json(value.model_dump_json()) == value, where
+        assert type(value.score) is float and type(value.rank) is int, where
     if isinstance(value, ScoredItem):
         assert type(value.id) is str and type(value.score) is float, where
         assert all(type(k) is str and type(v) is float for k, v in value.sources.items()), (where, value.sources)
@@ -73,3 +87,23 @@ def test_every_node_of_the_quickstart_builds_exactly_typed_items(inputs):
 
     result = asyncio.run(main())
     json.dumps(result.outputs, default=lambda o: o.model_dump())
+
+
+def test_every_node_of_movielens_cf_builds_exactly_typed_items(tmp_path):
+    import os
+
+    if not os.environ.get("LLMREC_DATA_DIR"):
+        pytest.fail("set LLMREC_DATA_DIR to the folder holding ml-100k/")
+
+    async def main():
+        rt = open_runtime(ROOT / "specs" / "movielens_cf.yaml")
+        try:
+            for user in ("1", "196", "nobody"):
+                seen = []
+                await rt.run({"user_id": user}, on_node=lambda record, value: seen.append((record.node_id, value)))
+                for node, value in seen:
+                    _check_items(value, node)
+        finally:
+            await rt.close()
+
+    asyncio.run(main())

@@ -53,31 +53,29 @@ class Present(NodeType):
                 for s, share in self.config.query_match.items()}
         items: list[Recommendation] = []
         for c, item in shown:
-            items.append(
-                Recommendation(
-                    rank=len(items) + 1,
-                    id=item.id,
-                    title=item.title,
-                    category=item.category,
-                    price=item.price,
-                    score=round(c.score, 6),
-                    reason=self.reason(c.sources, item.category, liked, query, best),
-                )
-            )
+            items.append(Recommendation.trusted(  # catalog items are valid: no re-validation (issue 13)
+                len(items) + 1, item.id, item.title, item.category, item.price, round(c.score, 6),
+                self.reason(c.sources, item.category, liked, query, best)))
         return Recommendations(user_id=profile.user_id, cold_start=not profile.known, items=items)
+
+    def __init__(self, config: PresentConfig) -> None:
+        super().__init__(config)
+        self._query = frozenset(config.query_sources)
+        self._popular = frozenset(config.popular_sources)
+        self._liked = frozenset(config.affinity_sources) | self._popular
 
     def reason(self, sources: dict[str, float], category: str, liked: set[str], query: str,
                best: dict[str, float] | None = None) -> str:
         """A few words on why an item is recommended, from the sources that put it forward."""
-        cfg = self.config
-        best = best or {}
-        if any(s in sources and sources[s] >= best.get(s, float("-inf")) for s in cfg.query_sources):
+        keys = sources.keys()
+        matched = keys & self._query  # set operations on the dict's keys: no Python loop per source
+        if matched and any(sources[s] >= (best or {}).get(s, float("-inf")) for s in matched):
             return f'matches your search "{query}"' if query else "matches your search"
         if category and category in liked:
-            if any(s in sources for s in (*cfg.affinity_sources, *cfg.popular_sources)):
+            if not keys.isdisjoint(self._liked):
                 return f"popular in {category}, which you like"
             return f"in {category}, which you like"
-        if any(s in sources for s in cfg.popular_sources):
+        if not keys.isdisjoint(self._popular):
             return "popular right now"
         return "recommended for you"
 

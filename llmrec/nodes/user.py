@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from pydantic import Field
@@ -10,6 +11,7 @@ from ..data import Catalog, Interactions
 from ..hookspecs import hookimpl
 from ..node import NoConfig, NodeType
 from ..types import UserProfile
+from .common import PerObjects
 
 
 class ProfileConfig(NoConfig):
@@ -21,6 +23,12 @@ class ProfileConfig(NoConfig):
     )
     like_at: float = Field(4.0, description="A rating at or above this puts the item in 'liked' (MovieLens: 4-5).")
     dislike_at: float = Field(2.0, description="A rating at or below this puts the item in 'disliked'.")
+    memo: int = Field(
+        100_000, ge=0,
+        description="Keep the profiles of up to this many known users (least recently used dropped first): the "
+                    "catalog and interactions are resources, so a user's profile only changes when they are "
+                    "reloaded. 0 rebuilds it on every request.",
+    )
 
 
 class Profile(NodeType):
@@ -31,7 +39,27 @@ class Profile(NodeType):
     description = "Build a user's profile (history, seen items, category affinity); unknown users are cold starts."
     Config = ProfileConfig
 
+    def __init__(self, config: ProfileConfig) -> None:
+        super().__init__(config)
+        self._memo: PerObjects[OrderedDict[str, UserProfile]] = PerObjects()
+
     async def run(self, catalog: Catalog, interactions: Interactions, user_id: str) -> UserProfile:
+        if not self.config.memo:
+            return self.build(catalog, interactions, user_id)
+        memo = self._memo.get((catalog, interactions), OrderedDict)
+        profile = memo.get(user_id)
+        if profile is not None:
+            memo.move_to_end(user_id)
+            return profile
+        profile = self.build(catalog, interactions, user_id)
+        if profile.known:  # unknown ids are cheap to answer and unbounded in number: never kept
+            memo[user_id] = profile
+            if len(memo) > self.config.memo:
+                memo.popitem(last=False)
+        return profile
+
+    def build(self, catalog: Catalog, interactions: Interactions, user_id: str) -> UserProfile:
+        """The profile, computed from the log."""
         history = interactions.history(user_id)
         if not history:
             return UserProfile(user_id=user_id, known=False)

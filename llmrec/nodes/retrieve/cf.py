@@ -163,8 +163,10 @@ class _FactorModel(_Model):
 
     def __init__(self, matrix: _Matrix, fit_seconds: float, user_factors: np.ndarray, item_factors: np.ndarray) -> None:
         super().__init__(matrix, fit_seconds)
-        self.user_factors = user_factors
-        self.item_factors = item_factors
+        # row-major copies: an SVD's factors are often strided views, and one user's scores from a strided
+        # (1644, 64) view cost 119 us instead of 14 (MovieLens 100K, PureSVD; issue 13)
+        self.user_factors = np.ascontiguousarray(user_factors)
+        self.item_factors = np.ascontiguousarray(item_factors)
 
     def scores(self, row: int) -> np.ndarray:
         return self.item_factors @ self.user_factors[row]
