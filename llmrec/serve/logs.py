@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import to_json
 
 from ..data.dataset import Dataset
 from ..provenance import dataset_digest, spec_provenance
@@ -51,8 +52,10 @@ _STORE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")  # a registry
 SEGMENT_BYTES = 64 * 1024 * 1024
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+def _dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON (pydantic-core's serialiser: about 5x the stdlib's speed); what JSON cannot hold
+    becomes its ``str()``, a NaN or infinity ``null``."""
+    return to_json(value, fallback=str, inf_nan_mode="null")
 
 
 # -- provenance -------------------------------------------------------------------------------------------------
@@ -135,19 +138,26 @@ def shown_lists(outputs: Mapping[str, Any]) -> list[tuple[str, list[Any]]]:
     """The outputs that are lists of items, as the playground finds them: an output that is a list of objects
     with an ``id``, or an object whose ``items`` is one (``Recommendations``, ``Candidates``)."""
     found = []
-    for name, value in outputs.items():
-        if isinstance(value, Mapping) and isinstance(value.get("items"), list):
-            items = value["items"]
+    for name, value in outputs.items():  # JSON data: plain dicts and lists (isinstance on them is cheap)
+        if isinstance(value, dict):
+            items = value.get("items")
+            if not isinstance(items, list):
+                continue
         elif isinstance(value, list) and value:
             items = value
         else:
             continue
-        if all(isinstance(i, Mapping) and isinstance(i.get("id"), (str, int)) for i in items):
+        for i in items:
+            if not (isinstance(i, dict) and isinstance(i.get("id"), (str, int))):
+                break
+        else:
             found.append((name, items))
     return found
 
 
 def _finite(value: Any) -> float | None:
+    if value.__class__ is float:  # the common case first: a JSON number
+        return value if math.isfinite(value) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
@@ -161,6 +171,8 @@ def policy_propensities(trace: Any) -> tuple[dict[str, float], list[str]]:
         extra = rec.extra
         if extra and isinstance(extra.get(PROPENSITIES), Mapping):
             reports.append((rec.start_ms + rec.wall_ms, rec.node_id, extra[PROPENSITIES]))
+    if not reports:
+        return {}, []
     merged: dict[str, float] = {}
     for _, _, probs in sorted(reports, key=lambda r: r[0]):
         merged.update(probs)
@@ -176,13 +188,17 @@ def impression_record(request_id: str, ts: float, endpoint: str, spec: str, stam
     items = []
     for name, shown in shown_lists(outputs):
         for position, item in enumerate(shown, 1):
-            item_id = str(item["id"])
-            p = _finite(item.get("propensity"))
+            item_id = item["id"]
+            if item_id.__class__ is not str:
+                item_id = str(item_id)
+            p = item.get("propensity")
             if p is None:
                 p = _finite(probs.get(item_id)) if stochastic else 1.0
+            else:
+                p = _finite(p)
             row: dict[str, Any] = {"output": name, "position": position, "id": item_id, "propensity": p}
-            score = _finite(item.get("score"))
-            if score is not None:
+            score = item.get("score")
+            if score is not None and (score := _finite(score)) is not None:
                 row["score"] = score
             items.append(row)
     user = inputs.get("user_id")
@@ -322,7 +338,7 @@ class FileLogStore:
     def _append(self, kind: str, records: Sequence[dict[str, Any]]) -> None:
         if not records:
             return
-        data = "".join(_dumps(r) + "\n" for r in records).encode("utf-8")
+        data = b"".join(_dumps(r) + b"\n" for r in records)
         fd, size = self._open.get(kind) or self._start(kind)
         if size and size + len(data) > self.max_bytes:
             os.fsync(fd)
@@ -427,7 +443,7 @@ class SqliteLogStore:
     def _append(self, table: str, records: Sequence[dict[str, Any]]) -> None:
         if not records:
             return
-        rows = [(str(r.get("request_id")), float(r.get("ts") or 0.0), _dumps(r)) for r in records]
+        rows = [(str(r.get("request_id")), float(r.get("ts") or 0.0), _dumps(r).decode("utf-8")) for r in records]
         with self._lock:
             conn = self._connection(create=True)
             conn.execute("BEGIN IMMEDIATE")
