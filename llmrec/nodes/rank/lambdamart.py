@@ -259,6 +259,7 @@ class Featurizer:
         stats = self.stats(interactions) if interactions is not None else None
         scores = np.array([c.score for c in items], dtype=np.float64)
         cache: dict[str, np.ndarray] = {}
+        by_source: dict[str, tuple[list[bool], np.ndarray]] = {}
         if any(name in EMBEDDING_FEATURES for name in features):
             cache.update(self.embedding_columns(candidates, catalog, profile, model))
 
@@ -275,8 +276,12 @@ class Featurizer:
             m = _SOURCE_FEATURE.match(name)
             if m:
                 kind, source = m.groups()
-                present = [source in c.sources for c in items]
-                values = np.array([c.sources.get(source, 0.0) for c in items], dtype=np.float64)
+                got = by_source.get(source)
+                if got is None:  # the three columns of a source share one pass over the items
+                    present = [source in c.sources for c in items]
+                    got = by_source[source] = (present, np.array([c.sources.get(source, 0.0) for c in items],
+                                                                 dtype=np.float64))
+                present, values = got
                 if kind == "source":
                     col = values
                 elif kind == "retrieved":
