@@ -549,23 +549,73 @@ class Diversify(NodeType):
 ExploreMethod = Literal["plackett_luce", "epsilon_greedy"]
 
 
+def _tanh_sinh(level: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Tanh-sinh (double exponential) quadrature on (0, 1): nodes and weights. It copes with the integrand's
+    endpoint behaviour below (powers ``u ** r`` with r far from 1); level 5 (51 nodes) gives about 1e-8."""
+    h = 4.0 / 2.0 ** level
+    t = np.arange(-int(3.2 / h), int(3.2 / h) + 1) * h
+    s = 0.5 * np.pi * np.sinh(t)
+    u = 1.0 / (1.0 + np.exp(-2.0 * s))  # (1 + tanh(s)) / 2, accurate near both ends
+    w = h * 0.25 * np.pi * np.cosh(t) / np.cosh(s) ** 2
+    keep = (u > 0.0) & (u < 1.0) & (w > 0.0)
+    return u[keep], w[keep]
+
+
+_NODES, _WEIGHTS = _tanh_sinh()
+_LOG_NODES = np.log(_NODES)
+
+
+def plackett_luce_weights(scores: Sequence[float] | np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``exp(score / temperature)`` scaled so the largest is 1 (NaN and -inf scores weigh 0; all of them: 1)."""
+    z = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf) / temperature
+    top = z.max() if z.size else 0.0
+    if not np.isfinite(top):
+        return np.ones(z.size)
+    return np.exp(z - top)  # type: ignore[no-any-return]
+
+
+def plackett_luce_marginals(weights: np.ndarray, items: Sequence[int], positions: Sequence[int]) -> np.ndarray:
+    """The probability that a Plackett-Luce ranking (items drawn one position after another, each with
+    probability proportional to its weight among those left) puts ``items[b]`` at ``positions[b]`` (1 = first),
+    for each b: the marginal, over every ordering of the items above it.
+
+    Exact up to quadrature (about 1e-8): PL is an exponential race (item i fires at T_i ~ Exp(w_i); the ranking is
+    the firing order), so P(a at position j) = integral over the time a fires of P(exactly j - 1 others fired
+    before), which with u = exp(-w_a t) is the integral over (0, 1) of the coefficient of z^(j-1) in
+    prod_{i != a} (u^(w_i/w_a) + (1 - u^(w_i/w_a)) z), a polynomial built item by item."""
+    w = np.asarray(weights, dtype=np.float64)
+    idx = np.asarray(items, dtype=np.int64)
+    pos = np.asarray(positions, dtype=np.int64)
+    if idx.size == 0:
+        return np.zeros(0)
+    depth = int(pos.max())
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = w[None, :] / w[idx][:, None]  # (B, n): another item's rate in units of the item's own
+        q = np.exp(ratio[:, None, :] * _LOG_NODES[None, :, None])  # (B, N, n): P(not fired yet)
+    q = np.nan_to_num(q, nan=1.0)
+    q[np.arange(idx.size), :, idx] = 1.0  # the item itself is not among the others
+    coef = np.zeros((idx.size, _NODES.size, depth))
+    coef[:, :, 0] = 1.0
+    for i in range(w.size):
+        qi = q[:, :, i:i + 1]
+        nxt = coef * qi
+        nxt[:, :, 1:] += coef[:, :, :-1] * (1.0 - qi)
+        coef = nxt
+    at = coef[np.arange(idx.size), :, pos - 1]  # (B, N)
+    return np.clip(at @ _WEIGHTS, 0.0, 1.0)  # type: ignore[no-any-return]
+
+
 def position_probabilities(scores: np.ndarray, remaining: np.ndarray, method: ExploreMethod, *,
                            temperature: float = 1.0, epsilon: float = 0.1) -> np.ndarray:
-    """The probability of each item being placed next, given which items are still ``remaining`` (a bool mask;
-    placed items get 0). Plackett-Luce: proportional to ``exp(score / temperature)``; epsilon-greedy: the first
-    remaining item in input order gets ``1 - epsilon + epsilon / m`` and every other ``epsilon / m`` (m
-    remaining). The probabilities of the remaining items sum to 1."""
+    """Plackett-Luce's probability of each item being placed next given which items are still ``remaining`` (a
+    bool mask; placed items get 0): proportional to ``exp(score / temperature)``, summing to 1. (Epsilon-greedy
+    is drawn as a whole list, see :func:`explore_draw`; here it is its greedy-or-uniform mixture per position.)"""
     probs = np.zeros(len(scores), dtype=np.float64)
     idx = np.flatnonzero(remaining)
     if idx.size == 0:
         return probs
     if method == "plackett_luce":
-        z = np.nan_to_num(scores[idx].astype(np.float64), nan=-np.inf) / temperature
-        top = z.max()
-        if not np.isfinite(top):  # every score -inf or NaN: uniform
-            w = np.ones(idx.size)
-        else:
-            w = np.exp(z - top)
+        w = plackett_luce_weights(np.asarray(scores)[idx], temperature)
         probs[idx] = w / w.sum()
     else:
         probs[idx] = epsilon / idx.size
@@ -574,36 +624,59 @@ def position_probabilities(scores: np.ndarray, remaining: np.ndarray, method: Ex
 
 
 def explore_draw(scores: Sequence[float], n: int, method: ExploreMethod, rng: np.random.Generator, *,
-                 temperature: float = 1.0, epsilon: float = 0.1) -> tuple[list[int], list[float]]:
-    """Draw ``n`` positions without replacement: the indices chosen, best position first, and the propensity of
-    each (its probability at that position given the items above it, so their product is the probability of
-    the whole list)."""
+                 temperature: float = 1.0, epsilon: float = 0.1) -> tuple[list[int], list[float], list[float]]:
+    """Draw a ranking of ``n`` of the items: the indices chosen (best position first), each one's propensity
+    (the marginal probability that the policy puts that item at that position) and its cascade probability
+    (that the policy's first positions are exactly the items shown down to this one; the last is the whole
+    list's probability).
+
+    ``plackett_luce``: position by position, each with probability proportional to ``exp(score / temperature)``
+    among the items left; marginals by :func:`plackett_luce_marginals`. ``epsilon_greedy``: the first n items in
+    input order, or with probability ``epsilon`` a uniformly random list of n distinct items (as
+    ``llmrec.eval.ope.epsilon_greedy_dist``), so an item's marginal is ``(1 - epsilon) [greedy there] +
+    epsilon / m`` of m items."""
     values = np.asarray(scores, dtype=np.float64)
-    remaining = np.ones(len(values), dtype=bool)
-    order: list[int] = []
-    props: list[float] = []
-    for _ in range(min(n, len(values))):
-        probs = position_probabilities(values, remaining, method, temperature=temperature, epsilon=epsilon)
-        cum = np.cumsum(probs)  # inverse CDF: the first item whose cumulative probability passes u (never a 0)
-        pick = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+    m = values.size
+    n = min(n, m)
+    if n <= 0:
+        return [], [], []
+    if method == "epsilon_greedy":
+        explore = rng.random() < epsilon
+        order = [int(i) for i in (rng.permutation(m)[:n] if explore else range(n))]
+        marginals = [(1.0 - epsilon) * (i == j) + epsilon / m for j, i in enumerate(order)]
+        cascade, uniform, greedy = [], 1.0, True
+        for j, i in enumerate(order):
+            uniform /= m - j
+            greedy = greedy and i == j
+            cascade.append((1.0 - epsilon) * greedy + epsilon * uniform)
+        return order, marginals, cascade
+    weights = plackett_luce_weights(values, temperature)
+    remaining = np.ones(m, dtype=bool)
+    order, cascade, prob = [], [], 1.0
+    for _ in range(n):
+        w = np.where(remaining, weights, 0.0)
+        cum = np.cumsum(w)  # inverse CDF: the first item whose cumulative weight passes u (never a weight of 0)
+        pick = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), m - 1)
+        prob *= float(w[pick] / cum[-1])
         order.append(pick)
-        props.append(float(probs[pick]))
+        cascade.append(prob)
         remaining[pick] = False
-    return order, props
+    marginals = plackett_luce_marginals(weights, order, range(1, n + 1)).tolist()
+    return order, marginals, cascade
 
 
 class ExploreConfig(NoConfig):
     method: ExploreMethod = Field(
-        "plackett_luce", description="'plackett_luce': each position drawn with probability proportional to "
-                                     "exp(score / temperature); 'epsilon_greedy': the next item in input order, or "
-                                     "with probability epsilon a uniformly random remaining one.")
+        "plackett_luce", description="'plackett_luce': position by position, each item drawn with probability "
+                                     "proportional to exp(score / temperature); 'epsilon_greedy': the candidates' "
+                                     "own order, or with probability epsilon a uniformly random list.")
     temperature: float = Field(1.0, gt=0.0, description="Plackett-Luce: higher is more random.")
-    epsilon: float = Field(0.1, ge=0.0, le=1.0, description="Epsilon-greedy: the share of random picks.")
+    epsilon: float = Field(0.1, ge=0.0, le=1.0, description="Epsilon-greedy: how often the list is random.")
     k: int = Field(10, ge=1, description="How many items to draw, unless the 'k' input says otherwise.")
     seed: int | None = Field(
         None, ge=0, description="With a seed, a request's draw depends only on the seed and the request's run id (the "
-                          "server's X-Request-Id), so a logged request replays to the same list; without, every "
-                          "draw is fresh.")
+                                "server's X-Request-Id), so a logged request replays to the same list; without, "
+                                "every draw is fresh.")
 
     @model_validator(mode="after")
     def _one_method(self) -> ExploreConfig:
@@ -615,11 +688,13 @@ class ExploreConfig(NoConfig):
 
 
 class Explore(NodeType):
-    """A stochastic ranking for exploration and off-policy evaluation: draws the top k of the candidates position
-    by position (Plackett-Luce over the scores, or epsilon-greedy over the input order), so every candidate has
-    a chance at every position. Each drawn item's propensity (its probability at its position given the items
-    above it) goes to the trace record's ``extra["propensities"]`` ({id: probability}), where ``llmrec serve``'s
-    impression log reads it. Put it last before ``present.items`` (which keeps its order), and do not cache it."""
+    """A stochastic ranking for exploration and off-policy evaluation: draws the top k of the candidates
+    (Plackett-Luce over the scores, or epsilon-greedy over the input order), so every candidate has a chance at
+    every position. Each drawn item's propensity (the marginal probability that the policy puts it at that
+    position) goes to the trace record's ``extra["propensities"]`` ({id: probability}) and its cascade
+    probability to ``extra["cascade"]``, where ``llmrec serve``'s impression log reads them. Put it last before
+    ``present.items`` (which keeps its order), and do not cache it. Plackett-Luce's exact marginals take work
+    that grows with positions squared times candidates: keep ``k`` and the candidate list short."""
 
     name = "rerank.explore"
     inline = True
@@ -643,14 +718,16 @@ class Explore(NodeType):
         assert cands is not None
         cfg = self.config
         items = cands.items
-        order, props = explore_draw([c.score for c in items], count_or(k, cfg.k), cfg.method,
-                                    self.rng(context.run_id if context is not None else None),
-                                    temperature=cfg.temperature, epsilon=cfg.epsilon)
+        order, marginals, cascade = explore_draw(
+            [c.score for c in items], count_or(k, cfg.k), cfg.method,
+            self.rng(context.run_id if context is not None else None),
+            temperature=cfg.temperature, epsilon=cfg.epsilon)
         picked = [items[i] for i in order]
         record = context.record if context is not None else None
         if record is not None:
             record.extra = {**(record.extra or {}),
-                            "propensities": {c.id: round(p, 12) for c, p in zip(picked, props)}}
+                            "propensities": {c.id: float(p) for c, p in zip(picked, marginals)},
+                            "cascade": {c.id: float(p) for c, p in zip(picked, cascade)}}
         return cands.model_copy(update={"items": picked})
 
 
@@ -664,4 +741,5 @@ def llmrec_register_node_types(register: Callable[[type], None]) -> None:
 
 
 __all__ = ["Constraints", "Dedupe", "Diversify", "Explore", "FilterSeen", "ITEM_FIELDS", "MMR", "NODE_TYPES", "Quota",
-           "Rules", "explore_draw", "field_value", "normalise_title", "position_probabilities"]
+           "Rules", "explore_draw", "field_value", "normalise_title", "plackett_luce_marginals",
+           "plackett_luce_weights", "position_probabilities"]

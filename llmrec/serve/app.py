@@ -485,7 +485,7 @@ class Server:
         answer = result.to_dict(trace=trace)
         logs = self.logs
         if logs is not None and request_id is not None:
-            try:  # the record is built here (about 10 us) so that the answer's objects can die young
+            try:  # built here, not on the writer thread, so that the answer's objects can die young
                 record = impression_record(request_id, time.time(), endpoint, svc.name,
                                            svc.stamp.id if svc.stamp else "", svc.variant, data, answer["outputs"],
                                            answer["degraded"], result.trace, session_id)

@@ -43,8 +43,11 @@ log = logging.getLogger("llmrec.serve.logs")
 
 #: the version of the record formats below (docs/serving.md); a reader refuses records of a newer one
 FORMAT = 1
-#: what a node puts in its trace record's ``extra`` to declare the serving policy's propensities
+#: what a node puts in its trace record's ``extra`` to declare the serving policy's propensities ({id: marginal
+#: probability at the item's position}) and, optionally, cascade probabilities ({id: probability of the list down
+#: to that item})
 PROPENSITIES = "propensities"
+CASCADE = "cascade"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 FEEDBACK_TYPES = ("click", "purchase", "rating", "dismissal")
 _STORE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")  # a registry name (a drive letter is upper-case)
@@ -53,7 +56,7 @@ SEGMENT_BYTES = 64 * 1024 * 1024
 
 
 def _dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON (pydantic-core's serialiser: about 5x the stdlib's speed); what JSON cannot hold
+    """Compact UTF-8 JSON (pydantic-core's serialiser, much faster than the stdlib's); what JSON cannot hold
     becomes its ``str()``, a NaN or infinity ``null``."""
     return to_json(value, fallback=str, inf_nan_mode="null")
 
@@ -163,20 +166,25 @@ def _finite(value: Any) -> float | None:
     return None
 
 
-def policy_propensities(trace: Any) -> tuple[dict[str, float], list[str]]:
-    """Item id -> propensity from the nodes of a run that report them (``record.extra["propensities"]``, set
-    by stochastic nodes such as ``rerank.explore``), the last to finish winning; and those nodes' ids."""
+def policy_propensities(trace: Any) -> tuple[dict[str, float], dict[str, float], list[str]]:
+    """Item id -> propensity and item id -> cascade probability from the nodes of a run that report them
+    (``record.extra["propensities"]`` and ``["cascade"]``, set by stochastic nodes such as ``rerank.explore``),
+    the last to finish winning; and those nodes' ids."""
     reports = []
     for rec in getattr(trace, "nodes", ()) or ():
         extra = rec.extra
         if extra and isinstance(extra.get(PROPENSITIES), Mapping):
-            reports.append((rec.start_ms + rec.wall_ms, rec.node_id, extra[PROPENSITIES]))
+            reports.append((rec.start_ms + rec.wall_ms, rec.node_id, extra[PROPENSITIES], extra.get(CASCADE)))
     if not reports:
-        return {}, []
-    merged: dict[str, float] = {}
-    for _, _, probs in sorted(reports, key=lambda r: r[0]):
-        merged.update(probs)
-    return merged, [r[1] for r in sorted(reports, key=lambda r: r[0])]
+        return {}, {}, []
+    reports.sort(key=lambda r: r[0])
+    probs: dict[str, float] = {}
+    cascade: dict[str, float] = {}
+    for _, _, p, c in reports:
+        probs.update(p)
+        if isinstance(c, Mapping):
+            cascade.update(c)
+    return probs, cascade, [r[1] for r in reports]
 
 
 def impression_record(request_id: str, ts: float, endpoint: str, spec: str, stamp_id: str, variant: str | None,
@@ -184,7 +192,7 @@ def impression_record(request_id: str, ts: float, endpoint: str, spec: str, stam
                       session_id: str | None) -> dict[str, Any]:
     """One impression (docs/serving.md): what was shown, in order, with each item's position and propensity.
     ``outputs``: the answer's outputs as JSON data; ``trace``: the run's trace (for the policy's propensities)."""
-    probs, stochastic = policy_propensities(trace)
+    probs, cascades, stochastic = policy_propensities(trace)
     items = []
     for name, shown in shown_lists(outputs):
         for position, item in enumerate(shown, 1):
@@ -192,11 +200,14 @@ def impression_record(request_id: str, ts: float, endpoint: str, spec: str, stam
             if item_id.__class__ is not str:
                 item_id = str(item_id)
             p = item.get("propensity")
-            if p is None:
-                p = _finite(probs.get(item_id)) if stochastic else 1.0
-            else:
-                p = _finite(p)
-            row: dict[str, Any] = {"output": name, "position": position, "id": item_id, "propensity": p}
+            if p is not None:  # the item says so itself
+                p, c = _finite(p), _finite(item.get("cascade"))
+            elif stochastic:
+                p, c = _finite(probs.get(item_id)), _finite(cascades.get(item_id))
+            else:  # a deterministic ranking
+                p = c = 1.0
+            row: dict[str, Any] = {"output": name, "position": position, "id": item_id, "propensity": p,
+                                   "cascade": c}
             score = item.get("score")
             if score is not None and (score := _finite(score)) is not None:
                 row["score"] = score
@@ -642,14 +653,18 @@ class LogWriter:
 @dataclass(frozen=True)
 class ShownItem:
     """One item of an impression: the output it was in, its position there (1 = first), its id, its propensity
-    (the probability that the serving policy put it there, given the items above it; 1.0 for a deterministic
-    ranking; None when unknown) and its score when the output had one."""
+    (the marginal probability that the serving policy puts this item at this position: what position-based IPS
+    weighs by), its cascade probability (that the policy's list is exactly the items shown down to this one;
+    the last item's is the whole list's), each 1.0 for a deterministic ranking and None when unknown, and its
+    score when the output had one."""
 
     output: str
     position: int
     id: str
     propensity: float | None
+    cascade: float | None = None
     score: float | None = None
+    team: str | None = None  # in an interleaved answer: the arm that contributed the item
 
 
 @dataclass(frozen=True)
@@ -685,6 +700,7 @@ class Impression:
     policy: list[str] | None
     degraded: bool
     feedback: list[Feedback] = field(default_factory=list)
+    experiment: dict[str, Any] | None = None  # the online experiment's record (docs/serving.md), if any
 
     @property
     def ids(self) -> list[str]:
@@ -698,13 +714,14 @@ def _feedback(r: Mapping[str, Any], shown: bool | None = None) -> Feedback:
 
 
 def _impression(r: Mapping[str, Any], events: list[Feedback]) -> Impression:
-    items = [ShownItem(str(i["output"]), int(i["position"]), str(i["id"]), i.get("propensity"), i.get("score"))
-             for i in r.get("items") or ()]
+    items = [ShownItem(str(i["output"]), int(i["position"]), str(i["id"]), i.get("propensity"), i.get("cascade"),
+                       i.get("score"), team=i.get("team")) for i in r.get("items") or ()]
     ids = {i.id for i in items}
     return Impression(str(r["request_id"]), float(r["ts"]), str(r.get("endpoint", "")), str(r.get("spec", "")),
                       str(r.get("provenance", "")), r.get("variant"), r.get("user_id"), r.get("session_id"),
                       dict(r.get("inputs") or {}), items, r.get("policy"), bool(r.get("degraded")),
-                      [replace(f, shown=f.item_id in ids) for f in events])
+                      [replace(f, shown=f.item_id in ids) for f in events],
+                      experiment=r["experiment"] if isinstance(r.get("experiment"), dict) else None)
 
 
 class LogReader:
@@ -763,7 +780,7 @@ def read_logs(source: LogStore | str | os.PathLike[str], registry: Any = None) -
     return LogReader(source, close=False)
 
 
-__all__ = ["FEEDBACK_TYPES", "FORMAT", "Feedback", "FeedbackEvent", "FileLogStore", "Impression", "LogReader",
-           "LogStore", "LogWriter", "PROPENSITIES", "ShownItem", "SqliteLogStore", "Stamp", "feedback_record",
-           "impression_record", "open_log_store", "parse_location", "policy_propensities", "provenance_stamp",
-           "read_logs", "shown_lists", "stamp_changes"]
+__all__ = ["CASCADE", "FEEDBACK_TYPES", "FORMAT", "Feedback", "FeedbackEvent", "FileLogStore", "Impression",
+           "LogReader", "LogStore", "LogWriter", "PROPENSITIES", "ShownItem", "SqliteLogStore", "Stamp",
+           "feedback_record", "impression_record", "open_log_store", "parse_location", "policy_propensities",
+           "provenance_stamp", "read_logs", "shown_lists", "stamp_changes"]

@@ -4,16 +4,19 @@ propensities (exact sums, and frequencies over seeded draws)."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import logging
+import math
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from llmrec.nodes.rerank import Explore, explore_draw, position_probabilities
-from llmrec.serve.logs import FileLogStore, read_logs, stamp_changes
+from llmrec.nodes.rerank import Explore, explore_draw, plackett_luce_marginals, plackett_luce_weights
+from llmrec.serve.logs import FileLogStore, LogWriter, read_logs, stamp_changes
 from llmrec.types import Candidates, ScoredItem
 
 from .conftest import SHOP
@@ -117,7 +120,8 @@ async def test_answers_are_logged_with_positions_propensities_and_provenance_and
     assert imp.user_id == "u1" and imp.session_id == "s-1" and imp.endpoint == "recommend"
     assert imp.inputs["user_id"] == "u1" and imp.inputs["k"] == 3
     assert imp.ids == shown
-    assert [(i.output, i.position, i.propensity) for i in imp.items] == [("recommendations", p, 1.0) for p in (1, 2, 3)]
+    assert [(i.output, i.position, i.propensity, i.cascade) for i in imp.items] == [
+        ("recommendations", p, 1.0, 1.0) for p in (1, 2, 3)]
     assert imp.policy is None and imp.degraded is False
     assert [(f.type, f.item_id, f.shown) for f in imp.feedback] == [
         ("click", shown[1], True), ("rating", shown[0], True), ("dismissal", "not-shown", False)]
@@ -227,16 +231,19 @@ async def test_a_store_that_raises_never_breaks_recommend_and_is_counted(serve, 
 
 
 async def test_a_full_queue_drops_impressions_counted_and_refuses_feedback_with_503(serve, tmp_path) -> None:
-    async with serve(**_store("file", tmp_path), log_queue=2) as client:
-        writer = client.server.logs
-        writer.interval = 3600.0  # the thread sleeps: the queue only fills
-        writer.flush()
+    async with serve(**_store("file", tmp_path)) as client:
+        server = client.server
+        await asyncio.to_thread(server.logs.close)
+        # a writer whose thread sleeps (nothing wakes it but a flush, a close or a full batch): the queue only fills
+        server.logs = LogWriter(FileLogStore(tmp_path / "logs"), max_pending=2, interval=3600.0,
+                                counter=server.metrics.count_log)
         for user in ("u1", "u2", "u3", "u4"):
             assert (await client.post("/v1/recommend", json={"user_id": user})).status_code == 200
         r = await client.post("/v1/feedback", json={"request_id": "r1", "item_id": "i1", "type": "click"})
         assert r.status_code == 503 and r.json()["error"]["type"] == "log_overloaded" and r.headers["Retry-After"]
         text = (await client.get("/metrics")).text
         assert 'llmrec_log_records_total{kind="impressions",outcome="dropped"} 2.0' in text
+        assert 'llmrec_log_records_total{kind="feedback",outcome="dropped"} 1.0' in text
         assert "llmrec_log_pending 2.0" in text
     assert len(list(read_logs(tmp_path / "logs"))) == 2  # shutdown wrote what was queued
 
@@ -267,38 +274,63 @@ async def test_the_provenance_id_changes_when_a_template_file_changes_and_the_se
 # -- rerank.explore ----------------------------------------------------------------------------------------------
 
 
+def _policy_lists(scores: list[float], k: int, method: str, knobs: dict) -> dict[tuple[int, ...], float]:
+    """Every list of k items the policy can show, with its probability, by enumeration (independently of the
+    node's code): Plackett-Luce as a product of softmax choices among the items left; epsilon-greedy as the
+    input order with probability 1 - epsilon, else a uniformly random list."""
+    n = len(scores)
+    out = {}
+    for prefix in itertools.permutations(range(n), k):
+        if method == "plackett_luce":
+            w = [math.exp(x / knobs["temperature"]) for x in scores]
+            prob = 1.0
+            for j, i in enumerate(prefix):  # the weight left summed afresh: subtracting loses a sharp policy's tail
+                prob *= w[i] / math.fsum(w[r] for r in range(n) if r not in prefix[:j])
+        else:
+            prob = (1 - knobs["epsilon"]) * (prefix == tuple(range(k))) + knobs["epsilon"] / math.perm(n, k)
+        out[prefix] = prob
+    return out
+
+
 @pytest.mark.parametrize("method, knobs", [("plackett_luce", {"temperature": 0.7}),
                                            ("epsilon_greedy", {"epsilon": 0.3})])
-def test_explore_probabilities_sum_to_one_and_match_the_frequencies_of_seeded_draws(method, knobs) -> None:
-    scores = np.array([2.0, 1.5, 1.4, 0.2, -1.0])
-    everything = np.ones(5, dtype=bool)
-    first = position_probabilities(scores, everything, method, **knobs)
-    assert first.sum() == pytest.approx(1.0, abs=1e-12) and (first > 0).all()  # full support
-    for placed in range(5):  # any prefix placed: the rest sum to 1, the placed get 0
-        rest = everything.copy()
-        rest[placed] = False
-        p = position_probabilities(scores, rest, method, **knobs)
-        assert p[placed] == 0 and p.sum() == pytest.approx(1.0, abs=1e-12)
+def test_explore_propensities_are_exact_marginals_that_sum_to_one_and_match_seeded_draws(method, knobs) -> None:
+    scores, k = [2.0, 1.5, 1.4, 0.2, -1.0], 3
+    lists = _policy_lists(scores, k, method, knobs)
+    marginal = np.zeros((len(scores), k))  # P(item a at position j), summed over every list
+    for prefix, prob in lists.items():
+        for j, a in enumerate(prefix):
+            marginal[a, j] += prob
+    assert np.allclose(marginal.sum(axis=0), 1.0)  # the probabilities of all items at each position sum to 1
+    assert (marginal > 0).all()  # full support: every item can be at every position
+    if method == "plackett_luce":  # the node's closed form (an integral) against the enumeration
+        w = plackett_luce_weights(scores, knobs["temperature"])
+        for j in range(1, k + 1):
+            got = plackett_luce_marginals(w, list(range(len(scores))), [j] * len(scores))
+            assert np.allclose(got, marginal[:, j - 1], atol=1e-8)
 
     rng = np.random.default_rng(2024)
-    draws = 20_000
-    at_1 = np.zeros(5)
-    at_2_after_0 = np.zeros(5)
-    after_0 = 0
+    draws = 8_000
+    seen = np.zeros_like(marginal)
     for _ in range(draws):
-        order, props = explore_draw(scores, 2, method, rng, **knobs)
-        assert props[0] == pytest.approx(first[order[0]])  # the reported propensity is the policy's probability
-        at_1[order[0]] += 1
-        if order[0] == 0:
-            after_0 += 1
-            at_2_after_0[order[1]] += 1
-    tolerance = 4 * np.sqrt(first * (1 - first) / draws) + 1e-3
-    assert np.all(np.abs(at_1 / draws - first) <= tolerance), (at_1 / draws, first)
-    rest = everything.copy()
-    rest[0] = False
-    second = position_probabilities(scores, rest, method, **knobs)
-    tolerance = 4 * np.sqrt(second * (1 - second) / after_0) + 1e-3
-    assert np.all(np.abs(at_2_after_0 / after_0 - second) <= tolerance), (at_2_after_0 / after_0, second)
+        order, props, cascade = explore_draw(scores, k, method, rng, **knobs)
+        for j, a in enumerate(order):
+            seen[a, j] += 1
+        assert props == pytest.approx([marginal[a, j] for j, a in enumerate(order)], abs=1e-8)
+        assert cascade[-1] == pytest.approx(lists[tuple(order)], abs=1e-12)  # the whole list's probability
+    tolerance = 4 * np.sqrt(marginal * (1 - marginal) / draws) + 1e-3
+    assert np.all(np.abs(seen / draws - marginal) <= tolerance), (seen / draws, marginal)
+
+
+def test_plackett_luce_marginals_hold_for_sharp_and_flat_policies() -> None:
+    rng = np.random.default_rng(5)
+    for temperature in (0.05, 1.0, 20.0):
+        scores = rng.normal(size=6).tolist()
+        lists = _policy_lists(scores, 4, "plackett_luce", {"temperature": temperature})
+        w = plackett_luce_weights(scores, temperature)
+        for j in range(1, 5):
+            exact = [sum(p for prefix, p in lists.items() if prefix[j - 1] == a) for a in range(6)]
+            assert np.allclose(plackett_luce_marginals(w, list(range(6)), [j] * 6), exact, atol=1e-7)
 
 
 async def test_explore_config_and_node_report_propensities_in_the_trace() -> None:
@@ -330,7 +362,7 @@ async def test_served_explore_logs_the_policys_propensities_and_replays_by_reque
             ids = [i["id"] for i in r.json()["outputs"]["recommendations"]["items"]]
             lists.setdefault(rid, []).append(ids)
             node = next(n for n in r.json()["trace"]["nodes"] if n["node_id"] == "explore")
-            assert list(node["extra"]["propensities"])[:5] == ids
+            assert list(node["extra"]["propensities"])[:5] == ids and list(node["extra"]["cascade"])[:5] == ids
         assert lists["a-1"][0] == lists["a-1"][1]  # the same request id draws the same list
         client.server.logs.flush()
     reader = read_logs(tmp_path / "logs.db")
@@ -341,6 +373,8 @@ async def test_served_explore_logs_the_policys_propensities_and_replays_by_reque
         assert imp.policy == ["explore"]
         props = [i.propensity for i in imp.items]
         assert all(0 < p <= 1 for p in props) and len(props) == 5
+        cascade = [i.cascade for i in imp.items]  # each position multiplies in a probability: never growing
+        assert cascade[0] == pytest.approx(props[0]) and all(a >= b > 0 for a, b in zip(cascade, cascade[1:]))
     assert json.dumps(logged[0].inputs) == json.dumps({"user_id": "u5", "k": 5})
 
 
