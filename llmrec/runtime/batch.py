@@ -51,8 +51,9 @@ def batching() -> Iterator[None]:
 
 
 def is_batchable(node: NodeType) -> bool:
-    """The node type declares ``batchable`` and has an ``async def run_batch``."""
-    return bool(type(node).batchable) and inspect.iscoroutinefunction(node.run_batch) and \
+    """The node declares ``batchable`` (the type, or the instance for its config) and has an ``async def
+    run_batch``."""
+    return bool(node.batchable) and inspect.iscoroutinefunction(node.run_batch) and \
         inspect.iscoroutinefunction(node.run)
 
 

@@ -66,11 +66,17 @@ DATA = os.environ.get("LLMREC_DATA_DIR")
 
 @pytest.mark.skipif(not DATA or not (Path(DATA) / "ml-100k" / "u.data").is_file(),
                     reason="needs MovieLens 100K under $LLMREC_DATA_DIR (.ci/run sets it)")
-async def test_movielens_cf_batched_gives_every_user_what_a_single_request_gives() -> None:
-    rt = llmrec.Runtime(llmrec.validate(ROOT / "specs" / "movielens_cf.yaml"))
-    requests = [{"user_id": str(u), "k": 20} for u in range(1, 944)] + [{"user_id": "nobody"}]
+@pytest.mark.parametrize("batch", [True, False])
+async def test_movielens_cf_batched_gives_every_user_what_a_single_request_gives(tmp_path, batch) -> None:
+    text = (ROOT / "specs" / "movielens_cf.yaml").read_text(encoding="utf-8")
+    text = text.replace("      factors: 64", f"      factors: 64\n      batch: {str(batch).lower()}", 1)
+    (tmp_path / "cf.yaml").write_text(text, encoding="utf-8")
+    rt = llmrec.Runtime(llmrec.validate(tmp_path / "cf.yaml"))
+    assert rt.plans["cf"].instance.batchable is batch
+    requests = [{"user_id": str(u), "k": 20} for u in range(1, 944)] + [{"user_id": "nobody"}, {"user_id": 3}]
     batched = await rt.run_many(requests)
-    for request, many in zip(requests, batched):
+    for request, many in zip(requests[:-1], batched):
         single = await rt.run(request)
         assert many.outputs == single.outputs, request
-    assert batched[-1].outputs["recommendations"].cold_start
+    assert batched[-2].outputs["recommendations"].cold_start
+    assert isinstance(batched[-1], llmrec.InputError)  # a bad request fails alone, in its place

@@ -341,11 +341,12 @@ class _Retriever(NodeType):
     """Shared by the CF retrievers: one fitted model per Interactions object, cold starts, top-k with exclusions."""
 
     inline = True  # a request is one vector-matrix product; fitting happens in warm() (or once, in a thread)
-    batchable = True  # many requests: one matrix-matrix product (factor models)
+    batchable = True  # many requests: one matrix-matrix product (factor models), when the config's `batch` says so
     Config: Any
 
     def __init__(self, config: BaseModel) -> None:
         super().__init__(config)
+        self.batchable = bool(getattr(config, "batch", False))
         self._models = _Models()
         self._lock = asyncio.Lock()
         #: seconds the most recent fit took (None before the first fit)
@@ -498,6 +499,11 @@ class CFConfig(NoConfig):
     source: str = Field("cf", min_length=1, description="Name of this list in ScoredItem.sources.")
     seed: int = Field(0, description="Random seed (svd's starting vector, als's initial factors).")
     decay: DecayConfig | None = Field(None, description=_DECAY_DESCRIPTION)
+    batch: bool = Field(
+        False, description="Score the users of concurrent requests (llmrec eval, /v1/recommend/batch) with one "
+                           "matrix product. Off by default: one user's scores take about 14 us (MovieLens 100K, 64 "
+                           "factors), less than batching costs per request (benchmarks/eval_speed.py).",
+    )
 
 
 class CF(_Retriever):
@@ -566,6 +572,11 @@ class ItemKNNConfig(NoConfig):
     exclude_seen: bool = Field(True, description="Leave out items the user has in the interaction log.")
     source: str = Field("item_knn", min_length=1, description="Name of this list in ScoredItem.sources.")
     decay: DecayConfig | None = Field(None, description=_DECAY_DESCRIPTION)
+    batch: bool = Field(
+        False, description="Score the users of concurrent requests (llmrec eval, /v1/recommend/batch) with one "
+                           "matrix product. Off by default: one user's scores take about 14 us (MovieLens 100K, 64 "
+                           "factors), less than batching costs per request (benchmarks/eval_speed.py).",
+    )
 
 
 class ItemKNN(_Retriever):
