@@ -6,7 +6,10 @@ Endpoints: ``POST /v1/recommend`` (``/batch``, ``/stream``), ``POST /v1/feedback
 ``/metrics``, ``/v1/spec``, ``/v1/provenance`` and the playground at ``/``. Every answer carries its request id
 (``X-Request-Id``) and the provenance id of the spec that produced it (``X-Llmrec-Provenance``); with a log store
 (``--log-dir``, ``--log-store``) every answer is logged as an impression and feedback is accepted
-(llmrec/serve/logs.py). Request bodies are read and checked here (size, UTF-8, JSON, an object,
+(llmrec/serve/logs.py). With an online experiment (``--experiment ab:A,B`` or ``interleave:A,B``) the server holds
+a service per arm (the spec as written or one of its variants) and routes each request by a stable hash of its
+user, or answers it with both arms' lists interleaved (llmrec/serve/experiments.py); ``X-Llmrec-Variant`` names
+the arm. Request bodies are read and checked here (size, UTF-8, JSON, an object,
 then the spec's inputs), so every mistake is a 4xx ``{"error": {"type", "message", "field"}}`` and nothing a
 client sends can produce a traceback. Resources load in the background after startup: ``/readyz`` is 503 until
 they have. The spec file is watched (and reloaded on SIGHUP); a new version replaces the old one only once it
@@ -42,6 +45,16 @@ from ..runtime.batch import batching
 from ..runtime.executor import WAVE, Runtime
 from ..spec.refs import RefExpr
 from ..trust import grant
+from ..spec.variants import check_variant, variant_names
+from .experiments import (
+    Experiment,
+    arm_variant,
+    assignment_unit,
+    interleave_outputs,
+    mark_teams,
+    parse_experiment,
+    shared_resources,
+)
 from .logs import FeedbackEvent, LogWriter, Stamp, feedback_record, impression_record, provenance_stamp
 from .metrics import Metrics
 
@@ -79,6 +92,11 @@ class ServeOptions:
     log_options: dict[str, Any] = field(default_factory=dict)
     log_queue: int = 10_000  # log records waiting for the writer thread; past it, impressions are dropped (counted)
     rating_range: tuple[float, float] = (0.0, 5.0)  # what a rating's value may be in /v1/feedback
+    experiment: str | None = None  # ab:ARM,ARM[:W,W] or interleave:ARM,ARM (llmrec/serve/experiments.py)
+    experiment_name: str | None = None  # the assignment hash's name; None: SPEC_NAME:ARM,ARM
+    experiment_salt: str = ""
+    experiment_seed: int = 0  # interleaving's coin flips
+    experiment_override: bool = False  # ?variant=ARM may choose the arm (for testing); off by default
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -123,7 +141,8 @@ class Service:
     """A validated graph, its Runtime and what the server derives from it once (response model, playground
     description, which nodes report grounding fixes). Replaced as a whole when the spec is reloaded."""
 
-    def __init__(self, graph: Any, mtime: int | None = None) -> None:
+    def __init__(self, graph: Any, mtime: int | None = None, arm: str | None = None,
+                 variant: str | None = None) -> None:
         self.graph = graph
         self.runtime = Runtime(graph)
         self.mtime = mtime
@@ -134,9 +153,14 @@ class Service:
         self.request_model = graph.request_model
         self.response_model = _response_model(graph)
         self.created = time.time()
-        self.variant: str | None = None  # the variant served (A/B variants: later); None is the spec as written
+        self.variant = variant  # the spec variant applied; None is the spec as written
+        self.arm = arm  # its arm in an online experiment (a variant's name, or 'default'); None: no experiment
         self.stamp: Stamp | None = None  # set once its resources have loaded (stamp_service)
-        self.headers: dict[str, str] = {}  # sent with every answer: X-Llmrec-Provenance
+        self.headers: dict[str, str] = {}  # sent with every answer: X-Llmrec-Provenance (and X-Llmrec-Variant)
+
+    def share(self, resources: dict[str, Any]) -> None:
+        """Before it starts: take these already-loaded resources (another arm's) instead of loading them."""
+        self.runtime = Runtime(self.graph, resources=resources)
 
     async def stamp_service(self) -> None:
         """Compute the provenance stamp once (files and datasets are hashed in a thread, off the loop)."""
@@ -147,6 +171,8 @@ class Service:
             stamp = Stamp("unknown", {"spec_name": self.name, "error": _describe(exc)})
         self.stamp = stamp
         self.headers = {"X-Llmrec-Provenance": stamp.id}
+        if self.arm is not None:
+            self.headers["X-Llmrec-Variant"] = self.arm
 
     @property
     def name(self) -> str:
@@ -229,7 +255,13 @@ class Server:
             graph, errors, _ = check(self.path, str(self.path))
             if errors or graph is None:
                 raise SpecErrors(errors)
-        self.current = Service(graph, self._mtime())
+        self.experiment: Experiment | None = None
+        if options.experiment:
+            self.experiment = parse_experiment(options.experiment, options.experiment_name, options.experiment_salt,
+                                               options.experiment_seed, str(graph.name))  # ValueError: say what
+        #: the services: one per arm of the experiment (by arm name, the control first), else the spec's alone
+        self.arms: dict[str | None, Service] = self._services(graph, self._arm_graphs(graph), self._mtime())
+        self.current = next(iter(self.arms.values()))  # the spec's (the first arm's): playground, OpenAPI, reloads
         self.metrics = Metrics(self.current.name)
         registry = get_registry(self.path.resolve().parent)
         factory = registry.session_stores.get(options.session_store)
@@ -264,12 +296,56 @@ class Server:
         except OSError:
             return None
 
+    def _arm_graphs(self, graph: Any) -> dict[str | None, Any]:
+        """Each arm's validated graph: ``graph`` (the spec as written) or a variant of the spec file, applied as
+        ``llmrec eval --variants`` applies it. Raises SpecErrors (every arm's) or ExperimentError (an unknown arm).
+        Reads files: call it off the event loop once serving."""
+        exp = self.experiment
+        if exp is None:
+            return {None: graph}
+        declared = variant_names(graph.document)
+        graphs: dict[str | None, Any] = {}
+        errors = []
+        for arm in exp.arms:
+            variant = arm_variant(arm, declared)
+            if variant is None:
+                graphs[arm] = graph
+                continue
+            built, errs, _ = check_variant(self.path, variant, str(self.path))
+            if errs or built is None:
+                errors.extend(errs)
+            else:
+                graphs[arm] = built
+        if errors:
+            raise SpecErrors(errors)
+        return graphs
+
+    def _services(self, graph: Any, graphs: dict[str | None, Any], mtime: int | None) -> dict[str | None, Service]:
+        declared = variant_names(graph.document) if self.experiment is not None else []
+        return {arm: Service(g, mtime, arm, None if arm is None else arm_variant(arm, declared))
+                for arm, g in graphs.items()}
+
+    async def _start_services(self, services: list[Service]) -> None:
+        """Load the services' resources one after the other, each arm taking what an earlier one loaded and it
+        can share (:func:`~llmrec.serve.experiments.shared_resources`: the same dataset is not loaded twice), then
+        compute their provenance stamps."""
+        earlier: list[tuple[Any, Any]] = []
+        for svc in services:
+            if earlier:
+                shared = shared_resources(svc.graph, earlier)
+                if shared:
+                    svc.share(shared)
+                    log.info("arm '%s' shares %s with an earlier arm", svc.arm, ", ".join(sorted(shared)))
+            await svc.runtime.start()
+            earlier.append((svc.graph, svc.runtime.resources))
+        await asyncio.gather(*(svc.stamp_service() for svc in services))
+
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def startup(self) -> None:
         self._reload_lock = asyncio.Lock()
         if self.log_store is not None and self.logs is None:
             self.logs = LogWriter(self.log_store, max_pending=self.options.log_queue, counter=self.metrics.count_log)
-        self._spawn(self._load(self.current))
+        self._spawn(self._load(list(self.arms.values())))
         if self.options.reload_interval > 0:
             self._spawn(self._watch())
         try:
@@ -285,7 +361,7 @@ class Server:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.current.runtime.close()
+        await asyncio.gather(*(svc.runtime.close() for svc in self.arms.values()))
         if self.logs is not None:  # what is queued is written, then the store closes (the file store fsyncs)
             await asyncio.to_thread(self.logs.close)
             self.logs = None
@@ -298,20 +374,22 @@ class Server:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _load(self, svc: Service) -> None:
+    async def _load(self, services: list[Service]) -> None:
         started = time.perf_counter()
         try:
-            await svc.runtime.start()
+            await self._start_services(services)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.load_error = _describe(exc)
-            log.error("spec '%s': resources failed to load: %s", svc.name, self.load_error)
+            log.error("spec '%s': resources failed to load: %s", services[0].name, self.load_error)
             return
-        await svc.stamp_service()
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("spec '%s' ready in %.2fs", svc.name, time.perf_counter() - started)
+        log.info("spec '%s' ready in %.2fs", services[0].name, time.perf_counter() - started)
+        if self.experiment is not None:
+            log.info("experiment '%s' (%s): arms %s", self.experiment.name, self.experiment.kind,
+                     ", ".join(f"{s.arm} ({s.stamp.id if s.stamp else '?'})" for s in services))
 
     def _on_sighup(self) -> None:
         log.info("SIGHUP: reloading %s", self.path)
@@ -332,32 +410,38 @@ class Server:
             if not force and mtime == self.current.mtime:
                 return False
             self._seen_mtime = mtime  # a broken version is not retried until the file changes again
+            graphs = None
             try:
                 graph, errors, _ = await asyncio.to_thread(check, self.path, str(self.path))
-            except Exception as exc:  # an unreadable file, a plugin that fails to import
+                if graph is not None and not errors:  # and every arm's variant of it
+                    graphs = await asyncio.to_thread(self._arm_graphs, graph)
+            except SpecErrors as exc:
+                errors, graph = list(exc.errors), None
+                self.reload_errors = [e.format() for e in errors]
+            except Exception as exc:  # an unreadable file, a plugin that fails to import, an arm gone
                 errors, graph = [], None
                 self.reload_errors = [_describe(exc)]
             else:
                 self.reload_errors = [e.format() for e in errors]
-            if graph is None or errors:
+            if graph is None or errors or graphs is None:
                 for line in self.reload_errors:
                     log.error("%s", line)
                 log.error("%s: not reloaded (%d error%s); still serving the previous version", self.path,
                           len(self.reload_errors), "" if len(self.reload_errors) == 1 else "s")
                 self.metrics.reloads.labels("invalid").inc()
                 return False
-            svc = Service(graph, mtime)
+            services = self._services(graph, graphs, mtime)
             try:
-                await svc.runtime.start()
+                await self._start_services(list(services.values()))
             except Exception as exc:
                 self.reload_errors = [_describe(exc)]
                 log.error("%s: not reloaded, resources failed to load: %s; still serving the previous version",
                           self.path, self.reload_errors[0])
                 self.metrics.reloads.labels("failed").inc()
-                await svc.runtime.close()
+                await asyncio.gather(*(s.runtime.close() for s in services.values()))
                 return False
-            await svc.stamp_service()
-            old, self.current = self.current, svc
+            svc = next(iter(services.values()))
+            old_arms, self.arms, self.current = self.arms, services, svc
             self.ready, self.load_error = True, None
             self.metrics.ready.set(1)
             if self.app is not None:
@@ -365,7 +449,8 @@ class Server:
             self.metrics.reloads.labels("ok").inc()
             log.info("%s reloaded: spec '%s', %d nodes, provenance %s", self.path, svc.name, len(svc.graph.nodes),
                      svc.stamp.id if svc.stamp else "?")
-            self._spawn(self._retire(old))
+            for old in old_arms.values():
+                self._spawn(self._retire(old))
             return True
 
     @staticmethod
@@ -445,11 +530,10 @@ class Server:
         request.state.request_id = rid
         return rid
 
-    async def run(self, svc: Service, data: Any, *, trace: bool = False, on_node: Any = None,
-                  request_id: str | None = None, endpoint: str = "recommend", session_id: str | None = None,
-                  ) -> dict[str, Any]:
-        """One spec run, its errors as ApiError and its trace in the metrics; with a log store, the answer is
-        queued as an impression (never waiting for the store). ``request_id`` is the run's id."""
+    async def execute(self, svc: Service, data: Any, *, trace: bool = False, on_node: Any = None,
+                      request_id: str | None = None) -> tuple[dict[str, Any], Any]:
+        """One spec run: (the answer as JSON data, the run's trace); its errors as ApiError, its trace in the
+        metrics. ``request_id`` is the run's id."""
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_body", f"a request must be a JSON object with this spec's inputs, "
                            f"got {_json_type(data)}")
@@ -482,19 +566,142 @@ class Server:
             svc.active -= 1
             self.metrics.in_flight.dec()
         self.metrics.observe_trace(result.trace, "degraded" if result.degraded else "ok")
-        answer = result.to_dict(trace=trace)
-        logs = self.logs
-        if logs is not None and request_id is not None:
-            try:  # built here, not on the writer thread, so that the answer's objects can die young
-                record = impression_record(request_id, time.time(), endpoint, svc.name,
-                                           svc.stamp.id if svc.stamp else "", svc.variant, data, answer["outputs"],
-                                           answer["degraded"], result.trace, session_id)
-            except Exception as exc:  # never the request's failure
-                log.warning("an impression could not be recorded: %s", _describe(exc))
-                self.metrics.count_log("impressions", "failed", 1)
-            else:
-                logs.impression(record)
+        return result.to_dict(trace=trace), result.trace
+
+    async def run(self, svc: Service, data: Any, *, trace: bool = False, on_node: Any = None,
+                  request_id: str | None = None, endpoint: str = "recommend", session_id: str | None = None,
+                  experiment: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One spec run (:meth:`execute`); with a log store, the answer is queued as an impression (never waiting
+        for the store), with ``experiment`` as its experiment record."""
+        answer, run_trace = await self.execute(svc, data, trace=trace, on_node=on_node, request_id=request_id)
+        if self.logs is not None and request_id is not None:
+            self.log_impression(request_id, endpoint, svc.name, svc.stamp.id if svc.stamp else "", svc.variant,
+                                data, answer, run_trace, session_id, experiment)
         return answer
+
+    def log_impression(self, request_id: str, endpoint: str, spec: str, stamp_id: str, variant: str | None,
+                       data: dict[str, Any], answer: dict[str, Any], run_trace: Any, session_id: str | None,
+                       experiment: dict[str, Any] | None = None, teams: dict[str, list[str | None]] | None = None,
+                       ) -> None:
+        """Queue an answer's impression; ``teams`` (an interleaved answer: each merged output's arm per position,
+        None for an item credited to neither) become the items' ``team``, and their propensity is unknown (the
+        coin flips made the list)."""
+        logs = self.logs
+        if logs is None:
+            return
+        try:  # built here, not on the writer thread, so that the answer's objects can die young
+            record = impression_record(request_id, time.time(), endpoint, spec, stamp_id, variant, data,
+                                       answer["outputs"], answer["degraded"], run_trace, session_id)
+            if teams is not None:
+                mark_teams(record, teams)
+            if experiment is not None:
+                record["experiment"] = experiment
+        except Exception as exc:  # never the request's failure
+            log.warning("an impression could not be recorded: %s", _describe(exc))
+            self.metrics.count_log("impressions", "failed", 1)
+        else:
+            logs.impression(record)
+
+    # -- experiments -------------------------------------------------------------------------------------
+    def forced_arm(self, request: Request) -> str | None:
+        """The arm a ``?variant=ARM`` override asks for: only where the operator allowed overrides."""
+        arm = request.query_params.get("variant")
+        if arm is None:
+            return None
+        if self.experiment is None:
+            raise ApiError(400, "no_experiment", "this server runs no experiment: there is no variant to choose",
+                           "variant")
+        if not self.options.experiment_override:
+            raise ApiError(403, "override_off", "?variant= overrides are off on this server (the operator turns "
+                           "them on with --experiment-override)", "variant")
+        if arm not in self.arms:
+            raise ApiError(422, "invalid_variant", f"no arm '{arm}' in experiment '{self.experiment.name}' (arms: "
+                           f"{', '.join(str(a) for a in self.arms)})", "variant")
+        return arm
+
+    def route(self, data: Any, request_id: str, session_id: str | None = None, forced: str | None = None
+              ) -> tuple[list[Service], dict[str, Any] | None, dict[str, str]]:
+        """Which services answer a request: (services, the experiment record for its impression, the headers to
+        send). Without an experiment, the spec's; A/B: the arm of the request's unit; interleaving: both arms."""
+        exp = self.experiment
+        if exp is None:
+            svc = self.current
+            return [svc], None, svc.headers
+        inputs = data if isinstance(data, dict) else {}
+        unit_kind, unit = assignment_unit(inputs, session_id, request_id)
+        if forced is not None or exp.kind == "ab":
+            if forced is not None:
+                arm, bucket = forced, None
+            else:
+                arm, bucket = exp.assign(unit)
+            svc = self.arms[arm]
+            return [svc], exp.arm_record(arm, bucket, unit_kind, forced is not None), svc.headers
+        a, b = (self.arms[arm] for arm in exp.arms)
+        record = exp.interleave_record(unit_kind, {str(s.arm): s.stamp.id if s.stamp else "" for s in (a, b)})
+        return [a, b], record, _pair_headers(a, b)
+
+    async def answer(self, data: Any, *, trace: bool = False, on_node: Any = None, request_id: str,
+                     endpoint: str = "recommend", session_id: str | None = None, forced: str | None = None,
+                     routed: tuple[list[Service], dict[str, Any] | None, dict[str, str]] | None = None,
+                     ) -> tuple[dict[str, Any], dict[str, str]]:
+        """A request's answer and the headers that say what produced it, through :meth:`route` (or ``routed``,
+        its result taken earlier): one service's run, or an interleaving of two."""
+        services, record, headers = routed or self.route(data, request_id, session_id, forced)
+        if len(services) == 1:
+            return await self.run(services[0], data, trace=trace, on_node=on_node, request_id=request_id,
+                                  endpoint=endpoint, session_id=session_id, experiment=record), headers
+        assert record is not None and self.experiment is not None
+        return await self._interleave(services, data, record, trace=trace, on_node=on_node, request_id=request_id,
+                                      endpoint=endpoint, session_id=session_id)
+
+    async def _interleave(self, services: list[Service], data: Any, record: dict[str, Any], *, trace: bool,
+                          on_node: Any, request_id: str, endpoint: str, session_id: str | None,
+                          ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Both arms at once; their item lists merged by team draft (llmrec/serve/experiments.py). When one arm
+        fails the other's answer is served alone (its impression says so: ``fallback``); when both fail, A's
+        error is the answer."""
+        exp = self.experiment
+        assert exp is not None
+        a, b = services
+
+        def node_cb(arm: str | None) -> Any:
+            if on_node is None:
+                return None
+            return lambda record_, value: on_node(record_, value, arm)
+
+        runs = await asyncio.gather(
+            *(self.execute(s, data, trace=trace, on_node=node_cb(s.arm), request_id=request_id) for s in (a, b)),
+            return_exceptions=True)
+        failed = [r for r in runs if isinstance(r, BaseException)]
+        for r in failed:
+            if not isinstance(r, ApiError):
+                raise r
+        if len(failed) == 2:
+            raise failed[0]
+        spec = a.name
+        if failed:
+            svc, (answer, run_trace) = next((s, r) for s, r in zip((a, b), runs) if not isinstance(r, BaseException))
+            log.warning("interleaving: arm '%s' failed (%s); arm '%s' answered alone",
+                        (b if svc is a else a).arm, failed[0].message, svc.arm)
+            self.log_impression(request_id, endpoint, spec, svc.stamp.id if svc.stamp else "", svc.variant, data,
+                                answer, run_trace, session_id, {**record, "fallback": svc.arm})
+            return answer, svc.headers
+        (answer_a, _), (answer_b, _) = runs  # type: ignore[misc]
+        outputs, teams, flips = interleave_outputs(answer_a["outputs"], answer_b["outputs"],
+                                                   lambda output: exp.rng(request_id, output))
+        answer: dict[str, Any] = {**answer_a, "outputs": outputs,
+                                  "degraded": bool(answer_a["degraded"] or answer_b["degraded"])}
+        falls = [{**f, "arm": s.arm} for s, ans in ((a, answer_a), (b, answer_b)) for f in ans.get("fallbacks") or ()]
+        if falls:
+            answer["fallbacks"] = falls
+        if trace:
+            answer["trace"] = {str(a.arm): answer_a.get("trace"), str(b.arm): answer_b.get("trace")}
+        if self.logs is not None:
+            arm_of = {"A": str(a.arm), "B": str(b.arm)}
+            self.log_impression(request_id, endpoint, spec, "+".join(record["provenance"].values()), None, data,
+                                answer, None, session_id, {**record, "flips": flips},
+                                {name: [arm_of.get(t) if t else None for t in ts] for name, ts in teams.items()})
+        return answer, _pair_headers(a, b)
 
     def feedback_events(self, data: Any) -> list[FeedbackEvent]:
         """A feedback body (one event, a JSON array of them, or ``{"events": [...]}``) -> validated events; every
@@ -569,6 +776,12 @@ class Server:
         await self.sessions.save(sid, state, self.options.session_ttl)
         self.metrics.observe_sessions(self.sessions)  # fresh in every worker, whichever answers /metrics
         return number
+
+
+def _pair_headers(a: Service, b: Service) -> dict[str, str]:
+    """An interleaved answer's headers: both arms' provenance ids and names, joined by '+'."""
+    return {"X-Llmrec-Provenance": f"{a.stamp.id if a.stamp else ''}+{b.stamp.id if b.stamp else ''}",
+            "X-Llmrec-Variant": f"{a.arm}+{b.arm}"}
 
 
 def parse_json(body: bytes) -> Any:
@@ -709,17 +922,20 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
         rid = server.request_id(request)
         data = await server.read_json(request)
         sid = server.session_id(request)
-        svc = server.current
+        forced = server.forced_arm(request)
+        routed = server.route(data, rid, sid, forced)  # the arm (or arms) that answer, before history is added
+        svc = routed[0][0]
         state = await server.load_session(sid)
         if sid is not None and svc.history_input and isinstance(data, dict) and "history" not in data:
             data = {**data, "history": [{"inputs": t.get("inputs"), "outputs": t.get("outputs")}
                                         for t in state.get("turns", [])]}
-        answer = await server.run(svc, data, trace=_flag(request, "trace"), request_id=rid, session_id=sid)
+        answer, headers = await server.answer(data, trace=_flag(request, "trace"), request_id=rid, session_id=sid,
+                                              routed=routed)
         if sid is not None:
             given = {k: v for k, v in data.items() if k != "history"}
             answer["session_id"] = sid
             answer["turn"] = await server.save_turn(sid, state, given, answer)
-        return _json(answer, headers={"X-Request-Id": rid, **svc.headers})
+        return _json(answer, headers={"X-Request-Id": rid, **headers})
 
     async def batch(request: Request) -> Response:
         server.authorize(request)
@@ -735,24 +951,34 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
             raise ApiError(413, "batch_too_large", f"{len(items)} requests in one batch; at most "
                            f"{options.max_batch}", "requests")
         svc, trace = server.current, _flag(request, "trace")
+        forced = server.forced_arm(request)
+        arms = list(server.arms.values())
         # a spec of inline nodes only does no I/O: a wave of a batch's requests at once, so that its batchable
         # nodes (llmrec/runtime/batch.py) see them together
-        gate = asyncio.Semaphore(WAVE if svc.runtime.inline_only else options.batch_concurrency)
+        inline = all(s.runtime.inline_only for s in arms)
+        gate = asyncio.Semaphore(WAVE if inline else options.batch_concurrency)
+        experiment = server.experiment is not None
 
         async def one(i: int, item: Any) -> dict[str, Any]:
             rid = f"{base}-{i}" if base is not None else uuid.uuid4().hex
             async with gate:
                 try:
-                    return {"status": 200, "request_id": rid,
-                            **await server.run(svc, item, trace=trace, request_id=rid, endpoint="batch")}
+                    if not experiment:
+                        return {"status": 200, "request_id": rid,
+                                **await server.run(svc, item, trace=trace, request_id=rid, endpoint="batch")}
+                    answer, headers = await server.answer(item, trace=trace, request_id=rid, endpoint="batch",
+                                                          forced=forced)
+                    return {"status": 200, "request_id": rid, "variant": headers.get("X-Llmrec-Variant"),
+                            "provenance": headers.get("X-Llmrec-Provenance"), **answer}
                 except ApiError as exc:
                     server.metrics.errors.labels(exc.type).inc()
                     return {"status": exc.status, "request_id": rid, **exc.body()}
 
         with batching():
             results = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+        # with an experiment each result names its own arm and provenance; the batch as a whole has none
         return _json({"results": results, "ok": sum(r["status"] == 200 for r in results), "count": len(results)},
-                     headers=svc.headers)
+                     headers=None if experiment else svc.headers)
 
     async def stream(request: Request) -> Response:
         server.authorize(request)
@@ -762,19 +988,22 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_body", f"a request must be a JSON object with this spec's inputs, "
                            f"got {_json_type(data)}")
-        svc, trace = server.current, _flag(request, "trace")
+        trace = _flag(request, "trace")
+        routed = server.route(data, rid, None, server.forced_arm(request))
+        svc = routed[0][0]
         try:
             svc.runtime.validate_inputs(data)  # a bad request is a 4xx before the stream starts
         except InputError as exc:
             raise ApiError(422, "invalid_input", str(exc), exc.field, errors=exc.errors) from None
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-        def on_node(record: Any, value: Any) -> None:
-            queue.put_nowait(("node", record.to_dict()))
+        def on_node(record: Any, value: Any, arm: str | None = None) -> None:
+            queue.put_nowait(("node", record.to_dict() if arm is None else {**record.to_dict(), "arm": arm}))
 
         async def run() -> None:
             try:
-                answer = await server.run(svc, data, trace=trace, on_node=on_node, request_id=rid, endpoint="stream")
+                answer, _ = await server.answer(data, trace=trace, on_node=on_node, request_id=rid,
+                                                endpoint="stream", routed=routed)
                 queue.put_nowait(("result", {**answer, "request_id": rid}))
             except ApiError as exc:
                 server.metrics.errors.labels(exc.type).inc()
@@ -800,7 +1029,7 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
         request.state.streaming = True  # the slot is held until the stream ends
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": rid,
-                                          **svc.headers})
+                                          **routed[2]})
 
     async def feedback(request: Request) -> Response:
         server.authorize(request)
@@ -822,9 +1051,27 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
     async def provenance(request: Request) -> Response:
         server.authorize(request)
         svc = server.current
+        arm = request.query_params.get("arm")
+        if arm is not None:
+            if arm not in server.arms or server.experiment is None:
+                known = ", ".join(str(a) for a in server.arms) if server.experiment is not None else "none"
+                raise ApiError(404, "unknown_arm", f"no arm '{arm}' on this server (arms: {known})", "arm")
+            svc = server.arms[arm]
         if svc.stamp is None:
             raise ApiError(503, "not_ready", "resources are still loading; retry shortly", retry_after=1)
         return _json(svc.stamp.to_dict(), headers=svc.headers)
+
+    async def experiment_info(request: Request) -> Response:
+        server.authorize(request)
+        exp = server.experiment
+        if exp is None:
+            raise ApiError(404, "no_experiment", "this server runs no experiment (start it with --experiment "
+                           "ab:ARM,ARM or interleave:ARM,ARM)")
+        weights = dict(zip(exp.arms, exp.weights)) if exp.kind == "ab" else {}
+        arms = [{"arm": a, "variant": s.variant, "weight": weights.get(str(a)),
+                 "provenance": s.stamp.id if s.stamp else None} for a, s in server.arms.items()]
+        return _json({"name": exp.name, "kind": exp.kind, "salt": exp.salt, "seed": exp.seed,
+                      "override": server.options.experiment_override, "arms": arms})
 
     async def spec_info(request: Request) -> Response:
         server.authorize(request)
@@ -870,6 +1117,10 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
     async def provenance_endpoint(request: Request) -> Response:
         return await timed("provenance", request, provenance)
 
+    @app.get("/v1/experiment", summary="The online experiment this server runs: kind, arms, weights, provenance")
+    async def experiment_endpoint(request: Request) -> Response:
+        return await timed("experiment", request, experiment_info)
+
     @app.get("/healthz", summary="Alive")
     async def healthz() -> Response:
         return _json({"status": "ok"})
@@ -877,6 +1128,9 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
     @app.get("/readyz", summary="Ready: 200 once resources are loaded, 503 before")
     async def readyz() -> Response:
         body: dict[str, Any] = {"ready": server.ready, "spec": server.current.name}
+        if server.experiment is not None:
+            body["experiment"] = {"name": server.experiment.name, "kind": server.experiment.kind,
+                                  "arms": list(server.experiment.arms)}
         if server.load_error:
             body["error"] = server.load_error
         if server.reload_errors:

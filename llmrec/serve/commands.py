@@ -4,6 +4,8 @@
     llmrec serve specs/quickstart.yaml --api-key secret --deadline 2 --max-concurrency 32 --workers 2
     llmrec serve specs/quickstart.yaml --log-dir logs/          # impressions and feedback as JSONL
     llmrec serve specs/quickstart.yaml --log-store sqlite:logs/serve.db
+    llmrec serve specs/quickstart.yaml --log-dir logs/ --experiment ab:default,fast:90,10   # an A/B test
+    llmrec experiment logs/                                     # its results, with intervals and p-values
 
 Also registers the built-in "memory" session store through ``llmrec_register_session_stores`` and the "file" and
 "sqlite" log stores through ``llmrec_register_log_stores``.
@@ -108,6 +110,19 @@ def serve_command(
                                    "are dropped (counted in /metrics) and feedback gets 503.")] = 10_000,
     rating_range: Annotated[tuple[float, float], _opt(
         "--rating-range", help="The lowest and highest value a rating in /v1/feedback may have.")] = (0.0, 5.0),
+    experiment: Annotated[Optional[str], _opt(
+        "--experiment", help="Run an online experiment between arms, each 'default' (the spec as written) or a "
+                             "variant the spec declares: ab:CONTROL,TREATMENT[:W,W] splits users by a stable hash "
+                             "(e.g. ab:default,fast:90,10); interleave:A,B answers with both arms' lists merged by "
+                             "team draft. Read the results with `llmrec experiment LOG`.")] = None,
+    experiment_name: Annotated[Optional[str], _opt(
+        "--experiment-name", help="The name the assignment hash uses (default: SPEC_NAME:ARM,ARM). Keep it to keep "
+                                  "every user's arm; change it (or the salt) to reshuffle.")] = None,
+    experiment_salt: Annotated[str, _opt("--experiment-salt", help="Salt of the assignment hash.")] = "",
+    experiment_seed: Annotated[int, _opt("--experiment-seed", help="Seed of interleaving's coin flips.")] = 0,
+    experiment_override: Annotated[bool, _opt(
+        "--experiment-override", help="Let a request choose its arm with ?variant=ARM (for testing; such answers "
+                                      "are logged as forced and left out of the results). Off by default.")] = False,
 ) -> None:
     """Serve a spec over HTTP: /v1/recommend (and /batch, /stream), /healthz, /readyz, /metrics, playground at /.
 
@@ -136,12 +151,15 @@ def serve_command(
     store_name, store_where = log_destination(log_dir, log_store, spec)
     if rating_range[0] > rating_range[1]:
         raise typer.BadParameter("give the lowest rating first, e.g. --rating-range 1 5", param_hint="'--rating-range'")
+    check_experiment(graph, experiment, experiment_name, store_name)
     options = ServeOptions(
         spec=str(spec), api_key=api_key or os.environ.get("LLMREC_API_KEY") or None, max_body_bytes=max_body,
         deadline=deadline, max_concurrency=max_concurrency, max_batch=max_batch, session_store=session_store,
         session_ttl=session_ttl, reload_interval=reload_interval, log_level=log_level.lower(), trust=trust,
         log_store=store_name, log_location=store_where, log_queue=log_queue,
-        rating_range=(float(rating_range[0]), float(rating_range[1])),
+        rating_range=(float(rating_range[0]), float(rating_range[1])), experiment=experiment,
+        experiment_name=experiment_name, experiment_salt=experiment_salt, experiment_seed=experiment_seed,
+        experiment_override=experiment_override,
     )
     configure_logging(log_level)
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level.lower(),
@@ -170,6 +188,32 @@ def serve_command(
     if not server.started:
         _err(f"error: could not serve on {host}:{port} (see above)")
         raise Exit(EXIT_FAILED)
+
+
+def check_experiment(graph: Any, experiment: str | None, name: str | None, store: str | None) -> None:
+    """Refuse a malformed ``--experiment`` or an arm the spec does not declare now, naming the option; warn when
+    nothing is logged (the experiment's results are read from the log)."""
+    import typer
+
+    # lazy: typer (under llmrec.commands) and numpy (under .experiments), only once `llmrec serve` runs
+    from ..commands import say
+    from ..spec.variants import variant_names
+    from .experiments import ExperimentError, arm_variant, parse_experiment
+
+    if experiment is None:
+        if name is not None:
+            raise typer.BadParameter("--experiment-name needs --experiment", param_hint="'--experiment-name'")
+        return
+    try:
+        exp = parse_experiment(experiment, name, spec_name=str(graph.name))
+        declared = variant_names(graph.document)
+        for arm in exp.arms:
+            arm_variant(arm, declared)
+    except (ValueError, ExperimentError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--experiment'") from None
+    if store is None:
+        say("warning: --experiment without --log-dir or --log-store: the arms are served, but nothing is logged "
+            "to read the results from")
 
 
 def log_destination(log_dir: Path | None, log_store: str | None, spec: Path) -> tuple[str | None, str | None]:
@@ -205,9 +249,64 @@ def log_destination(log_dir: Path | None, log_store: str | None, spec: Path) -> 
     return name, where
 
 
+def experiment_command(
+    log: Annotated[str, _arg("The serving log: a folder (--log-dir), a .db file, or NAME:WHERE of a log store.")],
+    name: Annotated[Optional[str], _opt("--name", help="Only this experiment (default: every one in the log).")
+                    ] = None,
+    as_json: Annotated[bool, _opt("--json", help="Print the results as JSON.")] = False,
+    resamples: Annotated[int, _opt("--resamples", min=100, help="Bootstrap resamples (over units).")] = 2000,
+    permutations: Annotated[int, _opt("--permutations", min=100, help="Permutations of the A/B test.")] = 10_000,
+    seed: Annotated[int, _opt("--seed", help="Seed of the bootstrap and the permutations.")] = 0,
+    alpha: Annotated[float, _opt("--alpha", min=1e-6, max=0.5, help="Significance level.")] = 0.05,
+) -> None:
+    """Read an online experiment's results from a serving log (`llmrec serve --experiment ... --log-dir LOG`).
+
+    A/B: per arm units, impressions, clicks, CTR with a 95% bootstrap interval over users; treatment - control
+    with its interval and a permutation p-value; a sample-ratio-mismatch check. Interleaving: wins, losses, ties,
+    the preference with its interval and a sign test.
+
+    \b
+    Examples:
+      llmrec experiment logs/
+      llmrec experiment sqlite:logs/serve.db --name shop-ranker --json
+    """
+    import json
+
+    # lazy: typer (under llmrec.commands) and numpy (under .experiments), only when `llmrec experiment` runs
+    from ..commands import EXIT_INPUT, Exit, out, say
+    from .experiments import ExperimentError, experiment_results, format_results
+
+    try:
+        name_, where = parse_location(log, list(get_registry(None).log_stores))
+    except ValueError as exc:
+        say(f"error: {exc}")
+        raise Exit(EXIT_INPUT) from None
+    if name_ in ("file", "sqlite") and not Path(where).exists():
+        say(f"error: no log at '{where}': give the folder of `llmrec serve --log-dir` or its .db file")
+        raise Exit(EXIT_INPUT)
+    if name_ == "file" and not Path(where).is_dir():
+        say(f"error: '{where}' is not a folder of impression logs; a SQLite log is a .db/.sqlite file or "
+            f"sqlite:{where}")
+        raise Exit(EXIT_INPUT)
+    try:
+        report = experiment_results(log, name=name, resamples=resamples, permutations=permutations, seed=seed,
+                                    alpha=alpha)
+    except ExperimentError as exc:
+        say(f"error: {log}: {exc}")
+        raise Exit(EXIT_INPUT) from None
+    except (OSError, ValueError) as exc:  # an unreadable database, a store's own complaint
+        say(f"error: cannot read the log '{log}': {exc}")
+        raise Exit(EXIT_INPUT) from None
+    if as_json:
+        out(json.dumps(report.to_dict(), indent=2, ensure_ascii=False, allow_nan=False, default=str))
+    else:
+        out(format_results(report))
+
+
 @hookimpl
 def llmrec_register_commands(cli: Any) -> None:
     cli.command(name="serve")(serve_command)
+    cli.command(name="experiment")(experiment_command)
 
 
 @hookimpl
