@@ -57,17 +57,23 @@ class Fuse(NodeType):
             contributions = self._contributions(cands.items, weight)
             in_list: set[str] = set()
             for rank, (item, contribution) in enumerate(zip(cands.items, contributions), start=1):
-                if item.id in in_list:
+                item_id = item.id
+                if item_id in in_list:
                     continue  # a duplicate within one list counts once
-                in_list.add(item.id)
-                fused[item.id] = fused.get(item.id, 0.0) + contribution
-                merged = sources.setdefault(item.id, {})
-                for key, value in item.sources.items():
-                    merged.setdefault(key, value)
+                in_list.add(item_id)
+                merged = sources.get(item_id)
+                if merged is None:  # first seen here: its sources as they are (most items are in one list)
+                    merged = sources[item_id] = dict(item.sources)
+                    fused[item_id] = contribution
+                    best[item_id] = (rank, i)
+                else:  # an earlier list's scores win, this list's own score is added
+                    for key, value in item.sources.items():
+                        merged.setdefault(key, value)
+                    fused[item_id] += contribution
+                    prior = best[item_id]
+                    if rank < prior[0]:
+                        best[item_id] = (rank, prior[1])
                 merged[name] = item.score
-                prior = best.get(item.id)
-                if prior is None or rank < prior[0]:
-                    best[item.id] = (rank, prior[1] if prior else i)
         order = sorted(fused, key=lambda item_id: (-fused[item_id], best[item_id]))[: cfg.k]
         return Candidates(
             items=[
