@@ -44,7 +44,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -58,6 +58,7 @@ from .errors import DanglingReferenceError, InputError, LlmrecError, RunError, S
 from .hookspecs import hookimpl
 from .node import LoadContext, StartContext
 from .runtime.executor import Runtime, load_resource
+from .types import Candidates
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import Dataset, EvalCase, Interactions
@@ -302,6 +303,9 @@ class TrainReport:
     metrics: dict[str, float]
     seconds: float
     node_labelled: int = 0  # cases whose labels came from the spec's label node (e.g. an LLM), not the dataset
+    #: what the data came from when it was not the spec's dataset resource (``--from-logs``: the log's summary,
+    #: :class:`llmrec.data.logged.LogSummary` as a dict); also in the artifact's meta.json as ``data_source``
+    data_source: dict[str, Any] | None = None
 
 
 def _as_labels(value: Any, case_id: str) -> tuple[frozenset[str], Mapping[str, float] | None]:
@@ -429,10 +433,11 @@ class StopFlag:
 
 def fit_target(t: Target, *, dataset: Dataset | None = None, examples: list[TrainingExample] | None = None,
                force: bool = False, store: ArtifactStore | None = None, log: Callable[[str], None] | None = None,
-               stop: Callable[[], bool] | None = None,
-               refit_train: Interactions | None = None) -> tuple[Artifact, bool, TrainOutput]:
+               stop: Callable[[], bool] | None = None, refit_train: Interactions | None = None,
+               data_source: Mapping[str, Any] | None = None) -> tuple[Artifact, bool, TrainOutput]:
     """Fit one trainable on what it trains on and commit its artifact: returns the verified artifact, whether
-    it was written, and the trainer's output. ``llmrec train`` calls this; so can tests and plugin authors."""
+    it was written, and the trainer's output. ``llmrec train`` calls this; so can tests and plugin authors.
+    ``data_source`` (where the data came from, when not the spec's dataset) goes into meta.json."""
     started = time.perf_counter()
     store = store or t.store()
     params = t.params
@@ -449,7 +454,9 @@ def fit_target(t: Target, *, dataset: Dataset | None = None, examples: list[Trai
         metrics = {**output.metrics, "train_seconds": round(time.perf_counter() - started, 3)}
         folder, written = store.commit(staging, params=params, data_hash=output.data_hash, trainer=t.cls.name,
                                        metrics=metrics, extra={**output.meta, "rows": output.rows,
-                                                               "cases": len(ctx.examples) or len(data.train_cases)},
+                                                               "cases": len(ctx.examples) or len(data.train_cases),
+                                                               **({"data_source": dict(data_source)}
+                                                                  if data_source else {})},
                                        force=force)
     # the run finished: its resume checkpoint is spent (a later --force trains from the start, not from it)
     shutil.rmtree(ctx.checkpoint_dir, ignore_errors=True)
@@ -469,6 +476,13 @@ def standalone_start(t: Target) -> StartContext:
     return StartContext(node_id=t.name, graph=None, base_dir=t.base_dir, artifact=artifact, registry=t.registry)
 
 
+#: ``--log-test``: the latest share of logged impressions held out of training
+LOG_TEST_FRACTION = 0.2
+#: ``--log-cases`` when a trainer learns from the dataset's events (a rec-LM): each user's latest 20% of
+#: impressions validate, the feedback of the earlier ones is what it learns from
+LOG_EVENT_CASES = 0.2
+
+
 async def atrain(
     graph: Graph,
     nodes: list[str] | None = None,
@@ -479,10 +493,17 @@ async def atrain(
     max_cases: int | None = None,
     log: Callable[[str], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    from_logs: Any = None,
+    log_test: float = LOG_TEST_FRACTION,
+    log_cases: float | None = None,
 ) -> list[TrainReport]:
     """Train the graph's trainable resources and nodes (or those named), in order; one report each.
 
     ``resources`` may hold already loaded resource values by name (the dataset, a model), which are reused.
+    ``from_logs`` (a serve log: folder, ``.db`` file, ``NAME:WHERE``) trains on the logged impressions and
+    feedback instead of the dataset resource's cases (:func:`llmrec.data.logged.spec_logged_dataset`, with the
+    resource's catalog and training interactions): ``log_test`` is the latest share of impressions held out,
+    ``log_cases`` each user's share of training impressions that are cases (default :func:`log_case_share`).
     """
     say = log or (lambda _: None)
     found = targets(graph)
@@ -503,6 +524,11 @@ async def atrain(
         with progress.step(f"loading dataset resource '{dataset_name}'"):
             loaded[dataset_name] = await load_resource(graph, dataset_name, dict(loaded))
     original = loaded[dataset_name]
+    source: dict[str, Any] | None = None
+    if from_logs is not None:  # the hook of `--from-logs`: the logged dataset replaces the resource's
+        original, source = await _from_logs(graph, dataset_name, loaded, from_logs, found, log_test, log_cases)
+        say(f"training on the serve log {source['source']}: {source['train_cases']} training cases, "
+            f"{len(original.train)} interactions, {source['test_cases']} impressions held out")
     data = validation_dataset(original)
     refit_train = original.train if data is not original else None
     if not len(data.train):
@@ -531,6 +557,9 @@ async def atrain(
             say(f"collecting inputs of node '{t.name}' ({t.cls.name}) on {len(cases)} training cases ({data.split})")
             with progress.step(f"collecting inputs of node '{t.name}' (training cases)", total=len(cases)) as advance:
                 examples = await collect_examples(graph, t.name, cases, loaded, stop=should_stop, advance=advance)
+            shown = original.extra.get("shown") if source is not None else None
+            if shown is not None:  # logged cases: learn from what the user saw, not from what was never shown
+                examples = [observed_only(e, shown.get(e.case_id, ())) for e in examples]
         else:
             current = None if force else _current(store, t, data)
             if current is not None:  # the same params and the same data: nothing to learn again
@@ -538,7 +567,7 @@ async def atrain(
                 reports.append(TrainReport(
                     node_id=t.name, node_type=t.cls.name, cases=len(cases), rows=int(current.meta.get("rows") or 0),
                     folder=current.folder, written=False, metrics=current.metrics,
-                    seconds=time.perf_counter() - started))
+                    seconds=time.perf_counter() - started, data_source=source))
                 continue
             say(f"training {t.kind} '{t.name}' ({t.cls.name}) on {len(data.train)} events of "
                 f"{len(data.train.users())} users, validating on {len(cases)} cases ({data.split})")
@@ -546,7 +575,7 @@ async def atrain(
             with progress.step(f"training {t.cls.name} {t.kind} '{t.name}'"):
                 artifact, written, output = await asyncio.to_thread(
                     fit_target, t, dataset=data, examples=examples, force=force, store=store, log=say,
-                    stop=should_stop, refit_train=refit_train)
+                    stop=should_stop, refit_train=refit_train, data_source=source)
         except asyncio.CancelledError:
             # the worker thread cannot be killed: ask the trainer to stop at its next safe point (a resumable
             # checkpoint), so that the process can exit instead of waiting for the whole training
@@ -558,9 +587,55 @@ async def atrain(
         reports.append(TrainReport(
             node_id=t.name, node_type=t.cls.name, cases=len(examples) or len(cases), rows=output.rows,
             folder=folder, written=written, metrics=dict(output.metrics), seconds=time.perf_counter() - started,
-            node_labelled=sum(e.labelled_by == "node" for e in examples),
+            node_labelled=sum(e.labelled_by == "node" for e in examples), data_source=source,
         ))
     return reports
+
+
+def observed_only(example: TrainingExample, shown: Collection[str]) -> TrainingExample:
+    """``example`` with each of its candidate lists (an input that is a :class:`~llmrec.types.Candidates`, or a
+    list of them as rank.blend's ``lists``) cut to the items in ``shown``, in their order. For a logged case the
+    feedback labels only what the impression showed: an item the user never saw is unobserved, not a negative,
+    and learning it as one teaches a ranker to copy the logging policy (say, a diversity cap's unshown items of
+    a liked category would all be negatives)."""
+    keep = set(shown)
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, Candidates):
+            return value.model_copy(update={"items": [c for c in value.items if c.id in keep]})
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Candidates) for v in value):
+            return type(value)(cut(v) for v in value)
+        return value
+
+    return dataclasses.replace(example, inputs={name: cut(value) for name, value in example.inputs.items()})
+
+
+def log_case_share(found: list[Target]) -> float:
+    """The default ``--log-cases``: 1.0 (every training impression is a case, the interactions stay the ones
+    the server answered from) when every trainer learns from cases (rank.lambdamart), else
+    :data:`LOG_EVENT_CASES` (a trainer that learns from the events, such as a rec-LM, needs the feedback as
+    interactions)."""
+    return 1.0 if all(t.trains_on == "cases" for t in found) else LOG_EVENT_CASES
+
+
+async def _from_logs(graph: Graph, name: str, loaded: dict[str, Any], log: Any, found: list[Target],
+                     test_fraction: float, case_share: float | None) -> tuple[Dataset, dict[str, Any]]:
+    """The logged dataset that replaces dataset resource ``name`` and its summary (``--from-logs``)."""
+    # lazy: the serve log reader and the provenance stamps, only for --from-logs
+    from .data.logged import spec_logged_dataset
+    from .serve.logs import provenance_stamp
+
+    for other in dataset_resources(graph):  # the stamp covers every dataset the server had loaded
+        if other not in loaded:
+            loaded[other] = await load_resource(graph, other, loaded)
+    stamp = await asyncio.to_thread(provenance_stamp, graph, {n: loaded[n] for n in dataset_resources(graph)})
+    try:
+        logged = await asyncio.to_thread(
+            spec_logged_dataset, graph, log, loaded[name], stamp=stamp.id, test_fraction=test_fraction,
+            case_share=log_case_share(found) if case_share is None else case_share)
+    except ValueError as exc:  # a share out of range
+        raise TrainingError(str(exc)) from None
+    return logged.dataset, logged.summary.to_dict()
 
 
 def _current(store: ArtifactStore, t: Target, data: Dataset) -> Artifact | None:
@@ -655,18 +730,35 @@ def llmrec_register_commands(cli: Any) -> None:
         trust: Annotated[bool, typer.Option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
         quiet: Annotated[bool, typer.Option(
             "--quiet", "-q", help="No progress on stderr (bars and step messages); errors still print.")] = False,
+        from_logs: Annotated[Optional[str], typer.Option(
+            "--from-logs", metavar="LOG",
+            help="Train on a serve log's impressions and feedback instead of the dataset's cases: the folder of "
+                 "`llmrec serve --log-dir`, a .db file or NAME:WHERE (docs/feedback-training.md).")] = None,
+        log_test: Annotated[float, typer.Option(
+            "--log-test", help="With --from-logs: the latest share of logged impressions held out of training "
+                               "(0 trains on all).")] = LOG_TEST_FRACTION,
+        log_cases: Annotated[Optional[float], typer.Option(
+            "--log-cases", help="With --from-logs: the share of each user's training impressions (their latest) "
+                                "that are training cases; the earlier ones' feedback becomes interactions "
+                                f"(default: 1, or {LOG_EVENT_CASES} when a trainer learns from events, a rec-LM)."
+        )] = None,
     ) -> None:
-        """Fit the spec's trainable nodes (rank.lambdamart...) on its dataset's training cases.
+        """Fit the spec's trainable nodes (rank.lambdamart...) on its dataset's training cases, or on the
+        impressions and feedback a server logged (--from-logs).
 
         \b
         Examples:
           llmrec train specs/news_ltr.yaml
           llmrec train specs/quickstart.yaml --node ranked --force
           llmrec train specs/movielens_blend.yaml --max-cases 200 -q
+          llmrec train specs/quickstart.yaml --from-logs logs/
         """
         # lazy: typer, only once a command runs (this module is a default plugin)
         from .commands import EXIT_FAILED, Exit, load_graph
 
+        if from_logs is None and (log_test != LOG_TEST_FRACTION or log_cases is not None):
+            raise typer.BadParameter("applies with --from-logs LOG only",
+                                     param_hint="'--log-test' / '--log-cases'")
         if quiet:
             progress.set_quiet(True)
         graph = load_graph(spec, trust)
@@ -675,7 +767,10 @@ def llmrec_register_commands(cli: Any) -> None:
         flag = StopFlag()
         previous = signal.getsignal(signal.SIGINT)
 
-        resume = train_command(str(spec)) + "".join(f" --node {n}" for n in node or ())
+        resume = (train_command(str(spec)) + "".join(f" --node {n}" for n in node or ())
+                  + (f" --from-logs {from_logs}" if from_logs is not None else "")
+                  + (f" --log-test {log_test:g}" if from_logs is not None and log_test != LOG_TEST_FRACTION else "")
+                  + (f" --log-cases {log_cases:g}" if from_logs is not None and log_cases is not None else ""))
 
         def interrupt(signum: int, frame: Any) -> None:
             if flag.event.is_set():  # a second Ctrl-C: stop now (a worker thread cannot be interrupted)
@@ -688,7 +783,8 @@ def llmrec_register_commands(cli: Any) -> None:
         signal.signal(signal.SIGINT, interrupt)
         try:
             reports = asyncio.run(atrain(graph, node or None, force=force, dataset=dataset, max_cases=max_cases,
-                                         log=info, stop=flag))
+                                         log=info, stop=flag, from_logs=from_logs, log_test=log_test,
+                                         log_cases=log_cases))
         except TrainingError as exc:
             say(f"error: {exc}")
             raise Exit(EXIT_FAILED) from None
@@ -698,6 +794,10 @@ def llmrec_register_commands(cli: Any) -> None:
             raise Exit(130) from None
         finally:
             signal.signal(signal.SIGINT, previous)
+        if reports and reports[0].data_source is not None:
+            from .data.logged import LogSummary  # lazy: only after --from-logs
+
+            sys.stdout.write("\n".join(LogSummary(**reports[0].data_source).lines()) + "\n")
         for r in reports:
             metrics = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                 for k, v in r.metrics.items()) or "no validation part"
@@ -730,6 +830,8 @@ __all__ = [
     "derived_graph",
     "ensure_artifact",
     "fit_target",
+    "log_case_share",
+    "observed_only",
     "standalone_start",
     "targets",
     "train",
