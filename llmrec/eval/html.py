@@ -148,7 +148,9 @@ def to_html(report: EvalReport, images: dict[str, bytes] | None = None) -> str:
     for label, r in zip(labels, report.results):
         where = f" ({r.path})" if r.path else ""
         parts.append(f"<li><b>{html.escape(label)}</b>{html.escape(where)}: {r.n_cases} cases, output "
-                     f"'{html.escape(str(r.output))}', {r.wall_s:.1f} s</li>")
+                     f"'{html.escape(str(r.output))}', {r.wall_s:.1f} s"
+                     + (f", provenance <code>{html.escape(str(r.provenance['id']))}</code>"
+                        if r.provenance.get("id") else "") + "</li>")
     parts.append("</ul>")
     notes = report.notes()
     if notes:

@@ -61,6 +61,9 @@ class SpecResult:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95% bootstrap interval per metric
     protocol: dict[str, Any] = field(default_factory=dict)  # how the cases were made and what to watch for
     not_run: str | None = None  # why this column was not evaluated (its runtime could not start)
+    # the provenance stamp of what produced the answers (llmrec.serve.logs.Stamp.to_dict(): its id, then the
+    # spec, files, plugins, versions, models and datasets); every per-case record carries its id
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +88,7 @@ class SpecResult:
             "reused_cases": self.reused,
             "cases_file": self.store,
             "not_run": self.not_run,
+            "provenance": _json_clean(self.provenance) or None,
         }
 
 
@@ -387,7 +391,8 @@ class EvalReport:
         for label, r in zip(self.labels(), self.results):
             where = f" ({r.path})" if r.path else ""
             lines.append(f"- **{_md(label)}**{_md(where)}: {r.n_cases} cases, output '{r.output}', "
-                         f"{r.wall_s:.1f} s" + (f", {r.reused} reused" if r.reused else ""))
+                         f"{r.wall_s:.1f} s" + (f", {r.reused} reused" if r.reused else "")
+                         + (f", provenance `{_md(r.provenance['id'])}`" if r.provenance.get("id") else ""))
         notes = self.notes()
         if notes:
             lines += ["", "## Notes", ""] + [f"- {_md(n)}" for n in notes]

@@ -39,8 +39,9 @@ from .judge import EvalJudge, summarize_judge
 from .llm_metrics import case_grounding, case_llm, llm_node_ids, summarize_grounding, summarize_llm
 from .metrics import ListContext, higher_is_better, is_list_metric
 from .report import MAX_FAILURE_MESSAGES, EvalReport, SpecResult
+from ..provenance import dataset_digest
+from ..serve.logs import provenance_stamp
 from .stats import interval
-from ..provenance import dataset_digest, spec_provenance
 from .store import CaseStore, cases_digest, fingerprint, slug
 
 SpecLike = str | os.PathLike[str] | Any  # a path, a (path, variant) pair, or an already validated Graph
@@ -74,16 +75,18 @@ class _CaseOutcome:
     llm: dict[str, Any] | None = None
     grounding: dict[str, int] | None = None
     judge: dict[str, Any] | None = None
+    provenance: str | None = None  # the id of the provenance stamp of what produced the answer
 
     def record(self, case_id: str, top: int) -> dict[str, Any]:
         return {"case": case_id, "ok": self.error is None, "latency_ms": round(self.latency_ms, 3),
                 "ids": self.ids[:top], "metrics": self.metrics, "error": self.error, "output": self.output,
-                "llm": self.llm, "grounding": self.grounding, "judge": self.judge}
+                "llm": self.llm, "grounding": self.grounding, "judge": self.judge, "provenance": self.provenance}
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> _CaseOutcome:
         return cls(list(rec["ids"]), float(rec["latency_ms"]), rec.get("error"), rec.get("output"),
-                   rec.get("metrics") or {}, rec.get("llm"), rec.get("grounding"), rec.get("judge"))
+                   rec.get("metrics") or {}, rec.get("llm"), rec.get("grounding"), rec.get("judge"),
+                   rec.get("provenance"))
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -455,22 +458,26 @@ async def _evaluate_spec(
     outcomes: list[_CaseOutcome | None] = [None] * len(cases)
     store = None
     reused = 0
+    # the provenance stamp (the one `llmrec serve` puts on its answers) of what produces this column's answers:
+    # the runtime starts first, since it may train an artifact on first use, which changes the stamp
+    try:
+        await runtime.start()
+        stamp = provenance_stamp(graph, dict(runtime.resources))
+    except BaseException:
+        await runtime.close()
+        raise
     if out is not None:
         # keyed on what produced the results, so a case computed before a fix, a retrain or a data change is
-        # never reused: the runtime starts first (it may train an artifact on first use, which changes it)
-        try:
-            await runtime.start()
-        except BaseException:
-            await runtime.close()
-            raise
+        # never reused
         fp = fingerprint({"spec": graph.document.data, "variant": target.variant, "dataset": ds.name,
                           "split": ds.split, "cases": cases_digest(cases), "ks": list(ks), "users": users,
                           "output": output, "metrics": sorted(metrics),
                           "judge": judge.key() if judge is not None else None,
-                          "provenance": spec_provenance(graph), "data": dataset_digest(ds)})
+                          "provenance": stamp.id, "data": dataset_digest(ds)})
         store = CaseStore(out / f"{slug(label)}-{fp[:12]}.jsonl",
                           {"fingerprint": fp, "spec": name, "path": path, "variant": target.variant,
-                           "dataset": ds.name, "split": ds.split, "ks": list(ks), "users": users})
+                           "dataset": ds.name, "split": ds.split, "ks": list(ks), "users": users,
+                           "provenance": stamp.id})
         if fresh:
             store.reset()
         done_before = store.load()
@@ -532,7 +539,8 @@ async def _evaluate_spec(
             raise asyncio.CancelledError
         # the top `top` ids, as stored: a case computed now and one read back from the store are the same
         outcome = _CaseOutcome(ids[:top], latency, error, used, _case_metrics(metrics, ids, case, ks),
-                               case_llm(trace, llm_nodes), case_grounding(raw, ds.catalog, seen_of(case)), judged)
+                               case_llm(trace, llm_nodes), case_grounding(raw, ds.catalog, seen_of(case)), judged,
+                               stamp.id)
         outcomes[i] = outcome
         if store is not None:
             store.write(outcome.record(case.id, top))
@@ -552,7 +560,6 @@ async def _evaluate_spec(
             advance(reused)
         try:
             if todo:
-                await runtime.start()
                 with batching():
                     if runtime.inline_only:
                         # no I/O: the cases run in waves, each wave's calls to a batchable node batched together
@@ -613,6 +620,7 @@ async def _evaluate_spec(
                for case, _ in scored},
         intervals={key: interval(values) for key, values in case_values.items()},
         protocol=_protocol(ds, [case for case, _ in scored], [o.ids for _, o in scored], ks, case_values),
+        provenance=stamp.to_dict(),
     )
 
 

@@ -2,11 +2,12 @@
 
 One JSONL file per evaluated spec (or variant) under the run folder, named ``<label>-<fingerprint>.jsonl``. The
 fingerprint hashes everything the case results depend on: the spec as loaded (includes merged, the variant
-applied), the variant, the files and artifacts it names, its local plugins, llmrec's and the plugins' versions
-(:func:`llmrec.provenance.spec_provenance`), the dataset (name, split, the test cases, a hash of its content),
-the cutoffs, ``--users``, the output read, the metrics and the judge; so results of different runs never mix. The first line is a header; each further
-line one case. A last line cut short (the process killed mid-write) is dropped and the file truncated to the last
-complete line before appending.
+applied), the variant, its provenance stamp (:func:`llmrec.serve.logs.provenance_stamp`: the files and artifacts
+it names, its local plugins, llmrec's and the plugins' versions, model ids, its dataset resources), the dataset
+(name, split, the test cases, a hash of its content), the cutoffs, ``--users``, the output read, the metrics and
+the judge; so results of different runs never mix. The first line is a header; each further line one case,
+with the id of that provenance stamp (``provenance``). A last line cut short (the process killed mid-write) is
+dropped and the file truncated to the last complete line before appending.
 
 :attr:`CaseStore.count` is how many cases the file holds (loaded plus written since), which is what a rerun of
 the same evaluation reuses; ``llmrec eval`` prints it when interrupted.
