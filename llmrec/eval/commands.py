@@ -5,12 +5,14 @@
     llmrec eval specs/a.yaml --variants fast,big --report reports/a   # variants; report.md + report.html
     llmrec eval specs/llm.yaml --judge-model openai/gpt-4o-mini        # LLM-as-judge scores too
     llmrec eval specs/a.yaml specs/b.yaml --trec runs/trec             # TREC run + qrels files (ranx, trec_eval)
+    llmrec eval specs/a.yaml --logged logs/                            # off-policy, on served traffic (logged.py)
+    llmrec replay logs/ specs/a.yaml                                   # logged requests run again (replay.py)
 
 Per-case results go to ``--out`` (default ``runs/eval/<dataset>-<hash>/``) as they complete: the same command
 run again resumes where it stopped (``--fresh`` starts over).
 
 Every metric of :mod:`llmrec.eval.metrics` is registered through ``llmrec_register_metrics``, so plugins add
-theirs the same way and ``llmrec eval`` reports them all.
+theirs the same way and ``llmrec eval`` reports them all. ``llmrec replay`` is registered here too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from ..spec.variants import variant_names
 from ..trust import grant
 from .html import write_reports
 from .judge import MODEL_ENV, load_rubric
+from .logged import DEFAULT_ESTIMATORS, DEFAULT_REWARD, WEIGHTS, LogError, Target, evaluate_logged, parse_reward
+from .logged import parse_since
+from .ope import ESTIMATORS, N_BOOTSTRAP, OPEInputError
+from .replay import replay_command
 from .metrics import LIST_METRICS, RANKING_METRICS
 from .runner import EvalInterrupted, evaluate, parse_ks
 from .store import fingerprint, slug
@@ -106,20 +112,52 @@ def eval_command(
         "--trec", help="Also write a TREC run file per spec and the qrels to this folder, for ranx or trec_eval "
                        "(docs/evaluation.md, 'TREC export').")] = None,
     out: Annotated[Optional[Path], typer_option(
-        "--out", help="Folder of per-case results, resumed when run again (default: runs/eval/<dataset>-<hash>).")] = None,
+        "--out", help="Folder of per-case results, resumed when run again (default: runs/eval/<dataset>-<hash>).")]
+        = None,
     fresh: Annotated[bool, typer_option("--fresh", help="Discard stored case results and start over.")] = False,
-    trust: Annotated[bool, typer_option("--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
+    trust: Annotated[bool, typer_option(
+        "--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
     quiet: Annotated[bool, typer_option(
         "--quiet", "-q", help="No progress on stderr (bars and step messages); errors still print.")] = False,
+    logged: Annotated[Optional[str], typer_option(
+        "--logged", help="Evaluate on served traffic instead of a dataset: the log llmrec serve wrote (a folder, a "
+                         ".db file or NAME:WHERE); IPS, SNIPS and DR estimates (docs/evaluation.md, 'Evaluating on "
+                         "logged traffic').")] = None,
+    reward: Annotated[Optional[str], typer_option(
+        "--reward", help=f"With --logged: the reward of a shown item, from its feedback: {DEFAULT_REWARD} (the "
+                         "default), rating, or weights such as click=1,purchase=5,dismissal=-1.")] = None,
+    weights: Annotated[str, typer_option(
+        "--weights", help="With --logged: position (pi_e of the logged item at its position over its logged "
+                          "propensity) or cascade (the lists agree down to it, over the logged cascade "
+                          "probability).")] = "position",
+    estimators: Annotated[Optional[str], typer_option(
+        "--estimators", help=f"With --logged: which of {', '.join(ESTIMATORS)}, comma-separated "
+                             f"(default {','.join(DEFAULT_ESTIMATORS)}).")] = None,
+    bootstrap: Annotated[int, typer_option(
+        "--bootstrap", min=1, help="With --logged: bootstrap resamples of the requests for the intervals.")]
+        = N_BOOTSTRAP,
+    clip: Annotated[Optional[float], typer_option(
+        "--clip", min=1e-12, help="With --logged: clip importance weights at this (IPS, DR).")] = None,
+    since: Annotated[Optional[str], typer_option(
+        "--since", help="With --logged: only requests logged at or after this time (unix seconds, ISO 8601, or a "
+                        "time ago: 30m, 2h, 7d).")] = None,
+    allow_unsupported: Annotated[bool, typer_option(
+        "--allow-unsupported", help="With --logged: estimate policies the log cannot support anyway (biased; "
+                                    "marked).")] = False,
+    stamps: Annotated[Optional[list[Path]], typer_option(
+        "--stamps", help="With --logged: a file or folder of provenance stamps (GET /v1/provenance), to name what "
+                         "changed since the log.")] = None,
 ) -> None:
     """Run specs over a dataset's test cases and report ranking, beyond-accuracy, LLM, grounding and latency
-    metrics (and LLM-as-judge scores with a judge model).
+    metrics (and LLM-as-judge scores with a judge model); or, with --logged, estimate their value on served
+    traffic (off-policy: IPS, SNIPS, DR).
 
     \b
     Examples:
       llmrec eval specs/quickstart.yaml --users 50
       llmrec eval specs/movielens_cf.yaml specs/movielens_ease.yaml --k 5,10 --report runs/report
       llmrec eval specs/quickstart.yaml --users 50 --json - -q > report.json
+      llmrec eval specs/shop.yaml --logged logs/ --reward click=1,purchase=5
     """
     import json
     import os
@@ -133,6 +171,24 @@ def eval_command(
 
     if quiet:
         progress_.set_quiet(True)
+    if logged is not None:
+        return _logged_command(
+            specs, logged, given={"--dataset": dataset is not None, "--split": split is not None,
+                                  "--k": k != "5,10,20", "--metrics": metrics is not None,
+                                  "--results": results is not None, "--judge-model": judge_model is not None,
+                                  "--judge-rubric": judge_rubric is not None, "--judge-spec": judge_spec is not None,
+                                  "--report": report_dir is not None, "--trec": trec_dir is not None,
+                                  "--out": out is not None, "--fresh": fresh},
+            reward=reward, weights=weights, estimators=estimators, bootstrap=bootstrap, clip=clip, since=since,
+            allow_unsupported=allow_unsupported, stamps=stamps, users=users, output=output, json_path=json_path,
+            concurrency=concurrency, variants=variants, seed=seed, trust=trust)
+    only_logged = {"--reward": reward is not None, "--weights": weights != "position",
+                   "--estimators": estimators is not None, "--bootstrap": bootstrap != N_BOOTSTRAP,
+                   "--clip": clip is not None, "--since": since is not None, "--allow-unsupported": allow_unsupported,
+                   "--stamps": bool(stamps)}
+    stray = [name for name, on in only_logged.items() if on]
+    if stray:
+        raise typer.BadParameter("applies with --logged LOG only", param_hint=" / ".join(f"'{n}'" for n in stray))
     ks = _parse_k(k)
     if split is not None and split not in SPLIT_CHOICES:
         raise typer.BadParameter(f"'{split}' is not one of {', '.join(SPLIT_CHOICES)}", param_hint="'--split'")
@@ -146,21 +202,7 @@ def eval_command(
             raise typer.BadParameter(str(exc), param_hint="'--trec'") from None
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None
     graphs = [load_graph(spec, trust) for spec in specs]  # every spec valid before anything runs
-    wanted = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
-    if wanted == ["none"]:
-        wanted = []
-    declared = {str(spec): variant_names(g.document) for spec, g in zip(specs, graphs)}
-    if wanted:
-        missing = [v for v in wanted if not any(v in names for names in declared.values())]
-        if missing:
-            have = sorted({v for names in declared.values() for v in names})
-            raise typer.BadParameter(f"no spec declares variant {', '.join(repr(v) for v in missing)} "
-                                     f"(declared: {', '.join(have) or 'none'})", param_hint="'--variants'")
-    targets: list[Any] = []
-    for spec, graph in zip(specs, graphs):
-        targets.append(graph)
-        names = declared[str(spec)]
-        targets += [(spec, v) for v in (names if wanted is None else [v for v in wanted if v in names])]
+    targets = [t for t, _ in _variant_targets(specs, graphs, variants)]
     rubric = load_rubric(judge_rubric) if judge_rubric is not None else None
     model: str | bool | None = None if no_judge else (judge_model or os.environ.get(MODEL_ENV, "").strip() or None)
     if judge_spec is not None and not no_judge:
@@ -235,6 +277,102 @@ def eval_command(
         raise Exit(EXIT_FAILED)
 
 
+def _variant_targets(specs: list[Path], graphs: list[Any], variants: str | None) -> list[tuple[Any, Path]]:
+    """Each spec (its graph) and the variants ``--variants`` asks for (default: all; ``(file, variant)``), in the
+    order ``llmrec eval`` compares them, each with its spec file."""
+    import typer
+
+    wanted = None if variants is None else [v.strip() for v in variants.split(",") if v.strip()]
+    if wanted == ["none"]:
+        wanted = []
+    declared = {str(spec): variant_names(g.document) for spec, g in zip(specs, graphs)}
+    if wanted:
+        missing = [v for v in wanted if not any(v in names for names in declared.values())]
+        if missing:
+            have = sorted({v for names in declared.values() for v in names})
+            raise typer.BadParameter(f"no spec declares variant {', '.join(repr(v) for v in missing)} "
+                                     f"(declared: {', '.join(have) or 'none'})", param_hint="'--variants'")
+    targets: list[tuple[Any, Path]] = []
+    for spec, graph in zip(specs, graphs):
+        targets.append((graph, spec))
+        names = declared[str(spec)]
+        targets += [((spec, v), spec) for v in (names if wanted is None else [v for v in wanted if v in names])]
+    return targets
+
+
+def _logged_command(specs: list[Path], log: str, *, given: dict[str, bool], reward: str | None, weights: str,
+                    estimators: str | None, bootstrap: int, clip: float | None, since: str | None,
+                    allow_unsupported: bool, stamps: list[Path] | None, users: int | None, output: str | None,
+                    json_path: str | None, concurrency: int, variants: str | None, seed: int | None,
+                    trust: bool) -> None:
+    """``llmrec eval SPEC... --logged LOG`` (llmrec/eval/logged.py)."""
+    import json
+    import math
+    import sys
+
+    import typer
+
+    from ..commands import EXIT_FAILED, EXIT_INTERRUPTED, Exit, load_graph  # lazy: typer, once a command runs
+    from ..commands import out as _out
+    from ..commands import say as _err
+
+    stray = [name for name, on in given.items() if on]
+    if stray:
+        raise typer.BadParameter("does not apply with --logged (a logged evaluation scores served traffic, not a "
+                                 "dataset's cases)", param_hint=" / ".join(f"'{n}'" for n in stray))
+    if weights not in WEIGHTS:
+        raise typer.BadParameter(f"'{weights}' is not one of {', '.join(WEIGHTS)}", param_hint="'--weights'")
+    try:
+        reward_weights = parse_reward(reward if reward is not None else DEFAULT_REWARD)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--reward'") from None
+    names = [e.strip() for e in (estimators or ",".join(DEFAULT_ESTIMATORS)).split(",") if e.strip()]
+    unknown = [e for e in names if e.lower() not in ESTIMATORS and e.lower() not in ("ipw", "snipw")]
+    if unknown or not names:
+        raise typer.BadParameter(f"{', '.join(repr(e) for e in unknown) or 'none given'}: choose from "
+                                 f"{', '.join(ESTIMATORS)}", param_hint="'--estimators'")
+    try:
+        start = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--since'") from None
+    graphs = [load_graph(spec, trust) for spec in specs]  # every spec valid before anything runs
+    targets = [t if isinstance(t, tuple) else Target(t, str(spec)) for t, spec in
+               _variant_targets(specs, graphs, variants)]
+    bar = sys.stderr.isatty() and not progress_.is_quiet()
+    try:
+        report = evaluate_logged(targets, log, variants=False, reward=reward_weights, weights=weights,
+                                 estimators=names, output=output, limit=users, since=start, concurrency=concurrency,
+                                 n_bootstrap=bootstrap, seed=seed if seed is not None else 0,
+                                 clip=clip if clip is not None else math.inf, allow_unsupported=allow_unsupported,
+                                 stamps=stamps or (), progress=bar, log=_err)
+    except KeyboardInterrupt:
+        _err("interrupted: a logged evaluation keeps nothing; run the same command again")
+        raise Exit(EXIT_INTERRUPTED) from None
+    except LogError as exc:
+        if exc.usage:
+            raise typer.BadParameter(str(exc), param_hint="'--logged'") from None
+        _err(f"error: {exc}")
+        raise Exit(EXIT_FAILED) from None
+    except OPEInputError as exc:
+        _err(f"error: the log cannot be evaluated: {exc}")
+        raise Exit(EXIT_FAILED) from None
+    text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
+    if json_path == "-":
+        _out(text)
+    else:
+        if json_path is not None:
+            target = Path(json_path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text + "\n", encoding="utf-8")
+        from rich.console import Console
+
+        report.render(Console(width=max(100, Console().width)))
+    problems = report.problems()
+    if problems:  # the others' numbers are printed above; the command still fails, so a script notices
+        _err(f"error: no estimate for: {', '.join(problems)} (why: the notes above)")
+        raise Exit(EXIT_FAILED)
+
+
 def typer_argument(help: str) -> Any:
     import typer
 
@@ -250,6 +388,7 @@ def typer_option(*names: str, **kwargs: Any) -> Any:
 @hookimpl
 def llmrec_register_commands(cli: Any) -> None:
     cli.command(name="eval")(eval_command)
+    cli.command(name="replay")(replay_command)
 
 
 @hookimpl
