@@ -7,6 +7,7 @@ Exit codes (a message on stderr always says why):
 - 2 bad command-line usage;
 - 3 the request's inputs do not fit the spec (``--input``): nothing ran;
 - 4 the work failed: a node failed with no fallback, a dataset or model is missing, training failed;
+- 5 ``llmrec replay``: some replayed answer differs from the logged one (the report says which and why);
 - 70 an internal error (a bug in llmrec or a plugin: set LLMREC_DEBUG=1 for the traceback);
 - 130 interrupted (Ctrl-C), with a resume hint where the work can resume.
 """

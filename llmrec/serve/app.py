@@ -55,7 +55,8 @@ from .experiments import (
     parse_experiment,
     shared_resources,
 )
-from .logs import FeedbackEvent, LogWriter, Stamp, feedback_record, impression_record, provenance_stamp
+from .logs import (FeedbackEvent, LogWriter, Stamp, feedback_record, impression_record, keep_stamp,
+                   provenance_stamp, stamp_folder)
 from .metrics import Metrics
 
 log = logging.getLogger("llmrec.serve")
@@ -339,6 +340,11 @@ class Server:
             await svc.runtime.start()
             earlier.append((svc.graph, svc.runtime.resources))
         await asyncio.gather(*(svc.stamp_service() for svc in services))
+        folder = stamp_folder(self.log_store) if self.log_store is not None else None
+        if folder is not None:  # the stamps' components beside the log, for llmrec replay and eval --logged
+            for svc in services:
+                if svc.stamp is not None and await asyncio.to_thread(keep_stamp, svc.stamp, folder) is None:
+                    log.warning("could not write the provenance stamp %s into %s", svc.stamp.id, folder)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def startup(self) -> None:

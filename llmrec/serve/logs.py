@@ -75,6 +75,35 @@ class Stamp:
         return {"id": self.id, **self.components}
 
 
+def stamp_folder(store: Any) -> Path | None:
+    """Where a log store's stamps are kept beside it: a file store's folder, a database file's folder (a store
+    of another kind may say with a ``stamp_folder`` attribute); None when it has no place on disk."""
+    folder = getattr(store, "stamp_folder", None) or getattr(store, "folder", None)
+    if folder is None and getattr(store, "path", None) is not None:
+        folder = Path(store.path).parent
+    return Path(folder) if folder is not None else None
+
+
+def keep_stamp(stamp: Stamp, folder: Path) -> Path | None:
+    """Write ``stamp`` as ``folder/provenance-<id>.json`` once (a temporary file renamed into place), so that
+    ``llmrec replay`` and ``llmrec eval --logged`` can name the components that changed since the log was
+    written; None when it cannot be written or the stamp is unknown."""
+    if not stamp.id or stamp.id == "unknown":
+        return None
+    target = folder / f"provenance-{stamp.id}.json"
+    if target.is_file():
+        return target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".provenance-{stamp.id}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(stamp.to_dict(), indent=1, ensure_ascii=False, default=str) + "\n",
+                       encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError:
+        return None
+    return target
+
+
 def _model_ids(value: Any, path: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, Mapping):
         for k, v in value.items():
@@ -782,5 +811,5 @@ def read_logs(source: LogStore | str | os.PathLike[str], registry: Any = None) -
 
 __all__ = ["CASCADE", "FEEDBACK_TYPES", "FORMAT", "Feedback", "FeedbackEvent", "FileLogStore", "Impression",
            "LogReader", "LogStore", "LogWriter", "PROPENSITIES", "ShownItem", "SqliteLogStore", "Stamp",
-           "feedback_record", "impression_record", "open_log_store", "parse_location", "policy_propensities",
-           "provenance_stamp", "read_logs", "shown_lists", "stamp_changes"]
+           "feedback_record", "impression_record", "keep_stamp", "open_log_store", "parse_location",
+           "policy_propensities", "provenance_stamp", "read_logs", "shown_lists", "stamp_changes", "stamp_folder"]

@@ -130,6 +130,8 @@ async def test_answers_are_logged_with_positions_propensities_and_provenance_and
     assert logged[batch_rid].endpoint == "batch" and [f.item_id for f in logged[batch_rid].feedback] == ["x"]
     assert [(f.request_id, f.type) for f in reader.unmatched] == [("nobody-asked", "purchase")]
 
+    kept = Path(options["log_location"]) if kind == "file" else tmp_path  # beside the log, for llmrec replay
+    assert json.loads((kept / f"provenance-{prov}.json").read_text(encoding="utf-8")) == stamp
     if kind == "sqlite":  # a real database file, in WAL mode, that SQLite's own JSON functions can read
         with sqlite3.connect(options["log_location"]) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -269,6 +271,9 @@ async def test_the_provenance_id_changes_when_a_template_file_changes_and_the_se
         client.server.logs.flush()
     logged = {i.request_id: i.provenance for i in read_logs(tmp_path / "logs")}
     assert logged == {first.headers["X-Request-Id"]: before["id"], second.headers["X-Request-Id"]: after["id"]}
+    for stamp in (before, after):  # each stamp's components kept beside the log, for llmrec replay
+        kept = json.loads((tmp_path / "logs" / f"provenance-{stamp['id']}.json").read_text(encoding="utf-8"))
+        assert kept == stamp
 
 
 # -- rerank.explore ----------------------------------------------------------------------------------------------
