@@ -25,12 +25,9 @@ from ..data.datasets import is_path, load_dataset
 from ..hookspecs import hookimpl
 from ..spec.variants import variant_names
 from ..trust import grant
-from .html import write_reports
+from .defaults import (DEFAULT_ESTIMATORS, DEFAULT_REWARD, ESTIMATORS, EXIT_CHANGED, N_BOOTSTRAP, SHOW, TOLERANCE,
+                       WEIGHTS)
 from .judge import MODEL_ENV, load_rubric
-from .logged import DEFAULT_ESTIMATORS, DEFAULT_REWARD, WEIGHTS, LogError, Target, evaluate_logged, parse_reward
-from .logged import parse_since
-from .ope import ESTIMATORS, N_BOOTSTRAP, OPEInputError
-from .replay import replay_command
 from .metrics import LIST_METRICS, RANKING_METRICS
 from .runner import EvalInterrupted, evaluate, parse_ks
 from .store import fingerprint, slug
@@ -249,6 +246,8 @@ def eval_command(
             result.path = next(paths, result.path)
     text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
     if report_dir is not None:
+        from .html import write_reports  # lazy: matplotlib and the HTML report, only with --report
+
         files = write_reports(report, report_dir)
         _err(f"report written: {files['markdown']}, {files['html']}")
     trec_failed = None  # the report still prints; the command then fails
@@ -315,6 +314,8 @@ def _logged_command(specs: list[Path], log: str, *, given: dict[str, bool], rewa
     from ..commands import EXIT_FAILED, EXIT_INTERRUPTED, Exit, load_graph  # lazy: typer, once a command runs
     from ..commands import out as _out
     from ..commands import say as _err
+    from .logged import LogError, Target, evaluate_logged, parse_reward, parse_since  # lazy: only with --logged
+    from .ope import OPEInputError  # lazy: only with --logged
 
     stray = [name for name, on in given.items() if on]
     if stray:
@@ -383,6 +384,102 @@ def typer_option(*names: str, **kwargs: Any) -> Any:
     import typer
 
     return typer.Option(*names, **kwargs)
+
+
+def replay_command(
+    log: Annotated[str, typer_argument("The log: a folder (llmrec serve --log-dir), a .db file or NAME:WHERE.")],
+    spec: Annotated[Optional[Path], typer_argument(
+        "The spec that served the requests. Default: <name>.yaml (or specs/<name>.yaml) for the one spec the log "
+        "names.")] = None,
+    limit: Annotated[Optional[int], typer_option(
+        "--limit", min=1, help="Replay only the first N logged requests.")] = None,
+    since: Annotated[Optional[str], typer_option(
+        "--since", help="Only requests logged at or after this time: unix seconds, ISO 8601 or a time ago "
+                        "(30m, 2h, 7d).")] = None,
+    tolerance: Annotated[float, typer_option(
+        "--tolerance", min=0.0, help="Scores within this (relative and absolute) count as equal.")] = TOLERANCE,
+    concurrency: Annotated[int, typer_option("--concurrency", min=1, help="Requests in flight at once.")] = 8,
+    stamps: Annotated[Optional[list[Path]], typer_option(
+        "--stamps", help="A file (or folder) of provenance stamps (what GET /v1/provenance returned), to name what "
+                         "changed since the log; may be repeated.")] = None,
+    show: Annotated[int, typer_option("--show", min=0, help="How many changed requests to list.")] = SHOW,
+    json_path: Annotated[Optional[str], typer_option(
+        "--json", help="Write the report as JSON to this file ('-' for stdout, instead of the text).")] = None,
+    trust: Annotated[bool, typer_option(
+        "--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
+    quiet: Annotated[bool, typer_option(
+        "--quiet", "-q", help="No progress on stderr (bars and step messages); errors still print.")] = False,
+) -> None:
+    """Re-run logged requests and report the answers that changed, and which provenance components changed.
+
+    Exit code 0 when every answer is what was logged, 5 when some changed (docs/evaluation.md).
+
+    \b
+    Examples:
+      llmrec replay logs/ specs/shop.yaml
+      llmrec replay sqlite:logs/serve.db specs/shop.yaml --since 2h --limit 500
+      llmrec replay logs/ specs/shop.yaml --json - -q > replay.json
+    """
+    import asyncio
+    import json
+    import sys
+
+    import typer
+
+    from ..commands import EXIT_FAILED, EXIT_INTERRUPTED, Exit, load_graph  # lazy: typer, once a command runs
+    from ..commands import out as _out
+    from ..commands import say as _err
+    from ..plugins import get_registry  # lazy: the registry, once a command runs
+    from .logged import LogError, parse_since, read_impressions  # lazy: the log readers, once replay runs
+    from .replay import areplay_logs, find_spec  # lazy: the replay machinery, once replay runs
+
+    if quiet:
+        progress_.set_quiet(True)
+    try:
+        start = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--since'") from None
+    if spec is None:
+        try:
+            read = read_impressions(log, get_registry(None), since=start)
+        except LogError as exc:
+            if exc.usage:
+                raise typer.BadParameter(str(exc), param_hint="'LOG'") from None
+            _err(f"error: {exc}")
+            raise Exit(EXIT_FAILED) from None
+        names = sorted({imp.spec for imp in read.impressions})
+        found = find_spec(names)
+        if found is None:
+            raise typer.BadParameter(
+                f"give the spec that served the requests: llmrec replay {log} SPEC (the log names "
+                f"{', '.join(repr(n) for n in names)}; no {names[0] + '.yaml' if len(names) == 1 else 'single spec'} "
+                "was found here or in specs/)", param_hint="'SPEC'")
+        spec = found
+    graph = load_graph(spec, trust)  # prints every spec error and exits 1 when the spec is invalid
+    bar = sys.stderr.isatty() and not progress_.is_quiet()
+    try:
+        report = asyncio.run(areplay_logs(log, spec, limit=limit, since=start, tolerance=tolerance,
+                                          concurrency=concurrency, stamps=stamps or (), progress=bar, graph=graph))
+    except KeyboardInterrupt:
+        _err("interrupted: a replay keeps nothing; run the same command again")
+        raise Exit(EXIT_INTERRUPTED) from None
+    except LogError as exc:
+        if exc.usage:
+            raise typer.BadParameter(str(exc), param_hint="'LOG'") from None
+        _err(f"error: {exc}")
+        raise Exit(EXIT_FAILED) from None
+    text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
+    if json_path == "-":
+        _out(text)
+    else:
+        if json_path is not None:
+            target = Path(json_path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text + "\n", encoding="utf-8")
+        for line in report.lines(show):
+            _out(line)
+    if report.changed:
+        raise Exit(EXIT_CHANGED)
 
 
 @hookimpl

@@ -93,15 +93,13 @@ from ..serve.logs import (
 )
 from ..spec.variants import validate_variant, variant_names
 from . import ope
+from .defaults import DEFAULT_ESTIMATORS, DEFAULT_REWARD, WEIGHTS
 from .runner import answer_ids
 
 #: the column of the logging policy itself
 LOGGED = "logged"
 #: pseudo-rows of the overall mean in DR's reward model (see the module doc)
 SHRINK = 10.0
-DEFAULT_REWARD = "click"
-DEFAULT_ESTIMATORS = ("ips", "snips", "dr")
-WEIGHTS = ("position", "cascade")
 #: where ``llmrec eval --logged`` and ``llmrec replay`` keep every provenance stamp they compute (relative to the
 #: working folder), so that a later replay can name what changed since
 STAMP_ARCHIVE = Path("runs") / "provenance"

@@ -83,9 +83,9 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 
-ESTIMATORS = ("ips", "snips", "dr", "sndr")
+from .defaults import ESTIMATORS, N_BOOTSTRAP
+
 ALIASES = {"ipw": "ips", "snipw": "snips"}  # OBP's names
-N_BOOTSTRAP = 1000
 ALPHA = 0.05
 SUPPORT_Z = 3.29  # |mean weight - 1| / its standard error above this warns (two-sided p < 0.001)
 MIN_ESS = 100.0  # an effective sample size below this warns

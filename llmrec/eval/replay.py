@@ -23,37 +23,32 @@ remote model at a temperature above 0, a clock): the report says so, naming the 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any
 
 from .. import progress as progress_
 from ..errors import LlmrecError, SpecErrors
 from ..runtime.executor import Runtime
 from ..serve.logs import Impression, Stamp, provenance_stamp, shown_lists, stamp_changes
 from ..spec.variants import validate_variant, variant_names
+from .defaults import EXIT_CHANGED, SHOW, TOLERANCE
 from .logged import (
     SETTINGS,
     LogError,
     archive_stamp,
     changes_text,
     known_stamps,
-    parse_since,
     read_impressions,
     run_requests,
     stochastic_nodes,
 )
 
 #: ``llmrec replay``'s exit code when some answer changed (0: none did)
-EXIT_CHANGED = 5
-TOLERANCE = 1e-6
-#: how many changed requests the text report lists
-SHOW = 10
 
 
 @dataclass
@@ -310,108 +305,5 @@ def find_spec(spec_names: Sequence[str]) -> Path | None:
     return None
 
 
-def _opt(*names: str, **kwargs: Any) -> Any:
-    import typer
-
-    return typer.Option(*names, **kwargs)
-
-
-def _arg(help: str, **kwargs: Any) -> Any:
-    import typer
-
-    return typer.Argument(help=help, show_default=False, **kwargs)
-
-
-def replay_command(
-    log: Annotated[str, _arg("The log: a folder (llmrec serve --log-dir), a .db file or NAME:WHERE.")],
-    spec: Annotated[Optional[Path], _arg(
-        "The spec that served the requests. Default: <name>.yaml (or specs/<name>.yaml) for the one spec the log "
-        "names.")] = None,
-    limit: Annotated[Optional[int], _opt("--limit", min=1, help="Replay only the first N logged requests.")] = None,
-    since: Annotated[Optional[str], _opt(
-        "--since", help="Only requests logged at or after this time: unix seconds, ISO 8601 or a time ago "
-                        "(30m, 2h, 7d).")] = None,
-    tolerance: Annotated[float, _opt(
-        "--tolerance", min=0.0, help="Scores within this (relative and absolute) count as equal.")] = TOLERANCE,
-    concurrency: Annotated[int, _opt("--concurrency", min=1, help="Requests in flight at once.")] = 8,
-    stamps: Annotated[Optional[list[Path]], _opt(
-        "--stamps", help="A file (or folder) of provenance stamps (what GET /v1/provenance returned), to name what "
-                         "changed since the log; may be repeated.")] = None,
-    show: Annotated[int, _opt("--show", min=0, help="How many changed requests to list.")] = SHOW,
-    json_path: Annotated[Optional[str], _opt(
-        "--json", help="Write the report as JSON to this file ('-' for stdout, instead of the text).")] = None,
-    trust: Annotated[bool, _opt(
-        "--trust", help="Trust the spec's folder: import the code it names (docs/security.md).")] = False,
-    quiet: Annotated[bool, _opt(
-        "--quiet", "-q", help="No progress on stderr (bars and step messages); errors still print.")] = False,
-) -> None:
-    """Re-run logged requests and report the answers that changed, and which provenance components changed.
-
-    Exit code 0 when every answer is what was logged, 5 when some changed (docs/evaluation.md).
-
-    \b
-    Examples:
-      llmrec replay logs/ specs/shop.yaml
-      llmrec replay sqlite:logs/serve.db specs/shop.yaml --since 2h --limit 500
-      llmrec replay logs/ specs/shop.yaml --json - -q > replay.json
-    """
-    import sys
-
-    import typer
-
-    from ..commands import EXIT_FAILED, EXIT_INTERRUPTED, Exit, load_graph  # lazy: typer, once a command runs
-    from ..commands import out as _out
-    from ..commands import say as _err
-    from ..plugins import get_registry  # lazy: the registry, once a command runs
-
-    if quiet:
-        progress_.set_quiet(True)
-    try:
-        start = parse_since(since) if since is not None else None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'--since'") from None
-    if spec is None:
-        try:
-            read = read_impressions(log, get_registry(None), since=start)
-        except LogError as exc:
-            if exc.usage:
-                raise typer.BadParameter(str(exc), param_hint="'LOG'") from None
-            _err(f"error: {exc}")
-            raise Exit(EXIT_FAILED) from None
-        names = sorted({imp.spec for imp in read.impressions})
-        found = find_spec(names)
-        if found is None:
-            raise typer.BadParameter(
-                f"give the spec that served the requests: llmrec replay {log} SPEC (the log names "
-                f"{', '.join(repr(n) for n in names)}; no {names[0] + '.yaml' if len(names) == 1 else 'single spec'} "
-                "was found here or in specs/)", param_hint="'SPEC'")
-        spec = found
-    graph = load_graph(spec, trust)  # prints every spec error and exits 1 when the spec is invalid
-    bar = sys.stderr.isatty() and not progress_.is_quiet()
-    try:
-        report = asyncio.run(areplay_logs(log, spec, limit=limit, since=start, tolerance=tolerance,
-                                          concurrency=concurrency, stamps=stamps or (), progress=bar, graph=graph))
-    except KeyboardInterrupt:
-        _err("interrupted: a replay keeps nothing; run the same command again")
-        raise Exit(EXIT_INTERRUPTED) from None
-    except LogError as exc:
-        if exc.usage:
-            raise typer.BadParameter(str(exc), param_hint="'LOG'") from None
-        _err(f"error: {exc}")
-        raise Exit(EXIT_FAILED) from None
-    text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
-    if json_path == "-":
-        _out(text)
-    else:
-        if json_path is not None:
-            target = Path(json_path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text + "\n", encoding="utf-8")
-        for line in report.lines(show):
-            _out(line)
-    if report.changed:
-        raise Exit(EXIT_CHANGED)
-
-
 __all__ = ["Change", "EXIT_CHANGED", "ReplayReport", "SHOW", "StampGroup", "TOLERANCE", "areplay_logs",
-           "compare_answer", "find_spec", "replay_command", "replay_logs"]
+           "compare_answer", "find_spec", "replay_logs"]

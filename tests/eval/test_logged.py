@@ -288,7 +288,7 @@ def test_command_line_mistakes_are_one_line_errors(served, tmp_path, capsys, mon
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("llmrec.eval.commands.evaluate_logged", interrupted)
+    monkeypatch.setattr("llmrec.eval.logged.evaluate_logged", interrupted)  # the command imports it when it runs
     assert main(["eval", spec, "--logged", str(served["logs"])]) == 130
     assert "interrupted" in capsys.readouterr().err
 
