@@ -299,13 +299,27 @@ def _variant_targets(specs: list[Path], graphs: list[Any], variants: str | None)
     return targets
 
 
+def json_report(data: Any, json_path: str | None, out: Any) -> bool:
+    """``--json PATH``: the report as JSON in that file, or on stdout for ``-`` (then True: print nothing else)."""
+    import json
+
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    if json_path == "-":
+        out(text)
+        return True
+    if json_path is not None:
+        target = Path(json_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text + "\n", encoding="utf-8")
+    return False
+
+
 def _logged_command(specs: list[Path], log: str, *, given: dict[str, bool], reward: str | None, weights: str,
                     estimators: str | None, bootstrap: int, clip: float | None, since: str | None,
                     allow_unsupported: bool, stamps: list[Path] | None, users: int | None, output: str | None,
                     json_path: str | None, concurrency: int, variants: str | None, seed: int | None,
                     trust: bool) -> None:
     """``llmrec eval SPEC... --logged LOG`` (llmrec/eval/logged.py)."""
-    import json
     import math
     import sys
 
@@ -357,14 +371,7 @@ def _logged_command(specs: list[Path], log: str, *, given: dict[str, bool], rewa
     except OPEInputError as exc:
         _err(f"error: the log cannot be evaluated: {exc}")
         raise Exit(EXIT_FAILED) from None
-    text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
-    if json_path == "-":
-        _out(text)
-    else:
-        if json_path is not None:
-            target = Path(json_path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text + "\n", encoding="utf-8")
+    if not json_report(report.to_dict(), json_path, _out):
         from rich.console import Console
 
         report.render(Console(width=max(100, Console().width)))
@@ -421,7 +428,6 @@ def replay_command(
       llmrec replay logs/ specs/shop.yaml --json - -q > replay.json
     """
     import asyncio
-    import json
     import sys
 
     import typer
@@ -468,14 +474,7 @@ def replay_command(
             raise typer.BadParameter(str(exc), param_hint="'LOG'") from None
         _err(f"error: {exc}")
         raise Exit(EXIT_FAILED) from None
-    text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False)
-    if json_path == "-":
-        _out(text)
-    else:
-        if json_path is not None:
-            target = Path(json_path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text + "\n", encoding="utf-8")
+    if not json_report(report.to_dict(), json_path, _out):
         for line in report.lines(show):
             _out(line)
     if report.changed:
