@@ -485,3 +485,29 @@ async def test_docs_page_works_offline(serve) -> None:
         assert js.status_code == 200 and len(js.content) > 100_000
         redoc = await client.get("/redoc")
         assert redoc.status_code == 200 and "https://" not in redoc.text
+
+
+async def test_what_a_loaded_spec_holds_is_frozen_out_of_the_collector_and_a_reload_refreezes(serve) -> None:
+    """Once ready, the long-lived heap is gc.freeze()d (collections that requests trigger do not walk it); after a
+    reload the retired version is closed, its cycles collected and the new heap frozen (docs/serving.md)."""
+    import gc
+    import weakref
+
+    gc.unfreeze()
+    try:
+        async with serve() as client:
+            assert gc.get_freeze_count() > 0
+            old = client.server.current
+            runtime = weakref.ref(old.runtime)
+            assert (await client.post("/v1/recommend", json={"user_id": "u1"})).status_code == 200
+            assert await client.server.reload(force=True)
+            del old
+            for _ in range(100):  # the retired version is closed once its requests finish
+                await asyncio.sleep(0.02)
+                if runtime() is None:
+                    break
+            assert runtime() is None  # nothing frozen keeps the retired runtime alive
+            assert gc.get_freeze_count() > 0
+            assert (await client.post("/v1/recommend", json={"user_id": "u1"})).status_code == 200
+    finally:
+        gc.unfreeze()
