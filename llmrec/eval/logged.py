@@ -86,6 +86,7 @@ from ..serve.logs import (
     Feedback,
     Impression,
     Stamp,
+    keep_stamp,
     parse_location,
     provenance_stamp,
     read_logs,
@@ -278,22 +279,7 @@ def archive_stamp(stamp: Stamp, folder: Path = STAMP_ARCHIVE, settings: Mapping[
     """Keep ``stamp`` as ``<folder>/<id>.json`` (once; written to a temporary file and renamed), so that a later
     ``llmrec replay`` can name the components that changed since; with ``settings`` (the spec as loaded,
     ``graph.document.data``) also which settings. None when it cannot be written."""
-    if not stamp.id or stamp.id == "unknown":
-        return None
-    target = folder / f"{stamp.id}.json"
-    if target.is_file():
-        return target
-    record = stamp.to_dict()
-    if settings is not None:
-        record[SETTINGS] = settings
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{stamp.id}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError:
-        return None
-    return target
+    return keep_stamp(stamp, folder, f"{stamp.id}.json", {SETTINGS: settings} if settings is not None else None)
 
 
 def describe_changes(changes: Sequence[str]) -> str:

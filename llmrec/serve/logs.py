@@ -84,20 +84,21 @@ def stamp_folder(store: Any) -> Path | None:
     return Path(folder) if folder is not None else None
 
 
-def keep_stamp(stamp: Stamp, folder: Path) -> Path | None:
-    """Write ``stamp`` as ``folder/provenance-<id>.json`` once (a temporary file renamed into place), so that
-    ``llmrec replay`` and ``llmrec eval --logged`` can name the components that changed since the log was
-    written; None when it cannot be written or the stamp is unknown."""
+def keep_stamp(stamp: Stamp, folder: Path, name: str | None = None,
+               extra: Mapping[str, Any] | None = None) -> Path | None:
+    """Write ``stamp`` (plus ``extra`` keys) as ``folder/<name>`` (default ``provenance-<id>.json``) once, through
+    a temporary file renamed into place, so that ``llmrec replay`` and ``llmrec eval --logged`` can name the
+    components that changed since a log was written; None when it cannot be written or the stamp is unknown."""
     if not stamp.id or stamp.id == "unknown":
         return None
-    target = folder / f"provenance-{stamp.id}.json"
+    target = folder / (name or f"provenance-{stamp.id}.json")
     if target.is_file():
         return target
+    record = {**stamp.to_dict(), **(extra or {})}
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".provenance-{stamp.id}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(stamp.to_dict(), indent=1, ensure_ascii=False, default=str) + "\n",
-                       encoding="utf-8")
+        tmp = folder / f".{target.stem}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, target)
     except OSError:
         return None
