@@ -186,8 +186,8 @@ def _read_input(values: list[str] | str | None) -> dict[str, Any]:
     return merged
 
 
-def _read_one_input(value: str) -> dict[str, Any]:
-    pair = _PAIR.match(value) if not value.lstrip().startswith(("{", "@")) else None
+def _read_one_input(value: str, option: str = "--input") -> dict[str, Any]:
+    pair = _PAIR.match(value) if option == "--input" and not value.lstrip().startswith(("{", "@")) else None
     if pair is not None:
         key, op, raw = pair.groups()
         if op == "=":
@@ -209,12 +209,13 @@ def _read_one_input(value: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        say(f"error: --input is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        say(f"error: {option} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
         say("hint: quote it for the shell, e.g. --input '{\"user_id\": \"u1\"}', pass @file.json, or give "
              "pairs: -i user_id=u1 -i k:=5")
         raise Exit(EXIT_INPUT) from None
     if not isinstance(data, dict):
-        say("error: --input must be a JSON object, e.g. '{\"user_id\": \"u1\"}', or key=value pairs")
+        say(f"error: {option} must be a JSON object, e.g. '{{\"user_id\": \"u1\"}}'"
+            + (", or key=value pairs" if option == "--input" else ""))
         raise Exit(EXIT_INPUT)
     return data
 
@@ -231,12 +232,17 @@ def run(
     deadline: Annotated[
         Optional[float], typer.Option("--deadline", help="Seconds the whole request may take.")
     ] = None,
+    state: Annotated[
+        Optional[str], typer.Option("--state", help="The session state of a spec with 'state:': a JSON object or "
+                                                    "@file.json (default: the schema's defaults, a new session).")
+    ] = None,
     output_format: Annotated[str, typer.Option(
         "--format", help="How --trace prints: table (the outputs as JSON, then a table of nodes on stderr), json "
                          "(one JSON object with outputs and trace), or auto: table on a terminal, else json.")
     ] = "auto",
     trust: TrustOption = False,
     quiet: QuietOption = False,
+    otel: OtelOption = None,
 ) -> None:
     """Run a spec once and print its outputs as JSON.
 
@@ -245,6 +251,7 @@ def run(
       llmrec run specs/quickstart.yaml -i user_id=u1 -i k:=5
       llmrec run specs/quickstart.yaml --input '{"user_id": "u1", "query": "coffee"}'
       llmrec run specs/quickstart.yaml -i user_id=u1 --trace -q
+      llmrec run specs/headphones_chat.yaml -i message="wireless, under 100" --state @state.json
     """
     if quiet:
         progress.set_quiet(True)
@@ -252,9 +259,15 @@ def run(
 
     graph = load_graph(spec, trust)
     inputs = _read_input(input_)
+    if state is not None and graph.state_model is None:
+        say(f"error: --state: {spec} keeps no state (it has no 'state:' block)")
+        raise Exit(EXIT_USAGE)
+    current = _read_one_input(state, "--state") if state is not None else None
+    tracing = _tracing(otel)
     runtime = Runtime(graph)
     try:
-        result = runtime.run_sync(inputs, deadline=deadline)
+        result = runtime.run_sync(inputs, deadline=deadline, state=current)
+        _trace_run(tracing, result.trace)
     except InputError as exc:
         for e in exc.errors:
             say(f"error: input '{e['field']}': {e['message']}")
@@ -263,6 +276,7 @@ def run(
         say(f"hint: {spec} takes: {declared or 'no inputs'}")
         raise Exit(EXIT_INPUT) from None
     except RunError as exc:
+        _trace_run(tracing, exc.trace, exc)
         say(f"error: {exc}")
         if trace and exc.trace is not None:
             say(json.dumps(exc.trace.to_dict(), indent=2))
@@ -273,11 +287,37 @@ def run(
         raise Exit(EXIT_USAGE)
     table = trace and (output_format == "table" or (output_format == "auto" and sys.stdout.isatty()))
     data = result.to_dict(trace=trace and not table)
-    if (not trace or table) and not result.degraded:
+    if (not trace or table) and not result.degraded and result.state is None:
         data = data["outputs"]
     out(json.dumps(data, indent=2, ensure_ascii=False))
     if table:
         _trace_table(result.trace)
+
+
+#: ``--otel`` on commands that run specs (llmrec/telemetry.py, docs/observability.md)
+OtelOption = Annotated[Optional[str], typer.Option(
+    "--otel", help="Trace the run with OpenTelemetry: console (spans on stdout after the outputs), otlp (to "
+                   "$OTEL_EXPORTER_OTLP_ENDPOINT) or none. Default: $OTEL_TRACES_EXPORTER, else off; "
+                   "$TRACEPARENT is continued.", show_default=False)]
+
+
+def _tracing(otel: str | None) -> Any:
+    """``--otel`` (else ``$OTEL_TRACES_EXPORTER``) -> a Tracing, or None when tracing is off (nothing imported)."""
+    from .telemetry import TelemetryError, configure  # lazy: only commands that run a spec trace
+
+    try:
+        return configure(otel, simple=True, install=True)
+    except TelemetryError as exc:
+        say(f"error: {exc}")
+        raise Exit(EXIT_USAGE) from None
+
+
+def _trace_run(tracing: Any, run_trace: Any, error: BaseException | None = None) -> None:
+    """A command's run as spans (the run's span the root, or a child of ``$TRACEPARENT``), exported now."""
+    if tracing is None or run_trace is None:
+        return
+    tracing.record_run(run_trace, context=tracing.context_from_env(), error=error)
+    tracing.shutdown()
 
 
 def _node_bug_hint(graph: Any, exc: RunError) -> None:
@@ -413,6 +453,8 @@ def plugins(
     """
     _local_plugins(spec_dir, trust)
     reg = get_registry(spec_dir.resolve() if spec_dir else None)
+    from .plugins import PLUGIN_API_VERSION  # lazy: only `llmrec plugins` shows the plugin API
+
     rows = []
     for info in reg.plugins:
         provided = reg.provided_by(info.name)
@@ -421,21 +463,31 @@ def plugins(
             "source": info.source,
             "distribution": info.distribution,
             "version": info.version,
+            "status": "loaded",
+            "api": info.api if info.source != "built-in" else PLUGIN_API_VERSION,
             "provides": provided,
         })
+    for refused in reg.refused_plugins:
+        rows.append({"name": refused.name, "source": "entry point", "distribution": refused.distribution,
+                     "version": refused.version, "status": "refused", "reason": refused.reason,
+                     "needs": refused.needs, "provides": {}})
     if as_json:
         out(json.dumps(rows, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="llmrec plugins", show_lines=False)
-    for col in ("plugin", "distribution", "provides"):
+    table = Table(title=f"llmrec plugins (plugin API {PLUGIN_API_VERSION})", show_lines=False)
+    for col in ("plugin", "distribution", "plugin API", "provides"):
         table.add_column(col, overflow="fold")
     for row in rows:
         dist = f"{row['distribution']} {row['version']}" if row["distribution"] else row["source"]
         provides = "\n".join(f"{kind}s: {', '.join(names)}" for kind, names in row["provides"].items()) or "-"
-        table.add_row(row["name"], dist, provides)
+        if row["status"] == "refused":
+            api, provides = "[red]refused[/red]", row["reason"]
+        else:
+            api = row["api"] or "undeclared"
+        table.add_row(row["name"], dist, api, provides)
     Console(width=max(100, Console().width)).print(table)
 
 

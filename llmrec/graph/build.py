@@ -45,7 +45,9 @@ from ..templates import (
     variables,
 )
 from ..templates import check as check_template
+from ..trust import UntrustedCode
 from ..trust import hint as trust_hint
+from .state import StateProblem, state_model
 from .typecheck import (
     UNKNOWN,
     attribute_names,
@@ -111,6 +113,9 @@ class Graph:
     request_model: type[BaseModel]
     order: list[str]
     warnings: list[SpecWarning] = field(default_factory=list)
+    #: the ``state:`` block's model (``${state}``) and the expression whose value is the next state
+    state_model: type[BaseModel] | None = None
+    state_update: Expr | None = None
 
     @property
     def name(self) -> str:
@@ -170,6 +175,8 @@ class _Checker:
         self.node_names = list(doc.declared.get("nodes", self.spec.nodes))
         self.resource_names = list(doc.declared.get("resources", self.spec.resources))
         self.input_names = list(doc.declared.get("inputs", self.spec.inputs))
+        self.state_model: type[BaseModel] | None = None
+        self.state_update: Expr | None = None
 
     # -- helpers ---------------------------------------------------------------------------------------
     def err(self, cls: type[SpecError], message: str, path: Path_, node: str | None = None,
@@ -178,6 +185,42 @@ class _Checker:
 
     def ref_location(self, ref: Ref) -> Location:
         return offset_location(self.doc, ref.where, ref.offset)
+
+    # -- state -----------------------------------------------------------------------------------------
+    def build_state(self) -> None:
+        """The ``state:`` block's model, before any reference to ``${state}`` is checked."""
+        st = self.spec.state
+        if st is None:
+            return
+        try:
+            self.state_model = state_model(st, self.doc.dir_for(("state", "schema")), self.spec.name)
+        except StateProblem as exc:
+            self.err(SpecValidationError, f"state: {exc}", ("state", *exc.field), None, exc.hint)
+        except UntrustedCode as exc:
+            self.err(SpecValidationError, f"state: {exc}", ("state", "schema"), None, trust_hint(self.doc.base_dir))
+
+    def build_state_update(self) -> None:
+        """``state.update``: one reference whose type fits the state model."""
+        st = self.spec.state
+        if st is None:
+            return
+        path: Path_ = ("state", "update")
+        bad: list[BadRef] = []
+        expr = compile_value(st.update, path, bad)
+        self._bad_refs(bad, path, None)
+        if bad:
+            return
+        if not isinstance(expr, RefExpr):
+            self.err(SpecValidationError, "state.update must be one reference, e.g. '${track.state}'", path, None,
+                     "Name the node output that is the next state.")
+            return
+        t = self.ref_type(expr.ref, None)
+        self.state_update = expr
+        if t is not None and self.state_model is not None and not (
+                compatible(t, self.state_model) or compatible(t, dict[str, Any])):
+            self.err(TypeMismatchError, f"state.update: {expr.ref.text} is {type_name(t)}, but the state is "
+                     f"{type_name(self.state_model)}", path, None,
+                     "Reference a node output of the state's type (or a mapping of its fields).")
 
     # -- resources -------------------------------------------------------------------------------------
     def build_resources(self) -> None:
@@ -209,6 +252,9 @@ class _Checker:
             files = ", ".join(f"plugins/{p.name}" for p in skipped)
             hint = (f"{files} beside the spec may define it, but was not imported: the folder is not trusted. "
                     + trust_hint(self.doc.base_dir))
+        elif getattr(self.registry, "refused_plugins", None):
+            hint = ("; ".join(r.message() for r in self.registry.refused_plugins)
+                    + ". It may provide it; 'llmrec plugins' says why it was refused.")
         elif close:
             names = " or ".join(f"'{e.name}' (from {e.plugin.label()})" for e in close)
             hint = f"Did you mean {names}? Run 'llmrec plugins' to list {kind}s."
@@ -382,6 +428,14 @@ class _Checker:
                 return None
             t, rest = self.input_types.get(name, UNKNOWN), ref.attrs[1:]
             what = f"inputs.{name}"
+        elif ref.root == "state":
+            if self.spec.state is None:
+                self.errors.append(DanglingReferenceError(
+                    f"'{ref.text}' refers to the session state, but the spec has no 'state:' block", loc, owner,
+                    "Declare it: state: {schema: {FIELD: {type: ..., default: ...}}, update: ${NODE.FIELD}}."))
+                return None
+            t, rest = (self.state_model or UNKNOWN), ref.attrs
+            what = "state"
         elif ref.root == "resources":
             if not ref.attrs:
                 self.errors.append(DanglingReferenceError(f"'{ref.text}' must name a resource", loc, owner,
@@ -667,6 +721,8 @@ class _Checker:
     def mark_usage(self, edges: Edges, outputs: dict[str, Expr]) -> None:
         nodes = self.spec.nodes
         used: set[str] = set()
+        if self.state_update is not None:  # the next state is an output of every run
+            outputs = {**outputs, "\0state": self.state_update}
         for expr in outputs.values():
             for r in expr.refs():
                 if r.node and r.node in nodes:
@@ -775,10 +831,12 @@ def check_graph(doc: SpecDocument, registry: Registry) -> tuple[Graph | None, li
     checker = _Checker(doc, registry)
     checker.errors.extend(doc.errors)
     _check_defaults(checker)
+    checker.build_state()
     checker.build_resources()
     checker.build_nodes()
     checker.wire()
     outputs = checker.build_outputs()
+    checker.build_state_update()
     edges, order = checker.graph(outputs)
     if not any(isinstance(e, GraphCycleError) for e in checker.errors):
         checker.mark_usage(edges, outputs)
@@ -793,6 +851,8 @@ def check_graph(doc: SpecDocument, registry: Registry) -> tuple[Graph | None, li
         request_model=request_model(doc.spec) if not checker.errors else BaseModel,
         order=order,
         warnings=checker.warnings,
+        state_model=checker.state_model,
+        state_update=checker.state_update,
     )
     if not checker.errors:
         for extra in registry.hook.llmrec_validate_graph(graph=graph, document=doc):

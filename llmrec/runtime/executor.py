@@ -26,6 +26,7 @@ from .batch import batching
 from .plan import NodePlan, bind_static, build_plan
 from .policies import attach
 from .scheduler import Scheduler
+from ..graph.state import validate_state
 from .trace import NodeRecord, RunResult
 
 
@@ -209,8 +210,12 @@ class Runtime:
         deadline: float | None = None,
         max_cost: float | None = None,
         on_node: Callable[[NodeRecord, Any], None] | None = None,
+        state: Any = None,
     ) -> RunResult:
         """Run the graph for one request.
+
+        ``state`` (a spec with a ``state:`` block): the session's current state, a mapping or the state model's
+        instance (None: a new session, the schema's defaults); the result's ``state`` is the next one.
 
         ``deadline`` is seconds for the whole request and ``max_cost`` US dollars of LLM calls (defaults: the
         spec's ``budget``); a node with a fallback whose budget is spent goes straight to its fallback.
@@ -218,6 +223,7 @@ class Runtime:
         Raises InputError for a bad request and RunError (with ``.trace``) when a node fails without fallback.
         """
         request = self.validate_inputs(inputs)
+        current = self.validate_state(state) if self.graph.state_model is not None else None
         if not self._started:
             await self.start()
         budget = self.graph.spec.budget
@@ -227,7 +233,18 @@ class Runtime:
             budget.latency if deadline is None else deadline,
             budget.cost if max_cost is None else max_cost,
             on_node,
+            current,
         )
+
+    def validate_state(self, state: Any) -> Any:
+        """A session state as the spec's state model (None: its defaults); raises InputError naming the field
+        (``state.FIELD``) that does not fit. A spec without a ``state:`` block takes no state."""
+        model = self.graph.state_model
+        if model is None:
+            if state is not None:
+                raise InputError("this spec keeps no state (it has no 'state:' block)", "state")
+            return None
+        return validate_state(model, state)
 
     async def run_many(
         self,

@@ -131,11 +131,16 @@ class Scheduler:
         self.dependents = {n: tuple(d for d in needed if n in graph.nodes[d].deps) for n in needed}
         self.ready = tuple(n for n in needed if self.ndeps[n] == 0)
         self.outputs = tuple(graph.outputs.items())
+        self.state_model = graph.state_model
+        self.state_update = graph.state_update
 
     async def run(self, request: dict[str, Any], run_id: str, deadline: float | None, max_cost: float | None,
-                  on_node: Callable[[NodeRecord, Any], None] | None) -> RunResult:
-        """Run every needed node for a validated ``request``; see :meth:`llmrec.runtime.executor.Runtime.run`."""
+                  on_node: Callable[[NodeRecord, Any], None] | None, session_state: Any = None) -> RunResult:
+        """Run every needed node for a validated ``request``; see :meth:`llmrec.runtime.executor.Runtime.run`.
+        ``session_state``: the validated ``${state}`` of a spec with a ``state:`` block."""
         state = RunState(self, request, run_id)
+        if self.state_model is not None:
+            state.env["state"] = session_state
         state.max_cost = max_cost
         state.on_node = on_node
         if deadline is not None:
@@ -162,6 +167,12 @@ class Scheduler:
                 self.after_run(result=err.trace)
             raise
         result = RunResult(outputs, self._finish(state, trace))
+        if self.state_update is not None:
+            try:
+                result.state = self.next_state(state.env, session_state)
+            except RunError as err:
+                err.run_id, err.trace = state.run_id, result.trace
+                raise
         if self.after_run is not None:
             self.after_run(result=result)
         return result
@@ -177,6 +188,20 @@ class Scheduler:
                     raise t.exception()  # type: ignore[misc]
         env = state.env
         return {name: expr.evaluate(env) for name, expr in self.outputs}
+
+    def next_state(self, env: dict[str, Any], current: Any) -> Any:
+        """The ``update`` reference's value as the state model (a skipped producer keeps the current state)."""
+        assert self.state_update is not None and self.state_model is not None
+        value = self.state_update.evaluate(env)
+        if value is None:
+            return current
+        if isinstance(value, self.state_model):
+            return value
+        try:
+            return self.state_model.model_validate(value.model_dump() if hasattr(value, "model_dump") else value)
+        except Exception as exc:
+            raise RunError(f"the next state ({self.state_update.ref.text}) does not fit the state's schema: "  # type: ignore[attr-defined]
+                           f"{describe(exc)}", None) from exc
 
     def _cancel(self, state: RunState) -> None:
         for t in (*state.tasks, *state.lazy.values()):

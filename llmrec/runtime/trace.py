@@ -100,6 +100,8 @@ class RunResult:
 
     outputs: dict[str, Any]
     trace: Trace
+    #: the next session state, for a spec with a ``state:`` block (its model's instance); None otherwise
+    state: Any = None
 
     @property
     def degraded(self) -> bool:
@@ -118,6 +120,8 @@ class RunResult:
         data: dict[str, Any] = {"outputs": self.outputs_json(), "degraded": self.degraded}
         if data["degraded"]:
             data["fallbacks"] = self.fallbacks()
+        if self.state is not None:
+            data["state"] = to_jsonable_python(self.state)
         if trace:
             data["trace"] = self.trace.to_dict()
         return data

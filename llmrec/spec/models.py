@@ -178,6 +178,21 @@ class BudgetSpec(_Strict):
         return None if v is None else parse_duration(v)
 
 
+class StateSpec(_Strict):
+    """What a session keeps between turns: its schema, and the node output that is the next state.
+
+    ``schema`` is a mapping of typed fields like ``inputs:`` (each with a default: a new session starts from them)
+    or a reference to a pydantic model (``package.module:Model``, ``file.py:Model``); ``update`` a reference such
+    as ``${track.state}``. Nodes read the current state as ``${state}`` or ``${state.FIELD}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    schema_: str | dict[str, InputSpec] = Field(
+        alias="schema", description="Fields with types and defaults (like 'inputs:'), or 'package.module:Model'.")
+    update: str = Field(description="The node output that is the next state, e.g. '${track.state}'.")
+    description: str = ""
+
+
 class Spec(_Strict):
     """A whole spec after includes are merged."""
 
@@ -189,6 +204,7 @@ class Spec(_Strict):
     nodes: dict[str, NodeSpec] = Field(default_factory=dict)
     outputs: dict[str, Any] = Field(default_factory=dict)
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Per-request latency and cost budget.")
+    state: StateSpec | None = Field(None, description="Typed session state: its schema and the next state's node.")
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Named alternatives compared by `llmrec eval`: each maps dotted paths such as "

@@ -25,7 +25,7 @@ _REF_BODY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*$")
 
 @dataclass(frozen=True)
 class Ref:
-    """A reference: ``root`` is 'inputs', 'resources' or a node id; ``attrs`` the dotted path after it."""
+    """A reference: ``root`` is 'inputs', 'resources', 'state' or a node id; ``attrs`` the dotted path after it."""
 
     root: str
     attrs: tuple[str, ...]
@@ -35,7 +35,7 @@ class Ref:
 
     @property
     def node(self) -> str | None:
-        return None if self.root in ("inputs", "resources") else self.root
+        return None if self.root in ("inputs", "resources", "state") else self.root
 
     def resolve(self, env: dict[str, Any]) -> Any:
         value = env[self.root]
