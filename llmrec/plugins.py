@@ -5,6 +5,13 @@ Built-in node types are plugins like any other: the core imports them only throu
 ``LLMREC_LOAD_PLUGINS`` controls entry-point plugins (as DATASETTE_LOAD_PLUGINS does): unset loads every
 installed one; a comma-separated list loads only those entry-point names (or distribution names); an empty
 string loads none, which is what the test suite does to stay hermetic.
+
+Plugins say which llmrec plugin API they support: a module-level ``LLMREC_PLUGIN_API = ">=1,<2"`` (a version
+specifier over :data:`PLUGIN_API_VERSION`). An installed (entry-point) plugin that supports another API, fails to
+import, or registers something invalid is *refused*: llmrec warns once, naming it, its version and what it needs,
+and works without it (a broken plugin never takes the command line down with it, simonw/llm#575). A plugin
+beside a spec, or one given to :func:`make_registry`, is part of what the user is running: its failures are
+errors.
 """
 
 from __future__ import annotations
@@ -26,12 +33,16 @@ from .errors import PluginError
 if TYPE_CHECKING:
     import pluggy
 
-    from .registry import PluginInfo, Registry
+    from .registry import PluginInfo, RefusedPlugin, Registry
 
 # pluggy, the hook specs, the registry (node.py, pydantic, the data layer) and Jinja are imported by the functions
 # that build a registry, so that importing this module for llmrec_version() or get_registry's signature is cheap
 
 ENTRY_POINT_GROUP = "llmrec"
+#: the plugin API this llmrec provides: the major number changes when a hook or a contract a plugin relies on
+#: changes incompatibly, the minor one when something is added (plugins/llmrec-example/README.md)
+PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_ATTR = "LLMREC_PLUGIN_API"
 DEFAULT_PLUGINS = (
     "llmrec.nodes.basic",
     "llmrec.nodes.data",
@@ -103,14 +114,60 @@ def _import_local(path: Path) -> ModuleType:
     return module
 
 
-def plugin_manager(spec_dir: Path | None = None,
-                   skipped: list[Path] | None = None) -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
+class _Refused(Exception):
+    def __init__(self, reason: str, needs: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.needs = reason, needs
+
+
+def declared_api(plugin: Any) -> str | None:
+    """The plugin-API range a plugin declares (``LLMREC_PLUGIN_API``), or None; raises _Refused when it is not a
+    version specifier or excludes :data:`PLUGIN_API_VERSION`."""
+    declared = getattr(plugin, PLUGIN_API_ATTR, None)
+    if declared is None:
+        return None
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        supported = SpecifierSet(str(declared))
+    except InvalidSpecifier:
+        raise _Refused(f"{PLUGIN_API_ATTR} = {declared!r} is not a version range such as '>=1,<2'") from None
+    text = str(declared).strip()  # as its author wrote it
+    if PLUGIN_API_VERSION not in supported:
+        raise _Refused(f"it supports llmrec plugin API {text}, and this llmrec {llmrec_version()} provides "
+                       f"plugin API {PLUGIN_API_VERSION}", f"llmrec plugin API {text}")
+    return text
+
+
+def _required_llmrec(dist: importlib.metadata.Distribution | None) -> None:
+    """Refuse a distribution whose own requirement on llmrec excludes this version (installed with --no-deps, or
+    llmrec upgraded under it). A source tree's version (0+unknown) satisfies nothing: not checked."""
+    version = llmrec_version()
+    if dist is None or version == "0+unknown":
+        return
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for line in dist.requires or []:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.name.lower() == "llmrec" and req.marker is None and req.specifier \
+                and not req.specifier.contains(version, prereleases=True):
+            raise _Refused(f"it requires llmrec{req.specifier}, and llmrec {version} is installed",
+                           f"llmrec{req.specifier}")
+
+
+def plugin_manager(spec_dir: Path | None = None, skipped: list[Path] | None = None,
+                   refused: list[RefusedPlugin] | None = None
+                   ) -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
     """A PluginManager with the defaults, entry points and local plugin files registered. Local files of a folder
-    the user does not trust are not imported; they are appended to ``skipped``."""
+    the user does not trust are not imported; they are appended to ``skipped``. Entry points that fail to load
+    or support another plugin API are appended to ``refused`` (or raise PluginError when it is None)."""
     import pluggy
 
     from . import hookspecs  # lazy: pluggy and the hook specs' types, only when a registry is built
-    from .registry import PluginInfo  # lazy: node.py, pydantic and the data layer, only when a registry is built
+    from .registry import PluginInfo, RefusedPlugin  # lazy: node.py, pydantic and the data layer, for a registry
 
     skipped = [] if skipped is None else skipped
     pm = pluggy.PluginManager("llmrec")
@@ -125,16 +182,26 @@ def plugin_manager(spec_dir: Path | None = None,
         dist = ep.dist.name if ep.dist else None
         dist_version = ep.dist.version if ep.dist else None
         try:
-            plugin = ep.load()
-        except Exception as exc:
-            raise PluginError(f"failed to load entry point '{ep.value}': {type(exc).__name__}: {exc}", ep.name, dist) from None
-        try:
-            pm.register(plugin, name=ep.name)
-        except ValueError as exc:
-            raise PluginError(str(exc), ep.name, dist) from None
-        except pluggy.PluginValidationError as exc:
-            raise PluginError(f"invalid hook implementation: {exc}", ep.name, dist) from None
-        infos[ep.name] = PluginInfo(ep.name, dist, dist_version, "entry point")
+            try:
+                _required_llmrec(ep.dist)
+                plugin = ep.load()
+            except _Refused:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever a broken plugin raises, llmrec goes on without it
+                raise _Refused(f"failed to load entry point '{ep.value}': {type(exc).__name__}: {exc}") from None
+            api = declared_api(plugin)
+            try:
+                pm.register(plugin, name=ep.name)
+            except ValueError as exc:
+                raise _Refused(str(exc)) from None
+            except pluggy.PluginValidationError as exc:
+                raise _Refused(f"invalid hook implementation: {exc}") from None
+        except _Refused as exc:
+            if refused is None:
+                raise PluginError(exc.reason, ep.name, f"{dist} {dist_version}" if dist else None) from None
+            refused.append(RefusedPlugin(ep.name, dist, dist_version, exc.reason, exc.needs))
+            continue
+        infos[ep.name] = PluginInfo(ep.name, dist, dist_version, "entry point", api)
     files = local_plugin_files(spec_dir)
     if files and not trust.is_trusted(spec_dir):  # code beside a spec runs only when the user trusts the folder
         skipped.extend(files)
@@ -142,19 +209,42 @@ def plugin_manager(spec_dir: Path | None = None,
     for path in files:
         module = _import_local(path)
         name = f"{LOCAL_PLUGIN_DIR}/{path.name}"
+        api = _checked_api(module, name)
         try:
             pm.register(module, name=name)
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"invalid hook implementation: {exc}", name) from None
-        infos[name] = PluginInfo(name, None, None, "local file")
-    try:  # a misspelt hook name (llmrec_register_node_type) would otherwise be silently ignored
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        name = pm.get_name(exc.plugin) or "?"
-        info = infos.get(name)
-        raise PluginError(f"{exc}. See llmrec/hookspecs.py for the hook names", name,
-                          info.label() if info and info.distribution else None) from None
+        infos[name] = PluginInfo(name, None, None, "local file", api)
+    while True:  # a misspelt hook name (llmrec_register_node_type) would otherwise be silently ignored
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or "?"
+            info = infos.get(name)
+            message = f"{exc}. See llmrec/hookspecs.py for the hook names"
+            if refused is None or info is None or info.source != "entry point":
+                raise PluginError(message, name, info.label() if info and info.distribution else None) from None
+            refuse(pm, infos, refused, name, message)
     return pm, infos
+
+
+def _checked_api(plugin: Any, name: str) -> str | None:
+    """declared_api for a plugin whose failures are errors (a local file, one given to make_registry)."""
+    try:
+        return declared_api(plugin)
+    except _Refused as exc:
+        raise PluginError(exc.reason, name) from None
+
+
+def refuse(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], refused: list[RefusedPlugin], name: str,
+           reason: str) -> None:
+    """Take an entry-point plugin out again, remembering why."""
+    from .registry import RefusedPlugin  # lazy: see plugin_manager
+
+    info = infos.pop(name)
+    pm.unregister(name=name)
+    refused.append(RefusedPlugin(name, info.distribution, info.version, reason))
 
 
 def _call_register_hook(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], hook_name: str, adder: Any) -> None:
@@ -213,6 +303,33 @@ def _build(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Registry:
     return reg
 
 
+def _build_refusing(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], refused: list[RefusedPlugin]
+                    ) -> Registry:
+    """_build, refusing each entry-point plugin whose registration fails (an invalid node type, a name another
+    plugin registered) and building again without it; others' failures are errors."""
+    import warnings
+
+    while True:
+        try:
+            reg = _build(pm, infos)
+            break
+        except PluginError as exc:
+            info = infos.get(exc.plugin or "")
+            if info is None or info.source != "entry point":
+                raise
+            reason = str(exc).split(": ", 1)[1] if ": " in str(exc) else str(exc)
+            refuse(pm, infos, refused, info.name, reason)
+    reg.refused_plugins = list(refused)
+    for r in refused:
+        warnings.warn(f"{r.message()}. llmrec goes on without it ('llmrec plugins' lists it; "
+                      f"LLMREC_LOAD_PLUGINS selects the plugins to load)", PluginWarning, stacklevel=3)
+    return reg
+
+
+class PluginWarning(UserWarning):
+    """An installed plugin was refused (broken, or built for another plugin API); llmrec runs without it."""
+
+
 def make_registry(*plugins: Any, spec_dir: Path | None = None) -> Registry:
     """A fresh registry: the defaults, entry points and (trusted) local plugins, plus ``plugins`` (modules or
     objects with ``@hookimpl`` functions). Not cached and not shared: an application or a test can hold two
@@ -223,15 +340,17 @@ def make_registry(*plugins: Any, spec_dir: Path | None = None) -> Registry:
     from .registry import PluginInfo  # lazy: see plugin_manager
 
     skipped: list[Path] = []
-    pm, infos = plugin_manager(spec_dir, skipped)
+    refused: list[RefusedPlugin] = []
+    pm, infos = plugin_manager(spec_dir, skipped, refused)
     for plugin in plugins:
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        api = _checked_api(plugin, name)
         try:
             pm.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as exc:
             raise PluginError(f"cannot register: {exc}", name) from None
-        infos[name] = PluginInfo(name, None, None, "given")
-    reg = _build(pm, infos)
+        infos[name] = PluginInfo(name, None, None, "given", api)
+    reg = _build_refusing(pm, infos, refused)
     reg.skipped_plugins = skipped
     return reg
 
@@ -249,8 +368,9 @@ def get_registry(spec_dir: Path | None = None, refresh: bool = False) -> Registr
         if not refresh and key in _cache:
             return _cache[key]
         skipped: list[Path] = []
-        pm, infos = plugin_manager(spec_dir, skipped)
-        reg = _build(pm, infos)
+        refused: list[RefusedPlugin] = []
+        pm, infos = plugin_manager(spec_dir, skipped, refused)
+        reg = _build_refusing(pm, infos, refused)
         reg.skipped_plugins = skipped
         _cache[key] = reg
         return reg

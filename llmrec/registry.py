@@ -33,10 +33,33 @@ class PluginInfo:
     version: str | None = None
     source: str = "entry point"  # "built-in", "entry point" or "local file"
 
+    api: str | None = None  # the plugin-API range it declares (LLMREC_PLUGIN_API), None when it declares none
+
     def label(self) -> str:
         if self.distribution:
             return f"{self.distribution} {self.version}" if self.version else self.distribution
         return self.name
+
+
+@dataclass(frozen=True)
+class RefusedPlugin:
+    """An installed plugin llmrec did not load: it is broken or supports another plugin API. llmrec goes on
+    without it; ``llmrec plugins`` lists it and every command warns once."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    reason: str
+    needs: str | None = None  # what it needs that this llmrec lacks, e.g. "llmrec plugin API >=2,<3"
+
+    def label(self) -> str:
+        if self.distribution:
+            return f"{self.distribution} {self.version}" if self.version else self.distribution
+        return self.name
+
+    def message(self) -> str:
+        who = f"plugin '{self.name}'" + (f" ({self.label()})" if self.distribution else "")
+        return f"{who} was not loaded: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -132,6 +155,7 @@ class Registry:
     hook: Any = None  # pluggy hook relay, for lifecycle hooks
     template_env: Any = None
     skipped_plugins: list[Any] = field(default_factory=list)  # plugins/*.py not imported: folder not trusted
+    refused_plugins: list[RefusedPlugin] = field(default_factory=list)  # broken or incompatible entry points
     datasets: Table[DatasetInfo] = field(
         default_factory=lambda: Table("dataset", pattern=DATASET_NAME, naming=DATASET_NAMING))
 

@@ -66,6 +66,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import llmrec
 
+#: the llmrec plugin API this plugin supports (`llmrec plugins` shows it); another API's llmrec refuses the
+#: plugin with a warning instead of failing
+LLMREC_PLUGIN_API = ">=1,<2"
+
 
 class PriceCapConfig(BaseModel):
     """The node's ``config:`` in a spec. ``extra="forbid"``: a misspelt key is a positioned error."""

@@ -88,6 +88,7 @@ def test_plugins_json_lists_the_entry_point_plugin(installed) -> None:
     assert example["distribution"] == "llmrec-example" and example["version"] == "0.1.0"
     assert example["provides"]["node type"] == ["example.round_robin", "example.sample"]
     assert example["provides"]["metric"] == ["example.hit_rate_at_k"]
+    assert example["status"] == "loaded" and example["api"] == ">=1,<2"  # the plugin API range it declares
     # built-ins are still there, beside it
     assert rows["llmrec.nodes.basic"]["source"] == "built-in"
 

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import types
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ import pytest
 
 import llmrec
 from llmrec.errors import PluginError, RunError, SpecError
-from llmrec.plugins import DEFAULT_PLUGINS, llmrec_version, get_registry, plugin_manager
+from llmrec.plugins import (DEFAULT_PLUGINS, PLUGIN_API_VERSION, PluginWarning, get_registry, llmrec_version,
+                            plugin_manager)
 from llmrec.cli import main
 from llmrec.testing import errors_of, write_spec
 
@@ -430,21 +432,110 @@ def test_load_plugins_env_selects_entry_points(fake_entry_point, monkeypatch, se
         assert plugin.name == "fakeplug" and plugin.source == "entry point"
 
 
-def test_entry_point_that_fails_to_load(fake_entry_point, monkeypatch) -> None:
+def test_entry_point_that_fails_to_load_is_refused_and_llmrec_goes_on(fake_entry_point, monkeypatch) -> None:
     monkeypatch.setenv("LLMREC_LOAD_PLUGINS", "fakeplug")
     folder = fake_entry_point(None)
+    with pytest.warns(PluginWarning, match="plugin 'fakeplug' was not loaded: failed to load entry point"):
+        reg = get_registry(folder)
+    assert "core.identity" in reg.node_types  # the built-ins work without it
+    [refused] = reg.refused_plugins
+    assert refused.name == "fakeplug" and "ModuleNotFoundError" in refused.reason
+    assert "fakeplug" not in [p.name for p in reg.plugins]
+
+
+def test_entry_point_duplicating_a_builtin_is_refused_not_fatal(fake_entry_point, monkeypatch) -> None:
+    monkeypatch.setenv("LLMREC_LOAD_PLUGINS", "fakeplug")
+    folder = fake_entry_point(DUP_PLUGIN)
+    with pytest.warns(PluginWarning, match="already registered by plugin 'llmrec.nodes.basic'"):
+        reg = get_registry(folder)
+    assert reg.node_types.entry("core.identity").plugin.name == "llmrec.nodes.basic"
+    assert [r.name for r in reg.refused_plugins] == ["fakeplug"]
+
+
+def test_entry_point_strict_plugin_manager_still_raises(fake_entry_point, monkeypatch) -> None:
+    """plugin_manager() without a refused list (a caller that wants failures) raises, naming the plugin."""
+    monkeypatch.setenv("LLMREC_LOAD_PLUGINS", "fakeplug")
+    fake_entry_point(None)
     with pytest.raises(PluginError) as info:
-        get_registry(folder)
+        plugin_manager(None)
     assert info.value.plugin == "fakeplug" and "failed to load entry point" in str(info.value)
 
 
-def test_entry_point_duplicating_a_builtin_is_blamed(fake_entry_point, monkeypatch) -> None:
+# -- plugin API compatibility ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("declared, loaded", [
+    (None, True), (f">={PLUGIN_API_VERSION}", True), (">=1,<2", True), (">=2,<3", False), ("<1", False),
+    ("one or two", False),
+])
+def test_plugin_api_range_decides_whether_an_entry_point_loads(fake_entry_point, monkeypatch, capsys,
+                                                               declared, loaded) -> None:
     monkeypatch.setenv("LLMREC_LOAD_PLUGINS", "fakeplug")
-    folder = fake_entry_point(DUP_PLUGIN)
+    code = FAKE_EP if declared is None else f"LLMREC_PLUGIN_API = {declared!r}\n" + FAKE_EP
+    folder = fake_entry_point(code)
+    write_spec(folder, IDENTITY_SPEC)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reg = get_registry(folder)
+    assert ("fake.double" in reg.node_types) is loaded
+    if loaded:
+        assert reg.node_types.entry("fake.double").plugin.api == declared
+        assert not caught
+        return
+    [refused] = reg.refused_plugins
+    [warning] = [w for w in caught if issubclass(w.category, PluginWarning)]
+    if declared == "one or two":
+        assert "is not a version range" in refused.reason
+    else:
+        assert refused.needs == f"llmrec plugin API {declared}"
+        assert f"provides plugin API {PLUGIN_API_VERSION}" in str(warning.message)
+        assert f"it supports llmrec plugin API {declared}," in str(warning.message)
+    # the CLI keeps working without it and lists it as refused
+    code_, out, err = run_cli(capsys, "plugins", "--json", "--spec-dir", str(folder))
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code_ == 0 and rows["fakeplug"]["status"] == "refused" and rows["fakeplug"]["reason"] == refused.reason
+    assert rows["llmrec.nodes.basic"]["status"] == "loaded"
+
+
+def test_spec_using_a_refused_plugins_type_says_why(fake_entry_point, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("LLMREC_LOAD_PLUGINS", "fakeplug")
+    folder = fake_entry_point('LLMREC_PLUGIN_API = ">=9"\n' + FAKE_EP)
+    spec = write_spec(folder, DOUBLE_SPEC.replace("local.double", "fake.double"))
+    code, out, err = run_cli(capsys, "validate", str(spec))
+    assert code == 1
+    assert "unknown node type 'fake.double'" in out + err
+    assert "plugin 'fakeplug' was not loaded: it supports llmrec plugin API >=9" in out + err
+
+
+def test_entry_point_misspelling_a_hook_is_refused(fake_entry_point, monkeypatch) -> None:
+    monkeypatch.setenv("LLMREC_LOAD_PLUGINS", "fakeplug")
+    folder = fake_entry_point(FAKE_EP.replace("def llmrec_register_node_types", "def llmrec_register_node_type"))
+    with pytest.warns(PluginWarning, match="unknown hook"):
+        reg = get_registry(folder)
+    assert "fake.double" not in reg.node_types and reg.refused_plugins[0].name == "fakeplug"
+
+
+def test_entry_point_whose_distribution_needs_another_llmrec_is_refused(fake_entry_point, monkeypatch) -> None:
+    monkeypatch.setenv("LLMREC_LOAD_PLUGINS", "fakeplug")
+    folder = fake_entry_point(FAKE_EP)
+    [ep] = importlib.metadata.entry_points(group="llmrec")
+
+    class Dist:
+        name, version = "llmrec-fake", "3.1"
+        requires = ["llmrec>=99", "pydantic>=2"]
+
+    vars(ep).update(dist=Dist())
+    with pytest.warns(PluginWarning, match=r"requires llmrec>=99, and llmrec .* is installed"):
+        reg = get_registry(folder)
+    [refused] = reg.refused_plugins
+    assert refused.label() == "llmrec-fake 3.1" and refused.needs == "llmrec>=99"
+
+
+def test_local_plugin_with_another_api_is_an_error(tmp_path: Path) -> None:
+    write_plugin(tmp_path, "future.py", 'LLMREC_PLUGIN_API = ">=2"\n' + DOUBLE_PLUGIN)
     with pytest.raises(PluginError) as info:
-        get_registry(folder)
-    assert info.value.plugin == "fakeplug"
-    assert "already registered by plugin 'llmrec.nodes.basic'" in str(info.value)
+        get_registry(tmp_path)
+    assert info.value.plugin == "plugins/future.py" and "supports llmrec plugin API >=2" in str(info.value)
 
 
 # -- lifecycle hooks ----------------------------------------------------------------------------------------
@@ -651,6 +742,8 @@ def test_plugins_with_spec_dir_lists_local_plugins(tmp_path: Path, capsys) -> No
         "source": "local file",
         "distribution": None,
         "version": None,
+        "status": "loaded",
+        "api": None,
         "provides": {"node type": ["local.double"]},
     }
     code, out, _ = run_cli(capsys, "plugins", "--spec-dir", str(tmp_path))

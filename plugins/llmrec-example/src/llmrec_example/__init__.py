@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import llmrec
 
+#: the llmrec plugin API this plugin supports; an llmrec with another API refuses it with a warning
+LLMREC_PLUGIN_API = ">=1,<2"
+
 __version__ = "0.1.0"
 
 __all__ = [
