@@ -59,6 +59,7 @@ DEFAULT_PLUGINS = (
     "llmrec.nodes.verify",
     "llmrec.nodes.planning",
     "llmrec.caches",
+    "llmrec.stores",
     "llmrec.eval.commands",
     "llmrec.serve.commands",
     "llmrec.training",

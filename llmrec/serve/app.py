@@ -239,6 +239,8 @@ def _response_model(graph: Any) -> type[BaseModel]:
         trace=(dict[str, Any] | None, Field(None, description="Per-node trace, with ?trace=true.")),
         session_id=(str | None, None),
         turn=(int | None, Field(None, description="This turn's number in the session (1 for the first).")),
+        session_kept=(bool | None, Field(None, description="False when the session store failed (e.g. Redis "
+                                                           "down): answered without the session, turn not kept.")),
     )
 
 
@@ -767,6 +769,19 @@ class Server:
         state = await self.sessions.load(sid)
         return state if isinstance(state, dict) else {}
 
+    async def load_session_kept(self, sid: str | None) -> tuple[dict[str, Any], bool]:
+        """``load_session`` that never raises: a store that fails (Redis down) gives an empty session and False."""
+        try:
+            return await self.load_session(sid), True
+        except Exception as exc:
+            return {}, self.session_failed("load", exc)
+
+    def session_failed(self, what: str, exc: Exception) -> bool:
+        """Log a session store failure (a store's message masks its secrets); False: the session was not kept."""
+        log.warning("session store: %s failed (%s: %s); answering without the session", what,
+                    type(exc).__name__, exc)
+        return False
+
     async def save_turn(self, sid: str, state: dict[str, Any], inputs: dict[str, Any], answer: dict[str, Any]
                         ) -> int:
         turns = list(state.get("turns") or [])
@@ -951,7 +966,7 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
         forced = server.forced_arm(request)
         routed = server.route(data, rid, sid, forced)  # the arm (or arms) that answer, before history is added
         svc = routed[0][0]
-        state = await server.load_session(sid)
+        state, kept = await server.load_session_kept(sid)
         if sid is not None and svc.history_input and isinstance(data, dict) and "history" not in data:
             data = {**data, "history": [{"inputs": t.get("inputs"), "outputs": t.get("outputs")}
                                         for t in state.get("turns", [])]}
@@ -960,7 +975,13 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
         if sid is not None:
             given = {k: v for k, v in data.items() if k != "history"}
             answer["session_id"] = sid
-            answer["turn"] = await server.save_turn(sid, state, given, answer)
+            try:
+                answer["turn"] = await server.save_turn(sid, state, given, answer)
+            except Exception as exc:  # the store is down (Redis): the answer stands, the turn is not kept
+                kept = server.session_failed("save", exc)
+            if not kept:  # said in the body and a header: the next turn will not see this one
+                answer["session_kept"] = False
+                headers = {**headers, "X-Llmrec-Session": "not-kept"}
         return _json(answer, headers={"X-Request-Id": rid, **headers})
 
     async def batch(request: Request) -> Response:

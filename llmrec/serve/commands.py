@@ -22,6 +22,7 @@ from typing import Annotated, Any, Optional
 
 from ..hookspecs import hookimpl
 from ..plugins import get_registry
+from ..stores import prepare_session_store, session_store_options
 from .logs import FileLogStore, SqliteLogStore, parse_location
 from .sessions import MemorySessionStore
 
@@ -83,7 +84,11 @@ def serve_command(
                         ] = 1_048_576,
     max_batch: Annotated[int, _opt("--max-batch", min=1, help="Most requests in one batch call.")] = 100,
     session_store: Annotated[str, _opt(
-        "--session-store", help="Where sessions live (a registered session store).")] = "memory",
+        "--session-store", help="Where sessions live (a registered session store: memory, per worker; redis, "
+                                "shared by workers and hosts).")] = "memory",
+    session_url: Annotated[Optional[str], _opt(
+        "--session-url", help="The session store's URL, for stores that take one: redis://[:PASSWORD@]HOST:PORT/DB "
+                              "(default: $LLMREC_REDIS_URL, else redis://127.0.0.1:6379/0).")] = None,
     session_ttl: Annotated[float, _opt("--session-ttl", min=0.0, help="Seconds a session lives after its last "
                                                                      "turn (0: until evicted).")] = 1800.0,
     reload_interval: Annotated[float, _opt(
@@ -146,6 +151,11 @@ def serve_command(
     if session_store not in stores:
         raise typer.BadParameter(f"unknown session store '{session_store}'; registered: {', '.join(stores)}",
                                  param_hint="'--session-store'")
+    try:  # a store that cannot be reached (Redis down) is refused now, its URL masked
+        session_options = session_store_options(stores[session_store], session_url, str(graph.name))
+        prepare_session_store(stores[session_store], session_options)
+    except (ValueError, OSError) as exc:  # RedisUnavailable is a ConnectionError
+        raise typer.BadParameter(str(exc), param_hint="'--session-url'") from None
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter("use debug, info, warning or error", param_hint="'--log-level'")
     store_name, store_where = log_destination(log_dir, log_store, spec)
@@ -155,6 +165,7 @@ def serve_command(
     options = ServeOptions(
         spec=str(spec), api_key=api_key or os.environ.get("LLMREC_API_KEY") or None, max_body_bytes=max_body,
         deadline=deadline, max_concurrency=max_concurrency, max_batch=max_batch, session_store=session_store,
+        session_options=session_options,
         session_ttl=session_ttl, reload_interval=reload_interval, log_level=log_level.lower(), trust=trust,
         log_store=store_name, log_location=store_where, log_queue=log_queue,
         rating_range=(float(rating_range[0]), float(rating_range[1])), experiment=experiment,
