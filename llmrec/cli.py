@@ -296,7 +296,7 @@ def run(
 
 #: ``--otel`` on commands that run specs (llmrec/telemetry.py, docs/observability.md)
 OtelOption = Annotated[Optional[str], typer.Option(
-    "--otel", help="Trace the run with OpenTelemetry: console (spans on stdout after the outputs), otlp (to "
+    "--otel", help="Trace the run with OpenTelemetry: console (spans as JSON on stderr), otlp (to "
                    "$OTEL_EXPORTER_OTLP_ENDPOINT) or none. Default: $OTEL_TRACES_EXPORTER, else off; "
                    "$TRACEPARENT is continued.", show_default=False)]
 
@@ -306,7 +306,7 @@ def _tracing(otel: str | None) -> Any:
     from .telemetry import TelemetryError, configure  # lazy: only commands that run a spec trace
 
     try:
-        return configure(otel, simple=True, install=True)
+        return configure(otel, simple=True, install=True, console=sys.stderr)  # stdout keeps the outputs' JSON
     except TelemetryError as exc:
         say(f"error: {exc}")
         raise Exit(EXIT_USAGE) from None

@@ -45,6 +45,7 @@ from ..plugins import get_registry, llmrec_version
 from ..runtime.batch import batching
 from ..runtime.executor import WAVE, Runtime
 from ..spec.refs import RefExpr
+from ..telemetry import TRACE_ID_HEADER, configure as configure_tracing, log_trace_ids
 from ..trust import grant
 from ..spec.variants import check_variant, variant_names
 from .experiments import (
@@ -99,6 +100,7 @@ class ServeOptions:
     experiment_salt: str = ""
     experiment_seed: int = 0  # interleaving's coin flips
     experiment_override: bool = False  # ?variant=ARM may choose the arm (for testing); off by default
+    otel: str | None = None  # --otel console|otlp (llmrec/telemetry.py); None: $OTEL_TRACES_EXPORTER, else off
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -250,8 +252,13 @@ def _response_model(graph: Any) -> type[BaseModel]:
 class Server:
     """State shared by the endpoints: the current service, sessions, limits and metrics."""
 
-    def __init__(self, options: ServeOptions, graph: Any | None = None) -> None:
+    def __init__(self, options: ServeOptions, graph: Any | None = None, tracing: Any = None) -> None:
         self.options = options
+        # OpenTelemetry (llmrec/telemetry.py): None when off, and then nothing of the SDK is imported
+        self.own_tracing = tracing is None
+        self.tracing = configure_tracing(options.otel, install=True) if tracing is None else tracing
+        if self.tracing is not None:
+            log_trace_ids(log, self.tracing)
         self.path = Path(options.spec)
         if options.trust:
             grant(self.path.resolve().parent)
@@ -376,6 +383,8 @@ class Server:
             self.logs = None
         self.ready = False
         self.metrics.ready.set(0)
+        if self.tracing is not None and self.own_tracing:  # what is queued is exported
+            await asyncio.to_thread(self.tracing.shutdown)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -566,11 +575,16 @@ class Server:
         except InputError as exc:
             raise ApiError(422, "invalid_input", str(exc), exc.field, errors=exc.errors) from None
         except RunError as exc:
+            tid = None
             if exc.trace is not None:
                 self.metrics.observe_trace(exc.trace, "failed")
+                if self.tracing is not None:
+                    tid = self.tracing.record_run(exc.trace, attributes=run_attributes(svc, request_id), error=exc)
             extra: dict[str, Any] = {"node": exc.node_id, "run_id": exc.run_id}
             if trace and exc.trace is not None:
                 extra["trace"] = exc.trace.to_dict()
+                if tid is not None:
+                    extra["trace"]["trace_id"] = tid
             if isinstance(exc, DeadlineExceededError):
                 raise ApiError(503, "deadline_exceeded", str(exc), **extra) from None
             raise ApiError(424, "node_failed", str(exc), **extra) from None
@@ -578,7 +592,12 @@ class Server:
             svc.active -= 1
             self.metrics.in_flight.dec()
         self.metrics.observe_trace(result.trace, "degraded" if result.degraded else "ok")
-        return result.to_dict(trace=trace), result.trace
+        answer = result.to_dict(trace=trace)
+        if self.tracing is not None:
+            tid = self.tracing.record_run(result.trace, attributes=run_attributes(svc, request_id))
+            if trace:
+                answer["trace"]["trace_id"] = tid
+        return answer, result.trace
 
     async def run(self, svc: Service, data: Any, *, trace: bool = False, on_node: Any = None,
                   request_id: str | None = None, endpoint: str = "recommend", session_id: str | None = None,
@@ -603,7 +622,8 @@ class Server:
             return
         try:  # built here, not on the writer thread, so that the answer's objects can die young
             record = impression_record(request_id, time.time(), endpoint, spec, stamp_id, variant, data,
-                                       answer["outputs"], answer["degraded"], run_trace, session_id)
+                                       answer["outputs"], answer["degraded"], run_trace, session_id,
+                                       trace_id=self.tracing.trace_id() if self.tracing is not None else None)
             if teams is not None:
                 mark_teams(record, teams)
             if experiment is not None:
@@ -809,6 +829,12 @@ def _pair_headers(a: Service, b: Service) -> dict[str, str]:
             "X-Llmrec-Variant": f"{a.arm}+{b.arm}"}
 
 
+def run_attributes(svc: Service, request_id: str | None) -> dict[str, Any]:
+    """A served run's span attributes beyond its trace's: provenance id, variant, experiment arm, request id."""
+    return {"llmrec.provenance": svc.stamp.id if svc.stamp else None, "llmrec.variant": svc.variant,
+            "llmrec.arm": svc.arm, "llmrec.request_id": request_id}
+
+
 def freeze_heap() -> None:
     """Move what is alive now out of the cyclic garbage collector's view (``gc.freeze``), after a collection.
 
@@ -908,11 +934,12 @@ def _error_response(exc: ApiError, server: Server, headers: dict[str, str] | Non
 # -- the app ---------------------------------------------------------------------------------------------------
 
 
-def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
-    """The FastAPI app serving ``options.spec`` (validated now: raises SpecErrors when it has errors)."""
+def create_app(options: ServeOptions, graph: Any | None = None, tracing: Any = None) -> FastAPI:
+    """The FastAPI app serving ``options.spec`` (validated now: raises SpecErrors when it has errors).
+    ``tracing``: a :class:`llmrec.telemetry.Tracing` to trace with (default: as ``options.otel`` says)."""
     from contextlib import asynccontextmanager
 
-    server = Server(options, graph)
+    server = Server(options, graph, tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -937,6 +964,12 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
 
     async def timed(endpoint: str, request: Request, handler: Any) -> Response:
         started = time.perf_counter()
+        tracing = server.tracing
+        if tracing is not None:  # the request's span, current while it is answered (a caller's traceparent continued)
+            path = request.url.path
+            span, token = tracing.start_request(f"{request.method} {path}", request.headers, {
+                "http.request.method": request.method, "http.route": path, "url.path": path,
+                "llmrec.endpoint": endpoint})
         try:
             response = await handler(request)
         except ApiError as exc:
@@ -954,7 +987,16 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
         rid = getattr(request.state, "request_id", None)
         if rid is not None and "x-request-id" not in response.headers:  # errors too: a 424 names it as run_id
             response.headers["X-Request-Id"] = rid
-        server.metrics.observe_request(endpoint, response.status_code, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        server.metrics.observe_request(endpoint, response.status_code, elapsed)
+        if log.isEnabledFor(logging.DEBUG):  # the request line (with tracing on, its trace id is appended)
+            log.debug("%s %s %d %.1fms request_id=%s", request.method, request.url.path, response.status_code,
+                      elapsed * 1000, rid or "-")
+        if tracing is not None:
+            tid = tracing.trace_id()
+            if tid is not None:
+                response.headers[TRACE_ID_HEADER] = tid
+            tracing.end_request(span, token, response.status_code, {"llmrec.request_id": rid} if rid else None)
         return response
 
     async def recommend(request: Request) -> Response:
@@ -1043,11 +1085,15 @@ def create_app(options: ServeOptions, graph: Any | None = None) -> FastAPI:
         except InputError as exc:
             raise ApiError(422, "invalid_input", str(exc), exc.field, errors=exc.errors) from None
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        tracing = server.tracing
+        parent = tracing.current_context() if tracing is not None else None  # the run outlives the request's span
 
         def on_node(record: Any, value: Any, arm: str | None = None) -> None:
             queue.put_nowait(("node", record.to_dict() if arm is None else {**record.to_dict(), "arm": arm}))
 
         async def run() -> None:
+            if tracing is not None:
+                tracing.attach(parent)  # this task's own context: nothing to detach
             try:
                 answer, _ = await server.answer(data, trace=trace, on_node=on_node, request_id=rid,
                                                 endpoint="stream", routed=routed)

@@ -128,6 +128,10 @@ def serve_command(
     experiment_override: Annotated[bool, _opt(
         "--experiment-override", help="Let a request choose its arm with ?variant=ARM (for testing; such answers "
                                       "are logged as forced and left out of the results). Off by default.")] = False,
+    otel: Annotated[Optional[str], _opt(
+        "--otel", help="Trace every request with OpenTelemetry: console (spans on stdout), otlp (to "
+                       "$OTEL_EXPORTER_OTLP_ENDPOINT, default localhost:4318) or none. Default: $OTEL_TRACES_EXPORTER, "
+                       "else off (docs/observability.md).")] = None,
 ) -> None:
     """Serve a spec over HTTP: /v1/recommend (and /batch, /stream), /healthz, /readyz, /metrics, playground at /.
 
@@ -162,6 +166,7 @@ def serve_command(
     if rating_range[0] > rating_range[1]:
         raise typer.BadParameter("give the lowest rating first, e.g. --rating-range 1 5", param_hint="'--rating-range'")
     check_experiment(graph, experiment, experiment_name, store_name)
+    otel = check_otel(otel)
     options = ServeOptions(
         spec=str(spec), api_key=api_key or os.environ.get("LLMREC_API_KEY") or None, max_body_bytes=max_body,
         deadline=deadline, max_concurrency=max_concurrency, max_batch=max_batch, session_store=session_store,
@@ -170,7 +175,7 @@ def serve_command(
         log_store=store_name, log_location=store_where, log_queue=log_queue,
         rating_range=(float(rating_range[0]), float(rating_range[1])), experiment=experiment,
         experiment_name=experiment_name, experiment_salt=experiment_salt, experiment_seed=experiment_seed,
-        experiment_override=experiment_override,
+        experiment_override=experiment_override, otel=otel,
     )
     configure_logging(log_level)
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level.lower(),
@@ -199,6 +204,25 @@ def serve_command(
     if not server.started:
         _err(f"error: could not serve on {host}:{port} (see above)")
         raise Exit(EXIT_FAILED)
+
+
+def check_otel(otel: str | None) -> str | None:
+    """``--otel`` (else ``$OTEL_TRACES_EXPORTER``) -> the exporters to trace with, or None when tracing is off;
+    an unknown exporter or a missing SDK is refused now, naming the option and the install command."""
+    import typer  # lazy: typer, only once a command runs
+
+    # lazy: telemetry's checks import the SDK only when tracing is asked for
+    from ..telemetry import TelemetryError, configure, wanted_exporters
+
+    try:
+        names = wanted_exporters(otel)
+        if names:
+            tracing = configure(",".join(names))  # the SDK and the exporters exist (each worker builds its own)
+            if tracing is not None:
+                tracing.shutdown()
+    except TelemetryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--otel'") from None
+    return ",".join(names) or ("none" if otel is not None else None)  # "none": off even if $OTEL_... says otherwise
 
 
 def check_experiment(graph: Any, experiment: str | None, name: str | None, store: str | None) -> None:

@@ -219,9 +219,10 @@ def policy_propensities(trace: Any) -> tuple[dict[str, float], dict[str, float],
 
 def impression_record(request_id: str, ts: float, endpoint: str, spec: str, stamp_id: str, variant: str | None,
                       inputs: Mapping[str, Any], outputs: Mapping[str, Any], degraded: bool, trace: Any,
-                      session_id: str | None) -> dict[str, Any]:
+                      session_id: str | None, trace_id: str | None = None) -> dict[str, Any]:
     """One impression (docs/serving.md): what was shown, in order, with each item's position and propensity.
-    ``outputs``: the answer's outputs as JSON data; ``trace``: the run's trace (for the policy's propensities)."""
+    ``outputs``: the answer's outputs as JSON data; ``trace``: the run's trace (for the policy's propensities);
+    ``trace_id``: the request's OpenTelemetry trace id, kept as ``trace_id`` when tracing is on."""
     probs, cascades, stochastic = policy_propensities(trace)
     items = []
     for name, shown in shown_lists(outputs):
@@ -245,11 +246,14 @@ def impression_record(request_id: str, ts: float, endpoint: str, spec: str, stam
     user = inputs.get("user_id")
     if isinstance(user, bool) or not isinstance(user, (str, int)):
         user = None
-    return {"v": FORMAT, "kind": "impression", "request_id": request_id, "ts": round(ts, 6), "endpoint": endpoint,
-            "spec": spec, "provenance": stamp_id, "variant": variant,
-            "user_id": None if user is None else str(user),
-            "session_id": session_id, "inputs": dict(inputs), "items": items,
-            "policy": stochastic or None, "degraded": bool(degraded)}
+    record = {"v": FORMAT, "kind": "impression", "request_id": request_id, "ts": round(ts, 6),
+              "endpoint": endpoint, "spec": spec, "provenance": stamp_id, "variant": variant,
+              "user_id": None if user is None else str(user),
+              "session_id": session_id, "inputs": dict(inputs), "items": items,
+              "policy": stochastic or None, "degraded": bool(degraded)}
+    if trace_id is not None:
+        record["trace_id"] = trace_id
+    return record
 
 
 class FeedbackEvent(BaseModel):
