@@ -22,7 +22,7 @@ from typing import Annotated, Any, Optional
 
 from ..hookspecs import hookimpl
 from ..plugins import get_registry
-from ..stores import prepare_session_store, session_store_options
+from ..stores import mask_url, prepare_session_store, session_store_options
 from .logs import FileLogStore, SqliteLogStore, parse_location
 from .sessions import MemorySessionStore
 
@@ -280,7 +280,7 @@ def log_destination(log_dir: Path | None, log_store: str | None, spec: Path) -> 
             prepare()
         store.close()
     except Exception as exc:
-        raise typer.BadParameter(f"cannot log to '{where}': {exc}", param_hint=hint) from None
+        raise typer.BadParameter(f"cannot log to '{mask_url(where)}': {exc}", param_hint=hint) from None
     return name, where
 
 
@@ -330,7 +330,7 @@ def experiment_command(
         say(f"error: {log}: {exc}")
         raise Exit(EXIT_INPUT) from None
     except (OSError, ValueError) as exc:  # an unreadable database, a store's own complaint
-        say(f"error: cannot read the log '{log}': {exc}")
+        say(f"error: cannot read the log '{mask_url(log)}': {exc}")
         raise Exit(EXIT_INPUT) from None
     if as_json:
         out(json.dumps(report.to_dict(), indent=2, ensure_ascii=False, allow_nan=False, default=str))

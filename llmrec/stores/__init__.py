@@ -3,7 +3,9 @@ as any third-party plugin's:
 
 - the ``redis`` session store (``llmrec serve --session-store redis --session-url redis://HOST:6379/0``);
 - the ``redis`` cache backend (``cache: {backend: redis}``, ``prompt_cache: {backend: redis}``), its URL from
-  ``$LLMREC_REDIS_URL``.
+  ``$LLMREC_REDIS_URL``;
+- the ``redis`` log store (``llmrec serve --log-store redis:`` or ``redis:redis://HOST:6379/0``): impressions and
+  feedback in two Redis streams.
 
 redis-py is imported only once a Redis store is used (see :mod:`.redis`); docs/serving.md says how to run them.
 """
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..hookspecs import hookimpl
-from .redis import RedisCache, RedisSessionStore, RedisUnavailable, mask_url, resolve_url
+from .redis import RedisCache, RedisLogStore, RedisSessionStore, RedisUnavailable, mask_url, resolve_url
 
 
 def accepts(factory: Callable[..., Any], name: str) -> bool:
@@ -56,9 +58,14 @@ def llmrec_register_session_stores(register: Callable[[str, Any], None]) -> None
 
 
 @hookimpl
+def llmrec_register_log_stores(register: Callable[[str, Any], None]) -> None:
+    register("redis", RedisLogStore)
+
+
+@hookimpl
 def llmrec_register_cache_backends(register: Callable[[str, Any], None]) -> None:
     register("redis", RedisCache)
 
 
-__all__ = ["RedisCache", "RedisSessionStore", "RedisUnavailable", "accepts", "mask_url", "prepare_session_store",
-           "resolve_url", "session_store_options"]
+__all__ = ["RedisCache", "RedisLogStore", "RedisSessionStore", "RedisUnavailable", "accepts", "mask_url",
+           "prepare_session_store", "resolve_url", "session_store_options"]

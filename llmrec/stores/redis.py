@@ -25,10 +25,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import threading
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from pydantic_core import to_json
 
 from ..caches import codec
 from ..caches.backends import CacheWarning
@@ -51,23 +56,18 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get(URL_ENV) or DEFAULT_URL
 
 
-def mask_url(url: str) -> str:
-    """``url`` with its password (and a ``?password=`` query value) replaced by ``***``: safe to show. A user part
-    without a password (``redis://SECRET@host``) is masked too: older clients read it as the password."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, host = netloc.rpartition("@")
-            user, colon, _password = userinfo.partition(":")
-            netloc = f"{user}:***@{host}" if colon else f"***@{host}"
-        query = urlencode([(k, "***" if k.lower() == "password" else v)
-                           for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
-        if netloc == parts.netloc and "password=" not in parts.query.lower():
-            return url  # nothing secret (and unix:///path stays as written)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<a Redis URL that does not parse>"
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*)(?P<password>:[^/\s]*)?@")
+_PASSWORD_PARAM = re.compile(r"(?P<name>[?&]password=)[^&#\s]*", re.IGNORECASE)
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every URL in it (and a ``?password=`` query value) replaced by ``***``: safe
+    to show. Works on a URL inside a longer text too (``redis:redis://:PW@host/0``). A user part without a password
+    (``redis://SECRET@host``) is masked as well: older clients read it as the password."""
+    def userinfo(m: re.Match[str]) -> str:
+        return f"{m['scheme']}{m['user']}:***@" if m["password"] is not None else f"{m['scheme']}***@"
+
+    return _PASSWORD_PARAM.sub(r"\g<name>***", _USERINFO.sub(userinfo, text))
 
 
 def secrets_of(url: str) -> list[str]:
@@ -306,5 +306,97 @@ class RedisCache:
         await self.conn.close()
 
 
-__all__ = ["CACHE_FORMAT", "DEFAULT_URL", "URL_ENV", "RedisCache", "RedisSessionStore", "RedisUnavailable",
-           "mask_url", "resolve_url", "secrets_of"]
+class RedisLogStore:
+    """Impressions and feedback in two Redis streams (``PREFIX impressions`` and ``PREFIX feedback``), one JSON
+    record per entry, appended by every worker and host: ``llmrec serve --log-store redis:`` (the URL from
+    ``$LLMREC_REDIS_URL``) or ``--log-store redis:redis://HOST:6379/0``. Each stream keeps about ``max_records``
+    entries (``XADD ... MAXLEN ~``: the oldest are trimmed). Called from the log writer's thread, so it uses
+    redis-py's synchronous client; a failure raises :class:`RedisUnavailable` (masked URL), which the writer counts
+    and logs. It has no folder on disk, so provenance stamps are not kept beside it."""
+
+    PAGE = 1000  # entries read per XRANGE
+
+    def __init__(self, location: str | None = None, *, prefix: str = "llmrec:log:", max_records: int = 1_000_000,
+                 socket_timeout: float = 2.0) -> None:
+        if max_records < 1:
+            raise ValueError("max_records must be at least 1")
+        self.url = resolve_url(location or None)
+        self.shown = mask_url(self.url)
+        if urlsplit(self.url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"'{self.shown}' is not a Redis URL: use redis:redis://HOST:PORT/DB, or redis: with "
+                             f"${URL_ENV} set")
+        self.prefix = prefix
+        self.max_records = max_records
+        self.socket_timeout = socket_timeout
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _redis(self) -> Any:
+        if self._client is None:
+            redis = redis_module()
+            self._client = redis.Redis.from_url(
+                self.url, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.socket_timeout)
+        return self._client
+
+    def _call(self, fn: Any) -> Any:
+        redis = redis_module()
+        try:
+            with self._lock:
+                return fn(self._redis())
+        except (redis.RedisError, OSError) as exc:
+            raise RedisUnavailable(f"Redis log store at {self.shown}: {_describe(exc, self.url)}") from None
+
+    def prepare(self) -> None:
+        self._call(lambda r: r.ping())
+
+    def _append(self, kind: str, records: Sequence[dict[str, Any]]) -> None:
+        if not records:
+            return
+        key = self.prefix + kind
+        blobs = [to_json(r, fallback=str, inf_nan_mode="null") for r in records]
+
+        def write(r: Any) -> None:
+            pipe = r.pipeline(transaction=False)
+            for blob in blobs:
+                pipe.xadd(key, {"r": blob}, maxlen=self.max_records, approximate=True)
+            pipe.execute()
+
+        self._call(write)
+
+    def append_impressions(self, records: Sequence[dict[str, Any]]) -> None:
+        self._append("impressions", records)
+
+    def append_feedback(self, records: Sequence[dict[str, Any]]) -> None:
+        self._append("feedback", records)
+
+    def _read(self, kind: str) -> Iterator[dict[str, Any]]:
+        key, start = self.prefix + kind, "-"
+        while True:
+            page = self._call(lambda r, start=start: r.xrange(key, min=start, max="+", count=self.PAGE))
+            for entry_id, fields in page:
+                try:
+                    record = json.loads(fields.get(b"r", b""))
+                except (UnicodeDecodeError, ValueError):  # not a record this store wrote
+                    continue
+                if isinstance(record, dict):
+                    yield record
+            if len(page) < self.PAGE:
+                return
+            start = "(" + page[-1][0].decode()  # exclusive: after the last entry read
+
+    def impressions(self) -> Iterator[dict[str, Any]]:
+        return self._read("impressions")
+
+    def feedback(self) -> Iterator[dict[str, Any]]:
+        return self._read("feedback")
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+__all__ = ["CACHE_FORMAT", "DEFAULT_URL", "URL_ENV", "RedisCache", "RedisLogStore", "RedisSessionStore",
+           "RedisUnavailable", "mask_url", "resolve_url", "secrets_of"]
