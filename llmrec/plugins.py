@@ -58,6 +58,7 @@ DEFAULT_PLUGINS = (
     "llmrec.nodes.llm_tasks",
     "llmrec.nodes.verify",
     "llmrec.nodes.planning",
+    "llmrec.nodes.dialogue",
     "llmrec.caches",
     "llmrec.stores",
     "llmrec.eval.commands",
