@@ -66,6 +66,7 @@ DEFAULT_PLUGINS = (
     "llmrec.training",
     "llmrec.distill.cli",
     "llmrec.finetune.cli",
+    "llmrec.distributed.commands",
 )
 LOCAL_PLUGIN_DIR = "plugins"
 

@@ -1,0 +1,105 @@
+"""The optional Ray engine: connecting, the actor pool's size, and the environment workers need.
+
+Ray is imported here, inside functions, and only when a command is given ``--engine ray``; without the extra
+installed the user gets :class:`EngineError` saying ``pip install 'llmrec[ray]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import LlmrecError
+
+ENGINES: tuple[str, ...] = ("local", "ray")
+INSTALL_HINT = "pip install 'llmrec[ray]'"
+#: environment variables a Ray worker needs to see what the driver sees (data, caches, offline models, trust)
+FORWARDED_PREFIXES = ("LLMREC_",)
+FORWARDED_NAMES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "LITELLM_LOCAL_MODEL_COST_MAP",
+                   "TOKENIZERS_PARALLELISM")
+
+
+class EngineError(LlmrecError):
+    """``--engine`` cannot be used as asked: Ray is missing, or the cluster cannot be reached."""
+
+
+def check_engine(engine: str) -> str:
+    """``engine`` when it is one of :data:`ENGINES`; ValueError naming them otherwise."""
+    if engine not in ENGINES:
+        raise ValueError(f"'{engine}' is not one of {', '.join(ENGINES)}")
+    return engine
+
+
+def require_ray() -> Any:
+    """The ``ray`` module; :class:`EngineError` with the install command when it is not installed."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the Data library is what the batch commands use
+    except ImportError as exc:
+        raise EngineError(f"--engine ray needs Ray, which is not installed ({exc}); install it with "
+                          f"{INSTALL_HINT}") from None
+    return ray
+
+
+def worker_env() -> dict[str, str]:
+    """The driver's environment variables that workers get too (data folder, caches, offline flags)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES}
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
+    """Ray, connected: to the cluster at ``address`` (``auto``: the one ``ray start`` runs on this machine), or
+    to a Ray started here with ``num_cpus`` CPUs (default: all). A Ray already initialised in this process (a
+    test's, a notebook's) is used as it is."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    if address is not None and num_cpus is not None:
+        raise EngineError("--num-cpus sizes a Ray started here; a cluster given by --address has its own CPUs "
+                          "(use --workers to choose how many actors run)")
+    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                               "runtime_env": {"env_vars": worker_env()}}
+    if address is not None:
+        options["address"] = address
+    else:
+        options["num_cpus"] = num_cpus
+    try:
+        ray.init(**options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise EngineError(f"could not start or reach {where}: {exc}") from None
+    return ray
+
+
+def pool_size(ray: Any, workers: int | None) -> int:
+    """How many actors: ``workers``, else one per CPU the cluster has (at least 1)."""
+    if workers is not None:
+        return max(1, int(workers))
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def data_context(ray: Any, *, progress: bool) -> Any:
+    """Ray Data's context for this job: outputs in input order, progress bars only when asked."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = progress
+    if not progress:  # "starting execution", "execution finished": a job's own summary says what happened
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return ctx
+
+
+def map_in_order(ray: Any, items: list[dict[str, Any]], worker: type, kwargs: dict[str, Any], *,
+                 batch_size: int, workers: int, progress: bool = False) -> Iterator[dict[str, Any]]:
+    """Ray Data ``from_items(items)`` → ``map_batches(worker)`` over a pool of ``workers`` actors (each builds
+    ``worker(**kwargs)`` once), yielding the output batches back in input order, for the driver to write."""
+    data_context(ray, progress=progress)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(batch_size, 1) + 1,
+                                                                   4 * workers)))
+    mapped = ds.map_batches(worker, fn_constructor_kwargs=kwargs, batch_size=batch_size,
+                            compute=ray.data.ActorPoolStrategy(size=workers), batch_format="numpy", num_cpus=1)
+    yield from mapped.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+
+
+__all__ = ["ENGINES", "EngineError", "INSTALL_HINT", "check_engine", "connect", "data_context", "map_in_order",
+           "pool_size", "require_ray", "worker_env"]
