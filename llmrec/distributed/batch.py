@@ -200,11 +200,11 @@ class SpecWorker:
                 else record_of(item, next(answers)) for item in items]
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """Ray Data's ``map_batches`` call: a batch of ``item`` JSON texts in, their ``record`` JSON texts out."""
+        """Ray Data's ``map_batches`` call: ``group`` JSON texts (each a list of items, one batch of the local
+        engine) in, a ``record`` JSON text per item out."""
         import numpy as np
 
-        items = [json.loads(text) for text in batch["item"]]
-        records = self.run(items)
+        records = [r for text in batch["group"] for r in self.run(json.loads(text))]
         return {"row": np.asarray([r["row"] for r in records], dtype=np.int64),
                 "record": np.asarray([json.dumps(r, ensure_ascii=False) for r in records], dtype=object)}
 
@@ -421,18 +421,18 @@ def _run_on_ray(spec: Path, items: Iterator[dict[str, Any]], write: Callable[[li
     (a batch that arrives early waits for the ones before it)."""
     from .engine import connect, map_in_order, pool_size  # lazy: Ray, only with --engine ray
 
-    payload = [{"row": item["row"], "item": json.dumps(item, ensure_ascii=False)} for item in items]
-    if not payload:
+    groups = [json.dumps(chunk, ensure_ascii=False) for chunk in _chunks(items, batch_size)]
+    if not groups:
         return
     ray = connect(address, num_cpus)
     size = pool_size(ray, workers)
     summary.extra["workers"] = size
-    order = [p["row"] for p in payload]
+    order = [item["row"] for text in groups for item in json.loads(text)]
     waiting: dict[int, dict[str, Any]] = {}
     position = 0
-    for batch in map_in_order(ray, payload, SpecWorker,
+    for batch in map_in_order(ray, groups, SpecWorker,
                               {"spec": str(spec.resolve()), "trust": trust, "concurrency": concurrency},
-                              batch_size=batch_size, workers=size, progress=progress):
+                              workers=size, progress=progress):
         for text in batch["record"]:
             record = json.loads(text)
             waiting[record["row"]] = record

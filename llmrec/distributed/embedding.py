@@ -116,9 +116,16 @@ class EmbedWorker:
         return self.embedder.encode(texts)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """Ray Data's ``map_batches`` call: ``position`` and ``text`` in, ``position`` and ``vector`` out."""
-        vectors = self.encode([str(t) for t in batch["text"]])
-        return {"position": batch["position"], "vector": vectors}
+        """Ray Data's ``map_batches`` call: ``group`` JSON texts (``{"start", "texts"}``, one batch of the local
+        engine each) in, a ``position`` and a ``vector`` per text out."""
+        import numpy as np
+
+        positions, parts = [], []
+        for text in batch["group"]:
+            group = json.loads(text)
+            parts.append(self.encode(group["texts"]))
+            positions.extend(range(group["start"], group["start"] + len(group["texts"])))
+        return {"position": np.asarray(positions, dtype=np.int64), "vector": np.concatenate(parts)}
 
 
 def embed_catalog(source: EmbedSource, output: str | os.PathLike[str], *, engine: str = "local",
@@ -150,12 +157,12 @@ def embed_catalog(source: EmbedSource, output: str | os.PathLike[str], *, engine
         size = pool_size(ray, workers)
         extra["workers"] = size
         matrix: Any = None
-        items = [{"position": i, "text": t} for i, t in enumerate(source.texts)]
-        for batch in map_in_order(ray, items, EmbedWorker, settings, batch_size=batch_size, workers=size,
-                                  progress=progress):
+        groups = [json.dumps({"start": i, "texts": source.texts[i:i + batch_size]}, ensure_ascii=False)
+                  for i in range(0, len(source.texts), batch_size)]
+        for batch in map_in_order(ray, groups, EmbedWorker, settings, workers=size, progress=progress):
             vectors = np.asarray(batch["vector"], dtype=np.float32)
             if matrix is None:
-                matrix = np.zeros((len(items), vectors.shape[1]), dtype=np.float32)
+                matrix = np.zeros((len(source.texts), vectors.shape[1]), dtype=np.float32)
             matrix[np.asarray(batch["position"], dtype=np.int64)] = vectors
         worker = None
     else:

@@ -89,14 +89,14 @@ def data_context(ray: Any, *, progress: bool) -> Any:
     return ctx
 
 
-def map_in_order(ray: Any, items: list[dict[str, Any]], worker: type, kwargs: dict[str, Any], *,
-                 batch_size: int, workers: int, progress: bool = False) -> Iterator[dict[str, Any]]:
-    """Ray Data ``from_items(items)`` → ``map_batches(worker)`` over a pool of ``workers`` actors (each builds
-    ``worker(**kwargs)`` once), yielding the output batches back in input order, for the driver to write."""
+def map_in_order(ray: Any, groups: list[str], worker: type, kwargs: dict[str, Any], *, workers: int,
+                 progress: bool = False) -> Iterator[dict[str, Any]]:
+    """Ray Data ``from_items`` over ``groups`` (each a JSON text: one batch, cut by the driver exactly as the local
+    engine cuts it) → ``map_batches(worker)`` one group at a time over a pool of ``workers`` actors (each builds
+    ``worker(**kwargs)`` once) → the output batches, back in input order, for the driver to write."""
     data_context(ray, progress=progress)
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // max(batch_size, 1) + 1,
-                                                                   4 * workers)))
-    mapped = ds.map_batches(worker, fn_constructor_kwargs=kwargs, batch_size=batch_size,
+    ds = ray.data.from_items([{"group": g} for g in groups], override_num_blocks=max(1, min(len(groups), 1000)))
+    mapped = ds.map_batches(worker, fn_constructor_kwargs=kwargs, batch_size=1,
                             compute=ray.data.ActorPoolStrategy(size=workers), batch_format="numpy", num_cpus=1)
     yield from mapped.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
 
