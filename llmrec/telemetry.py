@@ -300,6 +300,29 @@ def node_attributes(rec: Any) -> dict[str, Any]:
     return attrs
 
 
+def run_spans(tracing: Tracing, attributes: Mapping[str, Any] | None = None) -> Any:
+    """A plugin that turns every run of a Runtime into spans, through the ``llmrec_after_run`` hook: for the
+    Python API, where no server or command makes the spans (``make_registry(run_spans(tracing))``, then build the
+    graph with that registry). A run's spans are children of the span current when it ran."""
+    from .hookspecs import hookimpl  # lazy: pluggy, only when this plugin is made
+
+    class RunSpans:
+        def __init__(self) -> None:
+            self.tracing, self.attributes = tracing, attributes
+
+        @hookimpl
+        def llmrec_after_run(self, result: Any) -> None:
+            run_trace = getattr(result, "trace", None)
+            if run_trace is not None:
+                self.tracing.record_run(run_trace, attributes=self.attributes)
+            else:  # the failed run's trace: its failing node's record says what failed
+                failed = next((r for r in result.nodes if r.status == "error"), None)
+                self.tracing.record_run(result, attributes=self.attributes,
+                                        error=RuntimeError(failed.error if failed else "the run failed"))
+
+    return RunSpans()
+
+
 def _safe_version() -> str | None:
     try:
         return _version()

@@ -113,6 +113,23 @@ def test_a_failed_run_and_its_failing_node_have_error_status(tmp_path: Path, tra
     assert node.attributes["llmrec.node.status"] == "error" and "boom" in node.attributes["llmrec.node.error"]
 
 
+def test_the_after_run_hook_plugin_traces_runs_of_the_python_api(tmp_path: Path, tracing: telemetry.Tracing,
+                                                                  spans: Any) -> None:
+    from llmrec.graph.build import build
+    from llmrec.plugins import make_registry
+    from llmrec.spec.loader import load_spec
+
+    path = write(tmp_path, TOOLS % {"seconds": 0})
+    registry = make_registry(telemetry.run_spans(tracing, {"llmrec.variant": "api"}), spec_dir=tmp_path)
+    runtime = Runtime(build(load_spec(path), registry))
+    runtime.run_sync({"items": ["a"]})
+    runtime.run_sync({"items": ["b"]})
+    runs = [s for s in spans() if s.name == "run tools"]
+    assert len(runs) == 2 and {s.attributes["llmrec.variant"] for s in runs} == {"api"}
+    assert len({s.context.trace_id for s in runs}) == 2  # no current span: each run is a trace of its own
+    assert len([s for s in spans() if s.name.startswith("node ")]) == 6
+
+
 @pytest.fixture
 def served(tmp_path: Path, tracing: telemetry.Tracing) -> Any:
     from contextlib import asynccontextmanager
