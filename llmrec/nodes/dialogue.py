@@ -252,14 +252,22 @@ def negated_at(text: str, start: int) -> bool:
 
 # -- llm.extract -----------------------------------------------------------------------------------------------------
 
+#: each intent described by what a shopper says (MiniLM matches phrasings better than definitions)
 DEFAULT_INTENTS: dict[str, str] = {
-    "recommend": "asks for product recommendations or wants to see what there is to buy",
-    "refine": "states or changes a requirement: a feature, a price, a brand, a type or what it is for",
-    "reject": "turns down the suggested products: does not like them, wants something else",
-    "accept": "likes a suggested product and wants to take or buy it",
-    "question": "asks a question about a product, a feature or the shop",
-    "chitchat": "greets, thanks or says something unrelated to shopping",
+    "recommend": "I am looking for new headphones. What do you recommend? Show me some.",
+    "refine": "I want them wireless, under 100 dollars, for the gym, over-ear, with noise cancelling.",
+    "reject": "I don't like these. Show me something else, not these ones.",
+    "accept": "I'll take this one. I like it, that's perfect, I want to buy it.",
+    "question": "Does it have a microphone? How long does the battery last? Is it waterproof?",
+    "chitchat": "Hello, thanks, goodbye, how are you?",
 }
+#: words the rules know: a message with none of them (and no slot value or price) was not understood
+KNOWN_WORDS = frozenset(
+    "i me my we a an the and or for with without some something anything else want need looking look like love "
+    "show give find get please them it its this that these those is are be do does can could would you your what "
+    "which how headphones headphone earphones earphone buy price cost cheap good great nice thanks thank hello hi "
+    "hey yes no not more less under over than one ones too also music work gym sound quality battery best other "
+    "prefer maybe sure ok okay".split())
 _INTENT_WORDS = {"reject": re.compile(r"\b(don'?t like|none of (these|them)|something else|other (ones|options)|"
                                       r"not (these|those|that one)|no thanks)\b", re.I),
                  "accept": re.compile(r"\b(i'?ll take|buy (it|this|that)|perfect|sounds good|i like (it|this|that))\b",
@@ -302,7 +310,8 @@ class Extraction(_Value):
     price_max: float | None = None
     currency: str | None = None
     tier: Literal["premium", "cheap"] | None = None
-    understood: bool = Field(True, description="False when nothing in the message was recognised.")
+    understood: bool = Field(True, description="False when nothing in the message was recognised (no slot value, "
+                                               "price or negation, and no word the rules know).")
     degraded: bool = Field(False, description="True when rules and the embedder answered instead of the model.")
     reason: str = Field("", description="Why it is degraded.")
     by: str = Field("model", description="model | rules")
@@ -484,7 +493,8 @@ class Extract(Prompt):
             if any(re.search(r"(?<!\w)" + re.escape(w) + r"(?!\w)", lowered) for w in words):
                 tier = name  # type: ignore[assignment]
         intent, confidence = self.intent_of(text, embedder, bool(slots or negations))
-        understood = bool(slots or negations or low is not None or tier or confidence >= 0.5)
+        words = set(re.findall(r"[a-z']+", lowered))
+        understood = bool(slots or negations or low is not None or tier or words & KNOWN_WORDS)
         return Extraction(text=text, intent=intent, confidence=confidence, slots=slots, negations=negations,
                           price_min=low, price_max=high, currency=currency, tier=tier, understood=understood,
                           by="rules")
@@ -928,6 +938,8 @@ class Answer(_Value):
     action: str = Field(description="ask | recommend | end")
     items: list[Recommendation] = Field(default_factory=list)
     slot: str | None = None
+    state: DialogueState | None = Field(None, description="The state after this turn: the slot asked is recorded "
+                                                          "in 'asked' (a spec's 'state.update' names this field).")
 
 
 class AnswerConfig(BaseModel):
@@ -950,9 +962,12 @@ class DialogueAnswer(NodeType):
                   state: DialogueState | None = None, k: int | None = None) -> Answer:
         action = decision.action if decision is not None else ("ask" if question is not None else "recommend")
         if question is not None and (action == "ask" or question.conflict is not None):
-            return Answer(message=question.question, action="ask", slot=question.slot)
+            after = state
+            if state is not None and question.slot and question.conflict is None and question.slot not in state.asked:
+                after = state.model_copy(update={"asked": [*state.asked, question.slot]})
+            return Answer(message=question.question, action="ask", slot=question.slot, state=after)
         if action == "end":
-            return Answer(message="Thanks for chatting. Come back any time!", action="end")
+            return Answer(message="Thanks for chatting. Come back any time!", action="end", state=state)
         n = count_or(k, self.config.k)
         shown: list[Recommendation] = []
         for c in (candidates.items if candidates is not None else []):
@@ -968,9 +983,10 @@ class DialogueAnswer(NodeType):
                 break
         if not shown:
             return Answer(message="I could not find headphones that fit. Could you loosen a requirement?",
-                          action="ask")
+                          action="ask", state=state)
         listing = "; ".join(f"{r.title} ({_money(r.price)})" for r in shown)
-        return Answer(message=f"Here are {len(shown)} I would suggest: {listing}.", action="recommend", items=shown)
+        return Answer(message=f"Here are {len(shown)} I would suggest: {listing}.", action="recommend", items=shown,
+                      state=state)
 
 
 @hookimpl

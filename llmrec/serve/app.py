@@ -154,6 +154,8 @@ class Service:
         self.grounded = frozenset(n for n, b in graph.nodes.items() if b.cls.reports.grounding)
         history = graph.spec.inputs.get("history")
         self.history_input = history is not None and history.type == "array"
+        #: a spec with a ``state:`` block keeps its state in the session (a body's "state" overrides it)
+        self.keeps_state = graph.state_model is not None and "state" not in graph.spec.inputs
         self.request_model = graph.request_model
         self.response_model = _response_model(graph)
         self.created = time.time()
@@ -202,7 +204,8 @@ class Service:
                   for name, spec in g.spec.inputs.items()}
         return {"name": g.name, "description": g.spec.description or "", "inputs": inputs,
                 "graph": {"nodes": nodes, "edges": edges, "outputs": outputs}, "mermaid": draw.mermaid(g),
-                "history_from_session": self.history_input}
+                "history_from_session": self.history_input,
+                "state": (graph_state_schema(g) if self.keeps_state else None)}
 
 
 def _output_type(graph: Any, expr: Any) -> Any:
@@ -243,7 +246,19 @@ def _response_model(graph: Any) -> type[BaseModel]:
         turn=(int | None, Field(None, description="This turn's number in the session (1 for the first).")),
         session_kept=(bool | None, Field(None, description="False when the session store failed (e.g. Redis "
                                                            "down): answered without the session, turn not kept.")),
+        state=(dict[str, Any] | None, Field(None, description="A spec with 'state:': the next session state.")),
+        notice=(str | None, Field(None, description="What happened to the session: a new one started (the id was "
+                                                   "unknown or had expired), or a saved state that no longer fit "
+                                                   "the schema was reset to its defaults.")),
     )
+
+
+def graph_state_schema(graph: Any) -> dict[str, Any]:
+    """The JSON Schema of a spec's state (the playground shows it beside the chat)."""
+    try:
+        return graph.state_model.model_json_schema()  # type: ignore[no-any-return]
+    except Exception:
+        return {}
 
 
 # -- the server -----------------------------------------------------------------------------------------------
@@ -558,6 +573,10 @@ class Server:
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_body", f"a request must be a JSON object with this spec's inputs, "
                            f"got {_json_type(data)}")
+        state = None
+        if svc.keeps_state and "state" in data:  # the session's state (or the client's), beside the inputs
+            state = data["state"]
+            data = {k: v for k, v in data.items() if k != "state"}
         grounded = svc.grounded
         if grounded:
             metrics, user_cb = self.metrics, on_node
@@ -571,7 +590,8 @@ class Server:
         svc.active += 1
         self.metrics.in_flight.inc()
         try:
-            result = await svc.runtime.run(data, run_id=request_id, deadline=self.options.deadline, on_node=on_node)
+            result = await svc.runtime.run(data, run_id=request_id, deadline=self.options.deadline, on_node=on_node,
+                                           state=state)
         except InputError as exc:
             raise ApiError(422, "invalid_input", str(exc), exc.field, errors=exc.errors) from None
         except RunError as exc:
@@ -620,6 +640,8 @@ class Server:
         logs = self.logs
         if logs is None:
             return
+        if isinstance(data, dict) and "state" in data:  # the session state is not a request input
+            data = {k: v for k, v in data.items() if k != "state"}
         try:  # built here, not on the writer thread, so that the answer's objects can die young
             record = impression_record(request_id, time.time(), endpoint, spec, stamp_id, variant, data,
                                        answer["outputs"], answer["degraded"], run_trace, session_id,
@@ -782,6 +804,29 @@ class Server:
             raise ApiError(422, "invalid_feedback", f"feedback '{first['field']}': {first['message']}",
                            first["field"], errors=errors)
         return out
+
+    def session_state(self, svc: Service, data: dict[str, Any], session: dict[str, Any], sid: str | None,
+                      kept: bool) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+        """The request with the session's state beside its inputs, the session, and a notice for the client: a
+        session id the store does not know (new, or expired) starts from the schema's defaults, and so does a
+        saved state that no longer fits the schema (the spec changed): never a 500, never silently."""
+        if sid is None or not kept:
+            return data, session, None
+        if "state" not in session:
+            note = None if not session.get("turns") else "the session had no saved state: it starts from the defaults"
+            if not session:
+                note = (f"no session '{sid}' was found (it is new, or it expired): a new conversation starts from "
+                        "the state's defaults")
+            return data, session, note
+        try:
+            current = svc.runtime.validate_state(session["state"])
+        except InputError as exc:
+            log.warning("session %s: its saved state does not fit the spec's state schema (%s); reset to the "
+                        "defaults", sid, exc)
+            return data, {k: v for k, v in session.items() if k != "state"}, (
+                f"the session's saved state no longer fits the spec's state schema ({exc}): it was reset to the "
+                "defaults")
+        return {**data, "state": current}, session, None
 
     async def load_session(self, sid: str | None) -> dict[str, Any]:
         if sid is None:
@@ -1012,10 +1057,17 @@ def create_app(options: ServeOptions, graph: Any | None = None, tracing: Any = N
         if sid is not None and svc.history_input and isinstance(data, dict) and "history" not in data:
             data = {**data, "history": [{"inputs": t.get("inputs"), "outputs": t.get("outputs")}
                                         for t in state.get("turns", [])]}
+        notice = None
+        if svc.keeps_state and isinstance(data, dict) and "state" not in data:
+            data, state, notice = server.session_state(svc, data, state, sid, kept)
         answer, headers = await server.answer(data, trace=_flag(request, "trace"), request_id=rid, session_id=sid,
                                               routed=routed)
+        if notice is not None:
+            answer["notice"] = notice
         if sid is not None:
-            given = {k: v for k, v in data.items() if k != "history"}
+            given = {k: v for k, v in data.items() if k not in ("history", "state")}
+            if "state" in answer:
+                state = {**state, "state": answer["state"]}
             answer["session_id"] = sid
             try:
                 answer["turn"] = await server.save_turn(sid, state, given, answer)
