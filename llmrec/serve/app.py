@@ -205,7 +205,8 @@ class Service:
         return {"name": g.name, "description": g.spec.description or "", "inputs": inputs,
                 "graph": {"nodes": nodes, "edges": edges, "outputs": outputs}, "mermaid": draw.mermaid(g),
                 "history_from_session": self.history_input,
-                "state": (graph_state_schema(g) if self.keeps_state else None)}
+                "state": (graph_state_schema(g) if self.keeps_state else None),
+                "state_defaults": (g.state_model().model_dump(mode="json") if self.keeps_state else None)}
 
 
 def _output_type(graph: Any, expr: Any) -> Any:
