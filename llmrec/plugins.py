@@ -59,6 +59,7 @@ DEFAULT_PLUGINS = (
     "llmrec.nodes.verify",
     "llmrec.nodes.planning",
     "llmrec.nodes.dialogue",
+    "llmrec.nodes.policy",
     "llmrec.caches",
     "llmrec.stores",
     "llmrec.eval.commands",

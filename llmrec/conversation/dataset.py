@@ -20,7 +20,7 @@ from ..data.catalog import Interaction, Interactions
 from ..data.dataset import Dataset
 from ..data.datasets import DatasetInfo
 from ..data.splits import make_dataset
-from .catalog import HEADPHONE_SLOTS, generate_headphones
+from .catalog import HEADPHONE_SLOTS, catalog_values, generate_headphones
 from .simulator import Persona, make_personas
 
 START = 1_750_000_000
@@ -31,14 +31,15 @@ def browse(personas: list[Persona], catalog: Any, *, seed: int = 0, per_persona:
     """Each persona's events: the items it likes most come first; a rating of 1-5 from its utility."""
     rng = random.Random(seed)
     events: list[Interaction] = []
-    items = list(catalog)
+    pairs = catalog_values(catalog)
     for number, p in enumerate(personas):
-        ranked = sorted(items, key=lambda it: (-p.utility(it) + rng.random() * 0.15, it.id))
+        liking = {it.id: p.utility(it, values) for it, values in pairs}
+        ranked = sorted((it for it, _ in pairs), key=lambda it: (-liking[it.id] + rng.random() * 0.15, it.id))
         count = rng.randint(*per_persona)
         pool = ranked[: count * 2]
         chosen = rng.sample(pool, min(count, len(pool)))
         for offset, item in enumerate(sorted(chosen, key=lambda it: it.id)):
-            u = p.utility(item)
+            u = liking[item.id]
             stars = float(max(1, min(5, round(1 + 4 * u + rng.uniform(-0.5, 0.5)))))
             event = "rating" if u >= 0.6 or rng.random() < 0.3 else ("click" if u >= 0.4 else "view")
             events.append(Interaction(user_id=p.id, item_id=item.id, event=event,

@@ -95,8 +95,11 @@ class BanditPolicy:
     #: credited when it ends (asking pays later, when the recommendation it made possible is accepted)
     credit: str = "return"
     bandit: Bandit | None = None
-    last: tuple[int, np.ndarray] | None = None
-    pending: list[tuple[int, np.ndarray, float]] = field(default_factory=list)
+    #: per dialogue (a session id; "" when there is one at a time): the last decision's arm and context, and
+    #: the decisions waiting for the dialogue's end (credit "return"); the oldest are dropped past max_sessions
+    last: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+    pending: dict[str, list[tuple[int, np.ndarray, float]]] = field(default_factory=dict)
+    max_sessions: int = 10_000
 
     def __post_init__(self) -> None:
         if self.bandit is None:
@@ -104,39 +107,44 @@ class BanditPolicy:
                                       dim=len(self.slots) + 3, seed=self.seed, **self.params)
         self.names = [*(f"ask:{s}" for s in self.slots), "recommend"]
 
-    def __call__(self, state: DialogueState, last_feedback: float = 0.0) -> Decision:
+    def __call__(self, state: DialogueState, last_feedback: float = 0.0, session: str = "") -> Decision:
         assert self.bandit is not None
         x = state_features(state, self.slots, self.max_turns, last_feedback)
         # arms already used up (a slot asked) are masked: asking again teaches nothing
         allowed = [i for i, s in enumerate(self.slots) if s not in state.slots and s not in state.asked]
         allowed.append(len(self.slots))
         choice = self.bandit.select(x, allowed=allowed)
-        self.last = (choice.arm, x)
+        self.last.pop(session, None)
+        self.last[session] = (choice.arm, x)
+        while len(self.last) > self.max_sessions:
+            oldest = next(iter(self.last))
+            self.last.pop(oldest)
+            self.pending.pop(oldest, None)
         scores = {self.names[i]: round(float(v), 4) for i, v in enumerate(choice.values) if i in allowed}
         if choice.arm < len(self.slots):
             return Decision(action="ask", slot=self.slots[choice.arm], policy=self.bandit.name, scores=scores,
                             explored=choice.explored)
         return Decision(action="recommend", policy=self.bandit.name, scores=scores, explored=choice.explored)
 
-    def update(self, reward: float, done: bool = False) -> None:
-        """Credit ``reward`` to the last decision's arm (no-op before the first decision); with
-        ``credit="return"`` the arms learn when ``done`` says the dialogue ended."""
+    def update(self, reward: float, done: bool = False, session: str = "") -> bool:
+        """Credit ``reward`` to ``session``'s last decision (no-op before its first decision); with
+        ``credit="return"`` its arms learn when ``done`` says the dialogue ended. True when a decision took it."""
         if self.credit not in ("turn", "return"):
             raise ValueError(f"credit must be 'turn' or 'return', got {self.credit!r}")
         assert self.bandit is not None
-        if self.last is not None:
-            arm, x = self.last
-            self.last = None
+        last = self.last.pop(session, None)
+        if last is not None:
+            arm, x = last
             if self.credit == "turn":
                 self.bandit.update(arm, reward, x)
             else:
-                self.pending.append((arm, x, float(reward)))
-        if done and self.pending:
-            to_go = 0.0
-            for arm, x, r in reversed(self.pending):
-                to_go += r
-                self.bandit.update(arm, to_go, x)
-            self.pending = []
+                self.pending.setdefault(session, []).append((arm, x, float(reward)))
+        waiting = self.pending.pop(session, []) if done else []
+        to_go = 0.0
+        for arm, x, r in reversed(waiting):
+            to_go += r
+            self.bandit.update(arm, to_go, x)
+        return last is not None
 
 
 __all__ = ["BanditPolicy", "DEFAULT_SLOTS", "RulePolicy", "action_names", "actions", "state_features"]

@@ -17,20 +17,17 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
 
 from .env import DialogueEnv
+from .policy_net import ACTIVATIONS, CONFIG_FILE, POLICY_FILE, PolicyNet, load_policy
 
-POLICY_FILE = "policy.safetensors"
-CONFIG_FILE = "policy.json"
-ACTIVATIONS: dict[str, type[torch.nn.Module]] = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 
 
 class PPOStopped(Exception):
@@ -106,47 +103,6 @@ def policy_files(trained: TrainedPPO) -> dict[str, bytes]:
             CONFIG_FILE: json.dumps(trained.config, indent=1).encode()}
 
 
-class PolicyNet(torch.nn.Module):
-    """The PPO actor rebuilt from :data:`CONFIG_FILE`: ``policy_net`` (Linear + activation per layer) and
-    ``action_net`` (logits)."""
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        super().__init__()
-        act = ACTIVATIONS[str(config.get("activation", "tanh"))]
-        layers: list[torch.nn.Module] = []
-        width = int(config["obs_dim"])
-        for size in config["net_arch"]:
-            layers += [torch.nn.Linear(width, int(size)), act()]
-            width = int(size)
-        self.policy_net = torch.nn.Sequential(*layers)
-        self.action_net = torch.nn.Linear(width, int(config["n_actions"]))
-        self.config = dict(config)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.action_net(self.policy_net(obs))
-
-    @torch.no_grad()
-    def probabilities(self, obs: np.ndarray) -> np.ndarray:
-        logits = self.forward(torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(1, -1))[0]
-        return torch.softmax(logits, dim=-1).numpy()
-
-    def act(self, obs: np.ndarray) -> int:
-        """The deterministic action (arg-max of the logits)."""
-        return int(np.argmax(self.probabilities(obs)))
-
-
-def load_policy(tensors: str | Path, config: Mapping[str, Any] | str | Path) -> PolicyNet:
-    """Rebuild the actor from ``policy.json`` (a mapping or its path) and load ``policy.safetensors``."""
-    if not isinstance(config, Mapping):
-        config = json.loads(Path(config).read_text(encoding="utf-8"))
-    net = PolicyNet(config)
-    state = load_file(str(tensors))
-    renamed = {k.replace("mlp_extractor.policy_net.", "policy_net."): v for k, v in state.items()}
-    net.load_state_dict(renamed, strict=True)
-    net.eval()
-    return net
-
-
 def smooth(values: Sequence[float], window: int = 20) -> list[float]:
     out = []
     for i in range(len(values)):
@@ -155,9 +111,10 @@ def smooth(values: Sequence[float], window: int = 20) -> list[float]:
     return out
 
 
-def plot_curve(curves: Mapping[str, Sequence[float]], path: str | Path, title: str = "PPO reward curve",
+def plot_curve(curves: Mapping[str, Sequence[float]], path: str | Path | BinaryIO, title: str = "PPO reward curve",
                window: int = 20) -> bool:
-    """Draw each curve (smoothed over ``window`` episodes) into a PNG; False when matplotlib is missing."""
+    """Draw each curve (smoothed over ``window`` episodes) into a PNG (a path or a binary file); False when
+    matplotlib is missing."""
     try:
         import matplotlib
 

@@ -47,10 +47,11 @@ class Persona:
     noise: float = 0.0
     accept_threshold: float = 0.8
 
-    def utility(self, item: Item) -> float:
+    def utility(self, item: Item, values: Mapping[str, Any] | None = None) -> float:
         """How much the persona likes ``item``, in [0, 1]: the mean of its per-slot fits (type, use case,
-        brand: 1 or 0; features: the share present; price: the piecewise price reward floored at 0)."""
-        have = item_slot_values(item)
+        brand: 1 or 0; features: the share present; price: the piecewise price reward floored at 0).
+        ``values``: the item's :func:`~llmrec.conversation.catalog.item_slot_values`, when already known."""
+        have = values if values is not None else item_slot_values(item)
         parts = []
         for name, want in self.wants.items():
             if want is None or name == "budget":

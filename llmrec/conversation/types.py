@@ -51,3 +51,5 @@ class Decision(_Frozen):
     explored: bool = Field(False, description="True when an exploring policy did not take its best action.")
     degraded: bool = False
     reason: str = ""
+    items: list[str] = Field(default_factory=list, description="Item ids the policy chose itself (policy.mcts: a "
+                                                               "bundle); empty when recommending is left to the spec.")

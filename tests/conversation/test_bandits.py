@@ -80,4 +80,4 @@ def test_bandit_policy_masks_asked_slots_and_credits_the_return() -> None:
     policy(state)
     policy.update(1.0, done=True)  # both decisions learn the return from their turn on
     assert sum(policy.bandit.sums) == pytest.approx(0.95 + 1.0)  # -0.05 + 1.0 for the first, 1.0 the second
-    assert sum(policy.bandit.counts) == 2 and policy.pending == []
+    assert sum(policy.bandit.counts) == 2 and policy.pending == {}
