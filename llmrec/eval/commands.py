@@ -141,6 +141,13 @@ def eval_command(
     allow_unsupported: Annotated[bool, typer_option(
         "--allow-unsupported", help="With --logged: estimate policies the log cannot support anyway (biased; "
                                     "marked).")] = False,
+    dialogues: Annotated[Optional[int], typer_option(
+        "--dialogues", min=1, help="Evaluate a conversational spec (one with 'state:') in this many simulated "
+                                   "dialogues (the default for such a spec: 50; docs/conversation.md).")] = None,
+    max_turns: Annotated[int, typer_option("--max-turns", min=1, help="With dialogues: turns before a simulated "
+                                                                      "user gives up.")] = 8,
+    noise: Annotated[float, typer_option("--noise", min=0.0, max=1.0, help="With dialogues: how often a "
+                                                                           "simulated user answers wrongly.")] = 0.0,
     stamps: Annotated[Optional[list[Path]], typer_option(
         "--stamps", help="With --logged: a file or folder of provenance stamps (GET /v1/provenance), to name what "
                          "changed since the log.")] = None,
@@ -162,7 +169,7 @@ def eval_command(
 
     import typer
 
-    from ..commands import EXIT_FAILED, EXIT_INTERRUPTED, Exit, load_graph  # lazy: typer, once a command runs
+    from ..commands import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Exit, load_graph  # lazy: typer, on a run
     from ..commands import out as _out
     from ..commands import say as _err
 
@@ -179,6 +186,17 @@ def eval_command(
             reward=reward, weights=weights, estimators=estimators, bootstrap=bootstrap, clip=clip, since=since,
             allow_unsupported=allow_unsupported, stamps=stamps, users=users, output=output, json_path=json_path,
             concurrency=concurrency, variants=variants, seed=seed, trust=trust)
+    graphs = [load_graph(spec, trust) for spec in specs]  # every spec valid before anything runs
+    if dialogues is not None or (dataset is None and all(g.state_model is not None for g in graphs)):
+        from .dialogues import DialogueEvalError, DialogueSettings, parse_reward, run_command  # lazy: simulation
+
+        try:
+            settings = DialogueSettings(dialogues=dialogues or 50, seed=seed or 0, max_turns=max_turns,
+                                        noise=noise, reward=parse_reward(reward), concurrency=concurrency)
+            return run_command(graphs, settings, json_path=json_path, report_dir=report_dir, out=_out, err=_err)
+        except DialogueEvalError as exc:
+            _err(f"error: {exc}")
+            raise Exit(EXIT_USAGE) from None
     only_logged = {"--reward": reward is not None, "--weights": weights != "position",
                    "--estimators": estimators is not None, "--bootstrap": bootstrap != N_BOOTSTRAP,
                    "--clip": clip is not None, "--since": since is not None, "--allow-unsupported": allow_unsupported,
@@ -198,7 +216,6 @@ def eval_command(
         except TrecError as exc:
             raise typer.BadParameter(str(exc), param_hint="'--trec'") from None
     metric_names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None else None
-    graphs = [load_graph(spec, trust) for spec in specs]  # every spec valid before anything runs
     targets = [t for t, _ in _variant_targets(specs, graphs, variants)]
     rubric = load_rubric(judge_rubric) if judge_rubric is not None else None
     model: str | bool | None = None if no_judge else (judge_model or os.environ.get(MODEL_ENV, "").strip() or None)
