@@ -364,6 +364,8 @@ def run_batch(
                          "--input")
     if batch_size < 1:
         raise BatchError("must be at least 1", "--batch-size")
+    if engine not in ("local", "ray"):
+        raise BatchError(f"'{engine}' is not one of local, ray", "--engine")
     graph = graph if graph is not None else validate(spec, trust=trust)
     journal, done = _open_journal(output, _meta(spec, input_path, graph, id_column), resume)
     summary = BatchSummary(output, written=len(done), resumed=len(done),

@@ -141,6 +141,8 @@ def embed_catalog(source: EmbedSource, output: str | os.PathLike[str], *, engine
         raise EmbedError(f"'{index}' is not one of {', '.join(KINDS)}", "--index")
     if batch_size < 1:
         raise EmbedError("must be at least 1", "--batch-size")
+    if engine not in ("local", "ray"):
+        raise EmbedError(f"'{engine}' is not one of local, ray", "--engine")
     if not source.ids:
         raise EmbedError("the catalog has no items to embed", "SOURCE")
     out = Path(output)
