@@ -208,6 +208,26 @@ async def test_a_batch_has_a_run_span_per_request_under_the_request_span(served:
     assert len([s for s in got if s.name.startswith("node ")]) == 6
 
 
+def test_log_lines_end_with_the_trace_id_of_the_request_being_answered(tracing: telemetry.Tracing) -> None:
+    import io
+
+    logger, stream = logging.getLogger("llmrec.test_otel"), io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))  # as serve's configure_logging
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        telemetry.log_trace_ids(logger, tracing)
+        telemetry.log_trace_ids(logger, tracing)  # idempotent
+        logger.warning("outside")
+        span, token = tracing.start_request("GET /x", {"traceparent": TRACEPARENT})
+        logger.warning("inside")
+        tracing.end_request(span, token, 200)
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue().splitlines() == ["WARNING: outside trace_id=-", f"WARNING: inside trace_id={CALLER_TRACE}"]
+
+
 def test_exporter_names_and_a_missing_sdk_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert telemetry.wanted_exporters(None, {}) == ()  # off by default
     assert telemetry.wanted_exporters(None, {"OTEL_TRACES_EXPORTER": "otlp,console"}) == ("otlp", "console")
