@@ -192,12 +192,20 @@ class _Checker:
         st = self.spec.state
         if st is None:
             return
-        try:
-            self.state_model = state_model(st, self.doc.dir_for(("state", "schema")), self.spec.name)
-        except StateProblem as exc:
-            self.err(SpecValidationError, f"state: {exc}", ("state", *exc.field), None, exc.hint)
-        except UntrustedCode as exc:
-            self.err(SpecValidationError, f"state: {exc}", ("state", "schema"), None, trust_hint(self.doc.base_dir))
+        while True:  # a bad field is reported and left out, so that references to the others are still checked
+            try:
+                self.state_model = state_model(st, self.doc.dir_for(("state", "schema")), self.spec.name)
+                return
+            except StateProblem as exc:
+                message = str(exc) if str(exc).startswith("state") else f"state: {exc}"
+                self.err(SpecValidationError, message, ("state", *exc.field), None, exc.hint)
+                if not (isinstance(st.schema_, dict) and len(exc.field) > 1 and exc.field[1] in st.schema_):
+                    return
+                st = st.model_copy(update={"schema_": {k: v for k, v in st.schema_.items() if k != exc.field[1]}})
+            except UntrustedCode as exc:
+                self.err(SpecValidationError, f"state: {exc}", ("state", "schema"), None,
+                         trust_hint(self.doc.base_dir))
+                return
 
     def build_state_update(self) -> None:
         """``state.update``: one reference whose type fits the state model."""
