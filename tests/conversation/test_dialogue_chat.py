@@ -14,6 +14,7 @@ from llmrec.cli import main
 from llmrec.graph.build import check_graph
 from llmrec.runtime.executor import Runtime
 from llmrec.spec.loader import load_spec
+from llmrec.testing import FakeProvider
 
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "headphones_chat.yaml"
 _standin = importlib.util.spec_from_file_location("standin_policy", Path(__file__).with_name("standin_policy.py"))
@@ -85,3 +86,30 @@ def test_llmrec_run_answers_a_message_with_the_next_state(chat, tmp_path, capsys
     after = json.loads(capsys.readouterr().out)["state"]
     assert after["turn"] == 2 and after["slots"]["type"] == "over-ear"
     assert any(c["slot"] == "type" and c["old"] == "earbuds" and c["rule"] == "overwrite" for c in after["conflicts"])
+
+
+def test_with_a_model_every_llm_step_runs_and_the_answer_is_not_degraded(chat) -> None:
+    _, graph = chat
+
+    def reply(request):
+        if request.schema is not None and request.schema.__name__ == "ExtractAnswer":
+            return {"intent": "refine", "features": ["noise_cancelling"], "type": "over-ear", "price_max": None}
+        text = request.messages[-1].content
+        if "Summarise" in text:
+            return "Wants over-ear headphones."
+        return "Which will you use them for most: travel, office or the gym?"
+
+    fake = FakeProvider(reply)
+    rt = Runtime(graph, resources={"model": fake})
+    first = rt.run_sync({"message": "over-ear with ANC"})
+    assert not first.degraded and first.outputs["understood"].by == "model"
+    assert first.state.slots == {"type": "over-ear", "features": ["noise_cancelling"]}
+    assert first.state.confidence == {"type": 1.0, "features": 1.0}  # a model's values start fully confident
+    assert first.outputs["action"] == "ask" and first.outputs["message"].startswith("Which will you use")
+    second = rt.run_sync({"message": "mostly on flights", "history": [
+        {"inputs": {"message": "over-ear with ANC"}, "outputs": {"message": first.outputs["message"]}}]},
+        state=first.state)
+    prompts = [r.messages[-1].content for r in fake.requests]
+    assert any("Summarise" in p and "over-ear with ANC" in p for p in prompts)  # the history processor ran
+    assert any("Wants over-ear headphones." in p and "mostly on flights" in p for p in prompts)
+    assert second.state.turn == 2 and not second.degraded
