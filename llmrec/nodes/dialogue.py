@@ -543,9 +543,28 @@ class Merge(NodeType):
         self._vocab: PerObjects[Vocabulary] = PerObjects()
 
     async def run(self, state: DialogueState | None, extraction: Extraction,
-                  catalog: Catalog | None = None) -> DialogueState:
-        return merge(state or DialogueState(), extraction, self.config,
+                  catalog: Catalog | None = None, history: list[Any] | None = None) -> DialogueState:
+        state = state or DialogueState()
+        if extraction.intent == "reject":  # the items the last turn showed are turned down
+            shown = [i for i in last_shown(history) if i not in state.rejected]
+            if shown:
+                state = state.model_copy(update={"rejected": [*state.rejected, *shown]})
+        return merge(state, extraction, self.config,
                      self._vocab.get((catalog,), lambda: Vocabulary(self.config.slots, catalog)), catalog)
+
+
+def last_shown(history: Any) -> list[str]:
+    """The item ids the latest earlier turn showed (its outputs' ``items``, as llmrec serve keeps a session's
+    turns), or none."""
+    for turn in reversed(list(history or [])):
+        outputs = turn.get("outputs") if isinstance(turn, Mapping) else None
+        if not isinstance(outputs, Mapping):
+            continue
+        items = outputs.get("items")
+        if isinstance(items, list) and items:
+            return [str(i["id"]) for i in items if isinstance(i, Mapping) and i.get("id") is not None]
+        return []
+    return []
 
 
 def _rule(slot: SlotDef) -> str:

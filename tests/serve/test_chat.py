@@ -51,13 +51,18 @@ async def test_a_served_chat_keeps_its_state_across_turns_and_says_when_it_start
         assert "notice" not in second and second["turn"] == 2
         assert second["state"]["slots"] == {"type": "earbuds", "features": ["wireless"], "use_case": ["gym"]}
         assert second["state"]["asked"][: len(asked)] == asked and second["state"]["turn"] == 2
+        assert second["outputs"]["action"] == "recommend"
+        shown = [i["id"] for i in second["outputs"]["items"]]
+        third = (await say(client, "none of these, something else please")).json()  # the shown items rejected
+        assert third["state"]["rejected"] == shown and third["outputs"]["understood"]["intent"] == "reject"
+        assert not set(shown) & {i["id"] for i in third["outputs"]["items"]}
         saved = await client.server.sessions.load("s1")
-        assert saved["state"] == second["state"] and len(saved["turns"]) == 2
+        assert saved["state"] == third["state"] and len(saved["turns"]) == 3
         # the state the spec no longer accepts: reset to the defaults, said so, the turns kept
         await client.server.sessions.save("s1", {**saved, "state": {"slots": "not a mapping"}}, 60)
         reset = (await say(client, "under $60")).json()
         assert "no longer fits the spec's state schema" in reset["notice"] and "state.slots" in reset["notice"]
-        assert reset["state"]["turn"] == 1 and reset["state"]["slots"] == {"budget": 60.0} and reset["turn"] == 3
+        assert reset["state"]["turn"] == 1 and reset["state"]["slots"] == {"budget": 60.0} and reset["turn"] == 4
         # an expired session starts fresh, and says so
         store = client.server.sessions
         store.clock = lambda: 1e12
