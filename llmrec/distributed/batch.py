@@ -427,7 +427,7 @@ def _run_on_ray(spec: Path, items: Iterator[dict[str, Any]], write: Callable[[li
     if not groups:
         return
     ray = connect(address, num_cpus)
-    size = pool_size(ray, workers)
+    size = min(pool_size(ray, workers), len(groups))
     summary.extra["workers"] = size
     order = [item["row"] for text in groups for item in json.loads(text)]
     waiting: dict[int, dict[str, Any]] = {}

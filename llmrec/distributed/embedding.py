@@ -156,11 +156,11 @@ def embed_catalog(source: EmbedSource, output: str | os.PathLike[str], *, engine
         from .engine import connect, map_in_order, pool_size  # lazy: Ray, only with --engine ray
 
         ray = connect(address, num_cpus)
-        size = pool_size(ray, workers)
-        extra["workers"] = size
         matrix: Any = None
         groups = [json.dumps({"start": i, "texts": source.texts[i:i + batch_size]}, ensure_ascii=False)
                   for i in range(0, len(source.texts), batch_size)]
+        size = min(pool_size(ray, workers), len(groups))
+        extra["workers"] = size
         for batch in map_in_order(ray, groups, EmbedWorker, settings, workers=size, progress=progress):
             vectors = np.asarray(batch["vector"], dtype=np.float32)
             if matrix is None:

@@ -25,6 +25,10 @@ class EngineError(LlmrecError):
     """``--engine`` cannot be used as asked: Ray is missing, or the cluster cannot be reached."""
 
 
+class WorkerError(LlmrecError):
+    """A Ray worker failed (its spec or model could not load there, it died): what it raised, in one line."""
+
+
 def check_engine(engine: str) -> str:
     """``engine`` when it is one of :data:`ENGINES`; ValueError naming them otherwise."""
     if engine not in ENGINES:
@@ -84,8 +88,8 @@ def data_context(ray: Any, *, progress: bool) -> Any:
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = progress
-    if not progress:  # "starting execution", "execution finished": a job's own summary says what happened
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if not progress:  # "starting execution", "progress bars disabled": a job's own summary says what happened
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     return ctx
 
 
@@ -93,13 +97,22 @@ def map_in_order(ray: Any, groups: list[str], worker: type, kwargs: dict[str, An
                  progress: bool = False) -> Iterator[dict[str, Any]]:
     """Ray Data ``from_items`` over ``groups`` (each a JSON text: one batch, cut by the driver exactly as the local
     engine cuts it) → ``map_batches(worker)`` one group at a time over a pool of ``workers`` actors (each builds
-    ``worker(**kwargs)`` once) → the output batches, back in input order, for the driver to write."""
+    ``worker(**kwargs)`` once; never more actors than groups) → the output batches, back in input order, for the
+    driver to write. A worker's failure is a :class:`WorkerError` saying what it raised."""
     data_context(ray, progress=progress)
+    size = max(1, min(workers, len(groups)))
     ds = ray.data.from_items([{"group": g} for g in groups], override_num_blocks=max(1, min(len(groups), 1000)))
     mapped = ds.map_batches(worker, fn_constructor_kwargs=kwargs, batch_size=1,
-                            compute=ray.data.ActorPoolStrategy(size=workers), batch_format="numpy", num_cpus=1)
-    yield from mapped.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+                            compute=ray.data.ActorPoolStrategy(size=size), batch_format="numpy", num_cpus=1)
+    try:
+        yield from mapped.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+    except ray.exceptions.RayError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        text = str(cause).strip().splitlines()
+        raise WorkerError(f"a Ray worker failed: {type(cause).__name__}: {text[-1] if text else ''}"
+                          " (docs/scaling.md: every node needs the spec, its data and llmrec at the same paths)"
+                          ) from None
 
 
 __all__ = ["ENGINES", "EngineError", "INSTALL_HINT", "check_engine", "connect", "data_context", "map_in_order",
-           "pool_size", "require_ray", "worker_env"]
+           "pool_size", "require_ray", "worker_env", "WorkerError"]

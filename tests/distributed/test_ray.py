@@ -95,3 +95,25 @@ def test_embed_on_ray_gives_the_local_engine_s_vectors_and_index(ray_local, tmp_
     index = VectorIndex.open(tmp_path / "ray" / "index")
     ids, _ = index.search(b[[5]], 1)[0]
     assert list(ids) == ["i5"]
+
+
+def test_a_worker_that_cannot_load_the_spec_is_one_clear_error(ray_local, tmp_path: Path) -> None:
+    from llmrec.api import validate
+    from llmrec.distributed.engine import WorkerError
+
+    (tmp_path / "items.csv").write_text("id,title\na,x\n", encoding="utf-8")
+    spec = write_spec(tmp_path, """
+        name: shop
+        inputs: {user: {type: string}}
+        resources:
+          items: {type: catalog, config: {path: items.csv}}
+        nodes:
+          hello: {type: text.template, config: {template: "hi {{ who }}"}, inputs: {who: "${inputs.user}"}}
+        outputs: {text: "${hello}"}
+    """)
+    graph = validate(spec)  # as the driver saw it; the workers then find no catalog file (not on their node)
+    (tmp_path / "items.csv").unlink()
+    requests = tmp_path / "in.jsonl"
+    requests.write_text('{"user": "ann"}\n', encoding="utf-8")
+    with pytest.raises(WorkerError, match="a Ray worker failed: .*items.csv.*docs/scaling.md"):
+        run_batch(spec, requests, tmp_path / "out.jsonl", graph=graph, engine="ray", workers=1)
