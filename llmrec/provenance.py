@@ -98,13 +98,17 @@ def spec_provenance(graph: Any) -> dict[str, Any]:
             files.setdefault(str(p), path_digest(p))
     plugins = Path(doc.path).parent / "plugins"
     local = {p.name: path_digest(p) for p in sorted(plugins.glob("*.py"))} if plugins.is_dir() else {}
-    return {
+    out = {
         "spec": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
         "files": dict(sorted(files.items())),
         "local_plugins": local,
         "llmrec": llmrec_version(),
         "plugins": plugin_versions(),
     }
+    refused = getattr(graph.registry, "refused_plugins", None)
+    if refused:  # installed but not loaded: what answered lacked them (the key only then, so ids stay as they were)
+        out["refused_plugins"] = {r.name: r.reason for r in refused}
+    return out
 
 
 def dataset_digest(dataset: Any) -> str:

@@ -507,6 +507,17 @@ def test_spec_using_a_refused_plugins_type_says_why(fake_entry_point, monkeypatc
     assert "plugin 'fakeplug' was not loaded: it supports llmrec plugin API >=9" in out + err
 
 
+def test_provenance_names_refused_plugins(fake_entry_point, monkeypatch) -> None:
+    from llmrec.provenance import spec_provenance
+
+    monkeypatch.setenv("LLMREC_LOAD_PLUGINS", "fakeplug")
+    folder = fake_entry_point('LLMREC_PLUGIN_API = ">=9"\n' + FAKE_EP)
+    spec = write_spec(folder, IDENTITY_SPEC)
+    with pytest.warns(PluginWarning):
+        graph = llmrec.validate(spec)
+    assert "supports llmrec plugin API >=9" in spec_provenance(graph)["refused_plugins"]["fakeplug"]
+
+
 def test_entry_point_misspelling_a_hook_is_refused(fake_entry_point, monkeypatch) -> None:
     monkeypatch.setenv("LLMREC_LOAD_PLUGINS", "fakeplug")
     folder = fake_entry_point(FAKE_EP.replace("def llmrec_register_node_types", "def llmrec_register_node_type"))
