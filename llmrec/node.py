@@ -209,9 +209,18 @@ class NodeType:
     batchable: ClassVar[bool] = False
     #: what the node reports beyond its output (model usage, grounding fixes); see :class:`Reports`
     reports: ClassVar[Reports] = Reports()
+    #: ``feedback(event)`` learns from what users did with answers (``POST /v1/feedback`` of ``llmrec serve``,
+    #: ``Runtime.feedback``): an online bandit, say. ``event.request_id`` is the ``context.run_id`` of the run
+    #: it is about.
+    learns_from_feedback: ClassVar[bool] = False
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config
+
+    async def feedback(self, event: Any) -> None:
+        """One feedback event (a :class:`llmrec.serve.logs.FeedbackEvent`: ``request_id``, ``item_id``, ``type``
+        click/purchase/rating/dismissal, ``value``, ``position``), for a node type that declares
+        ``learns_from_feedback = True``. Runs between requests on the event loop: keep it short. Default: nothing."""
 
     async def start(self) -> None:
         """Called once before the first run (load a model, open a connection). Default: nothing.

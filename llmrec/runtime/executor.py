@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -28,6 +29,8 @@ from .policies import attach
 from .scheduler import Scheduler
 from ..graph.state import validate_state
 from .trace import NodeRecord, RunResult
+
+logger = logging.getLogger("llmrec.runtime")
 
 
 def _artifact_loader(graph: Graph, name: str, resource: Callable[[str], Awaitable[Any]]) -> Any:
@@ -166,6 +169,27 @@ class Runtime:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.instance.close() for p in self._plans.values()), return_exceptions=True)
+
+    @property
+    def learners(self) -> list[str]:
+        """Ids of the nodes whose type learns from feedback (``NodeType.learns_from_feedback``)."""
+        return [p.id for p in self._plans.values() if type(p.instance).learns_from_feedback]
+
+    async def feedback(self, events: Sequence[Any]) -> dict[str, int]:
+        """Hand feedback events to every node that learns from them, in order; returns, per node, how many it
+        took. A node that raises is logged and skipped: feedback never fails the caller."""
+        told: dict[str, int] = {}
+        for node_id in self.learners:
+            instance = self._plans[node_id].instance
+            told[node_id] = 0
+            for event in events:
+                try:
+                    await instance.feedback(event)
+                    told[node_id] += 1
+                except Exception:  # noqa: BLE001 - a learner's bug must not lose the caller's feedback
+                    logger.exception("node %s failed to learn from feedback for request %s", node_id,
+                                     getattr(event, "request_id", "?"))
+        return told
 
     @property
     def ready(self) -> bool:

@@ -1180,18 +1180,21 @@ def create_app(options: ServeOptions, graph: Any | None = None, tracing: Any = N
     async def feedback(request: Request) -> Response:
         server.authorize(request)
         logs = server.logs
-        if logs is None:
-            raise ApiError(404, "logging_off", "this server keeps no log, so it takes no feedback: start it with "
-                           "--log-dir DIR or --log-store NAME:WHERE")
+        learning = [svc.runtime for svc in server.arms.values() if svc.runtime.learners]  # online learners
+        if logs is None and not learning:
+            raise ApiError(404, "logging_off", "this server keeps no log and no node of its spec learns from "
+                           "feedback, so it takes none: start it with --log-dir DIR or --log-store NAME:WHERE")
         server.admit(request)
         data = await server.read_json(request)
         events = server.feedback_events(data)
         received = time.time()
-        if not logs.feedback([feedback_record(e, received) for e in events]):
+        if logs is not None and not logs.feedback([feedback_record(e, received) for e in events]):
             raise ApiError(503, "log_overloaded", f"the log queue is full ({server.options.log_queue} records "
                            "waiting); retry shortly", retry_after=1)
         for e in events:
             server.metrics.feedback.labels(e.type).inc()
+        for runtime in learning:  # each arm's learners act only on the request ids they answered
+            await runtime.feedback(events)
         return _json({"accepted": len(events)}, 202)
 
     async def provenance(request: Request) -> Response:
