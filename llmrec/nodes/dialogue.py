@@ -43,10 +43,10 @@ from ..embed import Embedder
 from ..errors import LlmrecError
 from ..hookspecs import hookimpl
 from ..llm.provider import Completion, CompletionRequest, Provider
-from ..node import NodeType, Param, RunContext, Signature, read_signature
+from ..node import NodeType, Param, Problem, RunContext, Signature, read_signature
 from ..types import Candidates, Recommendation, ScoredItem
 from .common import PerObjects, count_or
-from .llm import Prompt, PromptConfig, Unconfigured
+from .llm import Prompt, PromptConfig, Unconfigured, resolve_prompt
 from .llm_tasks import TaskConfig
 
 # -- slots -------------------------------------------------------------------------------------------------------
@@ -356,6 +356,16 @@ def _history_turns(history: Any, limit: int) -> list[dict[str, str]]:
     return turns
 
 
+def template_variables(config: Any, provides: frozenset[str], name: str) -> list[Problem]:
+    """A custom template may only use the variables the node computes."""
+    extra = sorted(resolve_prompt(config).names - provides)
+    if not extra:
+        return []
+    return [Problem(f"the template uses {', '.join(repr(e) for e in extra)}, which {name} does not provide",
+                    "template" if config.template is not None else "template_file",
+                    f"Template variables of {name}: {', '.join(sorted(provides))}.")]
+
+
 class Extract(Prompt):
     """See the module docstring. Inputs: ``message``, ``model`` (the llm resource), optional ``embedder`` (zero-shot
     intents when degraded), ``catalog`` (the slots' vocabulary), ``history`` (earlier turns)."""
@@ -363,6 +373,7 @@ class Extract(Prompt):
     name = "llm.extract"
     description = "Understand a chat message: intent, features, price range, brand, type, use case, negations."
     Config = ExtractConfig
+    provides: ClassVar[frozenset[str]] = frozenset({"message", "preferences", "intents", "slots"})
 
     def __init__(self, config: ExtractConfig) -> None:
         super().__init__(config)
@@ -381,7 +392,7 @@ class Extract(Prompt):
 
     @classmethod
     def check(cls, config: Any, ctx: Any) -> list[Any]:
-        return []
+        return [*Prompt.check(config, ctx), *template_variables(config, cls.provides, cls.name)]
 
     def vocabulary(self, catalog: Catalog | None) -> Vocabulary:
         with self._lock:
@@ -820,6 +831,7 @@ class Clarify(Prompt):
     name = "clarify"
     description = "Ask the clarifying question: the conflict, the policy's slot, or the most informative slot."
     Config = ClarifyConfig
+    provides: ClassVar[frozenset[str]] = frozenset({"slot", "options", "known", "conflict", "draft"})
 
     def __init__(self, config: ClarifyConfig) -> None:
         super().__init__(config)
@@ -835,7 +847,11 @@ class Clarify(Prompt):
     @classmethod
     def check(cls, config: Any, ctx: Any) -> list[Any]:
         unknown = [s for s in config.ask or [] if s not in config.slots]
-        return [("ask", f"clarify may only ask about its slots; unknown: {', '.join(unknown)}")] if unknown else []
+        problems = [*Prompt.check(config, ctx), *template_variables(config, cls.provides, cls.name)]
+        if unknown:
+            problems.append(Problem(f"clarify may only ask about its slots; unknown: {', '.join(unknown)}", "ask",
+                                    f"Its slots: {', '.join(config.slots)}."))
+        return problems
 
     def vocabulary(self, catalog: Catalog | None) -> Vocabulary:
         with self._lock:

@@ -164,3 +164,25 @@ def test_clarify_asks_the_slot_of_highest_information_gain_among_matching_items(
     worded = asyncio.run(node.run(state, SHOP, context=context(), model=fake))
     assert worded.question == "Which brand do you like best?" and not worded.degraded
     assert "wireless" in fake.requests[0].messages[-1].content
+
+
+def test_a_custom_template_may_only_use_what_the_node_provides(tmp_path) -> None:
+    from llmrec.testing import errors_of, write_spec
+
+    spec = write_spec(tmp_path, """
+    name: t
+    inputs: {message: {type: string, default: ""}}
+    nodes:
+      understand:
+        type: llm.extract
+        config: {template: "{{ message }} {{ mood }}"}
+        inputs: {message: "${inputs.message}"}
+      ask:
+        type: clarify
+        config: {ask: [colour]}
+        inputs: {state: null}
+    outputs: {e: "${understand}", q: "${ask}"}
+    """)
+    errors = errors_of(spec)
+    assert any("spec.yaml:6:" in e and "uses 'mood', which llm.extract does not provide" in e for e in errors), errors
+    assert any("spec.yaml:10:" in e and "unknown: colour" in e for e in errors), errors
