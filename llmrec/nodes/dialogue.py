@@ -199,8 +199,9 @@ _POST = r"(?:\s*([$€£]|usd|eur|gbp|dollars?|euros?|pounds?|bucks)(?![a-z]))?"
 _AMOUNT = _PRE + _NUM + _POST
 _BETWEEN = re.compile(r"(?:between|from)\s+" + _AMOUNT + r"\s*(?:and|to|-)\s*" + _AMOUNT, re.I)
 _RANGE = re.compile(_PRE + _NUM + _POST + r"\s*(?:-|–|to)\s*" + _AMOUNT, re.I)
-_MAX = re.compile(r"(?:under|below|less than|at most|max(?:imum)?|up to|no more than|cheaper than|within|"
+_MAX = re.compile(r"(under|below|less than|at most|max(?:imum)?|up to|no more than|cheaper than|within|"
                   r"budget(?: is| of)?|spend(?:ing)?|around|about|<)\s*:?\s*" + _AMOUNT, re.I)
+_VAGUE = ("within", "around", "about")  # "about 2 pairs": a price only with a currency
 _MIN = re.compile(r"(?:over|above|more than|at least|min(?:imum)?|starting at|>)\s*:?\s*" + _AMOUNT, re.I)
 _BARE = re.compile(r"(?:[$€£]\s*" + _NUM + r")|(?:" + _NUM + r"\s*([$€£]|usd|eur|gbp|dollars?|euros?|pounds?|bucks)"
                    r"(?![a-z]))", re.I)
@@ -229,11 +230,13 @@ def parse_price(text: str) -> tuple[float | None, float | None, str | None]:
         return min(a, b), max(a, b), _currency(m.group(1), m.group(4), m.group(5), m.group(8))
     low = high = None
     currency = None
-    if m := _MAX.search(text):
-        high, currency = _amount(m.group(2), m.group(3)), _currency(m.group(1), m.group(4))
+    for m in _MAX.finditer(text):
+        found = _currency(m.group(2), m.group(5))
+        if found or m.group(1).lower() not in _VAGUE:
+            high, currency = _amount(m.group(3), m.group(4)), found
+            break
     if m := _MIN.search(text):
-        if high is None or m.start() != _MAX.search(text).start():  # type: ignore[union-attr]
-            low, currency = _amount(m.group(2), m.group(3)), currency or _currency(m.group(1), m.group(4))
+        low, currency = _amount(m.group(2), m.group(3)), currency or _currency(m.group(1), m.group(4))
     if low is None and high is None and (m := _BARE.search(text)):
         if m.group(1) is not None:
             high = _amount(m.group(1), m.group(2))

@@ -69,6 +69,9 @@ def context() -> RunContext:
     ("$100-150 please", (100.0, 150.0, "USD")),
     ("at least 60 euros", (60.0, None, "EUR")),
     ("two pairs for my kids", (None, None, None)),
+    ("about 2 pairs, under 90", (None, 90.0, None)),
+    ("around €120", (None, 120.0, "EUR")),
+    ("over 50 and under 100", (50.0, 100.0, None)),
 ])
 def test_prices_by_rule(text, expected) -> None:
     assert parse_price(text) == expected
