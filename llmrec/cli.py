@@ -271,6 +271,11 @@ def run(
     except InputError as exc:
         for e in exc.errors:
             say(f"error: input '{e['field']}': {e['message']}")
+        if graph.state_model is not None and str(exc.field or "").startswith("state"):
+            fields = ", ".join(graph.state_model.model_fields)
+            say(f"hint: --state must fit the state schema of {spec} (fields: {fields}); leave it out to start from "
+                "the defaults")
+            raise Exit(EXIT_INPUT) from None
         declared = ", ".join(f"{n} ({i.type}{', required' if i.is_required else ''})"
                              for n, i in graph.spec.inputs.items())
         say(f"hint: {spec} takes: {declared or 'no inputs'}")

@@ -127,7 +127,8 @@ def test_cli_run_takes_and_prints_the_state(folder, tmp_path, capsys) -> None:
     assert data["outputs"] == {"before": 4, "after": 5}
     assert data["state"] == {"turns": 5, "words": ["a", "b"], "mood": "calm"}
     assert main(["run", str(spec), "--trust", "--state", '{"mood": "angry"}']) == 3
-    assert "state.mood" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "state.mood" in err and "hint: --state must fit the state schema" in err and "turns, words, mood" in err
     assert main(["run", str(spec), "--trust", "--state", "[1]"]) == 3
     err = capsys.readouterr().err
     assert "--state must be a JSON object" in err and "Traceback" not in err
