@@ -367,6 +367,10 @@ def run_batch(
     if engine not in ("local", "ray"):
         raise BatchError(f"'{engine}' is not one of local, ray", "--engine")
     graph = graph if graph is not None else validate(spec, trust=trust)
+    if engine == "ray":  # before anything is written: a cluster that cannot be reached leaves no file behind
+        from .engine import connect  # lazy: Ray, only with --engine ray
+
+        connect(address, num_cpus)
     journal, done = _open_journal(output, _meta(spec, input_path, graph, id_column), resume)
     summary = BatchSummary(output, written=len(done), resumed=len(done),
                            failed=sum(1 for r in done if "error" in r), engine=engine)

@@ -98,7 +98,7 @@ def batch_command(
     except BatchError as exc:
         raise typer.BadParameter(str(exc), param_hint=f"'{exc.option}'" if exc.option else None) from None
     except EngineError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'--engine'") from None
+        raise typer.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
     if not quiet:
         resumed = f" ({summary.resumed} from before)" if summary.resumed else ""
         failed = f", {summary.failed} with an error record" if summary.failed else ""
@@ -161,7 +161,7 @@ def embed_command(
     except EmbedError as exc:
         raise typer.BadParameter(str(exc), param_hint=f"'{exc.option}'" if exc.option else None) from None
     except EngineError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'--engine'") from None
+        raise typer.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
     except DataError as exc:
         raise typer.BadParameter(exc.format(), param_hint="'SOURCE'") from None
     if not quiet:

@@ -22,7 +22,12 @@ FORWARDED_NAMES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "LITELLM
 
 
 class EngineError(LlmrecError):
-    """``--engine`` cannot be used as asked: Ray is missing, or the cluster cannot be reached."""
+    """``--engine`` cannot be used as asked: Ray is missing, or the cluster cannot be reached; ``option`` names
+    the command-line option to fix."""
+
+    def __init__(self, message: str, option: str = "--engine") -> None:
+        self.option = option
+        super().__init__(message)
 
 
 class WorkerError(LlmrecError):
@@ -57,11 +62,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
     to a Ray started here with ``num_cpus`` CPUs (default: all). A Ray already initialised in this process (a
     test's, a notebook's) is used as it is."""
     ray = require_ray()
+    if address is not None:
+        check_reachable(address)
     if ray.is_initialized():
         return ray
     if address is not None and num_cpus is not None:
         raise EngineError("--num-cpus sizes a Ray started here; a cluster given by --address has its own CPUs "
-                          "(use --workers to choose how many actors run)")
+                          "(use --workers to choose how many actors run)", "--num-cpus")
     options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                                "runtime_env": {"env_vars": worker_env()}}
     if address is not None:
@@ -72,8 +79,24 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
         ray.init(**options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise EngineError(f"could not start or reach {where}: {exc}") from None
+        raise EngineError(f"could not start or reach {where}: {exc}", "--address" if address else "--engine"
+                          ) from None
     return ray
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """For ``HOST:PORT``: :class:`EngineError` unless something listens there (Ray itself retries an unreachable
+    head for minutes). ``auto`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise EngineError(f"cannot reach the Ray head at {address}: {exc.strerror or exc}; start it with "
+                          "`ray start --head` there, or check --address (docs/scaling.md)", "--address") from None
 
 
 def pool_size(ray: Any, workers: int | None) -> int:
@@ -114,5 +137,5 @@ def map_in_order(ray: Any, groups: list[str], worker: type, kwargs: dict[str, An
                           ) from None
 
 
-__all__ = ["ENGINES", "EngineError", "INSTALL_HINT", "check_engine", "connect", "data_context", "map_in_order",
-           "pool_size", "require_ray", "worker_env", "WorkerError"]
+__all__ = ["ENGINES", "EngineError", "INSTALL_HINT", "WorkerError", "check_engine", "check_reachable", "connect",
+           "data_context", "map_in_order", "pool_size", "require_ray", "worker_env"]

@@ -154,3 +154,14 @@ def test_ray_missing_is_a_clear_error(spec: Path, tmp_path: Path, capsys: pytest
     assert main(["batch", str(spec), "-i", str(requests), "-o", str(tmp_path / "o.jsonl"), "--engine", "ray"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'llmrec[ray]'" in err and "Traceback" not in err
+
+
+def test_an_unreachable_ray_head_is_refused_at_once_and_leaves_no_file(
+        spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    requests = jsonl(tmp_path / "in.jsonl", [{"user": "ann"}])
+    out = tmp_path / "o.jsonl"
+    assert main(["batch", str(spec), "-i", str(requests), "-o", str(out), "--engine", "ray",
+                 "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Ray head at 127.0.0.1:1" in err and "'--address'" in err
+    assert not out.exists() and not (tmp_path / "o.jsonl.meta.json").exists()
