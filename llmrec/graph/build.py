@@ -562,6 +562,13 @@ class _Checker:
             if nspec.when is not None:
                 node.when_deps = frozenset(self._check_when(node, nspec.when, path + ("when",)))
                 deps |= node.when_deps
+                if self.spec.state is not None and node.when is not None and "state" in nspec.when:
+                    try:
+                        if "state" in variables("{{ " + nspec.when.strip().removeprefix("${").removesuffix("}")
+                                                + " }}", self.env):
+                            node.when_deps |= {"state"}  # read from the request's environment, not waited for
+                    except TemplateProblem:
+                        pass
             if nspec.cache is not None and nspec.cache.key is not None:
                 bad: list[BadRef] = []
                 key_expr = compile_value(nspec.cache.key, path + ("cache", "key"), bad)
@@ -589,7 +596,7 @@ class _Checker:
             self.err(TemplateError, "'when' is an expression, not a string with ${...} references", path, node.id,
                      f"Write it without ${{}}: '{plain}'.")
             return set()
-        available = {"inputs", *self.node_names}
+        available = {"inputs", *self.node_names, *(("state",) if self.spec.state is not None else ())}
         try:
             missing = check_expression(src, available, self.env)
             node.when = compile_expression(src, self.env)

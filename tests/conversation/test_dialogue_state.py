@@ -132,3 +132,19 @@ def test_cli_run_takes_and_prints_the_state(folder, tmp_path, capsys) -> None:
     assert main(["run", str(spec), "--trust", "--state", "[1]"]) == 3
     err = capsys.readouterr().err
     assert "--state must be a JSON object" in err and "Traceback" not in err
+
+
+def test_a_when_condition_may_read_the_state(folder) -> None:
+    text = SPEC.replace("""  echo:
+    type: core.identity
+""", """  echo:
+    type: core.identity
+    when: "state.turns >= 1 and inputs.word"
+""")
+    graph = validate(_spec(folder, text, "when.yaml"), trust=True)
+    rt = Runtime(graph)
+    assert rt.run_sync({"word": "a"}).outputs["before"] is None  # turn 0: skipped
+    assert rt.run_sync({"word": "a"}, state={"turns": 2}).outputs["before"] == 2
+    assert rt.run_sync({}, state={"turns": 2}).outputs["before"] is None
+    wrong = errors_of(_spec(folder, text.replace("state.turns >= 1", "stat.turns >= 1"), "when_bad.yaml"), trust=True)
+    assert any("uses 'stat'" in e and "Did you mean 'state'?" in e for e in wrong), wrong
