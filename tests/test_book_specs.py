@@ -163,3 +163,15 @@ def test_movielens_llm_without_a_model_runs_on_its_embedded_rec_lm(tmp_path, mon
     again = llmrec.run(spec, {"user_id": "1", "k": 5})  # the artifact is reused: nothing is trained again
     assert "training" not in capsys.readouterr().err
     assert [r.id for r in again.outputs["recommendations"].items] == [r.id for r in recs]
+
+
+def test_headphones_chat_validates_with_only_the_no_model_warning() -> None:
+    """The book's chapter-5 chat (specs/headphones_chat.yaml); its turns, served sessions and playground are tested in
+    tests/conversation/test_dialogue_chat.py, tests/serve/test_chat.py and tests/serve/test_chat_playground.py."""
+    from llmrec.api import check
+
+    graph, errors, warnings = check(SPECS / "headphones_chat.yaml")
+    assert not errors and graph is not None and graph.state_model.__name__ == "DialogueState"
+    assert [w.message.split(" (")[0] for w in warnings] == ["no model configured"]
+    assert {n.spec.type for n in graph.nodes.values()} == {"llm.extract", "dst.merge", "policy.rule", "clarify",
+                                                          "dst.candidates", "dialogue.answer"}
