@@ -1354,6 +1354,11 @@ def _openapi(app: FastAPI, svc: Service) -> dict[str, Any]:
     components.update(defs.get("$defs", {}))
     req = keys[(svc.request_model, "validation")]
     resp = keys[(svc.response_model, "serialization")]
+    body = components.get(str(req.get("$ref", "")).rsplit("/", 1)[-1])
+    if svc.keeps_state and isinstance(body, dict):  # a client without a session may carry the state itself
+        body.setdefault("properties", {})["state"] = {
+            "type": "object", "description": "The session state (a spec with 'state:'); default: the session's, "
+                                             "else the state schema's defaults. Returned updated as 'state'."}
     for path, body_schema in (("/v1/recommend", req), ("/v1/recommend/stream", req),
                               ("/v1/recommend/batch", keys[(batch, "validation")])):
         op = schema["paths"][path]["post"]

@@ -93,5 +93,8 @@ async def test_bad_input_gets_a_clear_answer_or_a_question_never_a_500() -> None
         assert long.status_code == 422 and long.json()["error"]["field"] == "message"
         bad_sid = await say(client, "hi", sid="no spaces allowed")
         assert bad_sid.status_code == 400 and bad_sid.json()["error"]["field"] == "session_id"
+        openapi = (await client.get("/openapi.json")).json()
+        ref = openapi["paths"]["/v1/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert "state" in openapi["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]
         # none of it lost the sessions that were fine
         assert (await client.server.sessions.load("c"))["state"]["conflicts"]
