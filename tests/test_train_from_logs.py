@@ -594,7 +594,7 @@ outputs: {ranked: "${ranked}"}
 @pytest.mark.parametrize("log, message", [
     ("empty", "the log has no impressions"),
     ("quiet", "the log's 1 impressions have no feedback"),
-    ("nosuch:somewhere", "unknown log store 'nosuch' (registered: file, sqlite)"),
+    ("nosuch:somewhere", "unknown log store 'nosuch' (registered: file, redis, sqlite)"),
 ])
 def test_the_command_says_what_is_wrong_with_the_log(tmp_path, capsys, log, message) -> None:
     spec = tmp_path / "spec.yaml"
