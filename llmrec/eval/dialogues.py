@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_jsonable_python
+
 from ..conversation.catalog import HEADPHONE_SLOTS, SlotSchema, as_set
 from ..conversation.rewards import Outcome, build_reward
 from ..conversation.simulator import Persona, SimulatedUser, make_personas
@@ -161,7 +163,7 @@ async def play(runtime: Any, user: SimulatedUser, settings: DialogueSettings, re
         record.turns.append(Turn(message, action, slot, shown, accepted.id if accepted else None,
                                  float(reward(outcome)), bool(result.degraded), seconds))
         history.append({"inputs": {"message": message},  # as llmrec serve keeps a session's turns
-                        "outputs": {"message": outputs.get("message"), "action": action}})
+                        "outputs": to_jsonable_python(outputs, fallback=str)})
         if accepted is not None:
             user.accepted = accepted
             record.success = True

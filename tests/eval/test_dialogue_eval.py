@@ -122,3 +122,12 @@ def test_what_the_user_says_reads_as_slot_values() -> None:
     assert say("features", ["noise_cancelling", "wireless"]) == "noise cancelling and wireless"
     assert say("use_case", "gym") == "for gym"
     assert say("type", None) == NO_PREFERENCE
+
+
+def test_items_turned_down_are_never_shown_again(report) -> None:
+    for record in report["records"]:
+        turned_down: set[str] = set()
+        for turn in record["turns"]:
+            assert not turned_down & set(turn["items"])
+            if turn["action"] == "recommend" and not turn["accepted"]:
+                turned_down |= set(turn["items"])
