@@ -112,7 +112,7 @@ def smooth(values: Sequence[float], window: int = 20) -> list[float]:
 
 
 def plot_curve(curves: Mapping[str, Sequence[float]], path: str | Path | BinaryIO, title: str = "PPO reward curve",
-               window: int = 20) -> bool:
+               window: int = 20, xlabel: str = "episode", ylabel: str | None = None) -> bool:
     """Draw each curve (smoothed over ``window`` episodes) into a PNG (a path or a binary file); False when
     matplotlib is missing."""
     try:
@@ -125,8 +125,8 @@ def plot_curve(curves: Mapping[str, Sequence[float]], path: str | Path | BinaryI
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, values in curves.items():
         ax.plot(smooth(values, window), label=name)
-    ax.set_xlabel("episode")
-    ax.set_ylabel(f"return (mean of {window})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel or f"return (mean of {window} episodes)")
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
