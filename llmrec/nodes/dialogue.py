@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ..conversation.catalog import FEATURES, TYPES, USE_CASES
 from ..conversation.types import Decision, DialogueState, SlotConflict
 from ..data.catalog import Catalog, Item
 from ..embed import Embedder
@@ -76,14 +77,16 @@ class SlotDef(BaseModel):
     question: str = Field("", description="The template question (clarify without a model).")
 
 
+#: the headphones domain's slots for understanding and asking: the values are the generated catalog's own
+#: (llmrec/conversation/catalog.py), the synonyms and questions are how shoppers say and are asked them
 HEADPHONE_SLOTS: dict[str, SlotDef] = {
-    "type": SlotDef(values=["over-ear", "on-ear", "in-ear", "earbuds"],
+    "type": SlotDef(values=list(TYPES),
                     synonyms={"over-ear": ["over ear", "overear", "around the ear", "full size"],
                               "on-ear": ["on ear"], "in-ear": ["in ear", "iem", "iems"],
                               "earbuds": ["earbud", "buds", "true wireless"]},
                     question="Do you prefer over-ear, on-ear, in-ear headphones or earbuds?"),
     "use_case": SlotDef(kind="multi", attribute="use_cases", rule="overwrite",
-                        values=["gym", "travel", "office", "gaming", "studio", "commute"],
+                        values=list(USE_CASES),
                         synonyms={"gym": ["workout", "workouts", "running", "sport", "sports", "exercise"],
                                   "travel": ["travelling", "traveling", "flights", "flying", "plane"],
                                   "office": ["work calls", "calls", "meetings", "zoom"],
@@ -91,8 +94,7 @@ HEADPHONE_SLOTS: dict[str, SlotDef] = {
                                   "commute": ["commuting", "train", "bus", "subway"]},
                         question="What will you mostly use them for: gym, travel, office, gaming, studio or commute?"),
     "features": SlotDef(kind="multi", flags=True,
-                        values=["noise_cancelling", "wireless", "waterproof", "microphone", "long_battery",
-                                "foldable", "low_latency", "spatial_audio"],
+                        values=list(FEATURES),
                         synonyms={"noise_cancelling": ["noise cancelling", "noise canceling", "noise-cancelling",
                                                        "noise-canceling", "anc", "cancel noise"],
                                   "wireless": ["bluetooth", "cordless", "no cable", "no wires"],
