@@ -2,7 +2,7 @@
 
 - :class:`RulePolicy`: ask the most informative unknown slot (the entropy of its values over the items that
   still fit what is known) until ``min_known`` slots are known or ``max_turns`` is near; then recommend; end
-  after ``max_rejections`` turned-down items.
+  after ``max_rejections`` turned-down items or at ``max_turns``.
 - :class:`BanditPolicy`: one arm per action (ask slot i, recommend); a :mod:`llmrec.conversation.bandits`
   algorithm picks it, from the state's feature vector when contextual (LinUCB), and learns from each turn's
   reward through ``update``.
@@ -70,6 +70,8 @@ class RulePolicy:
     def __call__(self, state: DialogueState) -> Decision:
         if len(state.rejected) >= self.max_rejections:
             return Decision(action="end", policy="rule", reason=f"{len(state.rejected)} items turned down")
+        if state.turn >= self.max_turns:
+            return Decision(action="end", policy="rule", reason=f"the turn limit ({self.max_turns}) is reached")
         known = sum(1 for s in self.slots if s in state.slots)
         scores = self.scores(state)
         turns_left = self.max_turns - state.turn

@@ -71,6 +71,7 @@ def test_rule_policy_asks_then_recommends_then_ends(runtime) -> None:
     state["slots"][second.slot] = ["wireless"] if second.slot == "features" else "earbuds" if second.slot == "type" \
         else 90.0 if second.slot == "budget" else ["gym"]
     assert _run(runtime, state=state)["action"] == "recommend"  # min_known 2
+    assert _run(runtime, state={**state, "turn": 10})["rule"].action == "end"  # the turn limit
     state["rejected"] = ["h001", "h002", "h003"]
     assert _run(runtime, state=state)["rule"].action == "end"
 
