@@ -3,13 +3,13 @@ answers a message with the next state (issue 15). Without a model, as in CI: deg
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from llmrec.plugins import get_registry
 from llmrec.cli import main
 from llmrec.graph.build import check_graph
 from llmrec.runtime.executor import Runtime
@@ -17,14 +17,11 @@ from llmrec.spec.loader import load_spec
 from llmrec.testing import FakeProvider
 
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "headphones_chat.yaml"
-_standin = importlib.util.spec_from_file_location("standin_policy", Path(__file__).with_name("standin_policy.py"))
-standin = importlib.util.module_from_spec(_standin)
-_standin.loader.exec_module(standin)  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
 def chat() -> tuple[Runtime, object]:
-    graph, errors, warnings = check_graph(load_spec(SPEC), standin.registry())
+    graph, errors, warnings = check_graph(load_spec(SPEC), get_registry(SPEC.parent))
     assert not errors, [e.format() for e in errors]
     assert [w.message.split(":")[0] for w in warnings] == ["no model configured (neither 'model' nor $LLMREC_MODEL "
                                                            "is set)"]
@@ -64,16 +61,6 @@ def test_contradictory_constraints_get_a_clarifying_question(chat) -> None:
 def test_llmrec_run_answers_a_message_with_the_next_state(chat, tmp_path, capsys) -> None:
     _, graph = chat
     shutil.copy(SPEC, tmp_path / SPEC.name)
-    registry = graph.registry
-    if registry is not standin.get_registry(None):
-        # only in a test: the stand-ins beside a copy of the spec, until policy.rule and the dataset land
-        (tmp_path / "plugins").mkdir()
-        source = Path(standin.__file__).read_text(encoding="utf-8")
-        policy = registry.node_types.entry("policy.rule").plugin.name == "StandIns"
-        dataset = registry.datasets.entry("headphones").plugin.name == "StandIns"
-        source += (f"\n\n_plugin = StandIns({policy}, {dataset})\nllmrec_register_node_types = "
-                   "_plugin.llmrec_register_node_types\nllmrec_register_datasets = _plugin.llmrec_register_datasets\n")
-        (tmp_path / "plugins" / "standin.py").write_text(source, encoding="utf-8")
     spec = tmp_path / SPEC.name
     code = main(["run", str(spec), "--trust", "-q", "-i", "message=wireless earbuds for the gym under 80 dollars"])
     captured = capsys.readouterr()

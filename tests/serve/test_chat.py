@@ -4,23 +4,19 @@ carries it, and bad input gets a clear answer or a clarifying question, never a 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from llmrec.plugins import get_registry
 from llmrec.graph.build import build
 from llmrec.serve.app import ServeOptions, create_app
 from llmrec.spec.loader import load_spec
 
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "headphones_chat.yaml"
-_standin = importlib.util.spec_from_file_location(
-    "standin_policy", Path(__file__).resolve().parents[1] / "conversation" / "standin_policy.py")
-standin = importlib.util.module_from_spec(_standin)
-_standin.loader.exec_module(standin)  # type: ignore[union-attr]
-GRAPH = build(load_spec(SPEC), standin.registry())
+GRAPH = build(load_spec(SPEC), get_registry(SPEC.parent))
 
 
 @asynccontextmanager

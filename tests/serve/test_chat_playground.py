@@ -4,7 +4,6 @@ shown beside the chat and updated each turn (issue 15)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmrec.plugins import get_registry
 from llmrec.graph.build import build
 from llmrec.spec.loader import load_spec
 
@@ -40,11 +40,7 @@ def _wait_ready(url: str, timeout: float = 30.0) -> None:
 
 
 def _graph():
-    found = importlib.util.spec_from_file_location(
-        "standin_policy", Path(__file__).resolve().parents[1] / "conversation" / "standin_policy.py")
-    module = importlib.util.module_from_spec(found)
-    found.loader.exec_module(module)  # type: ignore[union-attr]
-    return build(load_spec(SPEC), module.registry())
+    return build(load_spec(SPEC), get_registry(SPEC.parent))
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")
