@@ -6,7 +6,9 @@
   (``accepted`` input) or turned down ``max_rejections`` items.
 - ``policy.bandit``: epsilon-greedy, UCB1, Thompson sampling or LinUCB over the actions (ask slot i, recommend),
   learning online: the ``reward`` input is the previous turn's reward (``done`` when that turn ended the
-  dialogue), credited to that session's previous decision; a server can call :meth:`Bandit.update` itself.
+  dialogue), credited to that session's previous decision; ``POST /v1/feedback`` events about a decision
+  (``learns_from_feedback``: a click, purchase, dismissal or rating) are rewards too, and a server can call the
+  node's ``update`` itself.
   ``explored`` in the Decision says when it did not take its best-estimated arm; ``scores`` are the values it
   ranked the arms by. Its state is plain JSON (``state_json()``).
 - ``policy.ppo``: a PPO policy trained by ``llmrec train SPEC`` on the spec's dataset (``name: headphones``:
@@ -23,6 +25,7 @@ that fit the metric contract: ``conversation_acceptance`` (per case) and ``featu
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -38,7 +41,7 @@ from ..conversation.simulator import make_personas
 from ..conversation.types import Decision, DialogueState
 from ..data import Catalog
 from ..hookspecs import hookimpl
-from ..node import CheckContext, NodeType, Problem, SpecPath, StartContext
+from ..node import CheckContext, NodeType, Problem, RunContext, SpecPath, StartContext
 from ..training import Target, TrainContext, TrainingInterrupted, TrainOutput, data_hash
 from ..types import Candidates
 
@@ -115,6 +118,10 @@ class BanditConfig(_Config):
     credit: Literal["turn", "return"] = Field(
         "return", description="'return': a decision learns the rewards from its turn to the dialogue's end "
                               "(asking pays when the recommendation it enabled is accepted); 'turn': its own turn's.")
+    feedback_rewards: dict[Literal["click", "purchase", "dismissal"], float] = Field(
+        default_factory=lambda: {"click": 0.2, "purchase": 1.0, "dismissal": -0.3},
+        description="The reward of a POST /v1/feedback event about a decision (a rating of v: (v - 3) / 2); a "
+                    "purchase ends its dialogue.")
 
 
 class BanditPolicyNode(NodeType):
@@ -122,6 +129,7 @@ class BanditPolicyNode(NodeType):
 
     name = "policy.bandit"
     inline = True
+    learns_from_feedback = True  # POST /v1/feedback (Runtime.feedback): a decision's reward from what users did
     description = "Choose ask-or-recommend with a bandit (epsilon-greedy, UCB, Thompson, LinUCB), learning online."
     Config = BanditConfig
 
@@ -131,6 +139,8 @@ class BanditPolicyNode(NodeType):
         params: dict[str, Any] = {"epsilon_greedy": {"epsilon": c.epsilon}, "ucb": {"c": c.c},
                                   "thompson": {"kind": c.kind}, "linucb": {"alpha": c.alpha}}[c.algorithm]
         self.policy = BanditPolicy(c.algorithm, tuple(c.slots), c.max_turns, c.seed, params, credit=c.credit)
+        #: run id -> (session, arm, context) of the decisions feedback may still arrive for (the latest 10,000)
+        self.runs: OrderedDict[str, tuple[str, int, Any]] = OrderedDict()
 
     @property
     def bandit(self) -> Any:
@@ -145,14 +155,42 @@ class BanditPolicyNode(NodeType):
         assert self.policy.bandit is not None
         return self.policy.bandit.to_json()
 
+    async def feedback(self, event: Any) -> None:
+        """A feedback event about one of this node's decisions is that turn's reward (see ``feedback_rewards``):
+        credited like the ``reward`` input while the decision is its session's latest, else to its arm alone."""
+        hit = self.runs.pop(getattr(event, "request_id", ""), None)
+        if hit is None:
+            return  # not a decision of this node (another server's, or too old)
+        kind, value = getattr(event, "type", None), getattr(event, "value", None)
+        if kind == "rating":
+            reward = None if value is None else (float(value) - 3.0) / 2.0
+        else:
+            reward = self.config.feedback_rewards.get(kind)
+        if reward is None:
+            return
+        key, arm, x = hit
+        last = self.policy.last.get(key)
+        if last is not None and last[0] == arm and last[1] is x:
+            self.policy.update(reward, done=kind == "purchase", session=key)
+        else:
+            assert self.policy.bandit is not None
+            self.policy.bandit.update(arm, reward, x)
+
     async def run(self, state: DialogueState | dict[str, Any], reward: float | None = None, done: bool = False,
-                  session: str | None = None, last_feedback: float = 0.0) -> Decision:
+                  session: str | None = None, last_feedback: float = 0.0,
+                  context: RunContext | None = None) -> Decision:
         key = session or ""
         if reward is not None:
             self.policy.update(float(reward), done, key)
         if done:
             return Decision(action="end", policy=self.config.algorithm, reason="the dialogue ended")
-        return self.policy(as_state(state), float(last_feedback), key)
+        decision = self.policy(as_state(state), float(last_feedback), key)
+        if context is not None:
+            arm, x = self.policy.last[key]
+            self.runs[context.run_id] = (key, arm, x)
+            while len(self.runs) > 10_000:
+                self.runs.popitem(last=False)
+        return decision
 
 
 #: config fields of policy.ppo that change the trained policy

@@ -14,6 +14,7 @@ from llmrec.conversation.bandits import bandit_from_json
 from llmrec.conversation.types import Decision, DialogueState
 from llmrec.nodes.policy import BanditConfig, BanditPolicyNode
 from llmrec.plugins import get_registry
+from llmrec.serve.logs import FeedbackEvent
 from llmrec.testing import write_spec
 
 DATA = "{type: dataset, config: {name: headphones, split: user, options: {n_items: 60, n_personas: 24}}}"
@@ -90,6 +91,26 @@ def test_bandit_learns_from_the_previous_turns_reward(runtime) -> None:
     assert ended.action == "end" and sum(node.bandit.counts) == 3 and "a" not in node.policy.pending
     assert sum(node.bandit.sums) == pytest.approx((-0.05 + 0.2 + 1.0) + (0.2 + 1.0) + 1.0)
     assert "b" in node.policy.last
+
+
+def test_bandit_learns_from_served_feedback_events(runtime) -> None:
+    node = runtime.plans["bandit"].instance
+    before = sum(node.bandit.counts)
+    first = asyncio.run(runtime.run({"state": {}, "session": "fb"}))
+    rid = first.trace.run_id
+    asked = first.outputs["bandit"]
+    told = asyncio.run(runtime.feedback([FeedbackEvent(request_id=rid, item_id="h001", type="click"),
+                                         FeedbackEvent(request_id="someone-else", item_id="h001", type="click")]))
+    assert told["bandit"] == 2 and "fb" in node.policy.pending  # the click is the turn's reward (credit: return)
+    second = asyncio.run(runtime.run({"state": {"turn": 1}, "session": "fb"}))
+    asyncio.run(runtime.feedback([FeedbackEvent(request_id=second.trace.run_id, item_id="h002", type="purchase")]))
+    assert sum(node.bandit.counts) == before + 2 and "fb" not in node.policy.pending  # a purchase ends it
+    arm = node.policy.names.index("recommend" if asked.action == "recommend" else f"ask:{asked.slot}")
+    assert node.bandit.counts[arm] >= 1
+    stale = asyncio.run(runtime.run({"state": {}, "session": "fb2"})).trace.run_id
+    asyncio.run(runtime.run({"state": {"turn": 1}, "session": "fb2"}))  # the session moved on
+    asyncio.run(runtime.feedback([FeedbackEvent(request_id=stale, item_id="h003", type="rating", value=5)]))
+    assert sum(node.bandit.counts) == before + 3  # credited to the stale decision's arm alone
 
 
 def test_bandit_node_update_path_and_json_state() -> None:
