@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 from .. import progress as progress_
 from ..data.datasets import is_path, load_dataset
 from ..hookspecs import hookimpl
-from ..spec.variants import variant_names
+from ..spec.variants import validate_variant, variant_names
 from ..trust import grant
 from .defaults import (DEFAULT_ESTIMATORS, DEFAULT_REWARD, ESTIMATORS, EXIT_CHANGED, N_BOOTSTRAP, SHOW, TOLERANCE,
                        WEIGHTS)
@@ -193,7 +193,9 @@ def eval_command(
         try:
             settings = DialogueSettings(dialogues=dialogues or 50, seed=seed or 0, max_turns=max_turns,
                                         noise=noise, reward=parse_reward(reward), concurrency=concurrency)
-            return run_command(graphs, settings, json_path=json_path, report_dir=report_dir, out=_out, err=_err)
+            targets = [(str(label), validate_variant(spec, variant, str(spec)) if variant else graph)
+                       for (label, spec, variant, graph) in _dialogue_targets(specs, graphs, variants)]
+            return run_command(targets, settings, json_path=json_path, report_dir=report_dir, out=_out, err=_err)
         except DialogueEvalError as exc:
             _err(f"error: {exc}")
             raise Exit(EXIT_USAGE) from None
@@ -291,6 +293,17 @@ def eval_command(
     if not_run:  # the others' numbers are printed above; the command still fails, so a script notices
         _err(f"error: not evaluated: {', '.join(not_run)} (why: the notes above)")
         raise Exit(EXIT_FAILED)
+
+
+def _dialogue_targets(specs: list[Path], graphs: list[Any], variants: str | None) -> list[tuple[str, Path, Any, Any]]:
+    """(label, spec file, variant or None, graph) for each spec and each variant ``--variants`` asks for."""
+    out = []
+    for target, spec in _variant_targets(specs, graphs, variants):
+        if isinstance(target, tuple):
+            out.append((f"{graphs[specs.index(spec)].name}:{target[1]}", spec, target[1], None))
+        else:
+            out.append((target.name, spec, None, target))
+    return out
 
 
 def _variant_targets(specs: list[Path], graphs: list[Any], variants: str | None) -> list[tuple[Any, Path]]:

@@ -156,6 +156,10 @@ async def play(runtime: Any, user: SimulatedUser, settings: DialogueSettings, re
                 if item is not None and user.judge(item):
                     accepted = item
                     break
+        if shown and runtime.learners:  # an online learner (policy.bandit) hears what the user did, as served
+            await runtime.feedback([_feedback(result, accepted.id if accepted else shown[0],
+                                              "purchase" if accepted else "dismissal",
+                                              shown.index(accepted.id) + 1 if accepted else 1)])
         items = [catalog.get(i) for i in shown]
         outcome = Outcome(items=[i for i in items if i is not None], wanted_features=as_set(
             persona.wants.get("features")), budget=persona.budget, accepted=(accepted is not None) if shown else None,
@@ -182,6 +186,12 @@ async def play(runtime: Any, user: SimulatedUser, settings: DialogueSettings, re
             message = wish_list(persona)
     record.left = user.left
     return record
+
+
+def _feedback(result: Any, item_id: str, kind: str, position: int) -> Any:
+    from ..serve.logs import FeedbackEvent  # lazy: the feedback contract of llmrec serve, only for learners
+
+    return FeedbackEvent(request_id=result.trace.run_id, item_id=item_id, type=kind, position=position)
 
 
 def _catalog_of(runtime: Any) -> Catalog:
@@ -220,7 +230,10 @@ async def evaluate_dialogues(graph: Graph, settings: DialogueSettings = Dialogue
     try:
         catalog = _catalog_of(runtime)
         personas = make_personas(catalog, settings.dialogues, seed=settings.seed, noise=settings.noise)
-        gate = asyncio.Semaphore(settings.concurrency)
+        # a spec that learns online sees one dialogue at a time, in order: what it learned from one user is what
+        # the next one meets (and the run is reproducible)
+        at_once = 1 if runtime.learners else settings.concurrency
+        gate = asyncio.Semaphore(at_once)
 
         async def one(p: Persona) -> DialogueRecord:
             async with gate:
@@ -230,7 +243,10 @@ async def evaluate_dialogues(graph: Graph, settings: DialogueSettings = Dialogue
         records = await asyncio.gather(*(one(p) for p in personas))
     finally:
         await runtime.close()
-    return summarize(graph.spec.name, records, settings)
+    report = summarize(graph.spec.name, records, settings)
+    report["learners"] = runtime.learners
+    report["settings"]["concurrency"] = at_once
+    return report
 
 
 def _with_interval(values: Sequence[float]) -> dict[str, float | None]:
@@ -248,6 +264,10 @@ def summarize(name: str, records: Sequence[DialogueRecord], settings: DialogueSe
     for i in range(settings.max_turns):  # mean cumulative reward after turn i (a finished dialogue keeps its sum)
         sums = [sum(t.reward for t in r.turns[: i + 1]) for r in ok]
         curve.append(statistics.fmean(sums) if sums else math.nan)
+    blocks = max(1, min(5, len(ok)))  # success by fifths of the dialogues, in the order they were played
+    size = math.ceil(len(ok) / blocks) if ok else 0
+    by_block = [statistics.fmean(1.0 if r.success else 0.0 for r in ok[i:i + size])
+                for i in range(0, len(ok), size)] if size else []
     latencies = sorted(t.seconds * 1000 for t in turns)
     return {
         "spec": name,
@@ -265,6 +285,7 @@ def summarize(name: str, records: Sequence[DialogueRecord], settings: DialogueSe
         "latency_ms": {"p50": latencies[len(latencies) // 2] if latencies else None,
                        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else None},
         "reward_curve": curve,
+        "success_by_block": by_block,
         "records": [{**asdict(r), "reward": r.reward} for r in records],
     }
 
@@ -278,7 +299,8 @@ def _cell(stat: Mapping[str, Any], fmt: str = "{:.3f}") -> str:
 def to_text(report: Mapping[str, Any]) -> str:
     """The report as the lines ``llmrec eval`` prints."""
     s = report["settings"]
-    lines = [f"{report['spec']}: {report['dialogues']} simulated dialogues (seed {s['seed']}, noise {s['noise']}, "
+    name = report.get("label") or report["spec"]
+    lines = [f"{name}: {report['dialogues']} simulated dialogues (seed {s['seed']}, noise {s['noise']}, "
              f"at most {s['max_turns']} turns); 95% bootstrap intervals",
              f"  success rate            {_cell(report['success_rate'])}",
              f"  turns to success        {_cell(report['turns_to_success'], '{:.2f}')}",
@@ -356,20 +378,43 @@ def parse_reward(text: str | None) -> dict[str, Any] | None:
     return out
 
 
-def run_command(graphs: Sequence[Graph], settings: DialogueSettings, *, json_path: str | None,
+def compare(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every other report against the first (the spec as written), dialogue by dialogue (the same personas and
+    seed): success and cumulative reward, paired bootstrap interval and randomization p, Holm-adjusted."""
+    from .stats import holm, paired  # lazy: with the reports
+
+    base = reports[0]
+    found = []
+    for other in reports[1:]:
+        for metric, value in (("success", lambda r: 1.0 if r["success"] else 0.0), ("reward", lambda r: r["reward"])):
+            a = [value(r) for r in other["records"]]
+            b = [value(r) for r in base["records"]]
+            if len(a) == len(b) and a:
+                found.append(paired(metric, other["label"], a, base["label"], b))
+    return [asdict(p) for p in holm(found)]
+
+
+def run_command(targets: Sequence[tuple[str, Graph]], settings: DialogueSettings, *, json_path: str | None,
                 report_dir: Path | None, out: Any, err: Any) -> None:
-    """``llmrec eval --dialogues``: every spec's report printed (or as JSON), and written with ``--report``."""
+    """``llmrec eval`` in dialogues: every (label, graph) -- each spec and its variants -- played against the same
+    simulated users; reports printed (or as JSON), compared with the first, and written with ``--report``."""
     from ..conversation.rewards import RewardConfigError  # lazy: with the rest of the simulation
 
     try:
         build_reward(settings.reward)
     except RewardConfigError as exc:
         raise DialogueEvalError(f"--reward: {exc}") from None
-    for g in graphs:
+    for _, g in targets:
         check_spec(g)
-    reports = [asyncio.run(evaluate_dialogues(g, settings)) for g in graphs]
+    reports = []
+    for label, g in targets:
+        report = asyncio.run(evaluate_dialogues(g, settings))
+        report["label"] = label
+        reports.append(report)
+    comparisons = compare(reports) if len(reports) > 1 else []
     if json_path is not None:
-        text = json.dumps(reports if len(reports) > 1 else reports[0], indent=2, default=str)
+        data: Any = reports[0] if len(reports) == 1 else {"reports": reports, "comparisons": comparisons}
+        text = json.dumps(data, indent=2, default=str)
         if json_path == "-":
             out(text)
         else:
@@ -377,8 +422,11 @@ def run_command(graphs: Sequence[Graph], settings: DialogueSettings, *, json_pat
     if json_path != "-":
         for report in reports:
             out(to_text(report))
+        for c in comparisons:
+            out(f"{c['a']} - {c['b']}: {c['metric']} {c['diff']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}], "
+                f"p {c['p_adjusted']:.3f} (Holm)")
     if report_dir is not None:
         for report in reports:
-            folder = report_dir if len(reports) == 1 else report_dir / report["spec"]
+            folder = report_dir if len(reports) == 1 else report_dir / report["label"]
             files = write_report(report, folder)
             err(f"report written: {files['md']}, {files['html']}")

@@ -30,7 +30,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("dialogues")
     path = folder / "report.json"
     code = main(["eval", CHAT, "--dialogues", "8", "--seed", "3", "--json", str(path), "--report", str(folder),
-                 "--quiet"])
+                 "--variants", "none", "--quiet"])
     assert code == 0
     data = json.loads(path.read_text(encoding="utf-8"))
     data["_folder"] = str(folder)
@@ -86,7 +86,7 @@ def test_the_same_seed_plays_the_same_dialogues(capsys) -> None:
     runs = []
     for _ in range(2):
         code, out, _ = run_cli(capsys, "eval", CHAT, "--dialogues", "3", "--seed", "5", "--max-turns", "4",
-                               "--json", "-", "--quiet")
+                               "--json", "-", "--variants", "none", "--quiet")
         assert code == 0
         runs.append([[(t["said"], t["action"], t["items"], t["accepted"]) for t in r["turns"]]
                      for r in json.loads(out)["records"]])
@@ -94,7 +94,7 @@ def test_the_same_seed_plays_the_same_dialogues(capsys) -> None:
 
 
 def test_a_spec_with_state_is_evaluated_in_dialogues_by_default(capsys) -> None:
-    code, out, _ = run_cli(capsys, "eval", CHAT, "--max-turns", "1", "--json", "-", "--quiet")
+    code, out, _ = run_cli(capsys, "eval", CHAT, "--max-turns", "1", "--json", "-", "--variants", "none", "--quiet")
     assert code == 0
     data = json.loads(out)
     assert data["dialogues"] == 50 and all(len(r["turns"]) == 1 for r in data["records"])
@@ -131,3 +131,19 @@ def test_items_turned_down_are_never_shown_again(report) -> None:
             assert not turned_down & set(turn["items"])
             if turn["action"] == "recommend" and not turn["accepted"]:
                 turned_down |= set(turn["items"])
+
+
+def test_variants_play_the_same_users_and_an_online_learner_meets_them_in_order(capsys) -> None:
+    code, out, _ = run_cli(capsys, "eval", CHAT, "--dialogues", "12", "--seed", "2", "--json", "-", "--quiet")
+    assert code == 0
+    data = json.loads(out)
+    base, bandit = data["reports"]
+    assert (base["label"], bandit["label"]) == ("headphones-chat", "headphones-chat:bandit")
+    assert [r["persona"] for r in base["records"]] == [r["persona"] for r in bandit["records"]]
+    assert base["learners"] == [] and bandit["learners"] == ["decide"]
+    assert bandit["settings"]["concurrency"] == 1  # a learner meets the users one after the other
+    metrics = {(c["metric"], c["a"], c["b"]) for c in data["comparisons"]}
+    assert metrics == {("success", "headphones-chat:bandit", "headphones-chat"),
+                       ("reward", "headphones-chat:bandit", "headphones-chat")}
+    for c in data["comparisons"]:
+        assert c["lo"] <= c["diff"] <= c["hi"] and 0 <= c["p"] <= c["p_adjusted"] <= 1 and c["n"] == 12
