@@ -199,6 +199,10 @@ def eval_command(
         except DialogueEvalError as exc:
             _err(f"error: {exc}")
             raise Exit(EXIT_USAGE) from None
+        except KeyboardInterrupt:
+            _err("interrupted: simulated dialogues are not kept (each run replays them from --seed); run the "
+                 "command again, with fewer --dialogues for a quicker answer")
+            raise Exit(EXIT_INTERRUPTED) from None
     only_logged = {"--reward": reward is not None, "--weights": weights != "position",
                    "--estimators": estimators is not None, "--bootstrap": bootstrap != N_BOOTSTRAP,
                    "--clip": clip is not None, "--since": since is not None, "--allow-unsupported": allow_unsupported,
