@@ -1,7 +1,8 @@
 """Helpers and pytest fixtures for testing specs and plugins (registered as the ``llmrec`` pytest plugin).
 
 - :func:`run_spec` validates and runs a spec file or YAML text in one call;
-- the ``llmrec_spec`` fixture writes YAML text to a temporary spec file and returns its path.
+- the ``llmrec_spec`` fixture writes YAML text to a temporary spec file and returns its path;
+- :func:`free_port` and :func:`wait_until_ready` start-and-wait helpers for tests of a served spec.
 
 Fixtures never load installed entry-point plugins unless a test asks for them (``LLMREC_LOAD_PLUGINS``).
 """
@@ -22,6 +23,35 @@ from .llm.provider import Completion, Message, Usage
 from .llm.remote import with_choices
 from .runtime.executor import Runtime
 from .runtime.trace import RunResult
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_ready(url: str, proc: Any = None, timeout: float = 30.0) -> None:
+    """Poll ``url``/readyz until it answers 200 (``llmrec serve`` has loaded the spec); fails with the server's
+    stderr if the ``subprocess.Popen`` ``proc`` exits first, or after ``timeout`` seconds."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(url.rstrip("/") + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the server at {url} never became ready within {timeout:g} s")
 
 
 def write_spec(directory: Path, text: str, name: str = "spec.yaml") -> Path:

@@ -5,38 +5,18 @@ shown beside the chat and updated each turn (issue 15)."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from llmrec.plugins import get_registry
 from llmrec.graph.build import build
 from llmrec.spec.loader import load_spec
+from llmrec.testing import free_port, wait_until_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "headphones_chat.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("server never became ready")
 
 
 def _graph():
@@ -51,12 +31,12 @@ def test_playground_chat_in_a_real_browser() -> None:
     from llmrec.serve.app import ServeOptions, create_app
 
     app = create_app(ServeOptions(spec=str(SPEC), reload_interval=0), _graph())
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        _wait_ready(f"http://127.0.0.1:{port}")
+        wait_until_ready(f"http://127.0.0.1:{port}")
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

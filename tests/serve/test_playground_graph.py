@@ -6,7 +6,6 @@ a screenshot of each page in pytest's tmp_path. Only /v1/spec is needed, so the 
 from __future__ import annotations
 
 import itertools
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from llmrec.testing import free_port
 
 from .conftest import write
 
@@ -68,12 +69,6 @@ MEASURE = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def browser() -> Any:
     if not CHROMIUM.exists():
@@ -95,7 +90,7 @@ class Served:
 
         from llmrec.serve.app import ServeOptions, create_app
 
-        self.port = _free_port()
+        self.port = free_port()
         app = create_app(ServeOptions(spec=str(spec), reload_interval=0))
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                     lifespan="off"))

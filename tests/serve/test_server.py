@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmrec.testing import free_port, wait_until_ready
+
 from .conftest import SHOP, TOOLS, write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,34 +24,14 @@ LLMREC = [str(Path(sys.executable).with_name("llmrec"))]
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "LLMREC_LOAD_PLUGINS": "", "PYTHONUNBUFFERED": "1"}
-
-
-def _wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("server never became ready")
 
 
 def test_serve_refuses_an_invalid_spec_with_validates_messages(tmp_path: Path) -> None:
     spec = write(tmp_path, SHOP.replace("type: rerank.filter_seen", "type: rerank.filter_sene"))
     validate = subprocess.run([*LLMREC, "validate", str(spec)], capture_output=True, text=True, env=_env(), cwd=ROOT)
-    serve = subprocess.run([*LLMREC, "serve", str(spec), "--port", str(_free_port())], capture_output=True,
+    serve = subprocess.run([*LLMREC, "serve", str(spec), "--port", str(free_port())], capture_output=True,
                            text=True, env=_env(), cwd=ROOT, timeout=60)
     assert serve.returncode == 1
     error_line = next(line for line in validate.stdout.splitlines() if "filter_sene" in line)
@@ -59,14 +41,14 @@ def test_serve_refuses_an_invalid_spec_with_validates_messages(tmp_path: Path) -
 
 def test_llmrec_serve_answers_reloads_on_sighup_and_finishes_in_flight_requests_on_sigterm(tmp_path: Path) -> None:
     spec = write(tmp_path, TOOLS % {"seconds": 0.6})
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     proc = subprocess.Popen([*LLMREC, "serve", str(spec), "--port", str(port), "--reload-interval", "0",
                              "--api-key", "k1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(), cwd=ROOT)
     try:
-        _wait_ready(url, proc)
+        wait_until_ready(url, proc)
         assert time.monotonic() - started < 30
         auth = {"Authorization": "Bearer k1"}
         with httpx.Client(base_url=url, headers=auth, timeout=10) as client:
@@ -107,14 +89,14 @@ def test_llmrec_serve_answers_reloads_on_sighup_and_finishes_in_flight_requests_
 
 def test_with_two_workers_metrics_add_up_over_both(tmp_path: Path) -> None:
     spec = write(tmp_path, TOOLS % {"seconds": 0})
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in _env().items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     proc = subprocess.Popen([*LLMREC, "serve", str(spec), "--port", str(port), "--workers", "2",
                              "--reload-interval", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=ROOT)
     try:
-        _wait_ready(url, proc, timeout=60)
+        wait_until_ready(url, proc, timeout=60)
         with httpx.Client(base_url=url, timeout=10) as client:
             for _ in range(12):  # new connections: the kernel spreads them over the workers
                 with httpx.Client(base_url=url, timeout=10) as one:
@@ -146,12 +128,12 @@ def test_playground_in_a_real_browser(tmp_path: Path) -> None:
     from llmrec.serve.app import ServeOptions, create_app
 
     app = create_app(ServeOptions(spec=str(write(tmp_path, SHOP)), reload_interval=0))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        _wait_ready(f"http://127.0.0.1:{port}")
+        wait_until_ready(f"http://127.0.0.1:{port}")
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -197,12 +179,12 @@ def test_a_client_that_disconnects_mid_body_is_not_a_server_error(tmp_path: Path
     import socket
 
     spec = write(tmp_path, TOOLS % {"seconds": 0.0})
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([*LLMREC, "serve", str(spec), "--port", str(port), "--reload-interval", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
     try:
-        _wait_ready(url, proc)
+        wait_until_ready(url, proc)
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 sock.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -250,14 +232,14 @@ def test_connections_are_never_reset_under_a_client_still_sending_and_idle_ones_
     import select
 
     spec = write(tmp_path, TOOLS % {"seconds": 0.0})
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([*LLMREC, "serve", str(spec), "--port", str(port), "--reload-interval", "0",
                              "--max-body", "1000", "--timeout-keep-alive", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
     valid = b'{"items": ["a"]}'
     try:
-        _wait_ready(url, proc)
+        wait_until_ready(url, proc)
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
                 sock.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

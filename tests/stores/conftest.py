@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from llmrec.testing import free_port
+
 PASSWORD = "s3cret-pw"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

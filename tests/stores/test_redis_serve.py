@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +15,7 @@ import pytest
 
 from llmrec.cli import main
 from llmrec.testing import write_spec
+from llmrec.testing import wait_until_ready
 
 from .conftest import PASSWORD, free_port, start_redis
 
@@ -44,20 +44,6 @@ def _serve(spec: Path, port: int, url: str) -> subprocess.Popen[str]:
                             text=True, env=env, cwd=ROOT)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("server never became ready")
-
-
 def _stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -76,8 +62,8 @@ def test_two_servers_share_sessions_and_answer_when_redis_dies(tmp_path: Path) -
     errs = ["", ""]
     try:
         a, b = (f"http://127.0.0.1:{port}" for port in ports)
-        _wait_ready(a, procs[0])
-        _wait_ready(b, procs[1])
+        wait_until_ready(a, procs[0], timeout=60)
+        wait_until_ready(b, procs[1], timeout=60)
         sid = {"X-Session-Id": "alice"}
         first = httpx.post(a + "/v1/recommend", json={"q": "hi"}, headers=sid, timeout=10)
         assert first.status_code == 200 and first.json()["turn"] == 1
