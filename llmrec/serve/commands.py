@@ -132,6 +132,19 @@ def serve_command(
         "--otel", help="Trace every request with OpenTelemetry: console (spans on stdout), otlp (to "
                        "$OTEL_EXPORTER_OTLP_ENDPOINT, default localhost:4318) or none. Default: $OTEL_TRACES_EXPORTER, "
                        "else off (docs/observability.md).")] = None,
+    engine: Annotated[str, _opt(
+        "--engine", help="local (uvicorn here, the default) or ray (Ray Serve replicas behind Ray's HTTP proxy; "
+                         "pip install 'llmrec[ray]'; docs/scaling.md).")] = "local",
+    address: Annotated[Optional[str], _opt(
+        "--address", help="--engine ray: the Ray cluster to deploy on (auto: the one `ray start` runs here; "
+                          "HOST:PORT). Default: a Ray started by the command.")] = None,
+    replicas: Annotated[int, _opt("--replicas", min=1, help="--engine ray: replicas (each loads the spec).")] = 1,
+    min_replicas: Annotated[Optional[int], _opt(
+        "--min-replicas", min=0, help="--engine ray: autoscale between --min-replicas and --max-replicas.")] = None,
+    max_replicas: Annotated[Optional[int], _opt("--max-replicas", min=1, help="--engine ray: see --min-replicas."
+                                                )] = None,
+    num_cpus_per_replica: Annotated[float, _opt(
+        "--num-cpus-per-replica", min=0.01, help="--engine ray: CPUs each replica reserves.")] = 1.0,
 ) -> None:
     """Serve a spec over HTTP: /v1/recommend (and /batch, /stream), /healthz, /readyz, /metrics, playground at /.
 
@@ -150,6 +163,8 @@ def serve_command(
     from .metrics import MULTIPROC_ENV
     from .protocol import LingeringHTTPProtocol
 
+    ray_settings = check_engine_options(engine, workers, address, replicas, min_replicas, max_replicas,
+                                        num_cpus_per_replica)
     graph = load_graph(spec, trust)  # refuses to start, printing every error, like `llmrec validate`
     stores = get_registry(spec.resolve().parent).session_stores
     if session_store not in stores:
@@ -178,6 +193,9 @@ def serve_command(
         experiment_override=experiment_override, otel=otel,
     )
     configure_logging(log_level)
+    if ray_settings is not None:
+        serve_on_ray(options, ray_settings, host, port, graceful_timeout)
+        return
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level.lower(),
                               "timeout_graceful_shutdown": graceful_timeout, "access_log": False,
                               "timeout_keep_alive": timeout_keep_alive, "http": LingeringHTTPProtocol}
@@ -204,6 +222,63 @@ def serve_command(
     if not server.started:
         _err(f"error: could not serve on {host}:{port} (see above)")
         raise Exit(EXIT_FAILED)
+
+
+def check_engine_options(engine: str, workers: int, address: str | None, replicas: int, min_replicas: int | None,
+                         max_replicas: int | None, num_cpus_per_replica: float) -> Any:
+    """``--engine`` and its options -> the Ray Serve settings (None for the local engine); a contradiction or a
+    missing Ray is refused now, naming the option."""
+    import typer  # lazy: typer, only once a command runs
+
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"'{engine}' is not one of local, ray", param_hint="'--engine'")
+    if engine == "local":
+        given = [name for name, value in (("--address", address), ("--min-replicas", min_replicas),
+                                          ("--max-replicas", max_replicas)) if value is not None]
+        given += ["--replicas"] * (replicas != 1) + ["--num-cpus-per-replica"] * (num_cpus_per_replica != 1.0)
+        if given:
+            raise typer.BadParameter(f"{given[0]} is for --engine ray (the local engine scales with --workers)",
+                                     param_hint="'--engine'")
+        return None
+    if workers != 1:
+        raise typer.BadParameter("--engine ray scales with --replicas N (or --min-replicas/--max-replicas), "
+                                 "not --workers", param_hint="'--workers'")
+    # lazy: Ray Serve, only with --engine ray
+    from ..distributed.engine import EngineError
+    from .ray_engine import RayServeSettings, require_serve
+
+    settings = RayServeSettings(address=address, replicas=replicas, min_replicas=min_replicas,
+                                max_replicas=max_replicas, num_cpus_per_replica=num_cpus_per_replica)
+    try:
+        settings.check()
+        require_serve()
+    except ValueError as exc:
+        option = str(exc).split(":", 1)[0].split(" ", 1)[0]
+        raise typer.BadParameter(str(exc), param_hint=f"'{option}'") from None
+    except EngineError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--engine'") from None
+    return settings
+
+
+def serve_on_ray(options: Any, settings: Any, host: str, port: int, graceful_timeout: float) -> None:
+    """Serve ``options`` on Ray Serve until SIGTERM (exit 0) or Ctrl-C (130); the spec and log paths made
+    absolute, since replicas do not run in this folder."""
+    import dataclasses
+
+    # lazy: llmrec.commands imports typer; .ray_engine imports Ray only when --engine ray runs
+    from ..commands import EXIT_FAILED, Exit, say
+    from ..distributed.engine import EngineError
+    from .ray_engine import run_until_signalled
+
+    location = options.log_location
+    if location is not None and options.log_store in ("file", "sqlite"):
+        location = str(Path(location).resolve())
+    options = dataclasses.replace(options, spec=str(Path(options.spec).resolve()), log_location=location)
+    try:
+        run_until_signalled(options, settings, host=host, port=port, graceful_timeout=graceful_timeout, say=say)
+    except EngineError as exc:
+        say(f"error: {exc}")
+        raise Exit(EXIT_FAILED) from None
 
 
 def check_otel(otel: str | None) -> str | None:
