@@ -19,6 +19,7 @@ the mean cumulative reward by turn, which the HTML report plots.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import statistics
@@ -32,7 +33,7 @@ from pydantic_core import to_jsonable_python
 
 from ..conversation.catalog import HEADPHONE_SLOTS, SlotSchema, as_set
 from ..conversation.rewards import Outcome, build_reward
-from ..conversation.simulator import Persona, SimulatedUser, make_personas
+from ..conversation.simulator import LLMUser, Persona, SimulatedUser, make_personas
 from ..data.catalog import Catalog, Item
 from ..errors import LlmrecError
 from ..graph.build import Graph
@@ -67,6 +68,7 @@ class Turn:
     reward: float
     degraded: bool
     seconds: float
+    explored: bool = False  # the spec's policy explored (a `decision` output whose `explored` is true)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class DialogueRecord:
     ended_by_spec: bool = False
     turns: list[Turn] = field(default_factory=list)
     error: str | None = None
+    oracle: float = 0.0  # the reward of recommending, at once, the item this user likes most (and accepting it)
 
     @property
     def reward(self) -> float:
@@ -127,6 +130,10 @@ async def play(runtime: Any, user: SimulatedUser, settings: DialogueSettings, re
     """One simulated dialogue against ``runtime``'s spec."""
     persona, catalog = user.persona, user.catalog
     record = DialogueRecord(persona.to_dict())
+    best = max(catalog, key=lambda it: (persona.utility(it), it.id), default=None)
+    if best is not None:
+        record.oracle = float(reward(Outcome(items=[best], wanted_features=as_set(persona.wants.get("features")),
+                                             budget=persona.budget, accepted=True, turns=1)))
     takes_history = "history" in runtime.graph.spec.inputs
     message, state, history = opening(persona), None, []
     asked_before: list[str] = []
@@ -164,8 +171,11 @@ async def play(runtime: Any, user: SimulatedUser, settings: DialogueSettings, re
         outcome = Outcome(items=[i for i in items if i is not None], wanted_features=as_set(
             persona.wants.get("features")), budget=persona.budget, accepted=(accepted is not None) if shown else None,
             turns=1)
+        decision = outputs.get("decision")
+        explored = bool(decision.get("explored") if isinstance(decision, Mapping)
+                        else getattr(decision, "explored", False))
         record.turns.append(Turn(message, action, slot, shown, accepted.id if accepted else None,
-                                 float(reward(outcome)), bool(result.degraded), seconds))
+                                 float(reward(outcome)), bool(result.degraded), seconds, explored))
         history.append({"inputs": {"message": message},  # as llmrec serve keeps a session's turns
                         "outputs": to_jsonable_python(outputs, fallback=str)})
         if accepted is not None:
@@ -181,7 +191,7 @@ async def play(runtime: Any, user: SimulatedUser, settings: DialogueSettings, re
         if action == "recommend":
             message = REJECT
         elif slot is not None:
-            message = say(slot, user.answer(slot))
+            message = say(slot, await user.aanswer(slot))
         else:
             message = wish_list(persona)
     record.left = user.left
@@ -192,6 +202,17 @@ def _feedback(result: Any, item_id: str, kind: str, position: int) -> Any:
     from ..serve.logs import FeedbackEvent  # lazy: the feedback contract of llmrec serve, only for learners
 
     return FeedbackEvent(request_id=result.trace.run_id, item_id=item_id, type=kind, position=position)
+
+
+def user_model(runtime: Any) -> Any:
+    """The provider of the spec's first ``llm`` resource that has a model (None: none is configured, so the
+    simulated users are rule-backed). An unconfigured ``llm`` resource's provider is named 'none'."""
+    for name, built in runtime.graph.resources.items():
+        value = runtime.resources.get(name)
+        if built.spec.type == "llm" and callable(getattr(value, "complete", None)) \
+                and getattr(value, "name", "none") != "none":
+            return value
+    return None
 
 
 def _catalog_of(runtime: Any) -> Catalog:
@@ -219,13 +240,15 @@ def check_spec(graph: Graph) -> None:
 
 
 async def evaluate_dialogues(graph: Graph, settings: DialogueSettings = DialogueSettings(),
-                             schema: SlotSchema = HEADPHONE_SLOTS) -> dict[str, Any]:
-    """Play ``settings.dialogues`` simulated users against ``graph``; the report (see :func:`summarize`)."""
+                             schema: SlotSchema = HEADPHONE_SLOTS,
+                             resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Play ``settings.dialogues`` simulated users against ``graph``; the report (see :func:`summarize`).
+    ``resources``: already-loaded values for some of the spec's resources (a provider for its ``llm``, say)."""
     from ..runtime.executor import Runtime  # lazy: the runtime only when an evaluation runs
 
     check_spec(graph)
     reward = build_reward(settings.reward)
-    runtime = Runtime(graph)
+    runtime = Runtime(graph, resources=dict(resources or {}))
     await runtime.start()
     try:
         catalog = _catalog_of(runtime)
@@ -235,15 +258,21 @@ async def evaluate_dialogues(graph: Graph, settings: DialogueSettings = Dialogue
         at_once = 1 if runtime.learners else settings.concurrency
         gate = asyncio.Semaphore(at_once)
 
+        provider = user_model(runtime)
+
+        def user_for(p: Persona) -> SimulatedUser:
+            if provider is not None:  # a model is configured: it answers the questions (acceptance stays hidden)
+                return LLMUser(p, catalog, provider, seed=settings.seed, schema=schema)
+            return SimulatedUser(p, catalog, seed=settings.seed, schema=schema)
+
         async def one(p: Persona) -> DialogueRecord:
             async with gate:
-                return await play(runtime, SimulatedUser(p, catalog, seed=settings.seed, schema=schema), settings,
-                                  reward)
+                return await play(runtime, user_for(p), settings, reward)
 
         records = await asyncio.gather(*(one(p) for p in personas))
     finally:
         await runtime.close()
-    report = summarize(graph.spec.name, records, settings)
+    report = summarize(graph.spec.name, records, settings, "llm" if provider is not None else "rules")
     report["learners"] = runtime.learners
     report["settings"]["concurrency"] = at_once
     return report
@@ -256,7 +285,8 @@ def _with_interval(values: Sequence[float]) -> dict[str, float | None]:
     return {"mean": statistics.fmean(values), "low": lo, "high": hi, "n": len(values)}
 
 
-def summarize(name: str, records: Sequence[DialogueRecord], settings: DialogueSettings) -> dict[str, Any]:
+def summarize(name: str, records: Sequence[DialogueRecord], settings: DialogueSettings,
+              users: str = "rules") -> dict[str, Any]:
     ok = [r for r in records if r.error is None]
     wins = [r for r in ok if r.success]
     turns = [t for r in ok for t in r.turns]
@@ -280,6 +310,12 @@ def summarize(name: str, records: Sequence[DialogueRecord], settings: DialogueSe
         "cumulative_reward": _with_interval([r.reward for r in ok]),
         "left_rate": _with_interval([1.0 if r.left else 0.0 for r in ok]),
         "questions_per_dialogue": _with_interval([float(sum(t.action == "ask" for t in r.turns)) for r in ok]),
+        "exploration_rate": (sum(t.explored for t in turns) / len(turns)) if turns else None,
+        # regret: what an oracle (the user's favourite item, recommended at once) would have earned, minus what
+        # the spec earned; summed over the dialogues in the order played (a learner's grows sub-linearly)
+        "regret": _with_interval([r.oracle - r.reward for r in ok]),
+        "cumulative_regret": list(itertools.accumulate(r.oracle - r.reward for r in ok)),
+        "simulated_users": users,
         "degraded_turns": sum(t.degraded for t in turns),
         "turns": len(turns),
         "latency_ms": {"p50": latencies[len(latencies) // 2] if latencies else None,
@@ -307,8 +343,12 @@ def to_text(report: Mapping[str, Any]) -> str:
              f"  cumulative reward       {_cell(report['cumulative_reward'])}",
              f"  users who left          {_cell(report['left_rate'])}",
              f"  questions per dialogue  {_cell(report['questions_per_dialogue'], '{:.2f}')}",
+             f"  regret vs an oracle     {_cell(report['regret'])} per dialogue",
              f"  turn latency            p50 {report['latency_ms']['p50'] or 0:.1f} ms, "
              f"p99 {report['latency_ms']['p99'] or 0:.1f} ms ({s['concurrency']} dialogues at once)"]
+    if report.get("exploration_rate"):
+        lines.append(f"  exploring decisions     {report['exploration_rate']:.3f} of turns")
+    lines.append(f"  simulated users         {report['simulated_users']}-backed")
     if report["degraded_turns"]:
         lines.append(f"  DEGRADED: {report['degraded_turns']} of {report['turns']} turns answered without a model "
                      "(rules, embeddings and templates); set LLMREC_MODEL to evaluate the spec with one")

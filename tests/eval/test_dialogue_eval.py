@@ -48,6 +48,10 @@ def test_the_report_has_success_turns_reward_with_intervals_and_says_it_is_degra
     assert len(report["reward_curve"]) == report["settings"]["max_turns"]
     wins = [r for r in report["records"] if r["success"]]
     assert report["success_rate"]["mean"] == pytest.approx(len(wins) / 8)
+    assert report["simulated_users"] == "rules"  # no model configured
+    regrets = [r["oracle"] - r["reward"] for r in report["records"]]
+    assert report["cumulative_regret"] == pytest.approx(list(__import__("itertools").accumulate(regrets)))
+    assert report["regret"]["mean"] == pytest.approx(sum(regrets) / 8)
 
 
 def test_an_accepted_item_is_one_the_hidden_persona_likes_and_was_shown(report) -> None:
@@ -147,3 +151,32 @@ def test_variants_play_the_same_users_and_an_online_learner_meets_them_in_order(
                        ("reward", "headphones-chat:bandit", "headphones-chat")}
     for c in data["comparisons"]:
         assert c["lo"] <= c["diff"] <= c["hi"] and 0 <= c["p"] <= c["p_adjusted"] <= 1 and c["n"] == 12
+
+
+def test_with_a_model_configured_the_simulated_users_answer_through_it() -> None:
+    """The spec's llm resource has a model (a scripted one here): the users' answers come from it (parsed back to
+    the slot's values), acceptance stays their hidden utility, and no turn is degraded."""
+    import asyncio
+
+    from llmrec.api import validate
+    from llmrec.eval.dialogues import DialogueSettings, evaluate_dialogues
+    from llmrec.testing import FakeProvider
+
+    asked_users = []
+
+    def reply(request):
+        if request.schema is not None and request.schema.__name__ == "ExtractAnswer":
+            text = request.messages[-1].content.lower()
+            return {"intent": "refine", "features": ["wireless"] if "wireless" in text else [],
+                    "type": "earbuds" if "earbuds" in text else None, "price_max": None}
+        if request.messages[0].role == "system" and "You are a shopper" in request.messages[0].content:
+            asked_users.append(request.messages[-1].content)
+            return "earbuds, wireless, no preference otherwise"
+        return "Which type do you prefer: over-ear, on-ear, in-ear or earbuds?"
+
+    graph = validate(CHAT)
+    report = asyncio.run(evaluate_dialogues(graph, DialogueSettings(dialogues=3, seed=4, max_turns=4),
+                                            resources={"model": FakeProvider(reply)}))
+    assert report["simulated_users"] == "llm" and report["failed"] == 0
+    assert report["degraded_turns"] == 0
+    assert asked_users  # the shoppers were asked through the model
