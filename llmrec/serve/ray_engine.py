@@ -151,7 +151,8 @@ def start(options: Any, settings: RayServeSettings, *, host: str, port: int, gra
                                 "log_to_driver": False, "configure_logging": False}
         if settings.address is not None:
             init["address"] = settings.address
-        else:
+        else:  # "local": a Ray of its own, even where `ray start` runs one (that is what --address auto is for)
+            init["address"] = "local"
             init["num_cpus"] = num_cpus
             if temp_dir is not None:
                 init["_temp_dir"] = temp_dir
