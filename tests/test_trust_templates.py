@@ -26,10 +26,10 @@ ATTACKS = [
 
 @pytest.mark.parametrize("source", ATTACKS)
 def test_a_cpu_or_memory_bound_template_hits_its_budget_fast(source) -> None:
-    started = time.perf_counter()
+    started = time.process_time()  # this process's CPU: other work on the machine does not count
     with pytest.raises(TemplateLimitError):
         compile_template(source).render()
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
 
 
 def test_ordinary_templates_and_conditions_are_unaffected() -> None:

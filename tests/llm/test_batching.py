@@ -62,7 +62,8 @@ def test_batched_outputs_are_the_unbatched_ones(single, batched, temperature):
     assert [c.usage.completion_tokens for c in joint] == [c.usage.completion_tokens for c in alone]
     assert [c.usage.prompt_tokens for c in joint] == [c.usage.prompt_tokens for c in alone]
     assert all(c.parsed is not None for c in joint[::3])
-    assert batched.stats.batches - before[0] == 2 and batched.stats.largest_batch == 8  # 12 calls: 8 + 4
+    # 12 calls: 8 + 4 when all arrive within the batching window; a loaded machine may spread them over 3
+    assert 2 <= batched.stats.batches - before[0] <= 3 and batched.stats.largest_batch == 8
     passes_joint = batched.stats.forward_passes - before[1]
     passes_alone = single.stats.forward_passes - before[2]
     assert passes_joint < passes_alone / 2  # the rows shared their forward passes

@@ -412,17 +412,19 @@ def test_llmrec_serve_with_a_log_store_logs_answers_and_feedback_and_closes_it_o
     import httpx
 
     from .conftest import write
-    from .test_server import LLMREC, ROOT, _env, _free_port, _wait_ready
+    from llmrec.testing import free_port, wait_until_ready
+
+    from .test_server import LLMREC, ROOT, _env
 
     spec = write(tmp_path, SHOP)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     db = tmp_path / "served.db"
     proc = subprocess.Popen([*LLMREC, "serve", str(spec), "--port", str(port), "--reload-interval", "0",
                              "--log-store", f"sqlite:{db}", "--rating-range", "1", "10"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
     try:
-        _wait_ready(url, proc)
+        wait_until_ready(url, proc)
         with httpx.Client(base_url=url, timeout=10) as client:
             r = client.post("/v1/recommend", json={"user_id": "u1", "k": 2})
             rid = r.headers["X-Request-Id"]
