@@ -132,19 +132,22 @@ def serve_command(
         "--otel", help="Trace every request with OpenTelemetry: console (spans on stdout), otlp (to "
                        "$OTEL_EXPORTER_OTLP_ENDPOINT, default localhost:4318) or none. Default: $OTEL_TRACES_EXPORTER, "
                        "else off (docs/observability.md).")] = None,
-    engine: Annotated[str, _opt(
-        "--engine", help="local (uvicorn here, the default) or ray (Ray Serve replicas behind Ray's HTTP proxy; "
-                         "pip install 'llmrec[ray]'; docs/scaling.md).")] = "local",
+    engine: Annotated[Optional[str], _opt(
+        "--engine", help="local (uvicorn here) or ray (Ray Serve replicas behind Ray's HTTP proxy; pip install "
+                         "'llmrec[ray]'; docs/scaling.md). Default: the spec's serving.engine, else local.")] = None,
     address: Annotated[Optional[str], _opt(
         "--address", help="--engine ray: the Ray cluster to deploy on (auto: the one `ray start` runs here; "
                           "HOST:PORT). Default: a Ray started by the command.")] = None,
-    replicas: Annotated[int, _opt("--replicas", min=1, help="--engine ray: replicas (each loads the spec).")] = 1,
+    replicas: Annotated[Optional[int], _opt(
+        "--replicas", min=1, help="--engine ray: replicas, each loading the spec (default: the spec's "
+                                  "serving.replicas, else 1).")] = None,
     min_replicas: Annotated[Optional[int], _opt(
         "--min-replicas", min=0, help="--engine ray: autoscale between --min-replicas and --max-replicas.")] = None,
     max_replicas: Annotated[Optional[int], _opt("--max-replicas", min=1, help="--engine ray: see --min-replicas."
                                                 )] = None,
-    num_cpus_per_replica: Annotated[float, _opt(
-        "--num-cpus-per-replica", min=0.01, help="--engine ray: CPUs each replica reserves.")] = 1.0,
+    num_cpus_per_replica: Annotated[Optional[float], _opt(
+        "--num-cpus-per-replica", min=0.01, help="--engine ray: CPUs each replica reserves (default: the spec's "
+                                                 "serving block, else 1).")] = None,
 ) -> None:
     """Serve a spec over HTTP: /v1/recommend (and /batch, /stream), /healthz, /readyz, /metrics, playground at /.
 
@@ -163,9 +166,9 @@ def serve_command(
     from .metrics import MULTIPROC_ENV
     from .protocol import LingeringHTTPProtocol
 
-    ray_settings = check_engine_options(engine, workers, address, replicas, min_replicas, max_replicas,
-                                        num_cpus_per_replica)
     graph = load_graph(spec, trust)  # refuses to start, printing every error, like `llmrec validate`
+    ray_settings = check_engine_options(engine, workers, address, replicas, min_replicas, max_replicas,
+                                        num_cpus_per_replica, serving=graph.spec.serving)
     stores = get_registry(spec.resolve().parent).session_stores
     if session_store not in stores:
         raise typer.BadParameter(f"unknown session store '{session_store}'; registered: {', '.join(stores)}",
@@ -224,18 +227,23 @@ def serve_command(
         raise Exit(EXIT_FAILED)
 
 
-def check_engine_options(engine: str, workers: int, address: str | None, replicas: int, min_replicas: int | None,
-                         max_replicas: int | None, num_cpus_per_replica: float) -> Any:
-    """``--engine`` and its options -> the Ray Serve settings (None for the local engine); a contradiction or a
-    missing Ray is refused now, naming the option."""
+def check_engine_options(engine: str | None, workers: int, address: str | None, replicas: int | None,
+                         min_replicas: int | None, max_replicas: int | None, num_cpus_per_replica: float | None,
+                         serving: Any = None) -> Any:
+    """``--engine`` and its options (None: not given) over the spec's ``serving:`` block (``serving``, a
+    ServingSpec or None; the options win) -> the Ray Serve settings, or None for the local engine; a contradiction
+    or a missing Ray is refused now, naming the option."""
     import typer  # lazy: typer, only once a command runs
 
+    if engine is None:
+        engine = (serving.engine if serving is not None else None) or "local"
     if engine not in ("local", "ray"):
         raise typer.BadParameter(f"'{engine}' is not one of local, ray", param_hint="'--engine'")
     if engine == "local":
         given = [name for name, value in (("--address", address), ("--min-replicas", min_replicas),
                                           ("--max-replicas", max_replicas)) if value is not None]
-        given += ["--replicas"] * (replicas != 1) + ["--num-cpus-per-replica"] * (num_cpus_per_replica != 1.0)
+        given += ["--replicas"] * (replicas is not None) + ["--num-cpus-per-replica"] * (num_cpus_per_replica
+                                                                                          is not None)
         if given:
             raise typer.BadParameter(f"{given[0]} is for --engine ray (the local engine scales with --workers)",
                                      param_hint="'--engine'")
@@ -247,8 +255,14 @@ def check_engine_options(engine: str, workers: int, address: str | None, replica
     from ..distributed.engine import EngineError
     from .ray_engine import RayServeSettings, require_serve
 
-    settings = RayServeSettings(address=address, replicas=replicas, min_replicas=min_replicas,
-                                max_replicas=max_replicas, num_cpus_per_replica=num_cpus_per_replica)
+    if serving is not None:  # what the command line leaves out, from the spec
+        if min_replicas is None and max_replicas is None and replicas is None:  # --replicas N: a fixed N
+            min_replicas, max_replicas = serving.min_replicas, serving.max_replicas
+        replicas = replicas if replicas is not None else serving.replicas
+        if num_cpus_per_replica is None:
+            num_cpus_per_replica = serving.num_cpus_per_replica
+    settings = RayServeSettings(address=address, replicas=replicas or 1, min_replicas=min_replicas,
+                                max_replicas=max_replicas, num_cpus_per_replica=num_cpus_per_replica or 1.0)
     try:
         settings.check()
         require_serve()

@@ -193,6 +193,26 @@ class StateSpec(_Strict):
     description: str = ""
 
 
+class ServingSpec(_Strict):
+    """How ``llmrec serve`` runs this spec when its command line does not say: the engine and, for Ray Serve, the
+    replicas (docs/scaling.md). The command's ``--engine``, ``--replicas``, ... win over these."""
+
+    engine: Literal["local", "ray"] | None = Field(
+        None, description="local (uvicorn on this machine, the default) or ray (Ray Serve replicas).")
+    replicas: int | None = Field(None, ge=1, description="--engine ray: how many replicas (default 1).")
+    min_replicas: int | None = Field(None, ge=0, description="--engine ray: autoscale from this many replicas ...")
+    max_replicas: int | None = Field(None, ge=1, description="... to this many (give both).")
+    num_cpus_per_replica: float | None = Field(None, gt=0, description="--engine ray: CPUs each replica reserves.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServingSpec:
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("give min_replicas and max_replicas together (autoscaling between them)")
+        if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not be above max_replicas")
+        return self
+
+
 class Spec(_Strict):
     """A whole spec after includes are merged."""
 
@@ -205,6 +225,8 @@ class Spec(_Strict):
     outputs: dict[str, Any] = Field(default_factory=dict)
     budget: BudgetSpec = Field(default_factory=BudgetSpec, description="Per-request latency and cost budget.")
     state: StateSpec | None = Field(None, description="Typed session state: its schema and the next state's node.")
+    serving: ServingSpec | None = Field(
+        None, description="How `llmrec serve` runs the spec unless its options say otherwise: engine, replicas.")
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Named alternatives compared by `llmrec eval`: each maps dotted paths such as "

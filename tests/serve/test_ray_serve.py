@@ -198,23 +198,40 @@ def test_engine_options_are_checked_before_anything_starts(monkeypatch: pytest.M
 
     from llmrec.serve.commands import check_engine_options
 
-    assert check_engine_options("local", 2, None, 1, None, None, 1.0) is None
-    cases = [(("ray", 2, None, 1, None, None, 1.0), "--workers"),
-             (("local", 1, None, 3, None, None, 1.0), "--replicas"),
-             (("ray", 1, None, 1, 2, None, 1.0), "--min-replicas"),
-             (("ray", 1, None, 1, 3, 2, 1.0), "--min-replicas"),
-             (("fast", 1, None, 1, None, None, 1.0), "--engine")]
+    assert check_engine_options(None, 2, None, None, None, None, None) is None  # the local engine, unchanged
+    cases = [(("ray", 2, None, None, None, None, None), "--workers"),
+             (("local", 1, None, 3, None, None, None), "--replicas"),
+             ((None, 1, "auto", None, None, None, None), "--address"),
+             (("ray", 1, None, None, 2, None, None), "--min-replicas"),
+             (("ray", 1, None, None, 3, 2, None), "--min-replicas"),
+             (("fast", 1, None, None, None, None, None), "--engine")]
     for args, option in cases:
         with pytest.raises(typer.BadParameter) as info:
             check_engine_options(*args)
         assert option in str(info.value) or option in (info.value.param_hint or ""), (args, info.value)
-    settings = check_engine_options("ray", 1, None, 1, 1, 4, 0.5)
+    settings = check_engine_options("ray", 1, None, None, 1, 4, 0.5)
     assert settings.autoscaling(64) == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,
                                         "target_ongoing_requests": 32}
+    assert settings.num_cpus_per_replica == 0.5
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(typer.BadParameter) as info:
-        check_engine_options("ray", 1, None, 2, None, None, 1.0)
+        check_engine_options("ray", 1, None, 2, None, None, None)
     assert "pip install 'llmrec[ray]'" in str(info.value)
+
+
+def test_the_specs_serving_block_fills_in_what_the_command_line_leaves_out() -> None:
+    from llmrec.serve.commands import check_engine_options
+    from llmrec.spec.models import ServingSpec
+
+    serving = ServingSpec(engine="ray", min_replicas=1, max_replicas=3, num_cpus_per_replica=2)
+    from_spec = check_engine_options(None, 1, None, None, None, None, None, serving=serving)
+    assert (from_spec.min_replicas, from_spec.max_replicas, from_spec.num_cpus_per_replica) == (1, 3, 2)
+    fixed = check_engine_options(None, 1, None, 4, None, None, 0.5, serving=serving)  # the options win
+    assert (fixed.replicas, fixed.min_replicas, fixed.autoscaling(64), fixed.num_cpus_per_replica) == (4, None, None,
+                                                                                                       0.5)
+    assert check_engine_options("local", 2, None, None, None, None, None, serving=serving) is None  # --engine wins
+    with pytest.raises(ValueError, match="together"):
+        ServingSpec(engine="ray", min_replicas=1)
 
 
 def test_the_replica_builds_the_app_from_json_options(tmp_path: Path) -> None:
