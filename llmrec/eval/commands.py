@@ -6,6 +6,7 @@
     llmrec eval specs/llm.yaml --judge-model openai/gpt-4o-mini        # LLM-as-judge scores too
     llmrec eval specs/a.yaml specs/b.yaml --trec runs/trec             # TREC run + qrels files (ranx, trec_eval)
     llmrec eval specs/a.yaml --logged logs/                            # off-policy, on served traffic (logged.py)
+    llmrec eval specs/a.yaml --engine ray --workers 4                  # cases on a Ray actor pool (docs/scaling.md)
     llmrec replay logs/ specs/a.yaml                                   # logged requests run again (replay.py)
 
 Per-case results go to ``--out`` (default ``runs/eval/<dataset>-<hash>/``) as they complete: the same command
@@ -29,7 +30,7 @@ from .defaults import (DEFAULT_ESTIMATORS, DEFAULT_REWARD, ESTIMATORS, EXIT_CHAN
                        WEIGHTS)
 from .judge import MODEL_ENV, load_rubric
 from .metrics import LIST_METRICS, RANKING_METRICS
-from .runner import EvalInterrupted, evaluate, parse_ks
+from .runner import EvalInterrupted, LocalEngine, TracedEngine, evaluate, parse_ks
 from .store import fingerprint, slug
 from .trec import TrecError, check_folder, write_trec
 
@@ -151,6 +152,21 @@ def eval_command(
     stamps: Annotated[Optional[list[Path]], typer_option(
         "--stamps", help="With --logged: a file or folder of provenance stamps (GET /v1/provenance), to name what "
                          "changed since the log.")] = None,
+    engine: Annotated[str, typer_option(
+        "--engine", help="Where the cases run: local (this process, the default) or ray (a Ray actor pool; "
+                         "pip install 'llmrec[ray]'; docs/scaling.md).")] = "local",
+    address: Annotated[Optional[str], typer_option(
+        "--address", help="With --engine ray: the cluster to join (auto, or HOST:PORT of its head). Default: start "
+                          "a Ray in this process.")] = None,
+    num_cpus: Annotated[Optional[int], typer_option(
+        "--num-cpus", min=1, help="With --engine ray and no --address: the CPUs of the Ray started here.")] = None,
+    workers: Annotated[Optional[int], typer_option(
+        "--workers", min=1, help="With --engine ray: actors in the pool (each builds the spec's runtime once). "
+                                 "Default: one per CPU of the cluster.")] = None,
+    otel: Annotated[Optional[str], typer_option(
+        "--otel", help="Trace every case's run with OpenTelemetry: console (spans as JSON on stderr), otlp (to "
+                       "$OTEL_EXPORTER_OTLP_ENDPOINT) or none. Default: $OTEL_TRACES_EXPORTER, else off.",
+        show_default=False)] = None,
 ) -> None:
     """Run specs over a dataset's test cases and report ranking, beyond-accuracy, LLM, grounding and latency
     metrics (and LLM-as-judge scores with a judge model); or, with --logged, estimate their value on served
@@ -175,6 +191,15 @@ def eval_command(
 
     if quiet:
         progress_.set_quiet(True)
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"'{engine}' is not one of local, ray", param_hint="'--engine'")
+    ray_only = [n for n, v in (("--address", address), ("--num-cpus", num_cpus), ("--workers", workers))
+                if v is not None]
+    if engine != "ray" and ray_only:
+        raise typer.BadParameter("applies with --engine ray only", param_hint=" / ".join(f"'{n}'" for n in ray_only))
+    if engine != "local" and (logged is not None or dialogues is not None):
+        raise typer.BadParameter("runs a dataset's test cases; --logged and --dialogues run in this process",
+                                 param_hint="'--engine'")
     if logged is not None:
         return _logged_command(
             specs, logged, given={"--dataset": dataset is not None, "--split": split is not None,
@@ -240,6 +265,10 @@ def eval_command(
     if dataset is not None:
         with progress_.step(f"loading dataset {dataset}"):
             data = _load_dataset(dataset, split, seed, graphs[0].registry)
+    runner = _eval_engine(engine, address, num_cpus, workers, trust, dataset, split, seed, graphs[0].registry)
+    tracing = _eval_tracing(otel)
+    if tracing is not None:
+        runner = TracedEngine(runner, tracing, tracing.context_from_env())
     bar = sys.stderr.isatty() and not progress_.is_quiet()
     # the evaluation's own bar counts the cases: a second live display of llmrec.progress under it would garble
     # the terminal, so the steps inside (embedding, first-use training) stay silent while it shows
@@ -248,7 +277,7 @@ def eval_command(
         report = evaluate(targets, data, ks=ks, users=users, concurrency=concurrency, output=output,
                           progress=bar, results_path=results, metrics=metric_names, judge=model,
                           judge_rubric=rubric, judge_reason=reason, judge_spec=judge_spec, out=out, fresh=fresh,
-                          log=(lambda _: None) if quiet else _err)
+                          log=(lambda _: None) if quiet else _err, engine=runner)
     except KeyboardInterrupt as exc:
         if isinstance(exc, EvalInterrupted) and exc.stores:
             kept = exc.kept  # the cases in this evaluation's own files, not other runs' beside them
@@ -263,6 +292,8 @@ def eval_command(
     finally:
         if was_quiet is not None:
             progress_.set_quiet(was_quiet)
+        if tracing is not None:
+            tracing.shutdown()
     paths = iter(str(spec) for spec in specs)
     for result in report.results:
         if result.variant is None:
@@ -297,6 +328,45 @@ def eval_command(
     if not_run:  # the others' numbers are printed above; the command still fails, so a script notices
         _err(f"error: not evaluated: {', '.join(not_run)} (why: the notes above)")
         raise Exit(EXIT_FAILED)
+
+
+def _eval_engine(engine: str, address: str | None, num_cpus: int | None, workers: int | None, trust: bool,
+                 dataset: str | None, split: str | None, seed: int | None, registry: Registry) -> Any:
+    """``--engine``'s case engine; for ray, connected now (before anything is written), with the load options of
+    ``--dataset`` for its workers to load the same split."""
+    if engine == "local":
+        return LocalEngine()
+    import typer
+
+    from ..distributed.engine import EngineError  # lazy: Ray, only with --engine ray
+    from ..distributed.eval_engine import RayEvalEngine  # lazy: Ray, only with --engine ray
+
+    options = None
+    if dataset is not None:
+        split = split if split is not None else _default_split(dataset, registry)
+        name = str(Path(dataset).resolve()) if is_path(dataset, registry) else dataset  # same path on every node
+        options = {"name": name, **({"split": split} if split is not None else {}),
+                   **({"seed": seed} if seed is not None else {})}
+    runner = RayEvalEngine(address=address, num_cpus=num_cpus, workers=workers, dataset=options, trust=trust)
+    try:
+        runner.connect()
+    except EngineError as exc:
+        raise typer.BadParameter(str(exc), param_hint=f"'{exc.option}'") from None
+    return runner
+
+
+def _eval_tracing(otel: str | None) -> Any:
+    """``--otel`` (else ``$OTEL_TRACES_EXPORTER``) -> a Tracing, or None when tracing is off (nothing imported)."""
+    import sys
+
+    from ..commands import EXIT_USAGE, Exit, say  # lazy: typer, once a command runs
+    from ..telemetry import TelemetryError, configure  # lazy: only when an evaluation runs
+
+    try:
+        return configure(otel, simple=True, install=True, console=sys.stderr)  # stdout keeps --json -
+    except TelemetryError as exc:
+        say(f"error: {exc}")
+        raise Exit(EXIT_USAGE) from None
 
 
 def _dialogue_targets(specs: list[Path], graphs: list[Any], variants: str | None) -> list[tuple[str, Path, Any, Any]]:

@@ -20,10 +20,10 @@ import inspect
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -194,6 +194,106 @@ def _no_bar(n: float = 1) -> None:
 
 
 @dataclass
+class CaseAnswer:
+    """What an engine gives back for one case: the spec's ``outputs`` (objects, or their JSON from another
+    process) or the ``error`` message of a run that failed, the run's ``trace`` (a
+    :class:`~llmrec.runtime.trace.Trace`, or None), and its latency."""
+
+    outputs: Mapping[str, Any] | None
+    error: str | None
+    trace: Any
+    latency_ms: float
+
+
+@dataclass
+class EvalJob:
+    """What an engine needs to predict one column's cases: the target (graph, spec file, variant), the driver's
+    started ``runtime``, the dataset scored on, the cutoffs (a spec that declares ``k`` gets ``max(ks)``), the
+    requests in flight, the ``users`` limit and the provenance stamp of what produces the answers."""
+
+    target: Any
+    runtime: Any
+    dataset: Dataset
+    cases: Sequence[EvalCase]
+    ks: tuple[int, ...]
+    concurrency: int
+    users: int | None
+    stamp: Any
+    #: resources handed in already loaded besides the dataset (``evaluate(resources=...)``): the driver's objects
+    supplied: tuple[str, ...] = ()
+
+    def request(self, case: EvalCase) -> dict[str, Any]:
+        """The request a case sends to the spec."""
+        return _request(case, self.target.graph.spec.inputs, self.ks)
+
+
+#: called by an engine for each case it answered: (index in ``job.cases``, the case, its answer)
+OnAnswer = Callable[[int, EvalCase, CaseAnswer], Awaitable[None]]
+
+
+class CaseEngine(Protocol):
+    """What predicts an evaluation's cases: :class:`LocalEngine` (this process, the default) or
+    :class:`llmrec.distributed.eval_engine.RayEvalEngine`. Scoring, the per-case store, the judge and the report
+    stay in :func:`evaluate`; an engine only runs the spec on each case of ``todo`` and awaits ``on_answer`` for
+    each, in any order (a case it never answers is not stored and runs again on resume)."""
+
+    name: str
+
+    async def answers(self, job: EvalJob, todo: Sequence[tuple[int, EvalCase]], on_answer: OnAnswer) -> None: ...
+
+
+class LocalEngine:
+    """The cases run on the driver's Runtime, concurrently under a semaphore (a spec of inline nodes only in
+    waves of ``WAVE``, each wave's calls to a batchable node batched together)."""
+
+    name = "local"
+
+    async def answers(self, job: EvalJob, todo: Sequence[tuple[int, EvalCase]], on_answer: OnAnswer) -> None:
+        runtime = job.runtime
+        # a spec of inline nodes only does no I/O: its cases run in waves of WAVE (below), all of a wave at once
+        sem = asyncio.Semaphore(max(job.concurrency, WAVE) if runtime.inline_only else job.concurrency)
+
+        async def one(i: int, case: EvalCase) -> None:
+            async with sem:
+                t0 = time.perf_counter()
+                try:
+                    result = await runtime.run(job.request(case))
+                    outputs, error, trace = result.outputs, None, result.trace
+                except Exception as exc:  # one failing case must not stop the evaluation
+                    outputs, error = None, (str(exc) or type(exc).__name__)
+                    trace = getattr(exc, "trace", None)
+                await on_answer(i, case, CaseAnswer(outputs, error, trace, (time.perf_counter() - t0) * 1000))
+
+        with batching():
+            if runtime.inline_only:
+                # no I/O: the cases run in waves, each wave's calls to a batchable node batched together
+                for start in range(0, len(todo), WAVE):
+                    await asyncio.gather(*(one(i, case) for i, case in todo[start:start + WAVE]))
+            else:
+                await asyncio.gather(*(one(i, case) for i, case in todo))
+
+
+class TracedEngine:
+    """Another engine whose every case's run becomes OpenTelemetry spans (``llmrec eval --otel``): a ``run SPEC``
+    span per case (attributes ``llmrec.eval.case``, ``llmrec.variant``) with a span per node, built from the run's
+    trace by :meth:`llmrec.telemetry.Tracing.record_run`, children of ``context`` (e.g. ``$TRACEPARENT``'s)."""
+
+    def __init__(self, inner: CaseEngine, tracing: Any, context: Any = None) -> None:
+        self.inner, self.tracing, self.context = inner, tracing, context
+        self.name = inner.name
+
+    async def answers(self, job: EvalJob, todo: Sequence[tuple[int, EvalCase]], on_answer: OnAnswer) -> None:
+        async def traced(i: int, case: EvalCase, answer: CaseAnswer) -> None:
+            if answer.trace is not None:
+                self.tracing.record_run(answer.trace, context=self.context,
+                                        attributes={"llmrec.eval.case": case.id, "llmrec.variant": job.target.variant},
+                                        error=RuntimeError(answer.error) if answer.error is not None else None)
+            await on_answer(i, case, answer)
+
+        await self.inner.answers(job, todo, traced)
+
+
+@dataclass
 class _Target:
     """One column of the comparison: a graph, the file it came from and the variant applied (if any)."""
 
@@ -269,6 +369,7 @@ async def aevaluate(
     log: Callable[[str], None] | None = None,
     resources: Mapping[str, Any] | None = None,
     stores: list[Any] | None = None,
+    engine: CaseEngine | None = None,
 ) -> EvalReport:
     """:func:`evaluate`, for code already inside an event loop; ``stores`` (a list) receives each spec's
     :class:`~llmrec.eval.store.CaseStore` as it is opened."""
@@ -302,7 +403,7 @@ async def aevaluate(
                     target, dataset, loaded, ks=ks, users=users, concurrency=concurrency, output=output,
                     show_progress=progress, handle=handle, metric_names=metrics, item_vectors=item_vectors,
                     judge=evaluator, judge_reason=judge_reason, out=Path(out) if out is not None else None,
-                    fresh=fresh, log=log, resources=resources, stores=stores,
+                    fresh=fresh, log=log, resources=resources, stores=stores, engine=engine,
                 ))
             except (EvalError, SpecErrors):
                 raise  # the evaluation as asked cannot run: nothing is compared
@@ -342,6 +443,7 @@ def evaluate(
     fresh: bool = False,
     log: Callable[[str], None] | None = None,
     resources: Mapping[str, Any] | None = None,
+    engine: CaseEngine | None = None,
 ) -> EvalReport:
     """Run every spec over ``dataset``'s test cases and score the answers at each k.
 
@@ -360,7 +462,9 @@ def evaluate(
     report says so (``judge_reason``). ``out`` (a folder) persists each case as it completes and resumes from
     what an earlier identical run left there (``fresh`` discards it); ``log`` receives one-line notices.
     ``resources`` hands already-built values (a provider, a test double) to specs that declare a resource of
-    that name.
+    that name. ``engine`` runs the spec on the cases (default :class:`LocalEngine`: this process;
+    :class:`~llmrec.distributed.eval_engine.RayEvalEngine`: a Ray actor pool); everything else is the same, so a
+    store one engine began another resumes.
 
     Ctrl-C raises :class:`EvalInterrupted` (a KeyboardInterrupt) saying how many cases each per-case file keeps;
     the same call again resumes from them, and its report equals an uninterrupted run's (docs/evaluation.md).
@@ -371,7 +475,7 @@ def evaluate(
             specs, dataset, ks=ks, users=users, concurrency=concurrency, output=output, progress=progress,
             results_path=results_path, metrics=metrics, item_vectors=item_vectors, variants=variants, judge=judge,
             judge_rubric=judge_rubric, judge_reason=judge_reason, judge_spec=judge_spec, out=out, fresh=fresh,
-            log=log, resources=resources, stores=stores,
+            log=log, resources=resources, stores=stores, engine=engine,
         ))
     except KeyboardInterrupt as exc:
         if isinstance(exc, EvalInterrupted):
@@ -433,6 +537,7 @@ async def _evaluate_spec(
     log: Callable[[str], None] | None,
     resources: Mapping[str, Any] | None,
     stores: list[Any] | None = None,
+    engine: CaseEngine | None = None,
 ) -> SpecResult:
     graph, path, label = target.graph, target.path, target.label
     name = graph.name
@@ -501,46 +606,36 @@ async def _evaluate_spec(
             history[user] = ds.train.seen(user)
         return history[user]
 
-    async def one(i: int, case: EvalCase) -> None:
-        async with sem:
-            t0 = time.perf_counter()
-            trace = None
-            try:
-                result = await runtime.run(_request(case, declared, ks))
-                error = None
-                trace = result.trace
-            except Exception as exc:  # one failing case must not stop the evaluation
-                result, error = None, (str(exc) or type(exc).__name__)
-                trace = getattr(exc, "trace", None)
-            latency = (time.perf_counter() - t0) * 1000
-            raw: list[str] = []
-            used = None
-            if result is not None:
-                for out_name in [output] if output is not None else names:
-                    found = answer_ids(result.outputs.get(out_name))
-                    if found is not None:
-                        raw, used = found, out_name
-                        break
-                else:
-                    what = (f"output '{output}' is a {type(result.outputs.get(output)).__name__}"
-                            if output is not None else f"no output ({', '.join(names)}) is")
-                    error = f"{what}, not Recommendations, Candidates or a list of ids; name one with --output"
-            # exclusion happens in the spec; stripped here too (and duplicates dropped) so it can never count
-            ids = [r for r in dict.fromkeys(raw) if r not in case.exclude]
-            judged = None
-            if judge is not None and error is None:
-                user = case.inputs.get("user_id")
-                past = [it.item_id for it in ds.train.history(user)] if isinstance(user, str) else []
-                judged = await judge.score(ids, ds.catalog, past)
+    async def scored(i: int, case: EvalCase, answer: CaseAnswer) -> None:
+        raw: list[str] = []
+        used = None
+        error = answer.error
+        if answer.outputs is not None:
+            for out_name in [output] if output is not None else names:
+                found = answer_ids(answer.outputs.get(out_name))
+                if found is not None:
+                    raw, used = found, out_name
+                    break
+            else:
+                what = (f"output '{output}' is a {type(answer.outputs.get(output)).__name__}"
+                        if output is not None else f"no output ({', '.join(names)}) is")
+                error = f"{what}, not Recommendations, Candidates or a list of ids; name one with --output"
+        # exclusion happens in the spec; stripped here too (and duplicates dropped) so it can never count
+        ids = [r for r in dict.fromkeys(raw) if r not in case.exclude]
+        judged = None
+        if judge is not None and error is None:
+            user = case.inputs.get("user_id")
+            past = [it.item_id for it in ds.train.history(user)] if isinstance(user, str) else []
+            judged = await judge.score(ids, ds.catalog, past)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             # Ctrl-C came while this case ran and something on the way turned the cancellation into an error
             # or an answer (a fallback, a judge failure): never keep that; the case runs again on resume
             raise asyncio.CancelledError
         # the top `top` ids, as stored: a case computed now and one read back from the store are the same
-        outcome = _CaseOutcome(ids[:top], latency, error, used, _case_metrics(metrics, ids, case, ks),
-                               case_llm(trace, llm_nodes), case_grounding(raw, ds.catalog, seen_of(case)), judged,
-                               stamp.id)
+        outcome = _CaseOutcome(ids[:top], answer.latency_ms, error, used, _case_metrics(metrics, ids, case, ks),
+                               case_llm(answer.trace, llm_nodes), case_grounding(raw, ds.catalog, seen_of(case)),
+                               judged, stamp.id)
         outcomes[i] = outcome
         if store is not None:
             store.write(outcome.record(case.id, top))
@@ -551,22 +646,15 @@ async def _evaluate_spec(
         advance()
 
     started = time.perf_counter()
-    # a spec of inline nodes only does no I/O: its cases run in waves of WAVE (below), all of a wave at once
-    sem = asyncio.Semaphore(max(concurrency, WAVE) if runtime.inline_only else concurrency)
     todo = [(i, case) for i, case in enumerate(cases) if outcomes[i] is None]
+    job = EvalJob(target, runtime, ds, cases, ks, concurrency, users, stamp, tuple(supplied))
     shown = progress_.step(f"evaluating {label}", len(cases)) if show_progress else contextlib.nullcontext(_no_bar)
     with shown as advance:
         if reused:
             advance(reused)
         try:
             if todo:
-                with batching():
-                    if runtime.inline_only:
-                        # no I/O: the cases run in waves, each wave's calls to a batchable node batched together
-                        for start in range(0, len(todo), WAVE):
-                            await asyncio.gather(*(one(i, case) for i, case in todo[start:start + WAVE]))
-                    else:
-                        await asyncio.gather(*(one(i, case) for i, case in todo))
+                await (engine if engine is not None else LocalEngine()).answers(job, todo, scored)
         finally:
             if store is not None:
                 store.close()
@@ -648,4 +736,5 @@ def _protocol(ds: Dataset, cases: Sequence[EvalCase], answers: Sequence[list[str
     return out
 
 
-__all__ = ["EvalError", "EvalInterrupted", "aevaluate", "answer_ids", "dataset_resources", "evaluate", "parse_ks"]
+__all__ = ["CaseAnswer", "CaseEngine", "EvalError", "EvalInterrupted", "EvalJob", "LocalEngine", "OnAnswer",
+           "TracedEngine", "aevaluate", "answer_ids", "dataset_resources", "evaluate", "parse_ks"]

@@ -5,7 +5,6 @@ Ray is part of the test extra: when it is missing these tests fail (they are not
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +29,7 @@ SPEC = """
 """
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory: pytest.TempPathFactory):
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    import ray
-
-    temp = tmp_path_factory.mktemp("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp),
-             configure_logging=False)
-    yield ray
-    ray.shutdown()
+# ray_local: tests/distributed/conftest.py (one Ray for this folder's Ray tests)
 
 
 @pytest.fixture(scope="module")
