@@ -3,9 +3,12 @@
 Two workloads, each run by ``llmrec batch`` / ``llmrec embed``'s own functions
 (:func:`llmrec.distributed.batch.run_batch`, :func:`llmrec.distributed.embedding.embed_catalog`):
 
-- **eval requests**: specs/movielens_cf.yaml (PureSVD) on the requests ``llmrec eval`` sends it, one per MovieLens
-  100K test user of the temporal split (``user_id``, ``k`` = 20), repeated ``--repeat`` times so that the job is
-  long enough to measure; each worker loads the dataset and fits the SVD once (``Runtime.start``);
+- **eval**: ``llmrec eval specs/movielens_cf.yaml`` (PureSVD) over the 943 MovieLens 100K test users of the
+  temporal split, through :func:`llmrec.eval.runner.evaluate`, the function the command calls, with the engine
+  ``--engine`` picks (local: :class:`~llmrec.eval.runner.LocalEngine`; ray:
+  :class:`~llmrec.distributed.eval_engine.RayEvalEngine`, its default batches of 64 cases), each job into a fresh
+  ``--out`` folder (nothing resumed); the driver loads the dataset and fits the SVD once (for the provenance
+  stamp and the local engine's runtime), and each Ray worker once more;
 - **catalog embedding**: a synthetic catalog (seeded titles, e.g. "compact walnut desk lamp 8812"), all-MiniLM-L6-v2
   through llmrec's Embedder; ``--embed-items`` of it (default 4,000: 100K would take some 10 minutes per job on
   2 shared cores), extrapolated to 100K as ``fixed + 100000 / rate`` (below).
@@ -14,7 +17,8 @@ Contenders alternate within each round (the order rotated every round, so that a
 machine falls on each). Per job: wall seconds and CPU seconds of this process and every process under it (Ray's
 raylet, GCS and workers included), sampled every 0.1 s with psutil (a process that exits between samples loses
 at most its last 0.1 s). Reported: medians over the rounds, throughput ratios against the local engine, and
-outputs compared byte for byte (records) or exactly (vectors) with the local engine's.
+outputs compared exactly with the local engine's (eval: every metric, interval and answer of the report;
+vectors: every float).
 
 Ray's overhead: a job of one batch measures each contender's fixed cost (local: loading the spec or model once;
 Ray: Ray Data's plan, the actor pool starting, each actor importing llmrec and loading the spec or model). The
@@ -23,7 +27,7 @@ cluster, not per job) is reported apart. The projection to N nodes assumes what 
 says: uniform rows, one worker per core, the driver's reading and writing not the bottleneck.
 
     LLMREC_DATA_DIR=/work/shared/data HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ray_batch.py [--rounds 3] \
-        [--repeat 10] [--embed-items 4000] [--write]
+        [--embed-items 4000] [--write]
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ SPEC = ROOT / "specs" / "movielens_cf.yaml"
 OUT = ROOT / "benchmarks" / "results" / "ray_batch.md"
 CONTENDERS = ("local", "ray-1", "ray-2")
 FULL_CATALOG = 100_000
-BATCH = 256
+EVAL_CASES = 943  # the temporal split's test users
+EVAL_BATCH = 64  # llmrec.distributed.eval_engine.DEFAULT_EVAL_BATCH (checked in run_eval_job)
 EMBED_BATCH = 256
 
 ADJ = ["compact", "rugged", "classic", "modern", "vintage", "slim", "deluxe", "portable", "quiet", "smart", "bright",
@@ -100,24 +105,19 @@ class TreeCPU:
         self.cpu = sum(v - self.base.get(pid, 0.0) for pid, v in self.seen.items())
 
 
-def eval_requests(repeat: int) -> list[dict]:
-    """The requests `llmrec eval specs/movielens_cf.yaml` sends: one per test case, k = max of its cutoffs."""
-    import asyncio
+def run_eval_job(contender: str, users: int | None, out: Path) -> None:
+    from llmrec.distributed.eval_engine import DEFAULT_EVAL_BATCH, RayEvalEngine
+    from llmrec.eval.runner import LocalEngine, evaluate
 
-    from llmrec.api import validate
-    from llmrec.runtime.executor import load_resource
+    assert DEFAULT_EVAL_BATCH == EVAL_BATCH
 
-    graph = validate(SPEC)
-    ds = asyncio.run(load_resource(graph, "ml"))
-    one = [{"id": case.id, "user_id": case.inputs["user_id"], "k": 20} for case in ds.test_cases]
-    return [{**r, "id": f"{r['id']}#{i}"} for i in range(repeat) for r in one]
-
-
-def run_eval_job(contender: str, requests: Path, out: Path) -> None:
-    from llmrec.distributed.batch import run_batch
-
-    engine, workers = ("local", None) if contender == "local" else ("ray", int(contender.split("-")[1]))
-    run_batch(SPEC, requests, out, engine=engine, workers=workers, batch_size=BATCH)
+    engine = LocalEngine() if contender == "local" else RayEvalEngine(workers=int(contender.split("-")[1]))
+    report = evaluate([SPEC], users=users, progress=False, out=out, engine=engine)
+    (result,) = report.results
+    assert result.not_run is None and result.reused == 0, result.not_run
+    data = {"metrics": result.metrics, "intervals": result.intervals, "answers": result.answers,
+            "n_cases": result.n_cases}
+    (out / "report.json").write_text(json.dumps(data, sort_keys=True, default=str), encoding="utf-8")
 
 
 def run_embed_job(contender: str, texts: list[str], out: Path) -> None:
@@ -139,7 +139,6 @@ def timed(fn, *args) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--repeat", type=int, default=10, help="times the 943 eval requests are repeated")
     ap.add_argument("--embed-items", type=int, default=4000)
     ap.add_argument("--write", action="store_true", help=f"write {OUT.relative_to(ROOT)}")
     args = ap.parse_args()
@@ -149,18 +148,13 @@ def main() -> None:
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="ray-batch-"))
-    requests = eval_requests(args.repeat)
-    req_file = work / "requests.jsonl"
-    req_file.write_text("".join(json.dumps(r) + "\n" for r in requests), encoding="utf-8")
-    tiny_file = work / "tiny.jsonl"
-    tiny_file.write_text("".join(json.dumps(r) + "\n" for r in requests[:BATCH]), encoding="utf-8")
     texts = titles(args.embed_items)
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(work / "ray"))
     ray_init = time.perf_counter() - t0
 
-    jobs = {"eval": (run_eval_job, req_file, len(requests), BATCH),
-            "eval-fixed": (run_eval_job, tiny_file, BATCH, BATCH),
+    jobs = {"eval": (run_eval_job, None, EVAL_CASES, EVAL_BATCH),
+            "eval-fixed": (run_eval_job, EVAL_BATCH, EVAL_BATCH, EVAL_BATCH),
             "embed": (run_embed_job, texts, len(texts), EMBED_BATCH),
             "embed-fixed": (run_embed_job, texts[:EMBED_BATCH], EMBED_BATCH, EMBED_BATCH)}
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -171,14 +165,14 @@ def main() -> None:
             for contender in order:
                 folder = work / f"{job}-{contender}-{rnd}"
                 folder.mkdir(parents=True, exist_ok=True)
-                target = folder / ("out.jsonl" if job.startswith("eval") else "emb")
+                target = folder / ("out" if job.startswith("eval") else "emb")
                 times.setdefault((job, contender), []).append(timed(fn, contender, data, target))
                 print(f"round {rnd + 1} {job:12s} {contender:6s} wall {times[(job, contender)][-1][0]:7.2f} s  "
                       f"cpu {times[(job, contender)][-1][1]:7.2f} s", file=sys.stderr, flush=True)
             for contender in CONTENDERS[1:]:  # every contender's output against the local engine's
                 a, b = work / f"{job}-local-{rnd}", work / f"{job}-{contender}-{rnd}"
                 if job.startswith("eval"):
-                    ok = (a / "out.jsonl").read_bytes() == (b / "out.jsonl").read_bytes()
+                    ok = (a / "out" / "report.json").read_bytes() == (b / "out" / "report.json").read_bytes()
                 else:
                     ok = np.array_equal(np.load(a / "emb" / "vectors.npy"), np.load(b / "emb" / "vectors.npy"))
                 same[job] = same.get(job, True) and ok
@@ -190,10 +184,10 @@ def main() -> None:
     lines = [f"# Ray batch engine: local vs Ray with 1 and 2 workers ({platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores, shared; Ray {ray.__version__})", "",
              f"Command: `LLMREC_DATA_DIR=/work/shared/data HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ray_batch.py "
-             f"--rounds {args.rounds} --repeat {args.repeat} --embed-items {args.embed_items}`", "",
+             f"--rounds {args.rounds} --embed-items {args.embed_items}`", "",
              f"`ray.init(num_cpus=2)` (once per cluster, not per job): {ray_init:.1f} s.", ""]
-    for job, unit, what in (("eval", "requests", f"movielens_cf, {len(requests)} eval requests "
-                             f"(943 test users x {args.repeat}), batches of {BATCH}"),
+    for job, unit, what in (("eval", "cases", f"llmrec eval movielens_cf, {EVAL_CASES} test users, batches of "
+                             f"{EVAL_BATCH} (--engine ray's default)"),
                             ("embed", "items", f"{len(texts)} synthetic titles, MiniLM, batches of {EMBED_BATCH}")):
         n, batches = jobs[job][2], -(-jobs[job][2] // jobs[job][3])
         lines += [f"## {what}", "", f"Outputs identical to the local engine's: {same[job]}.", "",
