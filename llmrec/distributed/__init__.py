@@ -6,6 +6,8 @@
   vector index;
 - :mod:`llmrec.distributed.engine`: the optional Ray engine (``--engine ray``): Ray is imported only there, and
   only when asked for;
+- :mod:`llmrec.distributed.eval_engine`: ``llmrec eval --engine ray``, the cases of an evaluation predicted by
+  actors that start the spec once each (scoring, the resumable store and the report stay in llmrec.eval);
 - :mod:`llmrec.distributed.commands`: the commands, registered as a default plugin.
 
 Both engines run the same worker classes (:class:`~llmrec.distributed.batch.SpecWorker`,
