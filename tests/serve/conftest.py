@@ -4,7 +4,9 @@ plugin (slow, failing, LLM-like, grounded) so that limits, failures and metrics 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,12 @@ import httpx
 import pytest
 
 from llmrec.serve.app import ServeOptions, create_app
+from llmrec.testing import free_port, wait_until_ready
+
+#: Debian's Chromium, which the browser tests drive headless (.ci/run installs it)
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
 
 PLUGIN = '''
 import asyncio
@@ -165,3 +173,30 @@ def serve(tmp_path: Path) -> Callable[..., Any]:
                 yield client
 
     return make
+
+
+@contextmanager
+def playground_page(app: Any) -> Iterator[Any]:
+    """``app`` served by uvicorn in a thread on a free port, and a page of headless Chromium that has opened its
+    playground (``body[data-ready='1']``); both are stopped afterwards."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}")
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_selector("body[data-ready='1']", timeout=10_000)
+                yield page
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)

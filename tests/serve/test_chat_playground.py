@@ -5,7 +5,6 @@ shown beside the chat and updated each turn (issue 15)."""
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,9 @@ import pytest
 from llmrec.plugins import get_registry
 from llmrec.graph.build import build
 from llmrec.spec.loader import load_spec
-from llmrec.testing import free_port, wait_until_ready
 
-CHROMIUM = Path("/usr/bin/chromium")
+from .conftest import CHROMIUM, playground_page
+
 SPEC = Path(__file__).resolve().parents[2] / "specs" / "headphones_chat.yaml"
 
 
@@ -25,55 +24,34 @@ def _graph():
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")
 def test_playground_chat_in_a_real_browser() -> None:
-    playwright = pytest.importorskip("playwright.sync_api")
-    import uvicorn
-
     from llmrec.serve.app import ServeOptions, create_app
 
     app = create_app(ServeOptions(spec=str(SPEC), reload_interval=0), _graph())
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until_ready(f"http://127.0.0.1:{port}")
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"])
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.wait_for_selector("body[data-ready='1']", timeout=10_000)
-                assert page.locator("#title").inner_text() == "headphones-chat"
-                assert page.locator("#chat").is_visible() and not page.locator("#submit").is_visible()
-                assert page.locator("input[name='message']").count() == 0  # typed in the chat, not the form
-                sid = page.locator("#chat-session").inner_text()
-                assert sid.startswith("chat-") and page.locator("#opt-session").input_value() == sid
-                assert json.loads(page.locator("#chat-state").inner_text())["turn"] == 0
-                page.fill("#chat-input", "I need headphones")
-                page.click("#chat-send")
-                page.wait_for_selector("#chat-log .msg.assistant", timeout=10_000)
-                first = page.locator("#chat-log .msg.assistant").nth(0).inner_text()
-                assert "?" in first and "degraded" in first
-                state = json.loads(page.locator("#chat-state").inner_text())
-                assert state["turn"] == 1 and len(state["asked"]) == 1
-                page.fill("#chat-input", "wireless earbuds for the gym under $80")
-                page.click("#chat-send")
-                page.wait_for_function("document.querySelectorAll('#chat-log .msg.assistant').length == 2",
-                                       timeout=10_000)
-                state = json.loads(page.locator("#chat-state").inner_text())
-                assert state["turn"] == 2 and state["slots"]["budget"] == 80
-                assert page.locator("#chat-session").inner_text() == sid  # the same conversation
-                assert page.locator("#chat-log .msg.user").count() == 2
-                assert page.locator("#items .card").count() >= 1  # the recommended items
-                assert page.locator("#trace tbody tr").count() >= 5
-                page.click("#chat-new")
-                assert page.locator("#chat-session").inner_text() != sid
-                assert page.locator("#chat-log .msg").count() == 0
-                assert json.loads(page.locator("#chat-state").inner_text())["turn"] == 0
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with playground_page(app) as page:
+        assert page.locator("#title").inner_text() == "headphones-chat"
+        assert page.locator("#chat").is_visible() and not page.locator("#submit").is_visible()
+        assert page.locator("input[name='message']").count() == 0  # typed in the chat, not the form
+        sid = page.locator("#chat-session").inner_text()
+        assert sid.startswith("chat-") and page.locator("#opt-session").input_value() == sid
+        assert json.loads(page.locator("#chat-state").inner_text())["turn"] == 0
+        page.fill("#chat-input", "I need headphones")
+        page.click("#chat-send")
+        page.wait_for_selector("#chat-log .msg.assistant", timeout=10_000)
+        first = page.locator("#chat-log .msg.assistant").nth(0).inner_text()
+        assert "?" in first and "degraded" in first
+        state = json.loads(page.locator("#chat-state").inner_text())
+        assert state["turn"] == 1 and len(state["asked"]) == 1
+        page.fill("#chat-input", "wireless earbuds for the gym under $80")
+        page.click("#chat-send")
+        page.wait_for_function("document.querySelectorAll('#chat-log .msg.assistant').length == 2",
+                               timeout=10_000)
+        state = json.loads(page.locator("#chat-state").inner_text())
+        assert state["turn"] == 2 and state["slots"]["budget"] == 80
+        assert page.locator("#chat-session").inner_text() == sid  # the same conversation
+        assert page.locator("#chat-log .msg.user").count() == 2
+        assert page.locator("#items .card").count() >= 1  # the recommended items
+        assert page.locator("#trace tbody tr").count() >= 5
+        page.click("#chat-new")
+        assert page.locator("#chat-session").inner_text() != sid
+        assert page.locator("#chat-log .msg").count() == 0
+        assert json.loads(page.locator("#chat-state").inner_text())["turn"] == 0

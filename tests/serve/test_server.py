@@ -17,11 +17,10 @@ import pytest
 
 from llmrec.testing import free_port, wait_until_ready
 
-from .conftest import SHOP, TOOLS, write
+from .conftest import CHROMIUM, SHOP, TOOLS, playground_page, write
 
 ROOT = Path(__file__).resolve().parents[2]
 LLMREC = [str(Path(sys.executable).with_name("llmrec"))]
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _env() -> dict[str, str]:
@@ -122,55 +121,34 @@ def test_with_two_workers_metrics_add_up_over_both(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")
 def test_playground_in_a_real_browser(tmp_path: Path) -> None:
-    playwright = pytest.importorskip("playwright.sync_api")
-    import uvicorn
-
     from llmrec.serve.app import ServeOptions, create_app
 
     app = create_app(ServeOptions(spec=str(write(tmp_path, SHOP)), reload_interval=0))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until_ready(f"http://127.0.0.1:{port}")
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"])
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.wait_for_selector("body[data-ready='1']", timeout=10_000)
-                assert page.locator("#title").inner_text() == "small"
-                assert page.locator("#graph svg .node").count() == 1 + 5 + 2  # inputs, nodes, outputs
-                page.fill("input[name='user_id']", "u7")
-                page.fill("input[name='k']", "4")
-                page.click("#submit")
-                page.wait_for_selector("#trace tbody tr", timeout=10_000)
-                rows = page.locator("#trace tbody tr")
-                assert rows.count() == 5
-                trace = {rows.nth(i).locator("td").nth(0).inner_text(): rows.nth(i).locator("td").nth(2).inner_text()
-                         for i in range(5)}
-                assert set(trace) == {"profile", "popular", "unseen", "result", "turns"}
-                assert set(trace.values()) <= {"ok", "cached"}
-                outputs = json.loads(page.locator("#outputs").inner_text())
-                assert outputs["recommendations"]["user_id"] == "u7"
-                assert len(outputs["recommendations"]["items"]) == 4
-                assert page.locator("#items .card").count() == 4
-                assert page.locator("#graph .node.ok").count() >= 3  # the graph shows how each node did
-                # a value the server refuses (the form's own min check taken off) shows its error and the field
-                page.eval_on_selector("input[name='k']", "e => e.removeAttribute('min')")
-                page.fill("input[name='k']", "0")
-                page.click("#submit")
-                page.wait_for_function("document.getElementById('form-error').textContent.includes('field: k')",
-                                       timeout=5_000)
-                assert "invalid_input" in page.locator("#form-error").inner_text()
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with playground_page(app) as page:
+        assert page.locator("#title").inner_text() == "small"
+        assert page.locator("#graph svg .node").count() == 1 + 5 + 2  # inputs, nodes, outputs
+        page.fill("input[name='user_id']", "u7")
+        page.fill("input[name='k']", "4")
+        page.click("#submit")
+        page.wait_for_selector("#trace tbody tr", timeout=10_000)
+        rows = page.locator("#trace tbody tr")
+        assert rows.count() == 5
+        trace = {rows.nth(i).locator("td").nth(0).inner_text(): rows.nth(i).locator("td").nth(2).inner_text()
+                 for i in range(5)}
+        assert set(trace) == {"profile", "popular", "unseen", "result", "turns"}
+        assert set(trace.values()) <= {"ok", "cached"}
+        outputs = json.loads(page.locator("#outputs").inner_text())
+        assert outputs["recommendations"]["user_id"] == "u7"
+        assert len(outputs["recommendations"]["items"]) == 4
+        assert page.locator("#items .card").count() == 4
+        assert page.locator("#graph .node.ok").count() >= 3  # the graph shows how each node did
+        # a value the server refuses (the form's own min check taken off) shows its error and the field
+        page.eval_on_selector("input[name='k']", "e => e.removeAttribute('min')")
+        page.fill("input[name='k']", "0")
+        page.click("#submit")
+        page.wait_for_function("document.getElementById('form-error').textContent.includes('field: k')",
+                               timeout=5_000)
+        assert "invalid_input" in page.locator("#form-error").inner_text()
 
 
 def test_a_client_that_disconnects_mid_body_is_not_a_server_error(tmp_path: Path) -> None:
