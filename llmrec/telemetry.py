@@ -349,8 +349,12 @@ def log_trace_ids(logger: logging.Logger, tracing: Tracing) -> None:
     was logged). Idempotent."""
     if any(isinstance(f, TraceIdFilter) for f in logger.filters):
         return
-    logger.addFilter(TraceIdFilter(tracing))
+    stamp = TraceIdFilter(tracing)
+    logger.addFilter(stamp)
     for handler in logger.handlers:
         fmt = handler.formatter._fmt if handler.formatter is not None else None  # noqa: SLF001
         if fmt and "trace_id" not in fmt:
-            handler.setFormatter(logging.Formatter(fmt + " trace_id=%(trace_id)s"))
+            # a record that reaches the handler another way (a child logger's, propagated) still formats: the
+            # handler stamps it too, and a record nothing stamped shows '-'
+            handler.addFilter(stamp)
+            handler.setFormatter(logging.Formatter(fmt + " trace_id=%(trace_id)s", defaults={"trace_id": "-"}))

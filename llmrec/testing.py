@@ -54,6 +54,19 @@ def wait_until_ready(url: str, proc: Any = None, timeout: float = 30.0) -> None:
     raise AssertionError(f"the server at {url} never became ready within {timeout:g} s")
 
 
+def short_temp_dir(prefix: str = "llmrec-") -> str:
+    """A new folder with a short path under the system's temporary folder, removed when the process exits: for
+    Ray's session folder, whose AF_UNIX socket paths must stay under 108 bytes (pytest's tmp_path under
+    pytest-xdist is too deep for them)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix=prefix, dir="/tmp" if Path("/tmp").is_dir() else None)
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def write_spec(directory: Path, text: str, name: str = "spec.yaml") -> Path:
     """Write dedented YAML ``text`` to ``directory/name`` and return the path."""
     path = directory / name

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from llmrec.testing import short_temp_dir
+
 HERE = Path(__file__).resolve().parent
 _started: list[object] = []
 
@@ -18,8 +20,8 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory):
     import ray
 
     if not ray.is_initialized():
-        temp = tmp_path_factory.mktemp("ray")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp),
+        temp = short_temp_dir()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
                  configure_logging=False)
         _started.append(ray)
     yield ray

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from llmrec.serve.app import ServeOptions, create_app
+from llmrec.testing import short_temp_dir
 
 from .conftest import SHOP, wait_ready, write
 
@@ -91,7 +92,7 @@ def ray_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayServer]:
     metrics = folder / "metrics"
     metrics.mkdir()
     env = {**os.environ, "LLMREC_LOAD_PLUGINS": "", "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0",
-           "RAY_TMPDIR": str(tmp_path_factory.mktemp("ray")), "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+           "RAY_TMPDIR": short_temp_dir(), "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
     proc = subprocess.Popen([LLMREC, "serve", str(spec), "--engine", "ray", "--replicas", "2", "--port", str(port),
                              "--api-key", KEY, "--reload-interval", "0", "--session-store", "redis",
                              "--session-url", f"redis://127.0.0.1:{redis_port}/0"],
