@@ -228,6 +228,28 @@ def test_log_lines_end_with_the_trace_id_of_the_request_being_answered(tracing: 
     assert stream.getvalue().splitlines() == ["WARNING: outside trace_id=-", f"WARNING: inside trace_id={CALLER_TRACE}"]
 
 
+def test_a_record_reaching_the_handler_another_way_still_formats(tracing: telemetry.Tracing) -> None:
+    """A child logger's record propagates to the handler without passing the logger's filter, and a record
+    handed to the handler directly carries no trace id: both format (no KeyError 'trace_id', no 500)."""
+    import io
+
+    logger, stream = logging.getLogger("llmrec.test_otel_child"), io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        telemetry.log_trace_ids(logger, tracing)
+        logging.getLogger("llmrec.test_otel_child.deeper").warning("from a child")
+        handler.format(logging.LogRecord("elsewhere", logging.WARNING, __file__, 1, "bare", None, None))
+        bare = handler.formatter.format(logging.LogRecord("elsewhere", logging.WARNING, __file__, 1, "bare", None,
+                                                          None))
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue().splitlines() == ["WARNING: from a child trace_id=-"]
+    assert bare == "WARNING: bare trace_id=-"
+
+
 def test_exporter_names_and_a_missing_sdk_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert telemetry.wanted_exporters(None, {}) == ()  # off by default
     assert telemetry.wanted_exporters(None, {"OTEL_TRACES_EXPORTER": "otlp,console"}) == ("otlp", "console")
