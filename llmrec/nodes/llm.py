@@ -727,7 +727,9 @@ class Prompt(NodeType):
     async def close(self) -> None:
         closer = getattr(getattr(self._cache, "backend", None), "close", None)
         if callable(closer):
-            closer()
+            done = closer()
+            if inspect.isawaitable(done):  # a networked backend (redis) closes its connection asynchronously
+                await done
 
     # -- extension points for task nodes --------------------------------------------------------------------
     def choices(self, inputs: dict[str, Any]) -> tuple[Choices, ...]:

@@ -11,6 +11,7 @@ started, so the per-request path stays short.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import uuid
@@ -169,6 +170,15 @@ class Runtime:
 
     async def close(self) -> None:
         await asyncio.gather(*(p.instance.close() for p in self._plans.values()), return_exceptions=True)
+        for p in self._plans.values():  # a `cache:` backend with a connection (redis) closes it too
+            closer = getattr(p.cache, "close", None)
+            if callable(closer):
+                try:
+                    done = closer()
+                    if inspect.isawaitable(done):
+                        await done
+                except Exception:  # noqa: BLE001 - closing is best effort; the runtime is going away
+                    logger.warning("node %s: closing its cache failed", p.id, exc_info=True)
 
     @property
     def learners(self) -> list[str]:

@@ -177,3 +177,46 @@ async def test_a_spec_cache_on_redis_is_shared_by_two_runtimes(redis_server, tmp
     assert rec.status == "cached" and rec.cache_hit
     assert second.outputs["items"] == first.outputs["items"] and isinstance(second.outputs["items"], Candidates)
     assert any(k.startswith(b"llmrec:cache:popular:") for k in raw(redis_server).keys("llmrec:cache:*"))
+
+
+PROMPT_SPEC = """
+name: cached-llm
+inputs:
+  liked: {type: array, items: string}
+resources:
+  model: {type: llm, config: {provider: litellm, model: openai/stub}}
+nodes:
+  pick:
+    type: llm.prompt
+    config:
+      template: "I liked {{ liked | join(', ') }}."
+      prompt_cache: {backend: redis, ttl: 1h}
+    inputs: {model: "${resources.model}", liked: "${inputs.liked}"}
+outputs:
+  text: ${pick}
+"""
+
+
+async def test_a_prompt_cache_on_redis_answers_another_worker_without_a_model_call(redis_server, tmp_path,
+                                                                                  monkeypatch) -> None:
+    """Two runtimes (two workers, or two hosts) with one Redis: the second answers the same prompt from the first
+    one's cached response, costing no call; another prompt is a miss."""
+    from llmrec.testing import FakeProvider
+
+    monkeypatch.setenv("LLMREC_REDIS_URL", redis_server.url)
+    path = str(write_spec(tmp_path, PROMPT_SPEC))
+    first_model = FakeProvider(lambda request: f"answer to {request.messages[-1].content}")
+    second_model = FakeProvider(lambda request: "a second model that should not be asked")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        one = Runtime(validate(path), resources={"model": first_model})
+        first = await one.run({"liked": ["Alien"]})
+        two = Runtime(validate(path), resources={"model": second_model})
+        second = await two.run({"liked": ["Alien"]})
+        other = await two.run({"liked": ["Heat"]})
+        await one.close()
+        await two.close()
+    assert first_model.calls == 1 and not first.trace.node("pick").cache_hit
+    assert second.outputs == first.outputs and second.trace.node("pick").cache == "prompt"
+    assert second_model.calls == 1 and other.outputs["text"] == "a second model that should not be asked"
+    assert raw(redis_server).keys("llmrec:cache:*")
