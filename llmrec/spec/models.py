@@ -193,16 +193,25 @@ class StateSpec(_Strict):
     description: str = ""
 
 
+#: the most Ray Serve replicas a spec's `serving:` block may ask for
+MAX_SPEC_REPLICAS = 64
+
+
 class ServingSpec(_Strict):
     """How ``llmrec serve`` runs this spec when its command line does not say: the engine and, for Ray Serve, the
     replicas (docs/scaling.md). The command's ``--engine``, ``--replicas``, ... win over these."""
 
     engine: Literal["local", "ray"] | None = Field(
         None, description="local (uvicorn on this machine, the default) or ray (Ray Serve replicas).")
-    replicas: int | None = Field(None, ge=1, description="--engine ray: how many replicas (default 1).")
-    min_replicas: int | None = Field(None, ge=0, description="--engine ray: autoscale from this many replicas ...")
-    max_replicas: int | None = Field(None, ge=1, description="... to this many (give both).")
-    num_cpus_per_replica: float | None = Field(None, gt=0, description="--engine ray: CPUs each replica reserves.")
+    # bounded: a spec is data, and must not make a server start thousands of processes (the command's flags, the
+    # operator's own choice, are not bounded)
+    replicas: int | None = Field(None, ge=1, le=MAX_SPEC_REPLICAS,
+                                 description="--engine ray: how many replicas (default 1).")
+    min_replicas: int | None = Field(None, ge=0, le=MAX_SPEC_REPLICAS,
+                                     description="--engine ray: autoscale from this many replicas ...")
+    max_replicas: int | None = Field(None, ge=1, le=MAX_SPEC_REPLICAS, description="... to this many (give both).")
+    num_cpus_per_replica: float | None = Field(None, ge=0.25, le=1024,
+                                               description="--engine ray: CPUs each replica reserves.")
 
     @model_validator(mode="after")
     def _bounds(self) -> ServingSpec:
