@@ -108,6 +108,7 @@ class Runtime:
         self._start_lock: asyncio.Lock | None = None
         self._plans = {node_id: build_plan(graph, node) for node_id, node in graph.nodes.items()}
         self._inline_only = all(node.cls.inline for node in graph.nodes.values())
+        self._learners = tuple(p.id for p in self._plans.values() if type(p.instance).learns_from_feedback)
         self._scheduler = Scheduler(graph, self._plans, self.resources, self._hooks.get("llmrec_after_run"))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -183,13 +184,13 @@ class Runtime:
     @property
     def learners(self) -> list[str]:
         """Ids of the nodes whose type learns from feedback (``NodeType.learns_from_feedback``)."""
-        return [p.id for p in self._plans.values() if type(p.instance).learns_from_feedback]
+        return list(self._learners)
 
     async def feedback(self, events: Sequence[Any]) -> dict[str, int]:
         """Hand feedback events to every node that learns from them, in order; returns, per node, how many it
         took. A node that raises is logged and skipped: feedback never fails the caller."""
         told: dict[str, int] = {}
-        for node_id in self.learners:
+        for node_id in self._learners:
             instance = self._plans[node_id].instance
             told[node_id] = 0
             for event in events:
